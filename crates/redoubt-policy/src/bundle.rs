@@ -1,0 +1,217 @@
+//! Verification of signed policy bundles and the fail-closed decision of what holds.
+
+use ed25519_dalek::VerifyingKey;
+use redoubt_proto::{DeviceId, EnvelopeError, PolicyBundle, SignedEnvelope, Timestamp};
+
+use crate::modes::{Effective, effective, lockdown};
+
+/// Why a bundle was refused. The agent keeps what it had.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BundleError {
+    /// Not signed by the organization key, or altered after signing.
+    #[error("bundle refused: the signature is not the organization's")]
+    BadSignature,
+    /// Signed, but for another device.
+    #[error("bundle refused: it is addressed to device {found}, not {expected}")]
+    WrongDevice {
+        /// This device.
+        expected: DeviceId,
+        /// The device named in the bundle.
+        found: DeviceId,
+    },
+    /// Older than the bundle already held (a replay or a rollback).
+    #[error("bundle refused: version {offered} is older than the version {held} already held")]
+    Rollback {
+        /// Version held.
+        held: u64,
+        /// Version offered.
+        offered: u64,
+    },
+    /// Past its expiry.
+    #[error("bundle refused: it expired at {0}")]
+    Expired(Timestamp),
+    /// Signed but not a usable bundle.
+    #[error("bundle refused: {0}")]
+    Malformed(String),
+}
+
+/// Checks a signed bundle for this device: the organization's signature, the device
+/// id, a version not lower than `held_version`, the expiry, and that every assigned
+/// mode is present.
+///
+/// A bundle whose version equals `held_version` is accepted (a re-delivery); the
+/// server never signs two different bundles with one version.
+pub fn verify_bundle(
+    envelope: &SignedEnvelope,
+    organization_key: &VerifyingKey,
+    device: &DeviceId,
+    held_version: Option<u64>,
+    now: Timestamp,
+) -> Result<PolicyBundle, BundleError> {
+    let bundle: PolicyBundle = envelope
+        .verify(PolicyBundle::KIND, organization_key)
+        .map_err(|e| match e {
+            EnvelopeError::Malformed(m) => BundleError::Malformed(m),
+            EnvelopeError::WrongKind { found, .. } => BundleError::Malformed(format!("not a policy bundle but {found:?}")),
+            EnvelopeError::BadSignature => BundleError::BadSignature,
+        })?;
+    if &bundle.device_id != device {
+        return Err(BundleError::WrongDevice {
+            expected: device.clone(),
+            found: bundle.device_id,
+        });
+    }
+    if let Some(held) = held_version
+        && bundle.version < held
+    {
+        return Err(BundleError::Rollback {
+            held,
+            offered: bundle.version,
+        });
+    }
+    if bundle.expires_at <= now {
+        return Err(BundleError::Expired(bundle.expires_at));
+    }
+    if !bundle.modes.iter().any(|m| m.name == bundle.assignments.base_mode) {
+        return Err(BundleError::Malformed(format!(
+            "assigned mode {} is not in the bundle",
+            bundle.assignments.base_mode
+        )));
+    }
+    Ok(bundle)
+}
+
+/// What the agent must enforce now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// The effective mode.
+    pub mode: Effective,
+    /// The version of the bundle it comes from (0 without one).
+    pub bundle_version: u64,
+    /// Why this is the fail-closed fallback rather than the bundle's mode.
+    pub fallback_reason: Option<String>,
+}
+
+/// Decides the effective mode from the bundle held (already verified when it was
+/// accepted). Without a bundle, or once it has expired, the answer is `lockdown`.
+pub fn decide(bundle: Option<&PolicyBundle>, now: Timestamp) -> Decision {
+    let Some(bundle) = bundle else {
+        return Decision {
+            mode: effective(&[lockdown()]),
+            bundle_version: 0,
+            fallback_reason: Some("no policy bundle: lockdown".into()),
+        };
+    };
+    if bundle.expires_at <= now {
+        return Decision {
+            mode: effective(&[lockdown()]),
+            bundle_version: bundle.version,
+            fallback_reason: Some(format!(
+                "policy bundle {} expired at {}: lockdown",
+                bundle.version, bundle.expires_at
+            )),
+        };
+    }
+    let active: Vec<_> = bundle
+        .modes
+        .iter()
+        .filter(|m| m.name == bundle.assignments.base_mode)
+        .cloned()
+        .collect();
+    if active.is_empty() {
+        return Decision {
+            mode: effective(&[lockdown()]),
+            bundle_version: bundle.version,
+            fallback_reason: Some("assigned mode missing from bundle: lockdown".into()),
+        };
+    }
+    Decision {
+        mode: effective(&active),
+        bundle_version: bundle.version,
+        fallback_reason: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::modes::{preset, presets};
+    use ed25519_dalek::SigningKey;
+    use redoubt_proto::Assignments;
+
+    const NOW: Timestamp = Timestamp(1_800_000_000);
+
+    fn device(n: u8) -> DeviceId {
+        DeviceId::from_random([n; 12])
+    }
+
+    fn bundle(dev: u8, version: u64, expires: i64) -> PolicyBundle {
+        PolicyBundle {
+            device_id: device(dev),
+            version,
+            issued_at: NOW,
+            expires_at: NOW.plus_secs(expires),
+            modes: presets(),
+            assignments: Assignments {
+                base_mode: "secure-site".parse().unwrap(),
+            },
+            check_in_interval_secs: 60,
+            organization_endpoints: vec![],
+        }
+    }
+
+    fn org() -> SigningKey {
+        SigningKey::from_bytes(&[7; 32])
+    }
+
+    fn check(b: &PolicyBundle, signer: &SigningKey, held: Option<u64>) -> Result<u64, BundleError> {
+        let env = SignedEnvelope::sign(PolicyBundle::KIND, b, signer);
+        verify_bundle(&env, &org().verifying_key(), &device(1), held, NOW).map(|b| b.version)
+    }
+
+    #[test]
+    fn accepts_a_good_bundle_and_redelivery() {
+        assert_eq!(check(&bundle(1, 5, 60), &org(), None), Ok(5));
+        assert_eq!(check(&bundle(1, 5, 60), &org(), Some(5)), Ok(5));
+        assert_eq!(check(&bundle(1, 6, 60), &org(), Some(5)), Ok(6));
+    }
+
+    #[test]
+    fn refuses_forged_foreign_old_and_expired_bundles() {
+        let other = SigningKey::from_bytes(&[8; 32]);
+        assert_eq!(check(&bundle(1, 5, 60), &other, None), Err(BundleError::BadSignature));
+        assert!(matches!(check(&bundle(2, 5, 60), &org(), None), Err(BundleError::WrongDevice { .. })));
+        assert_eq!(
+            check(&bundle(1, 4, 60), &org(), Some(5)),
+            Err(BundleError::Rollback { held: 5, offered: 4 })
+        );
+        assert!(matches!(check(&bundle(1, 6, -1), &org(), Some(5)), Err(BundleError::Expired(_))));
+        let mut missing = bundle(1, 6, 60);
+        missing.modes.retain(|m| m.name.as_str() != "secure-site");
+        assert!(matches!(check(&missing, &org(), None), Err(BundleError::Malformed(_))));
+    }
+
+    #[test]
+    fn refuses_a_tampered_payload() {
+        let mut env = SignedEnvelope::sign(PolicyBundle::KIND, &bundle(1, 5, 60), &org());
+        let mut b = bundle(1, 5, 60);
+        b.assignments.base_mode = "standard".parse().unwrap();
+        env.payload = SignedEnvelope::sign(PolicyBundle::KIND, &b, &org()).payload;
+        assert_eq!(
+            verify_bundle(&env, &org().verifying_key(), &device(1), None, NOW),
+            Err(BundleError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn decides_fail_closed() {
+        assert_eq!(decide(None, NOW).mode.name, "lockdown");
+        let b = bundle(1, 5, 60);
+        let d = decide(Some(&b), NOW);
+        assert_eq!((d.mode.name.as_str(), d.fallback_reason), ("secure-site", None));
+        let d = decide(Some(&b), NOW.plus_secs(61));
+        assert_eq!(d.mode.name, "lockdown");
+        assert!(d.fallback_reason.unwrap().contains("expired"));
+        assert_eq!(d.mode, effective(&[preset("lockdown").unwrap()]));
+    }
+}

@@ -1,0 +1,21 @@
+//! Wire types shared by the server, the agent and the CLI: identifiers, capabilities,
+//! modes, the policy bundle, compliance reports, the device WebSocket protocol, the
+//! admin API bodies and the signed-envelope format.
+//!
+//! Everything that crosses a process boundary is defined here, once. Raw strings are
+//! parsed into the validated types of [`ids`] at the edge.
+
+pub mod api;
+pub mod envelope;
+pub mod ids;
+pub mod model;
+pub mod time_fmt;
+pub mod ws;
+
+pub use envelope::{EnvelopeError, SignedEnvelope};
+pub use ids::{DeviceId, Fingerprint, IdError, ModeName, UserName};
+pub use model::*;
+pub use time_fmt::Timestamp;
+
+/// Version prefix of every HTTP API path.
+pub const API_PREFIX: &str = "/api/v1";

@@ -1,0 +1,494 @@
+//! The domain vocabulary on the wire: capabilities, modes, the policy bundle, the
+//! compliance report, compliance states and the enrollment URL.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{DeviceId, Fingerprint, IdError, ModeName, UserName};
+use crate::time_fmt::Timestamp;
+
+/// Something a phone can do that a mode can forbid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Capability {
+    /// Any camera.
+    Camera,
+    /// Voice recording / audio capture.
+    Microphone,
+    /// Bluetooth radio.
+    Bluetooth,
+    /// Wi-Fi radio.
+    Wifi,
+    /// Mobile data.
+    CellularData,
+    /// Geolocation (GNSS and network location).
+    Location,
+    /// NFC radio.
+    Nfc,
+    /// USB data (host or gadget), charging stays.
+    UsbData,
+    /// Screenshots and screen recording.
+    Screenshots,
+}
+
+impl Capability {
+    /// Every capability, in a fixed order.
+    pub const ALL: [Capability; 9] = [
+        Capability::Camera,
+        Capability::Microphone,
+        Capability::Bluetooth,
+        Capability::Wifi,
+        Capability::CellularData,
+        Capability::Location,
+        Capability::Nfc,
+        Capability::UsbData,
+        Capability::Screenshots,
+    ];
+
+    /// The wire name (`cellular_data`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Capability::Camera => "camera",
+            Capability::Microphone => "microphone",
+            Capability::Bluetooth => "bluetooth",
+            Capability::Wifi => "wifi",
+            Capability::CellularData => "cellular_data",
+            Capability::Location => "location",
+            Capability::Nfc => "nfc",
+            Capability::UsbData => "usb_data",
+            Capability::Screenshots => "screenshots",
+        }
+    }
+}
+
+impl fmt::Display for Capability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Capability {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, IdError> {
+        Capability::ALL
+            .into_iter()
+            .find(|c| c.as_str() == s)
+            .ok_or_else(|| IdError {
+                what: "capability",
+                value: s.chars().take(64).collect(),
+                rule: "one of camera, microphone, bluetooth, wifi, cellular_data, location, nfc, usb_data, screenshots",
+            })
+    }
+}
+
+/// What a mode says about one capability.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rule {
+    /// The capability may be used.
+    Allow,
+    /// The capability must be off.
+    Deny,
+}
+
+/// One rule per capability. Every capability must be named: a mode file that forgets
+/// one is rejected rather than guessed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct CapabilityRules {
+    pub camera: Rule,
+    pub microphone: Rule,
+    pub bluetooth: Rule,
+    pub wifi: Rule,
+    pub cellular_data: Rule,
+    pub location: Rule,
+    pub nfc: Rule,
+    pub usb_data: Rule,
+    pub screenshots: Rule,
+}
+
+impl CapabilityRules {
+    /// The same rule for every capability.
+    pub const fn all(rule: Rule) -> Self {
+        CapabilityRules {
+            camera: rule,
+            microphone: rule,
+            bluetooth: rule,
+            wifi: rule,
+            cellular_data: rule,
+            location: rule,
+            nfc: rule,
+            usb_data: rule,
+            screenshots: rule,
+        }
+    }
+
+    /// The rule for `cap`.
+    pub fn get(&self, cap: Capability) -> Rule {
+        match cap {
+            Capability::Camera => self.camera,
+            Capability::Microphone => self.microphone,
+            Capability::Bluetooth => self.bluetooth,
+            Capability::Wifi => self.wifi,
+            Capability::CellularData => self.cellular_data,
+            Capability::Location => self.location,
+            Capability::Nfc => self.nfc,
+            Capability::UsbData => self.usb_data,
+            Capability::Screenshots => self.screenshots,
+        }
+    }
+
+    /// Sets the rule for `cap`.
+    pub fn set(&mut self, cap: Capability, rule: Rule) {
+        let slot = match cap {
+            Capability::Camera => &mut self.camera,
+            Capability::Microphone => &mut self.microphone,
+            Capability::Bluetooth => &mut self.bluetooth,
+            Capability::Wifi => &mut self.wifi,
+            Capability::CellularData => &mut self.cellular_data,
+            Capability::Location => &mut self.location,
+            Capability::Nfc => &mut self.nfc,
+            Capability::UsbData => &mut self.usb_data,
+            Capability::Screenshots => &mut self.screenshots,
+        };
+        *slot = rule;
+    }
+}
+
+/// How far the phone may reach over the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NetworkReach {
+    /// Anywhere.
+    Open,
+    /// Only the organization's endpoints (and loopback).
+    OrganizationOnly,
+}
+
+impl fmt::Display for NetworkReach {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NetworkReach::Open => "open",
+            NetworkReach::OrganizationOnly => "organization-only",
+        })
+    }
+}
+
+/// A named set of capability rules, a network reach and an app allowlist.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mode {
+    /// The mode's name.
+    pub name: ModeName,
+    /// Free text for people.
+    #[serde(default)]
+    pub description: String,
+    /// Network reach allowed in this mode.
+    pub network: NetworkReach,
+    /// One rule per capability.
+    pub capabilities: CapabilityRules,
+    /// Apps that may run; `None` means any app.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_allowlist: Option<Vec<String>>,
+}
+
+/// What was measured about one capability. `Off` is a measurement of real state,
+/// never an assumption because a call succeeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CapabilityState {
+    /// Measured off.
+    Off,
+    /// Measured on.
+    On,
+    /// Could not be measured.
+    Unknown,
+}
+
+impl fmt::Display for CapabilityState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CapabilityState::Off => "off",
+            CapabilityState::On => "on",
+            CapabilityState::Unknown => "unknown",
+        })
+    }
+}
+
+/// What was measured about network reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NetworkState {
+    /// Unrestricted.
+    Open,
+    /// Verified restricted to the organization's endpoints.
+    OrganizationOnly,
+    /// Could not be measured.
+    Unknown,
+}
+
+impl fmt::Display for NetworkState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NetworkState::Open => "open",
+            NetworkState::OrganizationOnly => "organization-only",
+            NetworkState::Unknown => "unknown",
+        })
+    }
+}
+
+/// The device's assignments that the server decided.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Assignments {
+    /// The person's base mode, set by an operator.
+    pub base_mode: ModeName,
+}
+
+/// Everything a phone needs to decide its mode offline; travels signed by the
+/// organization key inside a [`crate::SignedEnvelope`] of kind [`PolicyBundle::KIND`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyBundle {
+    /// The only device this bundle is for.
+    pub device_id: DeviceId,
+    /// Grows with every bundle issued to this device.
+    pub version: u64,
+    /// When the server signed it.
+    pub issued_at: Timestamp,
+    /// After this the agent falls back to `lockdown`.
+    pub expires_at: Timestamp,
+    /// The modes the assignments refer to.
+    pub modes: Vec<Mode>,
+    /// What applies to this device.
+    pub assignments: Assignments,
+    /// Seconds between check-ins when no push connection is held.
+    pub check_in_interval_secs: u32,
+    /// Hosts the phone may reach under `organization-only`.
+    pub organization_endpoints: Vec<String>,
+}
+
+impl PolicyBundle {
+    /// Envelope kind of a signed policy bundle.
+    pub const KIND: &'static str = "policy-bundle/v1";
+}
+
+/// Which hardware backend produced a measurement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HardwareKind {
+    /// SIMULATED hardware whose state lives in a file.
+    Sim,
+    /// Mainline Linux kernel interfaces.
+    Linux,
+}
+
+impl HardwareKind {
+    /// True when the measurements come from simulated hardware.
+    pub fn is_simulated(self) -> bool {
+        matches!(self, HardwareKind::Sim)
+    }
+}
+
+impl fmt::Display for HardwareKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            HardwareKind::Sim => "sim (SIMULATED)",
+            HardwareKind::Linux => "linux",
+        })
+    }
+}
+
+/// What an agent observed, signed by the device key inside a [`crate::SignedEnvelope`]
+/// of kind [`ComplianceReport::KIND`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComplianceReport {
+    /// The reporting device.
+    pub device_id: DeviceId,
+    /// Grows by one with every report the device makes.
+    pub seq: u64,
+    /// The bundle the agent was enforcing (0 when it holds none).
+    pub bundle_version: u64,
+    /// The effective mode the agent enforced.
+    pub effective_mode: String,
+    /// Measured state of every capability.
+    pub capabilities: BTreeMap<Capability, CapabilityState>,
+    /// Measured network reach.
+    pub network: NetworkState,
+    /// The backend that measured.
+    pub hardware: HardwareKind,
+    /// When the measurement was taken.
+    pub observed_at: Timestamp,
+    /// Why the agent is not enforcing its bundle as issued (expired, refused, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_reason: Option<String>,
+}
+
+impl ComplianceReport {
+    /// Envelope kind of a signed compliance report.
+    pub const KIND: &'static str = "compliance-report/v1";
+}
+
+/// The server's verdict on a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Compliance {
+    /// The latest report matches the effective mode and bundle.
+    Compliant,
+    /// The latest report does not match.
+    NonCompliant,
+    /// No report within the configured number of check-in intervals.
+    Stale,
+    /// No report yet.
+    Pending,
+}
+
+impl Compliance {
+    /// Every state, for metrics.
+    pub const ALL: [Compliance; 4] = [
+        Compliance::Compliant,
+        Compliance::NonCompliant,
+        Compliance::Stale,
+        Compliance::Pending,
+    ];
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compliance::Compliant => "compliant",
+            Compliance::NonCompliant => "non_compliant",
+            Compliance::Stale => "stale",
+            Compliance::Pending => "pending",
+        }
+    }
+}
+
+impl fmt::Display for Compliance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The content of an enrollment QR code:
+/// `redoubt://enroll?server=URL&token=TOKEN&ca=sha256:HEX`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EnrollmentUrl {
+    /// The server's base URL (`https://host:port`).
+    pub server: url::Url,
+    /// The single-use enrollment token.
+    pub token: String,
+    /// Fingerprint of the organization CA the phone must pin.
+    pub ca: Fingerprint,
+}
+
+impl fmt::Debug for EnrollmentUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EnrollmentUrl")
+            .field("server", &self.server.as_str())
+            .field("token", &"<redacted>")
+            .field("ca", &self.ca)
+            .finish()
+    }
+}
+
+/// Why an enrollment URL could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed enrollment URL: {0}")]
+pub struct EnrollmentUrlError(pub &'static str);
+
+impl FromStr for EnrollmentUrl {
+    type Err = EnrollmentUrlError;
+    fn from_str(s: &str) -> Result<Self, EnrollmentUrlError> {
+        let u = url::Url::parse(s.trim()).map_err(|_| EnrollmentUrlError("not a URL"))?;
+        if u.scheme() != "redoubt" || u.host_str() != Some("enroll") {
+            return Err(EnrollmentUrlError("must start with redoubt://enroll?"));
+        }
+        let (mut server, mut token, mut ca) = (None, None, None);
+        for (k, v) in u.query_pairs() {
+            match k.as_ref() {
+                "server" => server = Some(v.into_owned()),
+                "token" => token = Some(v.into_owned()),
+                "ca" => ca = Some(v.into_owned()),
+                _ => return Err(EnrollmentUrlError("unknown parameter")),
+            }
+        }
+        let server = url::Url::parse(&server.ok_or(EnrollmentUrlError("server is missing"))?)
+            .map_err(|_| EnrollmentUrlError("server is not a URL"))?;
+        if server.scheme() != "https" {
+            return Err(EnrollmentUrlError("server must be an https:// URL"));
+        }
+        let token = token.ok_or(EnrollmentUrlError("token is missing"))?;
+        if token.is_empty() || token.len() > 128 || !token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return Err(EnrollmentUrlError("token is malformed"));
+        }
+        let ca = ca
+            .ok_or(EnrollmentUrlError("ca is missing"))?
+            .parse()
+            .map_err(|_| EnrollmentUrlError("ca is not a sha256: fingerprint"))?;
+        Ok(EnrollmentUrl { server, token, ca })
+    }
+}
+
+impl fmt::Display for EnrollmentUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut u = url::Url::parse("redoubt://enroll").map_err(|_| fmt::Error)?;
+        u.query_pairs_mut()
+            .append_pair("server", self.server.as_str().trim_end_matches('/'))
+            .append_pair("token", &self.token)
+            .append_pair("ca", &self.ca.to_string());
+        f.write_str(u.as_str())
+    }
+}
+
+/// The user an enrollment token is issued for, and the mode their device starts in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollmentGrant {
+    /// The person.
+    pub user: UserName,
+    /// The device's initial base mode.
+    pub mode: ModeName,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enrollment_url_round_trips() {
+        let u = EnrollmentUrl {
+            server: url::Url::parse("https://127.0.0.1:8443").unwrap(),
+            token: "abc_DEF-123".into(),
+            ca: Fingerprint::of_der(b"x"),
+        };
+        let s = u.to_string();
+        assert!(s.starts_with("redoubt://enroll?server=https%3A%2F%2F127.0.0.1%3A8443&token=abc_DEF-123&ca=sha256%3A"));
+        assert_eq!(s.parse::<EnrollmentUrl>().unwrap(), u);
+        assert!(!format!("{u:?}").contains("abc_DEF"));
+    }
+
+    #[test]
+    fn malformed_enrollment_urls_are_refused() {
+        for bad in [
+            "",
+            "https://enroll?token=x",
+            "redoubt://enroll?server=http%3A%2F%2Fx&token=a&ca=sha256%3A00",
+            "redoubt://enroll?server=https%3A%2F%2Fx&token=a",
+            "redoubt://enroll?server=https%3A%2F%2Fx&token=a%20b&ca=sha256%3A00",
+        ] {
+            assert!(bad.parse::<EnrollmentUrl>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn capability_names_round_trip() {
+        for c in Capability::ALL {
+            assert_eq!(c.as_str().parse::<Capability>().unwrap(), c);
+            assert_eq!(serde_json::to_string(&c).unwrap(), format!("\"{c}\""));
+        }
+    }
+}
