@@ -1,1 +1,113 @@
-fn main() {}
+//! `redoubt-server`: the organization's server. Subcommands `serve`, `ca-fingerprint`,
+//! `admin-token`.
+
+mod app;
+mod config;
+mod error;
+mod http;
+mod pki;
+mod serve;
+mod ws;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use redoubt_proto::api::Role;
+
+#[derive(Parser)]
+#[command(name = "redoubt-server", version, about = "Redoubt server: enrollment, modes, compliance")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (creates the CA, keys and database on first start).
+    Serve {
+        /// Data directory [default: ./redoubt-data; env REDOUBT_DATA].
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Address to listen on [default: 127.0.0.1:8443; env REDOUBT_LISTEN].
+        #[arg(long)]
+        listen: Option<String>,
+        /// TOML configuration file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Print the organization CA's fingerprint (what phones pin).
+    CaFingerprint {
+        /// Data directory.
+        #[arg(long, default_value = "./redoubt-data")]
+        data: PathBuf,
+    },
+    /// Create an admin API token offline; it is printed once and stored hashed.
+    AdminToken {
+        /// Data directory.
+        #[arg(long, default_value = "./redoubt-data")]
+        data: PathBuf,
+        /// Who holds it.
+        #[arg(long)]
+        name: String,
+        /// owner, officer (modes, zones), operator (enroll, assign, lock/wipe) or auditor (read-only).
+        #[arg(long)]
+        role: Role,
+    },
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("REDOUBT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    match cli.command {
+        Command::Serve { data, listen, config } => {
+            let mut raw = config::RawConfig::load(config.as_deref())?;
+            if data.is_some() {
+                raw.data = data;
+            }
+            if listen.is_some() {
+                raw.listen = listen;
+            }
+            serve::serve(raw.resolve()?).await
+        }
+        Command::CaFingerprint { data } => {
+            println!("{}", pki::Keys::open(&data)?.fingerprint());
+            Ok(())
+        }
+        Command::AdminToken { data, name, role } => {
+            pki::Keys::open_or_create(&data)?;
+            let store = redoubt_store::Store::open_sqlite(&pki::database_path(&data))
+                .await
+                .with_context(|| format!("opening the database in {}", data.display()))?;
+            let token = app::create_admin_token(&store, &name, role)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            store.close().await;
+            eprintln!("Admin token for {name} ({role}); it is shown only this once:");
+            println!("{token}");
+            Ok(())
+        }
+    }
+}

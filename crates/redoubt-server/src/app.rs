@@ -1,0 +1,437 @@
+//! The server's services: enrollment, bundle issuance, compliance reports, device and
+//! mode administration. Handlers call exactly one of these; nothing here knows HTTP.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ed25519_dalek::{Verifier, VerifyingKey};
+use rand_core::RngCore;
+use redoubt_proto::api::{
+    CreateEnrollment, DeviceView, EnrollRequest, EnrollResponse, EnrollmentCreated, ModeView, Role,
+    enroll_proof_message,
+};
+use redoubt_proto::envelope::{decode_public_key, decode_signature, encode_public_key};
+use redoubt_proto::{
+    Compliance, ComplianceReport, DeviceId, EnrollmentUrl, Mode, ModeName, PolicyBundle, SignedEnvelope, Timestamp,
+};
+use redoubt_store::{BundleRequest, DeviceRecord, EnrollRefusal, IssuedBundle, ModeRecord, ReportOutcome, Store, StoreError};
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, watch};
+use url::Url;
+
+use crate::config::{Config, MAX_ENROLLMENT_TTL_SECS};
+use crate::error::ServiceError;
+use crate::pki::Keys;
+
+/// A message to a connected device's session.
+#[derive(Debug, Clone, Copy)]
+pub enum Push {
+    /// The device has a newer bundle.
+    BundleChanged,
+}
+
+/// Connected device sessions, one per device (a new connection replaces the old one).
+#[derive(Debug, Default)]
+pub struct Hub {
+    sessions: Mutex<HashMap<DeviceId, (u64, mpsc::Sender<Push>)>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl Hub {
+    /// Registers a session; returns its ticket and receiver.
+    pub fn register(&self, id: &DeviceId) -> (u64, mpsc::Receiver<Push>) {
+        let (tx, rx) = mpsc::channel(4);
+        let ticket = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.lock().insert(id.clone(), (ticket, tx));
+        (ticket, rx)
+    }
+
+    /// Removes a session if it is still the current one for the device.
+    pub fn unregister(&self, id: &DeviceId, ticket: u64) {
+        let mut s = self.lock();
+        if s.get(id).is_some_and(|(t, _)| *t == ticket) {
+            s.remove(id);
+        }
+    }
+
+    /// Tells a connected device something changed. A full queue already holds a
+    /// notification that makes the session reload, so dropping this one loses nothing.
+    pub fn notify(&self, id: &DeviceId, msg: Push) {
+        if let Some((_, tx)) = self.lock().get(id) {
+            let _ = tx.try_send(msg);
+        }
+    }
+
+    /// Whether the device holds a session now.
+    pub fn is_connected(&self, id: &DeviceId) -> bool {
+        self.lock().contains_key(id)
+    }
+
+    /// Number of connected devices.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<DeviceId, (u64, mpsc::Sender<Push>)>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A fixed-window counter per client address.
+#[derive(Debug)]
+pub struct RateLimiter {
+    per_minute: u32,
+    windows: Mutex<HashMap<IpAddr, (i64, u32)>>,
+}
+
+impl RateLimiter {
+    /// Allows `per_minute` attempts per address per minute.
+    pub fn new(per_minute: u32) -> Self {
+        RateLimiter {
+            per_minute,
+            windows: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts an attempt; false when over the limit.
+    pub fn allow(&self, ip: IpAddr, now: Timestamp) -> bool {
+        let minute = now.unix() / 60;
+        let mut w = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        if w.len() > 100_000 {
+            w.retain(|_, (m, _)| *m == minute);
+        }
+        let entry = w.entry(ip).or_insert((minute, 0));
+        if entry.0 != minute {
+            *entry = (minute, 0);
+        }
+        entry.1 += 1;
+        entry.1 <= self.per_minute
+    }
+}
+
+/// Everything the services share.
+pub struct App {
+    /// The store.
+    pub store: Store,
+    /// The organization's keys.
+    pub keys: Keys,
+    /// Validated configuration.
+    pub config: Config,
+    /// The URL phones use.
+    pub public_url: Url,
+    /// Connected devices.
+    pub hub: Hub,
+    /// Enrollment attempts per address.
+    pub enroll_limiter: RateLimiter,
+    /// Flips to true when the server shuts down.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// SHA-256 of a secret token, as stored.
+pub fn hash_token(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// A new random token (256 bits, base64url) with a prefix saying what it is.
+pub fn new_token(prefix: &str) -> String {
+    let mut bytes = [0u8; 32];
+    rand_core::OsRng.fill_bytes(&mut bytes);
+    format!("{prefix}{}", URL_SAFE_NO_PAD.encode(bytes))
+}
+
+impl App {
+    /// Signs the next bundle for a device and judges its latest report against it.
+    pub fn issue_bundle(&self, req: &BundleRequest, now: Timestamp) -> IssuedBundle {
+        let bundle = PolicyBundle {
+            device_id: req.device_id.clone(),
+            version: req.version,
+            issued_at: now,
+            expires_at: now.plus_secs(self.config.bundle_ttl_secs as i64),
+            modes: vec![req.base_mode.clone()],
+            assignments: redoubt_proto::Assignments {
+                base_mode: req.base_mode.name.clone(),
+            },
+            check_in_interval_secs: self.config.check_in_interval_secs,
+            organization_endpoints: self.public_url.host_str().map(str::to_owned).into_iter().collect(),
+        };
+        let envelope = SignedEnvelope::sign(PolicyBundle::KIND, &bundle, &self.keys.org_signing);
+        let expected = redoubt_policy::decide(Some(&bundle), now).mode;
+        let (compliance, reasons) = match &req.last_report {
+            None => (Compliance::Pending, Vec::new()),
+            Some(r) => verdict(redoubt_policy::evaluate(&expected, bundle.version, r)),
+        };
+        IssuedBundle {
+            version: bundle.version,
+            payload_json: serde_json::to_string(&bundle).unwrap_or_default(),
+            envelope,
+            issued_at: now,
+            expires_at: bundle.expires_at,
+            effective_mode: expected.name,
+            compliance,
+            reasons,
+        }
+    }
+
+    /// The bundle payload of a stored device (the server's own signature, checked).
+    pub fn bundle_of(&self, dev: &DeviceRecord) -> Result<PolicyBundle, ServiceError> {
+        dev.bundle
+            .verify(PolicyBundle::KIND, &self.keys.org_signing.verifying_key())
+            .map_err(|e| ServiceError::Internal(format!("stored bundle of {} unreadable: {e}", dev.id)))
+    }
+
+    /// `POST /enrollments`: a single-use token and its URL.
+    pub async fn create_enrollment(&self, by: &str, req: CreateEnrollment) -> Result<EnrollmentCreated, ServiceError> {
+        let now = Timestamp::now();
+        let ttl = req.ttl_secs.unwrap_or(self.config.enrollment_ttl_secs);
+        if ttl == 0 || ttl > MAX_ENROLLMENT_TTL_SECS {
+            return Err(ServiceError::BadRequest(format!(
+                "ttl must be between 1 second and {} days",
+                MAX_ENROLLMENT_TTL_SECS / 86400
+            )));
+        }
+        let mode = req
+            .mode
+            .unwrap_or_else(|| redoubt_policy::STANDARD.parse().expect("preset name is valid"));
+        let token = new_token("");
+        let expires_at = now.plus_secs(ttl as i64);
+        self.store
+            .create_enrollment_token(&hash_token(&token), &req.user, &mode, by, now, expires_at)
+            .await?;
+        let url = EnrollmentUrl {
+            server: self.public_url.clone(),
+            token,
+            ca: self.keys.fingerprint(),
+        };
+        tracing::info!(user = %req.user, mode = %mode, by, "enrollment code created");
+        Ok(EnrollmentCreated {
+            url: url.to_string(),
+            expires_at,
+        })
+    }
+
+    /// `POST /enroll`: a phone enrolls with a token and its own public key.
+    pub async fn enroll(&self, req: EnrollRequest) -> Result<EnrollResponse, ServiceError> {
+        let now = Timestamp::now();
+        let key = decode_public_key(&req.device_public_key)
+            .ok_or_else(|| ServiceError::BadRequest("device_public_key is not a base64 Ed25519 public key".into()))?;
+        let proof = decode_signature(&req.proof)
+            .ok_or_else(|| ServiceError::BadRequest("proof is not a base64 Ed25519 signature".into()))?;
+        key.verify(&enroll_proof_message(&req.token, &req.device_public_key), &proof)
+            .map_err(|_| ServiceError::BadRequest("proof does not match device_public_key".into()))?;
+        let mut id_bytes = [0u8; 12];
+        rand_core::OsRng.fill_bytes(&mut id_bytes);
+        let device = redoubt_store::NewDevice {
+            id: DeviceId::from_random(id_bytes),
+            public_key: key.to_bytes(),
+            hardware: req.hardware,
+        };
+        let rec = self
+            .store
+            .enroll_device(&hash_token(&req.token), device, now, |r| self.issue_bundle(r, now))
+            .await
+            .map_err(|e| match e {
+                StoreError::Enroll(EnrollRefusal::Invalid) => ServiceError::TokenInvalid,
+                StoreError::Enroll(EnrollRefusal::Used) => ServiceError::TokenUsed,
+                StoreError::Enroll(EnrollRefusal::Expired) => ServiceError::TokenExpired,
+                other => other.into(),
+            })?;
+        tracing::info!(device = %rec.id, user = %rec.user, "device enrolled");
+        Ok(EnrollResponse {
+            device_id: rec.id,
+            user: rec.user,
+            organization_key: encode_public_key(&self.keys.org_signing.verifying_key()),
+            bundle: rec.bundle,
+        })
+    }
+
+    /// The console's view of a device, with staleness computed now.
+    pub fn device_view(&self, d: DeviceRecord, now: Timestamp) -> DeviceView {
+        let stale_after = i64::from(self.config.check_in_interval_secs) * i64::from(self.config.stale_after_intervals);
+        let stale = d.last_report_at.is_some_and(|t| t.plus_secs(stale_after) < now);
+        let (compliance, mut reasons) = if stale {
+            (Compliance::Stale, vec![format!("no report for more than {stale_after} s")])
+        } else {
+            (d.compliance, d.compliance_reasons.clone())
+        };
+        if d.revoked_at.is_some() {
+            reasons.insert(0, "device is revoked".into());
+        }
+        let connected = self.hub.is_connected(&d.id);
+        DeviceView {
+            capabilities: d.last_report.as_ref().map(|r| r.capabilities.clone()).unwrap_or_default(),
+            network: d.last_report.as_ref().map(|r| r.network),
+            reported_bundle_version: d.last_report.as_ref().map(|r| r.bundle_version),
+            id: d.id,
+            user: d.user,
+            mode: d.effective_mode,
+            assigned_mode: d.assigned_mode,
+            compliance,
+            compliance_reasons: reasons,
+            bundle_version: d.bundle_version,
+            last_report_at: d.last_report_at,
+            last_report_seq: d.last_report_seq,
+            hardware: d.hardware,
+            connected,
+            enrolled_at: d.enrolled_at,
+        }
+    }
+
+    /// `GET /devices`.
+    pub async fn list_devices(&self) -> Result<Vec<DeviceView>, ServiceError> {
+        let now = Timestamp::now();
+        Ok(self
+            .store
+            .list_devices()
+            .await?
+            .into_iter()
+            .map(|d| self.device_view(d, now))
+            .collect())
+    }
+
+    /// `GET /devices/{id}`.
+    pub async fn device(&self, id: &DeviceId) -> Result<DeviceView, ServiceError> {
+        let d = self
+            .store
+            .get_device(id)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(format!("no device {id}")))?;
+        Ok(self.device_view(d, Timestamp::now()))
+    }
+
+    /// `PUT /devices/{id}/mode`: assigns a base mode, issues a bundle, pushes it.
+    pub async fn set_mode(&self, by: &str, id: &DeviceId, mode: &ModeName) -> Result<DeviceView, ServiceError> {
+        let now = Timestamp::now();
+        let rec = self
+            .store
+            .set_device_mode(id, mode, |r| self.issue_bundle(r, now))
+            .await?;
+        tracing::info!(device = %id, mode = %mode, by, version = rec.bundle_version, "mode assigned");
+        self.hub.notify(id, Push::BundleChanged);
+        Ok(self.device_view(rec, now))
+    }
+
+    /// `GET /modes`.
+    pub async fn list_modes(&self) -> Result<Vec<ModeView>, ServiceError> {
+        Ok(self.store.list_modes().await?.into_iter().map(mode_view).collect())
+    }
+
+    /// `GET /modes/{name}`.
+    pub async fn mode(&self, name: &ModeName) -> Result<ModeView, ServiceError> {
+        self.store
+            .get_mode(name)
+            .await?
+            .map(mode_view)
+            .ok_or_else(|| ServiceError::NotFound(format!("no mode {name}")))
+    }
+
+    /// `PUT /modes/{name}`: creates or updates a custom mode and re-issues the bundles
+    /// of every device assigned to it.
+    pub async fn put_mode(&self, by: &str, name: &ModeName, mode: Mode) -> Result<ModeView, ServiceError> {
+        if &mode.name != name {
+            return Err(ServiceError::BadRequest(format!(
+                "the body names mode {} but the path names {name}",
+                mode.name
+            )));
+        }
+        if redoubt_policy::is_preset(name.as_str()) {
+            return Err(ServiceError::Conflict(format!(
+                "{name} is a built-in preset and cannot be changed; give your mode another name"
+            )));
+        }
+        if let Some(apps) = &mode.app_allowlist
+            && apps.iter().any(|a| a.trim().is_empty() || a.len() > 255)
+        {
+            return Err(ServiceError::BadRequest("app ids must be 1-255 characters".into()));
+        }
+        let now = Timestamp::now();
+        let touched = self
+            .store
+            .put_custom_mode(&mode, now, |r| self.issue_bundle(r, now))
+            .await?;
+        tracing::info!(mode = %name, by, devices = touched.len(), "mode saved");
+        for id in &touched {
+            self.hub.notify(id, Push::BundleChanged);
+        }
+        self.mode(name).await
+    }
+
+    /// Renews the device's bundle when more than half its lifetime has passed.
+    pub async fn renew_if_aging(&self, dev: DeviceRecord) -> Result<DeviceRecord, ServiceError> {
+        let now = Timestamp::now();
+        let half = (self.config.bundle_ttl_secs / 2) as i64;
+        if dev.bundle_issued_at.plus_secs(half) > now {
+            return Ok(dev);
+        }
+        Ok(self.store.renew_bundle(&dev.id, |r| self.issue_bundle(r, now)).await?)
+    }
+
+    /// Verifies and stores a report from an authenticated device.
+    pub async fn accept_report(
+        &self,
+        device: &DeviceRecord,
+        envelope: &SignedEnvelope,
+    ) -> Result<(u64, ReportOutcome), ServiceError> {
+        let key = VerifyingKey::from_bytes(&device.public_key)
+            .map_err(|_| ServiceError::Internal("stored device key unusable".into()))?;
+        let report: ComplianceReport = envelope
+            .verify(ComplianceReport::KIND, &key)
+            .map_err(|e| ServiceError::BadRequest(format!("report refused: {e}")))?;
+        if report.device_id != device.id {
+            return Err(ServiceError::Forbidden("a device may only report for itself".into()));
+        }
+        let now = Timestamp::now();
+        let outcome = self
+            .store
+            .record_report(&report, envelope, now, |dev| match self.bundle_of(dev) {
+                Ok(bundle) => {
+                    let expected = redoubt_policy::decide(Some(&bundle), now).mode;
+                    verdict(redoubt_policy::evaluate(&expected, dev.bundle_version, &report))
+                }
+                Err(e) => (Compliance::NonCompliant, vec![e.to_string()]),
+            })
+            .await?;
+        metrics::counter!("redoubt_reports_total", "outcome" => match outcome {
+            ReportOutcome::Stored(c) => c.as_str(),
+            ReportOutcome::Duplicate => "duplicate",
+        })
+        .increment(1);
+        if let ReportOutcome::Stored(c) = outcome {
+            tracing::info!(device = %device.id, seq = report.seq, mode = %report.effective_mode, compliance = %c, "report stored");
+        }
+        Ok((report.seq, outcome))
+    }
+}
+
+/// Creates an admin credential in `store`; returns the token, which is stored hashed.
+pub async fn create_admin_token(store: &Store, name: &str, role: Role) -> Result<String, ServiceError> {
+    if name.trim().is_empty() || name.len() > 64 {
+        return Err(ServiceError::BadRequest("name must be 1-64 characters".into()));
+    }
+    let token = new_token("rdt_");
+    store
+        .create_admin_token(name, role, &hash_token(&token), Timestamp::now())
+        .await?;
+    Ok(token)
+}
+
+fn verdict(reasons: Vec<String>) -> (Compliance, Vec<String>) {
+    if reasons.is_empty() {
+        (Compliance::Compliant, reasons)
+    } else {
+        (Compliance::NonCompliant, reasons)
+    }
+}
+
+fn mode_view(r: ModeRecord) -> ModeView {
+    ModeView {
+        mode: r.mode,
+        builtin: r.builtin,
+        updated_at: r.updated_at,
+    }
+}
+
+/// Shared handle to the services.
+pub type SharedApp = Arc<App>;

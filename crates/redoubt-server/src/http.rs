@@ -1,0 +1,252 @@
+//! The HTTP surface: routes, the admin-credential extractor with role checks, JSON
+//! extraction with API-shaped errors, request metrics, `/healthz` and `/metrics`.
+//! Handlers are thin: extract, call one service, map the result.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Path, Request, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use redoubt_proto::api::{CreateEnrollment, EnrollRequest, Role, SetMode, WhoAmI};
+use redoubt_proto::{DeviceId, Mode, ModeName, Timestamp};
+use serde::de::DeserializeOwned;
+
+use crate::app::{SharedApp, hash_token};
+use crate::error::ServiceError;
+
+/// Router state: the services and the metrics handle.
+#[derive(Clone)]
+pub struct HttpState {
+    /// Services.
+    pub app: SharedApp,
+    /// Prometheus renderer.
+    pub metrics: PrometheusHandle,
+}
+
+/// Builds the router.
+pub fn router(state: HttpState) -> Router {
+    let body_limit = state.app.config.max_body_bytes;
+    let api = Router::new()
+        .route("/enroll", post(enroll))
+        .route("/device/ws", get(crate::ws::device_ws))
+        .route("/whoami", get(whoami))
+        .route("/enrollments", post(create_enrollment))
+        .route("/devices", get(list_devices))
+        .route("/devices/{id}", get(show_device))
+        .route("/devices/{id}/mode", put(set_mode))
+        .route("/modes", get(list_modes))
+        .route("/modes/{name}", get(show_mode).put(put_mode));
+    Router::new()
+        .nest(redoubt_proto::API_PREFIX, api)
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ServiceError::NotFound("no such endpoint".into()) })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(track))
+        .with_state(state)
+}
+
+/// Records request counts and latencies per route.
+async fn track(req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = req.method().to_string();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    metrics::counter!("redoubt_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("redoubt_http_request_duration_seconds", "method" => method, "route" => route)
+        .record(start.elapsed().as_secs_f64());
+    resp
+}
+
+/// JSON body whose rejections are API errors (400 with a message, 413 when too big).
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(ApiJson(v)),
+            Err(rejection) => {
+                let status = rejection.status();
+                let message = match &rejection {
+                    JsonRejection::JsonDataError(e) => format!("invalid request body: {}", e.body_text()),
+                    JsonRejection::JsonSyntaxError(_) => "request body is not valid JSON".into(),
+                    JsonRejection::MissingJsonContentType(_) => "expected Content-Type: application/json".into(),
+                    other => other.body_text(),
+                };
+                let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                    "too_large"
+                } else {
+                    "bad_request"
+                };
+                let status = if status.is_client_error() { status } else { StatusCode::BAD_REQUEST };
+                Err((
+                    status,
+                    Json(redoubt_proto::api::ApiError {
+                        code: code.into(),
+                        message,
+                    }),
+                )
+                    .into_response())
+            }
+        }
+    }
+}
+
+/// An authenticated admin credential.
+pub struct Admin {
+    /// Its name.
+    pub name: String,
+    /// Its role.
+    pub role: Role,
+}
+
+impl Admin {
+    /// Fails with 403 unless the role permits `needed`.
+    fn require(&self, needed: Role, action: &str) -> Result<(), ServiceError> {
+        if self.role.permits(needed) {
+            Ok(())
+        } else {
+            Err(ServiceError::Forbidden(format!(
+                "role {} may not {action} (needs {needed})",
+                self.role
+            )))
+        }
+    }
+}
+
+impl FromRequestParts<HttpState> for Admin {
+    type Rejection = ServiceError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &HttpState) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| ServiceError::Unauthorized("missing Authorization: Bearer token".into()))?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .ok_or_else(|| ServiceError::Unauthorized("expected Authorization: Bearer token".into()))?;
+        let rec = state
+            .app
+            .store
+            .admin_by_token_hash(&hash_token(token.trim()))
+            .await?
+            .ok_or_else(|| ServiceError::Unauthorized("unknown or revoked admin token".into()))?;
+        Ok(Admin {
+            name: rec.name,
+            role: rec.role,
+        })
+    }
+}
+
+fn parse_path<T: std::str::FromStr>(s: &str) -> Result<T, ServiceError>
+where
+    T::Err: std::fmt::Display,
+{
+    s.parse().map_err(|e: T::Err| ServiceError::BadRequest(e.to_string()))
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn metrics(State(s): State<HttpState>) -> Result<String, ServiceError> {
+    let cfg = &s.app.config;
+    let stale_before = Timestamp::now().plus_secs(-(i64::from(cfg.check_in_interval_secs) * i64::from(cfg.stale_after_intervals)));
+    for (state, n) in s.app.store.compliance_counts(stale_before).await? {
+        metrics::gauge!("redoubt_devices", "compliance" => state.as_str()).set(n as f64);
+    }
+    metrics::gauge!("redoubt_devices_connected").set(s.app.hub.len() as f64);
+    Ok(s.metrics.render())
+}
+
+async fn enroll(
+    State(s): State<HttpState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ApiJson(req): ApiJson<EnrollRequest>,
+) -> Result<impl IntoResponse, ServiceError> {
+    if !s.app.enroll_limiter.allow(peer.ip(), Timestamp::now()) {
+        metrics::counter!("redoubt_enroll_rate_limited_total").increment(1);
+        return Err(ServiceError::RateLimited);
+    }
+    Ok((StatusCode::CREATED, Json(s.app.enroll(req).await?)))
+}
+
+async fn whoami(admin: Admin) -> Json<WhoAmI> {
+    Json(WhoAmI {
+        name: admin.name,
+        role: admin.role,
+    })
+}
+
+async fn create_enrollment(
+    State(s): State<HttpState>,
+    admin: Admin,
+    ApiJson(req): ApiJson<CreateEnrollment>,
+) -> Result<impl IntoResponse, ServiceError> {
+    admin.require(Role::Operator, "create enrollment codes")?;
+    Ok((StatusCode::CREATED, Json(s.app.create_enrollment(&admin.name, req).await?)))
+}
+
+async fn list_devices(State(s): State<HttpState>, _admin: Admin) -> Result<impl IntoResponse, ServiceError> {
+    Ok(Json(s.app.list_devices().await?))
+}
+
+async fn show_device(
+    State(s): State<HttpState>,
+    _admin: Admin,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ServiceError> {
+    let id: DeviceId = parse_path(&id)?;
+    Ok(Json(s.app.device(&id).await?))
+}
+
+async fn set_mode(
+    State(s): State<HttpState>,
+    admin: Admin,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<SetMode>,
+) -> Result<impl IntoResponse, ServiceError> {
+    admin.require(Role::Operator, "change a device's mode")?;
+    let id: DeviceId = parse_path(&id)?;
+    Ok(Json(s.app.set_mode(&admin.name, &id, &req.mode).await?))
+}
+
+async fn list_modes(State(s): State<HttpState>, _admin: Admin) -> Result<impl IntoResponse, ServiceError> {
+    Ok(Json(s.app.list_modes().await?))
+}
+
+async fn show_mode(
+    State(s): State<HttpState>,
+    _admin: Admin,
+    Path(name): Path<String>,
+) -> Result<impl IntoResponse, ServiceError> {
+    let name: ModeName = parse_path(&name)?;
+    Ok(Json(s.app.mode(&name).await?))
+}
+
+async fn put_mode(
+    State(s): State<HttpState>,
+    admin: Admin,
+    Path(name): Path<String>,
+    ApiJson(mode): ApiJson<Mode>,
+) -> Result<impl IntoResponse, ServiceError> {
+    admin.require(Role::Officer, "change modes")?;
+    let name: ModeName = parse_path(&name)?;
+    Ok(Json(s.app.put_mode(&admin.name, &name, mode).await?))
+}

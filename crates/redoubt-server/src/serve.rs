@@ -1,0 +1,146 @@
+//! `redoubt-server serve`: opens the data directory, listens with TLS (rustls, the
+//! organization CA's certificate), serves HTTP/1.1 and HTTP/2 with WebSocket upgrades,
+//! and shuts down cleanly on SIGINT/SIGTERM.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::service::TowerToHyperService;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use redoubt_proto::Timestamp;
+use redoubt_store::Store;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+use url::Url;
+
+use crate::app::{App, Hub, RateLimiter};
+use crate::config::Config;
+use crate::http::{HttpState, router};
+use crate::pki::{Keys, database_path};
+
+/// Runs the server until a shutdown signal.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let keys = Keys::open_or_create(&config.data)?;
+    let store = Store::open_sqlite(&database_path(&config.data))
+        .await
+        .with_context(|| format!("opening the database in {}", config.data.display()))?;
+    store
+        .install_builtin_modes(&redoubt_policy::presets(), Timestamp::now())
+        .await?;
+    let (chain, key) = keys.issue_tls_cert(&config.data, &config.tls_names)?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .context("loading the TLS certificate")?;
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = TlsAcceptor::from(Arc::new(tls));
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
+    let bound = listener.local_addr()?;
+    let public_url = match &config.public_url {
+        Some(u) => u.clone(),
+        None => Url::parse(&format!("https://{bound}")).context("building the public URL")?,
+    };
+
+    let metrics = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("redoubt_http_request_duration_seconds".into()),
+            &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0],
+        )?
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+
+    let admins = store.count_admin_tokens().await?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let app = Arc::new(App {
+        enroll_limiter: RateLimiter::new(config.enroll_attempts_per_minute),
+        store: store.clone(),
+        keys,
+        public_url: public_url.clone(),
+        hub: Hub::default(),
+        shutdown: shutdown_rx,
+        config,
+    });
+    let data = app.config.data.display().to_string();
+    println!("Redoubt server listening on {}", public_url.as_str().trim_end_matches('/'));
+    println!("CA fingerprint: {}", app.keys.fingerprint());
+    println!("Data directory: {data}");
+    if admins == 0 {
+        println!("No admin credential yet. Create the first one (printed once) with:");
+        println!("  redoubt-server admin-token --data {data} --name YOUR-NAME --role owner");
+    }
+    tracing::info!(addr = %bound, "listening");
+
+    let service = router(HttpState { app: app.clone(), metrics });
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut stop = Box::pin(shutdown_signal());
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = &mut stop => break,
+        };
+        let acceptor = acceptor.clone();
+        let service = service.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let svc = service.map_request(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(axum::extract::ConnectInfo::<SocketAddr>(peer));
+                req
+            });
+            let conn = Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(tls), TowerToHyperService::new(svc))
+                .into_owned();
+            if let Err(e) = watcher.watch(conn).await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    tracing::info!("shutting down");
+    let _ = shutdown_tx.send(true);
+    drop(listener);
+    if tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await.is_err() {
+        tracing::warn!("some connections did not close within 5 s");
+    }
+    store.close().await;
+    println!("Redoubt server stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

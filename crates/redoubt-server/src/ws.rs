@@ -1,0 +1,196 @@
+//! The device WebSocket: challenge-response authentication with the device key, bundle
+//! push, and compliance reports acknowledged once stored. One session per device.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ed25519_dalek::VerifyingKey;
+use futures_util::{SinkExt, StreamExt};
+use rand_core::RngCore;
+use redoubt_proto::envelope::decode_signature;
+use redoubt_proto::ws::{AgentFrame, ServerFrame, hello_message};
+use redoubt_proto::{DeviceId, Timestamp};
+use redoubt_store::{DeviceRecord, ReportOutcome};
+
+use crate::app::{Push, SharedApp};
+use crate::error::ServiceError;
+use crate::http::HttpState;
+
+/// Largest frame a device may send.
+const MAX_FRAME: usize = 64 * 1024;
+/// How long a device has to answer the challenge.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Keep-alive ping period.
+const PING_EVERY: Duration = Duration::from_secs(30);
+
+/// `GET /api/v1/device/ws`.
+pub async fn device_ws(State(s): State<HttpState>, upgrade: WebSocketUpgrade) -> Response {
+    upgrade
+        .max_message_size(MAX_FRAME)
+        .max_frame_size(MAX_FRAME)
+        .on_upgrade(move |socket| async move {
+            if let Err(e) = session(s.app, socket).await {
+                tracing::debug!(error = %e, "device session ended");
+            }
+        })
+}
+
+async fn send(socket: &mut WebSocket, frame: &ServerFrame) -> anyhow::Result<()> {
+    let text = serde_json::to_string(frame)?;
+    socket.send(Message::Text(text.into())).await?;
+    Ok(())
+}
+
+async fn refuse(socket: &mut WebSocket, code: &str, message: &str) {
+    let _ = send(
+        socket,
+        &ServerFrame::Error {
+            code: code.into(),
+            message: message.into(),
+            fatal: true,
+        },
+    )
+    .await;
+    let _ = socket.close().await;
+}
+
+/// Runs the challenge; returns the authenticated device.
+async fn authenticate(app: &SharedApp, socket: &mut WebSocket) -> anyhow::Result<Option<DeviceRecord>> {
+    let mut nonce = [0u8; 32];
+    rand_core::OsRng.fill_bytes(&mut nonce);
+    let nonce = URL_SAFE_NO_PAD.encode(nonce);
+    send(socket, &ServerFrame::Challenge { nonce: nonce.clone() }).await?;
+    let hello = match tokio::time::timeout(HELLO_TIMEOUT, socket.next()).await {
+        Ok(Some(Ok(Message::Text(t)))) => serde_json::from_str::<AgentFrame>(&t).ok(),
+        Ok(_) => None,
+        Err(_) => {
+            refuse(socket, "timeout", "no answer to the challenge").await;
+            return Ok(None);
+        }
+    };
+    let Some(AgentFrame::Hello { device_id, signature }) = hello else {
+        refuse(socket, "bad_request", "expected a hello frame").await;
+        return Ok(None);
+    };
+    let device = app.store.get_device(&device_id).await?;
+    let verified = device.filter(|d| d.revoked_at.is_none()).filter(|d| {
+        let key = VerifyingKey::from_bytes(&d.public_key).ok();
+        let sig = decode_signature(&signature);
+        match (key, sig) {
+            (Some(k), Some(s)) => k.verify_strict(&hello_message(&nonce, &device_id), &s).is_ok(),
+            _ => false,
+        }
+    });
+    if verified.is_none() {
+        metrics::counter!("redoubt_device_auth_failures_total").increment(1);
+        refuse(socket, "unauthorized", "device authentication failed").await;
+        return Ok(None);
+    }
+    Ok(verified)
+}
+
+async fn send_bundle(app: &SharedApp, socket: &mut WebSocket, id: &DeviceId) -> anyhow::Result<DeviceRecord> {
+    let dev = app
+        .store
+        .get_device(id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("device vanished"))?;
+    let dev = app.renew_if_aging(dev).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    send(socket, &ServerFrame::Bundle { bundle: dev.bundle.clone() }).await?;
+    Ok(dev)
+}
+
+async fn session(app: SharedApp, mut socket: WebSocket) -> anyhow::Result<()> {
+    let Some(device) = authenticate(&app, &mut socket).await? else {
+        return Ok(());
+    };
+    let id = device.id.clone();
+    let (ticket, mut pushes) = app.hub.register(&id);
+    tracing::info!(device = %id, "device connected");
+    let result = run(&app, &mut socket, &id, &mut pushes).await;
+    app.hub.unregister(&id, ticket);
+    tracing::info!(device = %id, "device disconnected");
+    result
+}
+
+async fn run(
+    app: &SharedApp,
+    socket: &mut WebSocket,
+    id: &DeviceId,
+    pushes: &mut tokio::sync::mpsc::Receiver<Push>,
+) -> anyhow::Result<()> {
+    let mut shutdown = app.shutdown.clone();
+    send(socket, &ServerFrame::Welcome { server_time: Timestamp::now() }).await?;
+    let mut device = send_bundle(app, socket, id).await?;
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => {
+                let _ = socket.close().await;
+                return Ok(());
+            }
+            push = pushes.recv() => match push {
+                // The hub replaced this session with a newer connection.
+                None => {
+                    refuse(socket, "replaced", "another connection of this device took over").await;
+                    return Ok(());
+                }
+                Some(Push::BundleChanged) => device = send_bundle(app, socket, id).await?,
+            },
+            _ = ping.tick() => socket.send(Message::Ping(Vec::new().into())).await?,
+            msg = socket.next() => {
+                let text = match msg {
+                    None | Some(Ok(Message::Close(_))) => return Ok(()),
+                    Some(Err(e)) => return Err(e.into()),
+                    Some(Ok(Message::Text(t))) => t,
+                    Some(Ok(_)) => continue,
+                };
+                let frame = match serde_json::from_str::<AgentFrame>(&text) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        send(socket, &ServerFrame::Error { code: "bad_request".into(), message: format!("unreadable frame: {e}"), fatal: false }).await?;
+                        continue;
+                    }
+                };
+                match frame {
+                    AgentFrame::Hello { .. } => {
+                        send(socket, &ServerFrame::Error { code: "bad_request".into(), message: "already authenticated".into(), fatal: false }).await?;
+                    }
+                    AgentFrame::Report { report } => match app.accept_report(&device, &report).await {
+                        Ok((seq, outcome)) => {
+                            send(socket, &ServerFrame::ReportAck { seq }).await?;
+                            if matches!(outcome, ReportOutcome::Stored(_)) {
+                                // A report is also a check-in: keep the bundle fresh.
+                                let fresh = app.store.get_device(id).await?.ok_or_else(|| anyhow::anyhow!("device vanished"))?;
+                                if fresh.bundle_version != device.bundle_version || fresh.revoked_at.is_some() {
+                                    device = fresh;
+                                } else {
+                                    let renewed = app.renew_if_aging(fresh).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                                    if renewed.bundle_version != device.bundle_version {
+                                        send(socket, &ServerFrame::Bundle { bundle: renewed.bundle.clone() }).await?;
+                                    }
+                                    device = renewed;
+                                }
+                            }
+                        }
+                        Err(ServiceError::Unavailable(e)) => {
+                            // Not stored, not acked: the agent keeps it and sends it again.
+                            tracing::error!(device = %id, error = %e, "report not stored");
+                            send(socket, &ServerFrame::Error { code: "unavailable".into(), message: "storage unavailable; report kept for later".into(), fatal: true }).await?;
+                            return Ok(());
+                        }
+                        Err(e) => {
+                            let api = e.to_api();
+                            send(socket, &ServerFrame::Error { code: api.code, message: api.message, fatal: false }).await?;
+                        }
+                    },
+                }
+            }
+        }
+    }
+}

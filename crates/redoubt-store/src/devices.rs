@@ -1,0 +1,410 @@
+//! Devices: enrollment, bundles issued, compliance reports received.
+
+use redoubt_proto::{
+    Compliance, ComplianceReport, DeviceId, HardwareKind, Mode, ModeName, SignedEnvelope, Timestamp, UserName,
+};
+use sqlx::{Row, Sqlite, Transaction};
+
+use crate::tokens::EnrollRefusal;
+use crate::{Result, Store, StoreError, from_json, parse, to_json};
+
+/// A device about to be enrolled.
+#[derive(Debug, Clone)]
+pub struct NewDevice {
+    /// Its new id.
+    pub id: DeviceId,
+    /// Its Ed25519 public key.
+    pub public_key: [u8; 32],
+    /// Its hardware backend.
+    pub hardware: HardwareKind,
+}
+
+/// What the store asks the caller to sign when a device needs a new bundle.
+#[derive(Debug, Clone)]
+pub struct BundleRequest {
+    /// The device.
+    pub device_id: DeviceId,
+    /// Its owner.
+    pub user: UserName,
+    /// The version the new bundle must carry (one more than the last).
+    pub version: u64,
+    /// The assigned base mode's definition.
+    pub base_mode: Mode,
+    /// The latest report, to re-evaluate compliance against the new bundle.
+    pub last_report: Option<ComplianceReport>,
+}
+
+/// A bundle the caller signed, with the verdict on the latest report against it.
+#[derive(Debug, Clone)]
+pub struct IssuedBundle {
+    /// Its version.
+    pub version: u64,
+    /// The signed envelope.
+    pub envelope: SignedEnvelope,
+    /// The payload as JSON (for the console; not trusted by devices).
+    pub payload_json: String,
+    /// When it was issued.
+    pub issued_at: Timestamp,
+    /// When it expires.
+    pub expires_at: Timestamp,
+    /// Name of the effective mode it yields.
+    pub effective_mode: String,
+    /// Compliance of the latest report against this bundle (`Pending` without one).
+    pub compliance: Compliance,
+    /// Reasons when not compliant.
+    pub reasons: Vec<String>,
+}
+
+/// A device as stored.
+#[derive(Debug, Clone)]
+pub struct DeviceRecord {
+    /// Id.
+    pub id: DeviceId,
+    /// Owner.
+    pub user: UserName,
+    /// Ed25519 public key.
+    pub public_key: [u8; 32],
+    /// Backend.
+    pub hardware: HardwareKind,
+    /// The operator's base assignment.
+    pub assigned_mode: ModeName,
+    /// Enrollment time.
+    pub enrolled_at: Timestamp,
+    /// Revocation time.
+    pub revoked_at: Option<Timestamp>,
+    /// Newest bundle version.
+    pub bundle_version: u64,
+    /// Newest bundle, signed.
+    pub bundle: SignedEnvelope,
+    /// When the newest bundle was issued.
+    pub bundle_issued_at: Timestamp,
+    /// When the newest bundle expires.
+    pub bundle_expires_at: Timestamp,
+    /// Effective mode of the newest bundle.
+    pub effective_mode: String,
+    /// Compliance verdict of the latest report (never `Stale`: staleness depends on the clock).
+    pub compliance: Compliance,
+    /// Reasons when not compliant.
+    pub compliance_reasons: Vec<String>,
+    /// Latest report's sequence number.
+    pub last_report_seq: Option<u64>,
+    /// When the latest report arrived.
+    pub last_report_at: Option<Timestamp>,
+    /// The latest report.
+    pub last_report: Option<ComplianceReport>,
+}
+
+/// What happened to a report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportOutcome {
+    /// Stored as the newest report.
+    Stored(Compliance),
+    /// A sequence number at or below the newest one: already stored, ignored.
+    Duplicate,
+}
+
+const DEVICE_COLUMNS: &str = "id, user_name, public_key, hardware, assigned_mode, enrolled_at, revoked_at, \
+     bundle_version, bundle_envelope, bundle_issued_at, bundle_expires_at, effective_mode, compliance, \
+     compliance_reasons, last_report_seq, last_report_at, last_report";
+
+fn compliance_str(c: Compliance) -> &'static str {
+    c.as_str()
+}
+
+fn parse_compliance(s: &str) -> Result<Compliance> {
+    match s {
+        "pending" => Ok(Compliance::Pending),
+        "compliant" => Ok(Compliance::Compliant),
+        "non_compliant" => Ok(Compliance::NonCompliant),
+        other => Err(crate::corrupt("compliance", other)),
+    }
+}
+
+fn hardware_str(h: HardwareKind) -> &'static str {
+    match h {
+        HardwareKind::Sim => "sim",
+        HardwareKind::Linux => "linux",
+    }
+}
+
+fn device_record(r: &sqlx::sqlite::SqliteRow) -> Result<DeviceRecord> {
+    let key: Vec<u8> = r.try_get("public_key")?;
+    let hardware = match r.try_get::<&str, _>("hardware")? {
+        "sim" => HardwareKind::Sim,
+        "linux" => HardwareKind::Linux,
+        other => return Err(crate::corrupt("hardware", other)),
+    };
+    Ok(DeviceRecord {
+        id: parse("device id", r.try_get("id")?)?,
+        user: parse("user name", r.try_get("user_name")?)?,
+        public_key: key.try_into().map_err(|_| crate::corrupt("public key", "not 32 bytes"))?,
+        hardware,
+        assigned_mode: parse("mode name", r.try_get("assigned_mode")?)?,
+        enrolled_at: Timestamp(r.try_get("enrolled_at")?),
+        revoked_at: r.try_get::<Option<i64>, _>("revoked_at")?.map(Timestamp),
+        bundle_version: r.try_get::<i64, _>("bundle_version")? as u64,
+        bundle: from_json("bundle", r.try_get("bundle_envelope")?)?,
+        bundle_issued_at: Timestamp(r.try_get("bundle_issued_at")?),
+        bundle_expires_at: Timestamp(r.try_get("bundle_expires_at")?),
+        effective_mode: r.try_get("effective_mode")?,
+        compliance: parse_compliance(r.try_get("compliance")?)?,
+        compliance_reasons: from_json("compliance reasons", r.try_get("compliance_reasons")?)?,
+        last_report_seq: r.try_get::<Option<i64>, _>("last_report_seq")?.map(|s| s as u64),
+        last_report_at: r.try_get::<Option<i64>, _>("last_report_at")?.map(Timestamp),
+        last_report: r
+            .try_get::<Option<&str>, _>("last_report")?
+            .map(|s| from_json("last report", s))
+            .transpose()?,
+    })
+}
+
+async fn load_mode(tx: &mut Transaction<'_, Sqlite>, name: &ModeName) -> Result<Mode> {
+    let def: Option<String> = sqlx::query_scalar("SELECT definition FROM modes WHERE name = ?")
+        .bind(name.as_str())
+        .fetch_optional(&mut **tx)
+        .await?;
+    from_json("mode definition", &def.ok_or_else(|| StoreError::NotFound(format!("mode {name}")))?)
+}
+
+async fn load_device(tx: &mut Transaction<'_, Sqlite>, id: &DeviceId) -> Result<DeviceRecord> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE id = ?")))
+        .bind(id.as_str())
+        .fetch_optional(&mut **tx)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("device {id}")))?;
+    device_record(&row)
+}
+
+/// Issues the next bundle for `id` inside `tx`, optionally changing its base mode.
+pub(crate) async fn reissue(
+    tx: &mut Transaction<'_, Sqlite>,
+    id: &DeviceId,
+    new_mode: Option<&ModeName>,
+    issue: &mut impl FnMut(&BundleRequest) -> IssuedBundle,
+) -> Result<DeviceRecord> {
+    let dev = load_device(tx, id).await?;
+    if dev.revoked_at.is_some() {
+        return Err(StoreError::Conflict(format!("device {id} is revoked")));
+    }
+    let mode_name = new_mode.unwrap_or(&dev.assigned_mode);
+    let base_mode = load_mode(tx, mode_name).await?;
+    let issued = issue(&BundleRequest {
+        device_id: dev.id.clone(),
+        user: dev.user.clone(),
+        version: dev.bundle_version + 1,
+        base_mode,
+        last_report: dev.last_report.clone(),
+    });
+    sqlx::query(
+        "UPDATE devices SET assigned_mode = ?, bundle_version = ?, bundle_envelope = ?, bundle_payload = ?,
+         bundle_issued_at = ?, bundle_expires_at = ?, effective_mode = ?, compliance = ?, compliance_reasons = ?
+         WHERE id = ?",
+    )
+    .bind(mode_name.as_str())
+    .bind(issued.version as i64)
+    .bind(to_json(&issued.envelope))
+    .bind(&issued.payload_json)
+    .bind(issued.issued_at.unix())
+    .bind(issued.expires_at.unix())
+    .bind(&issued.effective_mode)
+    .bind(compliance_str(issued.compliance))
+    .bind(to_json(&issued.reasons))
+    .bind(id.as_str())
+    .execute(&mut **tx)
+    .await?;
+    load_device(tx, id).await
+}
+
+impl Store {
+    /// Consumes an enrollment token and enrolls a device with its first bundle, all in
+    /// one transaction: a token can enroll exactly one device, even under races.
+    pub async fn enroll_device(
+        &self,
+        token_hash: &[u8; 32],
+        device: NewDevice,
+        now: Timestamp,
+        mut issue: impl FnMut(&BundleRequest) -> IssuedBundle,
+    ) -> Result<DeviceRecord> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "UPDATE enrollment_tokens SET used_at = ?, device_id = ?
+             WHERE token_hash = ? AND used_at IS NULL AND expires_at > ?
+             RETURNING user_name, mode",
+        )
+        .bind(now.unix())
+        .bind(device.id.as_str())
+        .bind(&token_hash[..])
+        .bind(now.unix())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            let state = sqlx::query("SELECT used_at, expires_at FROM enrollment_tokens WHERE token_hash = ?")
+                .bind(&token_hash[..])
+                .fetch_optional(&mut *tx)
+                .await?;
+            let refusal = match state {
+                None => EnrollRefusal::Invalid,
+                Some(r) if r.try_get::<Option<i64>, _>("used_at")?.is_some() => EnrollRefusal::Used,
+                Some(_) => EnrollRefusal::Expired,
+            };
+            return Err(StoreError::Enroll(refusal));
+        };
+        let user: UserName = parse("user name", row.try_get("user_name")?)?;
+        let mode_name: ModeName = parse("mode name", row.try_get("mode")?)?;
+        let base_mode = load_mode(&mut tx, &mode_name).await?;
+        let issued = issue(&BundleRequest {
+            device_id: device.id.clone(),
+            user: user.clone(),
+            version: 1,
+            base_mode,
+            last_report: None,
+        });
+        let inserted = sqlx::query(
+            "INSERT INTO devices (id, user_name, public_key, hardware, assigned_mode, enrolled_at, bundle_version,
+             bundle_envelope, bundle_payload, bundle_issued_at, bundle_expires_at, effective_mode, compliance,
+             compliance_reasons) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(device.id.as_str())
+        .bind(user.as_str())
+        .bind(&device.public_key[..])
+        .bind(hardware_str(device.hardware))
+        .bind(mode_name.as_str())
+        .bind(now.unix())
+        .bind(issued.version as i64)
+        .bind(to_json(&issued.envelope))
+        .bind(&issued.payload_json)
+        .bind(issued.issued_at.unix())
+        .bind(issued.expires_at.unix())
+        .bind(&issued.effective_mode)
+        .bind(compliance_str(issued.compliance))
+        .bind(to_json(&issued.reasons))
+        .execute(&mut *tx)
+        .await;
+        if let Err(sqlx::Error::Database(e)) = &inserted
+            && e.is_unique_violation()
+        {
+            return Err(StoreError::Conflict("this device key is already enrolled".into()));
+        }
+        inserted?;
+        let rec = load_device(&mut tx, &device.id).await?;
+        tx.commit().await?;
+        Ok(rec)
+    }
+
+    /// One device.
+    pub async fn get_device(&self, id: &DeviceId) -> Result<Option<DeviceRecord>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE id = ?")))
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(device_record).transpose()
+    }
+
+    /// Every device, by enrollment time.
+    pub async fn list_devices(&self) -> Result<Vec<DeviceRecord>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {DEVICE_COLUMNS} FROM devices ORDER BY enrolled_at, id"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(device_record).collect()
+    }
+
+    /// Assigns a new base mode and issues the next bundle, in one transaction.
+    pub async fn set_device_mode(
+        &self,
+        id: &DeviceId,
+        mode: &ModeName,
+        mut issue: impl FnMut(&BundleRequest) -> IssuedBundle,
+    ) -> Result<DeviceRecord> {
+        let mut tx = self.pool.begin().await?;
+        let rec = reissue(&mut tx, id, Some(mode), &mut issue).await?;
+        tx.commit().await?;
+        Ok(rec)
+    }
+
+    /// Issues the next bundle with the same assignments (e.g. to renew its expiry).
+    pub async fn renew_bundle(
+        &self,
+        id: &DeviceId,
+        mut issue: impl FnMut(&BundleRequest) -> IssuedBundle,
+    ) -> Result<DeviceRecord> {
+        let mut tx = self.pool.begin().await?;
+        let rec = reissue(&mut tx, id, None, &mut issue).await?;
+        tx.commit().await?;
+        Ok(rec)
+    }
+
+    /// Stores a verified report if its sequence number is newer than the newest one,
+    /// with the verdict `evaluate` gives against the device's newest bundle; the write is
+    /// durable when this returns.
+    pub async fn record_report(
+        &self,
+        report: &ComplianceReport,
+        envelope: &SignedEnvelope,
+        now: Timestamp,
+        evaluate: impl FnOnce(&DeviceRecord) -> (Compliance, Vec<String>),
+    ) -> Result<ReportOutcome> {
+        let mut tx = self.pool.begin().await?;
+        let dev = load_device(&mut tx, &report.device_id).await?;
+        if dev.last_report_seq.is_some_and(|s| report.seq <= s) {
+            return Ok(ReportOutcome::Duplicate);
+        }
+        let (compliance, reasons) = evaluate(&dev);
+        sqlx::query("INSERT INTO reports (device_id, seq, received_at, compliance, envelope) VALUES (?, ?, ?, ?, ?)")
+            .bind(dev.id.as_str())
+            .bind(report.seq as i64)
+            .bind(now.unix())
+            .bind(compliance_str(compliance))
+            .bind(to_json(envelope))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE devices SET last_report_seq = ?, last_report_at = ?, last_report = ?, compliance = ?,
+             compliance_reasons = ? WHERE id = ?",
+        )
+        .bind(report.seq as i64)
+        .bind(now.unix())
+        .bind(to_json(report))
+        .bind(compliance_str(compliance))
+        .bind(to_json(&reasons))
+        .bind(dev.id.as_str())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(ReportOutcome::Stored(compliance))
+    }
+
+    /// Number of reports stored for a device (the history).
+    pub async fn count_reports(&self, id: &DeviceId) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM reports WHERE device_id = ?")
+            .bind(id.as_str())
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n as u64)
+    }
+
+    /// Live devices per compliance state; a device whose latest report arrived before
+    /// `stale_before` counts as `Stale`.
+    pub async fn compliance_counts(&self, stale_before: Timestamp) -> Result<Vec<(Compliance, u64)>> {
+        let rows = sqlx::query(
+            "SELECT CASE WHEN last_report_at IS NOT NULL AND last_report_at < ? THEN 'stale' ELSE compliance END AS c,
+             count(*) AS n FROM devices WHERE revoked_at IS NULL GROUP BY c",
+        )
+        .bind(stale_before.unix())
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out: Vec<(Compliance, u64)> = Compliance::ALL.iter().map(|c| (*c, 0)).collect();
+        for r in rows {
+            let c = match r.try_get::<&str, _>("c")? {
+                "stale" => Compliance::Stale,
+                other => parse_compliance(other)?,
+            };
+            let n: i64 = r.try_get("n")?;
+            if let Some(slot) = out.iter_mut().find(|(k, _)| *k == c) {
+                slot.1 = n as u64;
+            }
+        }
+        Ok(out)
+    }
+}
