@@ -303,7 +303,7 @@ impl Store {
     /// Every device, by enrollment time.
     pub async fn list_devices(&self) -> Result<Vec<DeviceRecord>> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {DEVICE_COLUMNS} FROM devices ORDER BY enrolled_at, id"
+            "SELECT {DEVICE_COLUMNS} FROM devices ORDER BY enrolled_at, rowid"
         )))
         .fetch_all(&self.pool)
         .await?;

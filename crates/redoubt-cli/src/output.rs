@@ -1,0 +1,469 @@
+//! Text output for people: aligned tables, key/value blocks, relative times, and the
+//! renderings of devices, modes and enrollments. (`--json` output is the server's
+//! answer verbatim and does not pass through here.)
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+
+use anyhow::Context as _;
+
+use redoubt_proto::api::{DeviceView, EnrollmentCreated, ModeView, WhoAmI};
+use redoubt_proto::{Capability, Rule, Timestamp};
+
+/// Writes `text` to stdout. A reader that went away (`redoubt devices list | head`)
+/// is not an error.
+pub fn emit(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("cannot write to stdout"),
+    }
+}
+
+/// A table with a header row; columns are left-aligned and separated by two spaces.
+#[derive(Debug, Clone)]
+pub struct Table {
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    /// A table with these column titles.
+    pub fn new<const N: usize>(header: [&str; N]) -> Self {
+        Table {
+            header: header.iter().map(|h| (*h).to_owned()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    /// Adds a row; missing cells are empty, extra cells are kept.
+    pub fn row(&mut self, cells: impl IntoIterator<Item = String>) {
+        self.rows.push(cells.into_iter().collect());
+    }
+
+    /// The table as text, one line per row, each ending in `\n`, without trailing
+    /// spaces.
+    pub fn render(&self) -> String {
+        let columns = self
+            .rows
+            .iter()
+            .map(Vec::len)
+            .chain([self.header.len()])
+            .max()
+            .unwrap_or(0);
+        let mut widths = vec![0; columns];
+        for line in std::iter::once(&self.header).chain(&self.rows) {
+            for (w, cell) in widths.iter_mut().zip(line) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        let mut out = String::new();
+        for line in std::iter::once(&self.header).chain(&self.rows) {
+            let mut text = String::new();
+            for (i, w) in widths.iter().enumerate() {
+                let cell = line.get(i).map_or("", String::as_str);
+                if i > 0 {
+                    text.push_str("  ");
+                }
+                text.push_str(cell);
+                text.extend(std::iter::repeat_n(' ', w - cell.chars().count()));
+            }
+            out.push_str(text.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// `key: value` lines with the values aligned.
+pub fn fields(pairs: &[(&str, String)]) -> String {
+    let width = pairs.iter().map(|(k, _)| k.len() + 1).max().unwrap_or(0);
+    let mut out = String::new();
+    for (key, value) in pairs {
+        let label = format!("{key}:");
+        // Writing to a String cannot fail.
+        let _ = writeln!(out, "{label:<width$} {value}");
+    }
+    out
+}
+
+/// `then` relative to `now`, coarsely: `in 15m`, `3h ago`, `just now`.
+pub fn relative(then: Timestamp, now: Timestamp) -> String {
+    let delta = then.unix().saturating_sub(now.unix());
+    let secs = delta.unsigned_abs();
+    if secs < 5 {
+        return "just now".into();
+    }
+    let amount = match secs {
+        0..60 => format!("{secs}s"),
+        60..3_600 => format!("{}m", secs / 60),
+        3_600..86_400 => format!("{}h", secs / 3_600),
+        _ => format!("{}d", secs / 86_400),
+    };
+    if delta > 0 {
+        format!("in {amount}")
+    } else {
+        format!("{amount} ago")
+    }
+}
+
+/// A timestamp followed by how far it is from `now`.
+fn when(t: Timestamp, now: Timestamp) -> String {
+    format!("{t} ({})", relative(t, now))
+}
+
+/// The answer to `whoami`.
+pub fn whoami(me: &WhoAmI) -> String {
+    fields(&[("name", me.name.clone()), ("role", me.role.to_string())])
+}
+
+/// A new enrollment: its URL and expiry (the QR code is printed separately).
+pub fn enrollment(created: &EnrollmentCreated, now: Timestamp) -> String {
+    fields(&[
+        ("enrollment URL", created.url.clone()),
+        ("expires", when(created.expires_at, now)),
+    ])
+}
+
+/// The `devices list` table.
+pub fn device_table(devices: &[DeviceView], now: Timestamp) -> String {
+    if devices.is_empty() {
+        return "no devices enrolled\n".into();
+    }
+    let mut table = Table::new([
+        "ID",
+        "USER",
+        "MODE",
+        "ASSIGNED",
+        "COMPLIANCE",
+        "LAST REPORT",
+    ]);
+    for d in devices {
+        table.row([
+            d.id.to_string(),
+            d.user.to_string(),
+            d.mode.clone(),
+            d.assigned_mode.to_string(),
+            d.compliance.to_string(),
+            d.last_report_at
+                .map_or_else(|| "never".into(), |t| relative(t, now)),
+        ]);
+    }
+    table.render()
+}
+
+/// Every field of one device, capabilities one per line.
+pub fn device(d: &DeviceView, now: Timestamp) -> String {
+    let reported = match d.reported_bundle_version {
+        Some(v) if v == d.bundle_version => format!("{} (reported)", d.bundle_version),
+        Some(v) => format!("{} (device reports {v})", d.bundle_version),
+        None => format!("{} (not reported yet)", d.bundle_version),
+    };
+    let last_report = match (d.last_report_at, d.last_report_seq) {
+        (Some(t), Some(seq)) => format!("{} #{seq}", when(t, now)),
+        (Some(t), None) => when(t, now),
+        (None, _) => "never".into(),
+    };
+    let mut out = fields(&[
+        ("id", d.id.to_string()),
+        ("user", d.user.to_string()),
+        ("effective mode", d.mode.clone()),
+        ("assigned mode", d.assigned_mode.to_string()),
+        ("compliance", d.compliance.to_string()),
+        ("hardware", d.hardware.to_string()),
+        ("connected", if d.connected { "yes" } else { "no" }.into()),
+        ("enrolled", when(d.enrolled_at, now)),
+        ("bundle version", reported),
+        ("last report", last_report),
+        (
+            "network",
+            d.network
+                .map_or_else(|| "not reported".into(), |n| n.to_string()),
+        ),
+    ]);
+    if !d.compliance_reasons.is_empty() {
+        out.push_str("\ncompliance reasons:\n");
+        for reason in &d.compliance_reasons {
+            let _ = writeln!(out, "  - {reason}");
+        }
+    }
+    if d.capabilities.is_empty() {
+        out.push_str("\ncapabilities: not reported yet\n");
+    } else {
+        out.push_str("\ncapabilities:\n");
+        let width = d
+            .capabilities
+            .keys()
+            .map(|c| c.as_str().len())
+            .max()
+            .unwrap_or(0);
+        for (cap, state) in &d.capabilities {
+            let _ = writeln!(out, "  {:<width$}  {state}", cap.as_str());
+        }
+    }
+    out
+}
+
+fn rule_str(rule: Rule) -> &'static str {
+    match rule {
+        Rule::Allow => "allow",
+        Rule::Deny => "deny",
+    }
+}
+
+fn apps(list: Option<&[String]>) -> String {
+    match list {
+        None => "any app".into(),
+        Some([]) => "none".into(),
+        Some(apps) => apps.join(", "),
+    }
+}
+
+fn kind(view: &ModeView) -> &'static str {
+    if view.builtin { "preset" } else { "custom" }
+}
+
+/// The `modes list` table.
+pub fn mode_table(modes: &[ModeView], now: Timestamp) -> String {
+    if modes.is_empty() {
+        return "no modes\n".into();
+    }
+    let mut table = Table::new(["NAME", "KIND", "NETWORK", "DENIED", "APPS", "UPDATED"]);
+    for view in modes {
+        let m = &view.mode;
+        let denied: Vec<&str> = Capability::ALL
+            .into_iter()
+            .filter(|c| m.capabilities.get(*c) == Rule::Deny)
+            .map(Capability::as_str)
+            .collect();
+        let denied = match denied.len() {
+            0 => "none".to_owned(),
+            n if n == Capability::ALL.len() => "all".to_owned(),
+            _ => denied.join(","),
+        };
+        let app_count = match &m.app_allowlist {
+            None => "any".to_owned(),
+            Some(list) => list.len().to_string(),
+        };
+        table.row([
+            m.name.to_string(),
+            kind(view).to_owned(),
+            m.network.to_string(),
+            denied,
+            app_count,
+            relative(view.updated_at, now),
+        ]);
+    }
+    table.render()
+}
+
+/// One mode: its header fields and a capability → allow/deny table.
+pub fn mode(view: &ModeView, now: Timestamp) -> String {
+    let m = &view.mode;
+    let mut pairs = vec![("mode", format!("{} ({})", m.name, kind(view)))];
+    if !m.description.is_empty() {
+        pairs.push(("description", m.description.clone()));
+    }
+    pairs.push(("network", m.network.to_string()));
+    pairs.push(("apps", apps(m.app_allowlist.as_deref())));
+    pairs.push(("updated", when(view.updated_at, now)));
+    let mut table = Table::new(["CAPABILITY", "RULE"]);
+    for cap in Capability::ALL {
+        table.row([
+            cap.to_string(),
+            rule_str(m.capabilities.get(cap)).to_owned(),
+        ]);
+    }
+    format!("{}\n{}", fields(&pairs), table.render())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use redoubt_proto::{
+        CapabilityRules, CapabilityState, Compliance, HardwareKind, Mode, NetworkReach,
+        NetworkState,
+    };
+
+    use super::*;
+
+    const NOW: Timestamp = Timestamp(1_790_000_000);
+
+    fn check(got: &str, expect: &str) {
+        assert_eq!(
+            got, expect,
+            "\n--- got ---\n{got}\n--- expected ---\n{expect}"
+        );
+    }
+
+    #[test]
+    fn table_aligns_columns_and_trims_trailing_spaces() {
+        let mut t = Table::new(["ID", "NAME", "X"]);
+        t.row(["1".into(), "alice".into(), String::new()]);
+        t.row(["22222".into(), "bö".into(), "y".into()]);
+        check(
+            &t.render(),
+            "ID     NAME   X\n\
+             1      alice\n\
+             22222  bö     y\n",
+        );
+    }
+
+    #[test]
+    fn table_with_ragged_rows() {
+        let mut t = Table::new(["A"]);
+        t.row(["x".into(), "extra".into()]);
+        t.row([]);
+        check(&t.render(), "A\nx  extra\n\n");
+    }
+
+    #[test]
+    fn relative_times() {
+        let at = |d| relative(Timestamp(NOW.0 + d), NOW);
+        assert_eq!(at(0), "just now");
+        assert_eq!(at(900), "in 15m");
+        assert_eq!(at(-30), "30s ago");
+        assert_eq!(at(-7_200), "2h ago");
+        assert_eq!(at(3 * 86_400), "in 3d");
+    }
+
+    fn device_view() -> DeviceView {
+        DeviceView {
+            id: "dev_0123456789abcdef01234567".parse().expect("id"),
+            user: "alice".parse().expect("user"),
+            mode: "secure-site".into(),
+            assigned_mode: "standard".parse().expect("mode"),
+            compliance: Compliance::NonCompliant,
+            compliance_reasons: vec!["camera is on but secure-site denies it".into()],
+            capabilities: BTreeMap::from([
+                (Capability::Camera, CapabilityState::On),
+                (Capability::CellularData, CapabilityState::Off),
+            ]),
+            network: Some(NetworkState::OrganizationOnly),
+            bundle_version: 3,
+            reported_bundle_version: Some(2),
+            last_report_at: Some(Timestamp(NOW.0 - 120)),
+            last_report_seq: Some(7),
+            hardware: HardwareKind::Sim,
+            connected: true,
+            enrolled_at: Timestamp(NOW.0 - 3 * 86_400),
+        }
+    }
+
+    #[test]
+    fn device_list() {
+        let mut pending = device_view();
+        pending.id = "dev_ffffffffffffffffffffffff".parse().expect("id");
+        pending.user = "bob".parse().expect("user");
+        pending.mode = "standard".into();
+        pending.compliance = Compliance::Pending;
+        pending.last_report_at = None;
+        check(
+            &device_table(&[device_view(), pending], NOW),
+            "ID                            USER   MODE         ASSIGNED  COMPLIANCE     LAST REPORT\n\
+             dev_0123456789abcdef01234567  alice  secure-site  standard  non_compliant  2m ago\n\
+             dev_ffffffffffffffffffffffff  bob    standard     standard  pending        never\n",
+        );
+        check(&device_table(&[], NOW), "no devices enrolled\n");
+    }
+
+    #[test]
+    fn device_details() {
+        check(
+            &device(&device_view(), NOW),
+            "id:             dev_0123456789abcdef01234567\n\
+             user:           alice\n\
+             effective mode: secure-site\n\
+             assigned mode:  standard\n\
+             compliance:     non_compliant\n\
+             hardware:       sim (SIMULATED)\n\
+             connected:      yes\n\
+             enrolled:       2026-09-18T14:13:20Z (3d ago)\n\
+             bundle version: 3 (device reports 2)\n\
+             last report:    2026-09-21T14:11:20Z (2m ago) #7\n\
+             network:        organization-only\n\
+             \n\
+             compliance reasons:\n  \
+             - camera is on but secure-site denies it\n\
+             \n\
+             capabilities:\n  \
+             camera         on\n  \
+             cellular_data  off\n",
+        );
+    }
+
+    fn mode_view() -> ModeView {
+        let mut capabilities = CapabilityRules::all(Rule::Allow);
+        capabilities.set(Capability::Camera, Rule::Deny);
+        capabilities.set(Capability::Location, Rule::Deny);
+        ModeView {
+            mode: Mode {
+                name: "night-shift".parse().expect("name"),
+                description: "Guards at night".into(),
+                network: NetworkReach::OrganizationOnly,
+                capabilities,
+                app_allowlist: Some(vec!["org.redoubt.messenger".into()]),
+            },
+            builtin: false,
+            updated_at: Timestamp(NOW.0 - 60),
+        }
+    }
+
+    #[test]
+    fn mode_details() {
+        check(
+            &mode(&mode_view(), NOW),
+            "mode:        night-shift (custom)\n\
+             description: Guards at night\n\
+             network:     organization-only\n\
+             apps:        org.redoubt.messenger\n\
+             updated:     2026-09-21T14:12:20Z (1m ago)\n\
+             \n\
+             CAPABILITY     RULE\n\
+             camera         deny\n\
+             microphone     allow\n\
+             bluetooth      allow\n\
+             wifi           allow\n\
+             cellular_data  allow\n\
+             location       deny\n\
+             nfc            allow\n\
+             usb_data       allow\n\
+             screenshots    allow\n",
+        );
+    }
+
+    #[test]
+    fn mode_list() {
+        let mut open = mode_view();
+        open.mode.name = "standard".parse().expect("name");
+        open.mode.network = NetworkReach::Open;
+        open.mode.capabilities = CapabilityRules::all(Rule::Allow);
+        open.mode.app_allowlist = None;
+        open.builtin = true;
+        check(
+            &mode_table(&[open, mode_view()], NOW),
+            "NAME         KIND    NETWORK            DENIED           APPS  UPDATED\n\
+             standard     preset  open               none             any   1m ago\n\
+             night-shift  custom  organization-only  camera,location  1     1m ago\n",
+        );
+    }
+
+    #[test]
+    fn whoami_and_enrollment() {
+        let me = WhoAmI {
+            name: "ops".into(),
+            role: redoubt_proto::api::Role::Operator,
+        };
+        check(&whoami(&me), "name: ops\nrole: operator\n");
+        let created = EnrollmentCreated {
+            url: "redoubt://enroll?x".into(),
+            expires_at: Timestamp(NOW.0 + 900),
+        };
+        check(
+            &enrollment(&created, NOW),
+            "enrollment URL: redoubt://enroll?x\n\
+             expires:        2026-09-21T14:28:20Z (in 15m)\n",
+        );
+    }
+}

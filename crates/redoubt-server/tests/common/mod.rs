@@ -1,0 +1,268 @@
+//! Test harness: spawns the real `redoubt-server`, `redoubt` and `redoubt-agent`
+//! binaries against temp directories on port 0, and waits on conditions with deadlines.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The directory holding the workspace's binaries (next to `redoubt-server`).
+pub fn bin(name: &str) -> PathBuf {
+    let server = PathBuf::from(env!("CARGO_BIN_EXE_redoubt-server"));
+    let p = server.with_file_name(name);
+    assert!(
+        p.exists(),
+        "{} is not built; run the whole test suite with `cargo test --workspace`",
+        p.display()
+    );
+    p
+}
+
+/// Polls `f` until it returns `Some` or the deadline passes.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// Sends a signal to a process.
+pub fn signal(child: &Child, sig: &str) {
+    let status = Command::new("kill").arg(format!("-{sig}")).arg(child.id().to_string()).status().unwrap();
+    assert!(status.success(), "kill -{sig} failed");
+}
+
+/// Waits for a child to exit within `timeout`.
+pub fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    wait_for("process exit", timeout, || child.try_wait().unwrap())
+}
+
+/// A running `redoubt-server`.
+pub struct Server {
+    pub child: Child,
+    pub data: PathBuf,
+    pub url: String,
+    pub fingerprint: String,
+    pub owner_token: String,
+    pub env: Vec<(String, String)>,
+    stdout: mpsc::Receiver<String>,
+}
+
+impl Server {
+    /// Starts a server on `data` with extra `REDOUBT_*` settings, and an owner token.
+    pub fn start(data: &Path, env: &[(&str, &str)]) -> Server {
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut cmd = Command::new(bin("redoubt-server"));
+        cmd.arg("serve");
+        if !env.iter().any(|(k, _)| k == "REDOUBT_LISTEN") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        let mut child = cmd
+            .arg("--data")
+            .arg(data)
+            .envs(env.iter().cloned())
+            .env("REDOUBT_LOG", "info,redoubt_server=debug")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut url = None;
+        let mut fingerprint = None;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while url.is_none() || fingerprint.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx.recv_timeout(left).expect("server did not print its address and fingerprint");
+            if let Some(u) = line.strip_prefix("Redoubt server listening on ") {
+                url = Some(u.trim().to_owned());
+            }
+            if let Some(f) = line.strip_prefix("CA fingerprint: ") {
+                fingerprint = Some(f.trim().to_owned());
+            }
+        }
+        let mut server = Server {
+            child,
+            data: data.to_owned(),
+            url: url.unwrap(),
+            fingerprint: fingerprint.unwrap(),
+            owner_token: String::new(),
+            env,
+            stdout: rx,
+        };
+        server.owner_token = server.admin_token("test-owner", "owner");
+        server
+    }
+
+    /// Creates an admin token with the offline command.
+    pub fn admin_token(&self, name: &str, role: &str) -> String {
+        let out = Command::new(bin("redoubt-server"))
+            .args(["admin-token", "--name", name, "--role", role, "--data"])
+            .arg(&self.data)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "admin-token failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    /// Runs the admin CLI with this server's address, fingerprint and `token`.
+    pub fn cli_as(&self, token: &str, args: &[&str]) -> Output {
+        Command::new(bin("redoubt"))
+            .args(args)
+            .env("REDOUBT_SERVER", &self.url)
+            .env("REDOUBT_TOKEN", token)
+            .env("REDOUBT_CA_FINGERPRINT", &self.fingerprint)
+            .output()
+            .unwrap()
+    }
+
+    /// Runs the admin CLI as owner; asserts success; parses `--json` output.
+    pub fn cli_json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.cli_as(&self.owner_token, &all);
+        assert!(
+            out.status.success(),
+            "redoubt {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("redoubt {args:?} printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+    }
+
+    /// A fresh enrollment URL for `user`.
+    pub fn enrollment_url(&self, user: &str) -> String {
+        self.cli_json(&["enroll", "create", "--user", user])["url"].as_str().unwrap().to_owned()
+    }
+
+    /// The console's view of a device.
+    pub fn device(&self, id: &str) -> Value {
+        self.cli_json(&["devices", "show", id])
+    }
+
+    /// Stops the server with SIGTERM and checks it exits cleanly.
+    pub fn stop(mut self) {
+        signal(&self.child, "TERM");
+        let status = wait_exit(&mut self.child, Duration::from_secs(20));
+        assert!(status.success(), "server exited with {status} after SIGTERM");
+    }
+
+    /// Kills the server without warning.
+    pub fn kill(mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+
+    /// Lines the server printed since start.
+    pub fn printed(&self) -> Vec<String> {
+        self.stdout.try_iter().collect()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+/// An agent's state directory.
+pub struct Agent {
+    pub state: PathBuf,
+    pub run: Option<Child>,
+}
+
+impl Agent {
+    pub fn new(state: PathBuf) -> Agent {
+        Agent { state, run: None }
+    }
+
+    /// Runs `redoubt-agent ARGS --state DIR`.
+    pub fn cmd(&self, args: &[&str]) -> Output {
+        Command::new(bin("redoubt-agent"))
+            .args(args)
+            .arg("--state")
+            .arg(&self.state)
+            .output()
+            .unwrap()
+    }
+
+    /// Enrolls; returns the device id.
+    pub fn enroll(&self, url: &str) -> String {
+        let out = self.cmd(&["enroll", url, "--json"]);
+        assert!(out.status.success(), "enroll failed: {}", String::from_utf8_lossy(&out.stderr));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["device_id"].as_str().unwrap().to_owned()
+    }
+
+    /// Starts `redoubt-agent run` with a fast hardware re-check.
+    pub fn start(&mut self) {
+        let child = Command::new(bin("redoubt-agent"))
+            .args(["run", "--recheck-ms", "200", "--state"])
+            .arg(&self.state)
+            .env("REDOUBT_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        self.run = Some(child);
+    }
+
+    /// Stops the running agent with SIGTERM.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.run.take() {
+            signal(&c, "TERM");
+            let status = wait_exit(&mut c, Duration::from_secs(20));
+            assert!(status.success(), "agent exited with {status} after SIGTERM");
+        }
+    }
+
+    /// `status --json`.
+    pub fn status(&self) -> Value {
+        let out = self.cmd(&["status", "--json"]);
+        assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// `sim show --json`.
+    pub fn sim(&self) -> Value {
+        let out = self.cmd(&["sim", "show", "--json"]);
+        assert!(out.status.success(), "sim show failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// `sim set CAP VALUE`.
+    pub fn sim_set(&self, target: &str, value: &str) {
+        let out = self.cmd(&["sim", "set", target, value]);
+        assert!(out.status.success(), "sim set failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.run.take() {
+            c.kill().ok();
+            c.wait().ok();
+        }
+    }
+}
+
+/// stderr of a command, lossy.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}

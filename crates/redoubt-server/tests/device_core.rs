@@ -1,0 +1,336 @@
+//! End-to-end: a real server, the admin CLI and simulated phones (real agent binaries)
+//! on loopback. Enrollment, modes, compliance, restarts, roles.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Agent, Server, stderr, wait_for};
+use serde_json::Value;
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn compliance(v: &Value) -> &str {
+    v["compliance"].as_str().unwrap_or("")
+}
+
+/// Waits until the server shows the device compliant in `mode` and returns the view.
+fn wait_compliant(server: &Server, id: &str, mode: &str) -> Value {
+    wait_for(&format!("{id} compliant in {mode}"), DEADLINE, || {
+        let d = server.device(id);
+        (compliance(&d) == "compliant" && d["mode"] == mode).then_some(d)
+    })
+}
+
+#[test]
+fn enrollment_tokens_are_single_use_and_expire() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server"), &[]);
+
+    let url = server.enrollment_url("alice");
+    let phone1 = Agent::new(tmp.path().join("phone1"));
+    let id1 = phone1.enroll(&url);
+
+    // The same code on another phone is refused.
+    let phone2 = Agent::new(tmp.path().join("phone2"));
+    let out = phone2.cmd(&["enroll", &url]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("already been used"), "{}", stderr(&out));
+
+    // A second phone with its own code works.
+    let id2 = phone2.enroll(&server.enrollment_url("bob"));
+    assert_ne!(id1, id2);
+
+    // An expired code is refused.
+    let created = server.cli_json(&["enroll", "create", "--user", "carol", "--ttl", "1s"]);
+    let expires = created["expires_at"].as_str().unwrap().to_owned();
+    wait_for("the code to expire", DEADLINE, || {
+        let now = server.cli_json(&["devices", "list"]); // any round trip; the clock is what matters
+        drop(now);
+        (std::time::SystemTime::now() > parse_rfc3339(&expires) + Duration::from_secs(1)).then_some(())
+    });
+    let phone3 = Agent::new(tmp.path().join("phone3"));
+    let out = phone3.cmd(&["enroll", created["url"].as_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("expired"), "{}", stderr(&out));
+
+    // A malformed code is refused before any network use.
+    let out = phone3.cmd(&["enroll", "redoubt://enroll?token=x"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).to_lowercase().contains("malformed"), "{}", stderr(&out));
+
+    let list = server.cli_json(&["devices", "list"]);
+    let users: Vec<&str> = list.as_array().unwrap().iter().map(|d| d["user"].as_str().unwrap()).collect();
+    assert_eq!(users, ["alice", "bob"]);
+    for d in list.as_array().unwrap() {
+        assert_eq!(compliance(d), "pending");
+        assert_eq!(d["assigned_mode"], "standard");
+    }
+}
+
+fn parse_rfc3339(s: &str) -> std::time::SystemTime {
+    // YYYY-MM-DDTHH:MM:SSZ → seconds since the epoch (days-from-civil).
+    let b = s.as_bytes();
+    let num = |r: std::ops::Range<usize>| s[r].parse::<i64>().unwrap();
+    assert_eq!(b[b.len() - 1], b'Z', "{s}");
+    let (y, m, d) = (num(0..4), num(5..7), num(8..10));
+    let (hh, mm, ss) = (num(11..13), num(14..16), num(17..19));
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe - 719468;
+    std::time::UNIX_EPOCH + Duration::from_secs((days * 86400 + hh * 3600 + mm * 60 + ss) as u64)
+}
+
+#[test]
+fn set_mode_reaches_the_phone_and_comes_back_compliant() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server"), &[]);
+    let mut phone = Agent::new(tmp.path().join("phone"));
+    let id = phone.enroll(&server.enrollment_url("alice"));
+    phone.start();
+    let d = wait_compliant(&server, &id, "standard");
+    assert_eq!(d["capabilities"]["camera"], "on");
+    wait_for("agent connected", DEADLINE, || (server.device(&id)["connected"] == true).then_some(()));
+
+    let started = Instant::now();
+    let out = server.cli_as(&server.owner_token, &["devices", "set-mode", &id, "secure-site"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let d = wait_compliant(&server, &id, "secure-site");
+    let elapsed = started.elapsed();
+    eprintln!("set-mode secure-site -> compliant: {elapsed:?} (including CLI process start-ups)");
+    assert_eq!(d["assigned_mode"], "secure-site");
+    for cap in ["camera", "microphone", "bluetooth", "location", "usb_data", "screenshots"] {
+        assert_eq!(d["capabilities"][cap], "off", "{cap}: {d}");
+    }
+    assert_eq!(d["network"], "organization-only");
+    // The measurement is the simulated hardware's real state.
+    let hw = phone.sim();
+    assert_eq!(hw["capabilities"]["camera"], "off");
+    assert_eq!(hw["simulated"], true);
+    let status = phone.status();
+    assert_eq!(status["effective_mode"], "secure-site");
+    assert_eq!(status["simulated"], true);
+    assert_eq!(status["connection"], "connected");
+
+    // Back to standard: restrictions lift only with the newer signed bundle.
+    let out = server.cli_as(&server.owner_token, &["devices", "set-mode", &id, "standard"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let d = wait_compliant(&server, &id, "standard");
+    assert_eq!(d["capabilities"]["camera"], "on");
+}
+
+#[test]
+fn drift_behind_the_agents_back_is_noticed_and_repaired() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server"), &[]);
+    let mut phone = Agent::new(tmp.path().join("phone"));
+    let id = phone.enroll(&server.enrollment_url("alice"));
+    let out = server.cli_as(&server.owner_token, &["devices", "set-mode", &id, "secure-site"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    phone.start();
+    let before = wait_compliant(&server, &id, "secure-site");
+    let seq_before = before["last_report_seq"].as_u64().unwrap();
+
+    // A user (or a malicious app) switches the camera back on.
+    phone.sim_set("camera", "on");
+    // The agent notices, reports, re-applies, and reports the repaired state.
+    let after = wait_for("a newer compliant report", DEADLINE, || {
+        let d = server.device(&id);
+        (compliance(&d) == "compliant" && d["last_report_seq"].as_u64().unwrap() > seq_before).then_some(d)
+    });
+    assert_eq!(after["capabilities"]["camera"], "off");
+    assert_eq!(phone.sim()["capabilities"]["camera"], "off");
+
+    // A camera whose driver ignores the agent: the server must see it on, never off.
+    let out = phone.cmd(&["sim", "set", "camera", "on", "--stuck"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let d = wait_for("non-compliance to be reported", DEADLINE, || {
+        let d = server.device(&id);
+        (compliance(&d) == "non_compliant").then_some(d)
+    });
+    assert_eq!(d["capabilities"]["camera"], "on", "{d}");
+    assert!(d["compliance_reasons"].to_string().contains("camera must be off"), "{d}");
+    assert_eq!(phone.sim()["capabilities"]["camera"], "on");
+}
+
+#[test]
+fn everything_survives_restarts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("server");
+    let server = Server::start(&data, &[]);
+    let fingerprint = server.fingerprint.clone();
+    let mut phone = Agent::new(tmp.path().join("phone"));
+    let id = phone.enroll(&server.enrollment_url("alice"));
+
+    // A custom mode, assigned.
+    let mode_file = tmp.path().join("night.toml");
+    std::fs::write(
+        &mode_file,
+        r#"name = "night-shift"
+description = "Guards at night"
+network = "open"
+[capabilities]
+camera = "deny"
+microphone = "allow"
+bluetooth = "deny"
+wifi = "allow"
+cellular_data = "allow"
+location = "allow"
+nfc = "allow"
+usb_data = "deny"
+screenshots = "allow"
+"#,
+    )
+    .unwrap();
+    let out = server.cli_as(&server.owner_token, &["modes", "apply", mode_file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = server.cli_as(&server.owner_token, &["devices", "set-mode", &id, "night-shift"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    phone.start();
+    wait_compliant(&server, &id, "night-shift");
+
+    // Clean server restart: same CA, same devices, modes and assignments.
+    let token = server.owner_token.clone();
+    server.stop();
+    let printed_fp = std::process::Command::new(common::bin("redoubt-server"))
+        .args(["ca-fingerprint", "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&printed_fp.stdout).trim(), fingerprint);
+    let server = Server::start(&data, &[]);
+    assert_eq!(server.fingerprint, fingerprint);
+    // The old token still works.
+    let out = server.cli_as(&token, &["--json", "whoami"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let d = server.device(&id);
+    assert_eq!(d["assigned_mode"], "night-shift");
+    let night = server.cli_json(&["modes", "show", "night-shift"]);
+    assert_eq!(night["capabilities"]["camera"], "deny");
+    // The agent reconnects on its own (new port: it cannot; so restart it with the same
+    // identity) — the device id and key survive an agent restart.
+    phone.stop();
+    let status = phone.status();
+    assert_eq!(status["device_id"], id.as_str());
+    assert_eq!(status["connection"], "not_running");
+    assert_eq!(status["effective_mode"], "night-shift");
+}
+
+#[test]
+fn agent_reconnects_after_a_server_restart_on_the_same_address() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("server");
+    // Find a free port, then pin the server to it so the phone can come back.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listen = format!("127.0.0.1:{port}");
+    let env = [("REDOUBT_LISTEN", listen.as_str()), ("REDOUBT_CHECK_IN_INTERVAL_SECS", "3")];
+    let server = Server::start(&data, &env);
+    let mut phone = Agent::new(tmp.path().join("phone"));
+    let id = phone.enroll(&server.enrollment_url("alice"));
+    phone.start();
+    let first = wait_compliant(&server, &id, "standard");
+    server.stop();
+
+    // While the server is down the agent keeps measuring; reports queue on disk.
+    phone.sim_set("bluetooth", "off");
+    wait_for("a queued report", DEADLINE, || {
+        (phone.status()["pending_reports"].as_u64().unwrap_or(0) > 0).then_some(())
+    });
+    let server = Server::start(&data, &env);
+    let d = wait_for("the queued report to arrive", DEADLINE, || {
+        let d = server.device(&id);
+        (d["capabilities"]["bluetooth"] == "off").then_some(d)
+    });
+    assert!(d["last_report_seq"].as_u64() > first["last_report_seq"].as_u64());
+    wait_for("the outbox to drain", DEADLINE, || {
+        (phone.status()["pending_reports"].as_u64() == Some(0)).then_some(())
+    });
+    let out = server.cli_as(&server.owner_token, &["devices", "set-mode", &id, "lockdown"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_compliant(&server, &id, "lockdown");
+}
+
+#[test]
+fn roles_are_enforced() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server"), &[]);
+    let phone = Agent::new(tmp.path().join("phone"));
+    let id = phone.enroll(&server.enrollment_url("alice"));
+    let auditor = server.admin_token("audrey", "auditor");
+    let officer = server.admin_token("olga", "officer");
+    let operator = server.admin_token("oscar", "operator");
+
+    // The auditor reads but cannot change anything.
+    let out = server.cli_as(&auditor, &["--json", "devices", "show", &id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = server.cli_as(&auditor, &["devices", "set-mode", &id, "secure-site"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("role auditor may not change a device's mode"), "{}", stderr(&out));
+    let out = server.cli_as(&auditor, &["enroll", "create", "--user", "x"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("forbidden") || stderr(&out).contains("may not"), "{}", stderr(&out));
+    assert_eq!(server.device(&id)["assigned_mode"], "standard");
+
+    // Officers own modes, operators own devices.
+    let mode_file = tmp.path().join("m.toml");
+    std::fs::write(
+        &mode_file,
+        "name = \"quiet\"\nnetwork = \"open\"\n[capabilities]\ncamera = \"allow\"\nmicrophone = \"deny\"\nbluetooth = \"allow\"\nwifi = \"allow\"\ncellular_data = \"allow\"\nlocation = \"allow\"\nnfc = \"allow\"\nusb_data = \"allow\"\nscreenshots = \"allow\"\n",
+    )
+    .unwrap();
+    let out = server.cli_as(&operator, &["modes", "apply", mode_file.to_str().unwrap()]);
+    assert!(!out.status.success(), "operator applied a mode");
+    let out = server.cli_as(&officer, &["modes", "apply", mode_file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = server.cli_as(&officer, &["devices", "set-mode", &id, "quiet"]);
+    assert!(!out.status.success(), "officer assigned a device");
+    let out = server.cli_as(&operator, &["devices", "set-mode", &id, "quiet"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // A bad token is refused.
+    let out = server.cli_as("rdt_not-a-token", &["devices", "list"]);
+    assert!(!out.status.success());
+    // Built-in presets cannot be overwritten.
+    std::fs::write(&mode_file, std::fs::read_to_string(&mode_file).unwrap().replace("quiet", "lockdown")).unwrap();
+    let out = server.cli_as(&officer, &["modes", "apply", mode_file.to_str().unwrap()]);
+    assert!(!out.status.success());
+}
+
+#[test]
+fn metrics_count_devices_by_compliance() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server"), &[]);
+    let mut phone = Agent::new(tmp.path().join("phone"));
+    let id = phone.enroll(&server.enrollment_url("alice"));
+    let _pending = Agent::new(tmp.path().join("phone2")).enroll(&server.enrollment_url("bob"));
+    phone.start();
+    wait_compliant(&server, &id, "standard");
+    let text = http_get(&server, "/metrics");
+    assert!(text.contains("redoubt_devices{compliance=\"compliant\"} 1"), "{text}");
+    assert!(text.contains("redoubt_devices{compliance=\"pending\"} 1"), "{text}");
+    assert!(text.contains("redoubt_http_requests_total{"), "{text}");
+    assert!(text.contains("redoubt_http_request_duration_seconds_bucket{"), "{text}");
+}
+
+/// A plain GET with TLS pinned to the server's CA.
+pub fn http_get(server: &Server, path: &str) -> String {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let client = reqwest::Client::builder()
+            .use_preconfigured_tls(redoubt_client::pinned_tls_config(server.fingerprint.parse().unwrap(), &[b"http/1.1"]))
+            .build()
+            .unwrap();
+        client
+            .get(format!("{}{path}", server.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    })
+}
