@@ -1,0 +1,318 @@
+//! Command-line parsing (clap) and dispatch of `redoubt-agent` subcommands:
+//! `enroll`, `run`, `status`, `sim set|show|reset`.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use redoubt_proto::{Capability, EnrollmentUrl, HardwareKind};
+use serde_json::json;
+
+use crate::connection::{RunOptions, run};
+use crate::enroll::enroll;
+use crate::hardware::sim::{SimChange, SimHardware};
+use crate::hardware::{Hardware, HardwareError};
+use crate::state::StateDir;
+use crate::status;
+
+/// The Redoubt device agent.
+#[derive(Debug, Parser)]
+#[command(name = "redoubt-agent", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The state directory argument shared by every subcommand.
+#[derive(Debug, Args)]
+pub struct StateArg {
+    /// The agent's state directory.
+    #[arg(long, value_name = "DIR", env = "REDOUBT_AGENT_STATE")]
+    pub state: PathBuf,
+}
+
+/// Hardware backends that can be chosen at enrollment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HardwareArg {
+    /// SIMULATED hardware whose state lives in a file of the state directory.
+    Sim,
+}
+
+impl From<HardwareArg> for HardwareKind {
+    fn from(h: HardwareArg) -> Self {
+        match h {
+            HardwareArg::Sim => HardwareKind::Sim,
+        }
+    }
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Enroll this device with an enrollment URL (`redoubt://enroll?...`, or `-` to read it from stdin).
+    Enroll {
+        /// The enrollment URL from the QR code.
+        url: String,
+        /// The state directory.
+        #[command(flatten)]
+        state: StateArg,
+        /// The hardware backend.
+        #[arg(long, value_enum, default_value = "sim")]
+        hardware: HardwareArg,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the agent: enforce the mode, report compliance, stay connected.
+    Run {
+        /// The state directory.
+        #[command(flatten)]
+        state: StateArg,
+        /// Milliseconds between hardware re-checks.
+        #[arg(
+            long,
+            value_name = "MS",
+            env = "REDOUBT_AGENT_RECHECK_MS",
+            default_value_t = 2000,
+            value_parser = clap::value_parser!(u64).range(10..=3_600_000)
+        )]
+        recheck_ms: u64,
+    },
+    /// Show the device's state, with the hardware measured now.
+    Status {
+        /// The state directory.
+        #[command(flatten)]
+        state: StateArg,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Act on the SIMULATED hardware behind the agent's back.
+    #[command(subcommand)]
+    Sim(SimCommand),
+}
+
+/// `sim` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum SimCommand {
+    /// Change a simulated switch: `CAPABILITY on|off` or `network open|organization-only`.
+    Set {
+        /// The state directory.
+        #[command(flatten)]
+        state: StateArg,
+        /// A capability (camera, microphone, bluetooth, wifi, cellular_data, location, nfc, usb_data, screenshots) or `network`.
+        target: String,
+        /// `on`/`off` for a capability, `open`/`organization-only` for the network.
+        value: String,
+        /// Also make the capability's simulated driver ignore the agent (it answers
+        /// "done" and changes nothing); without it, the driver obeys again.
+        #[arg(long)]
+        stuck: bool,
+    },
+    /// Show the simulated switches.
+    Show {
+        /// The state directory.
+        #[command(flatten)]
+        state: StateArg,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put a fresh simulated phone in place (everything on, network open).
+    Reset {
+        /// The state directory.
+        #[command(flatten)]
+        state: StateArg,
+    },
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("REDOUBT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .try_init();
+}
+
+/// The process entry point: parses the command line, runs, prints any error on
+/// one line to stderr and exits non-zero on failure.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(if matches!(cli.command, Command::Run { .. }) {
+        "info"
+    } else {
+        "warn"
+    });
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_json(value: &impl serde::Serialize) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value).context("writing JSON")?;
+    writeln!(out).context("writing JSON")
+}
+
+/// Runs one subcommand.
+pub async fn dispatch(command: Command) -> Result<()> {
+    match command {
+        Command::Enroll {
+            url,
+            state,
+            hardware,
+            json,
+        } => {
+            let url = if url == "-" {
+                let mut line = String::new();
+                std::io::stdin()
+                    .lock()
+                    .read_line(&mut line)
+                    .context("reading the enrollment URL from stdin")?;
+                line
+            } else {
+                url
+            };
+            let url: EnrollmentUrl = url.parse()?;
+            let done = enroll(&url, &StateDir::new(state.state), hardware.into()).await?;
+            if json {
+                print_json(&done)?;
+            } else {
+                println!("enrolled device {}", done.device_id);
+                println!("user: {}", done.user);
+                println!("server: {}", done.server);
+                println!("hardware: {}", done.hardware);
+                println!(
+                    "mode: {} (bundle version {})",
+                    done.effective_mode, done.bundle_version
+                );
+            }
+            Ok(())
+        }
+        Command::Run { state, recheck_ms } => {
+            run(
+                StateDir::new(state.state),
+                RunOptions {
+                    recheck: Duration::from_millis(recheck_ms),
+                },
+            )
+            .await
+        }
+        Command::Status { state, json } => {
+            let view = status::collect(&StateDir::new(state.state))?;
+            if json {
+                print_json(&view)
+            } else {
+                print!("{}", view.to_text());
+                Ok(())
+            }
+        }
+        Command::Sim(cmd) => sim(cmd),
+    }
+}
+
+/// Opens the simulated hardware of an enrolled state directory that uses it.
+fn sim_of(state: PathBuf) -> Result<SimHardware> {
+    let dir = StateDir::new(state);
+    let identity = dir.load_identity()?;
+    if identity.hardware != HardwareKind::Sim {
+        bail!(
+            "device {} uses the {} hardware backend, not the simulated one",
+            identity.device_id,
+            identity.hardware
+        );
+    }
+    Ok(SimHardware::new(dir.root()))
+}
+
+fn sim_error(e: HardwareError) -> anyhow::Error {
+    anyhow::anyhow!(
+        "SIMULATED hardware: {e}; `redoubt-agent sim reset` puts a fresh simulated phone in place"
+    )
+}
+
+fn sim(cmd: SimCommand) -> Result<()> {
+    match cmd {
+        SimCommand::Set {
+            state,
+            target,
+            value,
+            stuck,
+        } => {
+            let change = SimChange::parse(&target, &value).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let hw = sim_of(state.state)?;
+            hw.set(change, stuck).map_err(sim_error)?;
+            let note = if stuck {
+                " (its driver now ignores the agent)"
+            } else {
+                ""
+            };
+            println!("SIMULATED: {target} is now {value}{note}");
+            Ok(())
+        }
+        SimCommand::Show { state, json } => {
+            let hw = sim_of(state.state)?;
+            let capabilities = hw.verify_all();
+            let network = hw.verify_network();
+            let (stuck, problem) = match hw.read() {
+                Ok(s) => (s.stuck.into_iter().collect::<Vec<Capability>>(), None),
+                Err(e) => (Vec::new(), Some(e.to_string())),
+            };
+            if json {
+                print_json(&json!({
+                    "hardware": HardwareKind::Sim,
+                    "simulated": true,
+                    "capabilities": capabilities,
+                    "network": network,
+                    "stuck": stuck,
+                    "error": problem,
+                }))
+            } else {
+                println!(
+                    "hardware: {} — these switches are SIMULATED",
+                    HardwareKind::Sim
+                );
+                if let Some(p) = problem {
+                    println!("problem: {p}");
+                }
+                for (cap, state) in &capabilities {
+                    let note = if stuck.contains(cap) {
+                        "  (stuck: ignores the agent)"
+                    } else {
+                        ""
+                    };
+                    println!("  {:<14} {state}{note}", cap.as_str());
+                }
+                println!("  {:<14} {network}", "network");
+                Ok(())
+            }
+        }
+        SimCommand::Reset { state } => {
+            sim_of(state.state)?.reset().map_err(sim_error)?;
+            println!("SIMULATED: fresh phone in place (every capability on, network open)");
+            Ok(())
+        }
+    }
+}

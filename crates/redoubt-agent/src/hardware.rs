@@ -1,0 +1,74 @@
+//! The hardware backend contract: [`Hardware`], where enforcing and verifying are
+//! separate operations and verification answers `off`, `on` or `unknown`.
+//!
+//! Only the SIMULATED backend ([`sim::SimHardware`]) exists today. The contract is
+//! shaped for the ones to come: a mainline-Linux backend (rfkill, sysfs, nftables)
+//! and a Sailfish/Aurora backend over D-Bus (ConnMan, ofono, MCE, sailjaild). Those
+//! talk to slow or blocking services, so the methods are synchronous and the run
+//! loop calls them off the async executor's hot path.
+
+pub mod sim;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use redoubt_proto::{Capability, CapabilityState, HardwareKind, NetworkReach, NetworkState, Rule};
+
+/// Why an enforcement call failed. Whatever it says, the caller verifies afterwards:
+/// a success is not a measurement either.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HardwareError {
+    /// The control interface is missing or unreadable (device absent, file corrupt, service down).
+    #[error("hardware control unavailable: {0}")]
+    Unavailable(String),
+    /// The interface exists but refused the change.
+    #[error("hardware refused to set {what}: {reason}")]
+    Refused {
+        /// The capability or `network`.
+        what: String,
+        /// What the backend said.
+        reason: String,
+    },
+}
+
+/// One way of switching capabilities on the phone and reading their real state back.
+pub trait Hardware: Send {
+    /// Which backend this is (reports carry it; `sim` is labelled SIMULATED everywhere).
+    fn kind(&self) -> HardwareKind;
+
+    /// Asks the hardware to switch `cap` off (`Deny`) or on (`Allow`).
+    /// `Ok` means the request was accepted, not that the state changed.
+    fn enforce(&mut self, cap: Capability, rule: Rule) -> Result<(), HardwareError>;
+
+    /// Reads the real state of `cap`. Anything that cannot be read is `Unknown`, never `Off`.
+    fn verify(&self, cap: Capability) -> CapabilityState;
+
+    /// Restricts (or opens) network reach; under `OrganizationOnly` only `endpoints`
+    /// (host names or addresses) stay reachable.
+    fn enforce_network(
+        &mut self,
+        reach: NetworkReach,
+        endpoints: &[String],
+    ) -> Result<(), HardwareError>;
+
+    /// Reads the real network reach.
+    fn verify_network(&self) -> NetworkState;
+
+    /// Reads every capability.
+    fn verify_all(&self) -> BTreeMap<Capability, CapabilityState> {
+        Capability::ALL
+            .into_iter()
+            .map(|c| (c, self.verify(c)))
+            .collect()
+    }
+}
+
+/// Opens the backend of `kind` for a state directory.
+pub fn open(kind: HardwareKind, state_dir: &Path) -> anyhow::Result<Box<dyn Hardware>> {
+    match kind {
+        HardwareKind::Sim => Ok(Box::new(sim::SimHardware::new(state_dir))),
+        HardwareKind::Linux => {
+            anyhow::bail!("the linux hardware backend is not implemented in this build")
+        }
+    }
+}

@@ -1,0 +1,29 @@
+//! The Redoubt device agent: enrollment, mode enforcement through hardware backends,
+//! signed compliance reports kept in a crash-safe outbox, and the authenticated
+//! WebSocket session with the server.
+//!
+//! | module | what lives there |
+//! |---|---|
+//! | [`state`] | the state directory: layout, atomic writes, the run lock, identity, key, bundle, seq |
+//! | [`hardware`] | the [`hardware::Hardware`] trait (enforce and verify are separate) and the SIMULATED backend |
+//! | [`enforce`] | applying an effective mode, measuring, honest report building |
+//! | [`agent`] | the agent core: what to enforce now, drift detection, bundle acceptance |
+//! | [`outbox`] | signed reports on disk until the server acknowledges them |
+//! | [`connection`] | the device WebSocket session and the run loop |
+//! | [`status`] | the status file the run loop keeps, and the `status` view |
+//! | [`enroll`] | enrollment |
+//! | [`cli`] | command-line parsing and dispatch |
+//!
+//! Invariants: "off" is always a measurement read back from the backend, never an
+//! assumption; a report is on disk before it is sent and deleted only when acknowledged;
+//! a bundle is applied only when it verifies against the pinned organization key.
+
+pub mod agent;
+pub mod cli;
+pub mod connection;
+pub mod enforce;
+pub mod enroll;
+pub mod hardware;
+pub mod outbox;
+pub mod state;
+pub mod status;

@@ -1,0 +1,460 @@
+//! The agent's state directory: its layout, atomic file writes, the exclusive run
+//! lock, the device identity, the device key, the held bundle and the report counter.
+//!
+//! ```text
+//! DIR/                      0700
+//!   identity.json           device id, user, server, pinned CA, organization key, hardware
+//!   device-key.pem          0600, the device's Ed25519 key (PKCS#8 PEM); never leaves the device
+//!   bundle.json             the held signed policy bundle (envelope, exactly as signed)
+//!   seq                     the last report sequence number used
+//!   outbox/<seq>.json       signed reports not yet acknowledged by the server
+//!   status.json             written by `run`: connection state, last error, refused bundle
+//!   agent.lock              `run` holds an exclusive lock on it
+//!   sim-hardware.json       the SIMULATED hardware (only with `--hardware sim`)
+//! ```
+//!
+//! Every file is written to a temporary file, synced, renamed over the old one, and
+//! the directory is synced, so a crash leaves either the old or the new content.
+
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
+use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use redoubt_policy::verify_bundle;
+use redoubt_proto::envelope::{decode_public_key, encode_public_key};
+use redoubt_proto::{
+    DeviceId, Fingerprint, HardwareKind, PolicyBundle, SignedEnvelope, Timestamp, UserName,
+};
+use serde::{Deserialize, Serialize};
+
+/// File name of the identity.
+pub const IDENTITY_FILE: &str = "identity.json";
+/// File name of the device key.
+pub const KEY_FILE: &str = "device-key.pem";
+/// File name of the held bundle.
+pub const BUNDLE_FILE: &str = "bundle.json";
+/// File name of the report counter.
+pub const SEQ_FILE: &str = "seq";
+/// Directory of unacknowledged reports.
+pub const OUTBOX_DIR: &str = "outbox";
+/// File name of the run status.
+pub const STATUS_FILE: &str = "status.json";
+/// File name of the run lock.
+pub const LOCK_FILE: &str = "agent.lock";
+
+/// Writes `bytes` to `path` atomically with permissions `mode`: temporary file in
+/// the same directory, `fsync`, rename, `fsync` of the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
+        // `mode` is filtered by the umask at creation; make it exact.
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, path)?;
+        sync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Makes a directory's entries (creations, renames, deletions) durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Writes `value` as pretty JSON, atomically, readable by the owner only.
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let mut bytes = serde_json::to_vec_pretty(value).context("serializing")?;
+    bytes.push(b'\n');
+    write_atomic(path, &bytes, 0o600).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Whether another process holds the run lock of a state directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockProbe {
+    /// An agent is running on this directory.
+    Held,
+    /// No agent is running.
+    Free,
+}
+
+/// The exclusive lock that `run` (and `enroll`) hold on a state directory; released
+/// when dropped or when the process dies.
+#[derive(Debug)]
+pub struct RunLock {
+    _file: File,
+}
+
+/// The state directory of one device.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+impl StateDir {
+    /// A state directory at `root` (nothing is read or created yet).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        StateDir { root: root.into() }
+    }
+
+    /// The directory itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// A file inside the directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    /// Whether the directory holds a completed enrollment.
+    pub fn is_enrolled(&self) -> bool {
+        self.path(IDENTITY_FILE).exists()
+    }
+
+    /// Fails with a clear message when the directory is not enrolled.
+    pub fn require_enrolled(&self) -> Result<()> {
+        if !self.root.is_dir() {
+            bail!(
+                "{} does not exist; enroll first with `redoubt-agent enroll URL --state {}`",
+                self.root.display(),
+                self.root.display()
+            );
+        }
+        if !self.is_enrolled() {
+            bail!(
+                "{} is not an enrolled Redoubt state directory (no {IDENTITY_FILE}); enroll first with `redoubt-agent enroll URL --state {}`",
+                self.root.display(),
+                self.root.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// Creates the directory (mode 0700) if needed and makes sure only the owner can enter it.
+    pub fn create(&self) -> Result<()> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.root)
+            .with_context(|| format!("creating {}", self.root.display()))?;
+        fs::set_permissions(&self.root, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("restricting {} to its owner", self.root.display()))
+    }
+
+    /// Takes the exclusive run lock, failing at once if another agent holds it.
+    pub fn lock(&self) -> Result<RunLock> {
+        let path = self.path(LOCK_FILE);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        // A `status` probe holds a shared lock for an instant; retry briefly before
+        // concluding that another agent runs here.
+        for attempt in 0..20 {
+            match file.try_lock() {
+                Ok(()) => return Ok(RunLock { _file: file }),
+                Err(TryLockError::WouldBlock) if attempt < 19 => {
+                    std::thread::sleep(std::time::Duration::from_millis(25));
+                }
+                Err(TryLockError::WouldBlock) => break,
+                Err(TryLockError::Error(e)) => {
+                    return Err(e).with_context(|| format!("locking {}", path.display()));
+                }
+            }
+        }
+        bail!(
+            "another redoubt-agent is already running on {} (it holds {})",
+            self.root.display(),
+            path.display()
+        )
+    }
+
+    /// Whether a running agent holds the lock, without disturbing it.
+    pub fn probe_lock(&self) -> Result<LockProbe> {
+        let path = self.path(LOCK_FILE);
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(LockProbe::Free),
+            Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+        };
+        match file.try_lock_shared() {
+            Ok(()) => Ok(LockProbe::Free),
+            Err(TryLockError::WouldBlock) => Ok(LockProbe::Held),
+            Err(TryLockError::Error(e)) => {
+                Err(e).with_context(|| format!("probing {}", path.display()))
+            }
+        }
+    }
+
+    /// Reads the identity.
+    pub fn load_identity(&self) -> Result<Identity> {
+        self.require_enrolled()?;
+        let path = self.path(IDENTITY_FILE);
+        let text =
+            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let raw: IdentityFile = serde_json::from_str(&text)
+            .with_context(|| format!("{} is corrupt", path.display()))?;
+        raw.resolve()
+            .with_context(|| format!("{} is corrupt", path.display()))
+    }
+
+    /// Writes the identity (the last step of enrollment).
+    pub fn store_identity(&self, identity: &Identity) -> Result<()> {
+        write_json(&self.path(IDENTITY_FILE), &IdentityFile::from(identity))
+    }
+
+    /// Writes the device key, readable by the owner only.
+    pub fn store_key(&self, key: &SigningKey) -> Result<()> {
+        let pem = key
+            .to_pkcs8_pem(LineEnding::LF)
+            .map_err(|_| anyhow::anyhow!("cannot encode the device key"))?;
+        write_atomic(&self.path(KEY_FILE), pem.as_bytes(), 0o600).context("writing the device key")
+    }
+
+    /// Reads the device key; refuses a key file that others can read.
+    pub fn load_key(&self) -> Result<SigningKey> {
+        let path = self.path(KEY_FILE);
+        let meta = fs::metadata(&path).with_context(|| format!("reading {}", path.display()))?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            bail!(
+                "{} is accessible by other users (mode {mode:o}); fix it with `chmod 600 {}`",
+                path.display(),
+                path.display()
+            );
+        }
+        let pem = zeroize::Zeroizing::new(
+            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?,
+        );
+        SigningKey::from_pkcs8_pem(&pem)
+            .map_err(|_| anyhow::anyhow!("{} is not a valid Ed25519 PKCS#8 key", path.display()))
+    }
+
+    /// Writes the held bundle.
+    pub fn store_bundle(&self, envelope: &SignedEnvelope) -> Result<()> {
+        write_json(&self.path(BUNDLE_FILE), envelope)
+    }
+
+    /// Reads the held bundle and checks again that the organization signed it for
+    /// this device. Its expiry is not checked here: an expired bundle is still the
+    /// newest instruction, and the decision falls back to lockdown on its own.
+    ///
+    /// `Ok(None)` when there is no bundle; `Err` when the file is there but unusable
+    /// (the caller falls back to lockdown and says why).
+    pub fn load_bundle(
+        &self,
+        identity: &Identity,
+    ) -> Result<Option<(PolicyBundle, SignedEnvelope)>> {
+        let path = self.path(BUNDLE_FILE);
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let envelope: SignedEnvelope = serde_json::from_str(&text)
+            .with_context(|| format!("{} is corrupt", path.display()))?;
+        let bundle = verify_bundle(
+            &envelope,
+            &identity.organization_key,
+            &identity.device_id,
+            None,
+            Timestamp(i64::MIN),
+        )
+        .with_context(|| format!("held bundle {} does not verify", path.display()))?;
+        Ok(Some((bundle, envelope)))
+    }
+
+    /// The last report sequence number used (0 before the first report).
+    pub fn load_seq(&self) -> Result<u64> {
+        let path = self.path(SEQ_FILE);
+        match fs::read_to_string(&path) {
+            Ok(t) => t
+                .trim()
+                .parse()
+                .with_context(|| format!("{} is corrupt", path.display())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    /// Records `seq` as the last sequence number used.
+    pub fn store_seq(&self, seq: u64) -> Result<()> {
+        write_atomic(&self.path(SEQ_FILE), format!("{seq}\n").as_bytes(), 0o600)
+            .context("writing the report counter")
+    }
+}
+
+/// Who this device is and whom it trusts, fixed at enrollment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The id the server assigned.
+    pub device_id: DeviceId,
+    /// The person the device belongs to.
+    pub user: UserName,
+    /// The server's base URL.
+    pub server: url::Url,
+    /// The pinned organization CA.
+    pub ca_fingerprint: Fingerprint,
+    /// The organization's bundle-signing key.
+    pub organization_key: VerifyingKey,
+    /// The hardware backend in use.
+    pub hardware: HardwareKind,
+    /// When the device enrolled.
+    pub enrolled_at: Timestamp,
+}
+
+/// `identity.json` as stored.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IdentityFile {
+    device_id: DeviceId,
+    user: UserName,
+    server: String,
+    ca_fingerprint: Fingerprint,
+    organization_key: String,
+    hardware: HardwareKind,
+    enrolled_at: Timestamp,
+}
+
+impl IdentityFile {
+    fn resolve(self) -> Result<Identity> {
+        let server = url::Url::parse(&self.server).context("server is not a URL")?;
+        let organization_key = decode_public_key(&self.organization_key)
+            .context("organization_key is not an Ed25519 public key")?;
+        Ok(Identity {
+            device_id: self.device_id,
+            user: self.user,
+            server,
+            ca_fingerprint: self.ca_fingerprint,
+            organization_key,
+            hardware: self.hardware,
+            enrolled_at: self.enrolled_at,
+        })
+    }
+}
+
+impl From<&Identity> for IdentityFile {
+    fn from(i: &Identity) -> Self {
+        IdentityFile {
+            device_id: i.device_id.clone(),
+            user: i.user.clone(),
+            server: i.server.as_str().trim_end_matches('/').to_owned(),
+            ca_fingerprint: i.ca_fingerprint,
+            organization_key: encode_public_key(&i.organization_key),
+            hardware: i.hardware,
+            enrolled_at: i.enrolled_at,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity() -> Identity {
+        Identity {
+            device_id: DeviceId::from_random([1; 12]),
+            user: "alice".parse().unwrap(),
+            server: url::Url::parse("https://127.0.0.1:8443").unwrap(),
+            ca_fingerprint: Fingerprint::of_der(b"ca"),
+            organization_key: SigningKey::from_bytes(&[7; 32]).verifying_key(),
+            hardware: HardwareKind::Sim,
+            enrolled_at: Timestamp(1_800_000_000),
+        }
+    }
+
+    #[test]
+    fn identity_and_key_round_trip_and_key_is_private() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(tmp.path().join("s"));
+        dir.create().unwrap();
+        assert_eq!(
+            fs::metadata(dir.root()).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        dir.store_identity(&identity()).unwrap();
+        assert_eq!(dir.load_identity().unwrap(), identity());
+        let key = SigningKey::from_bytes(&[3; 32]);
+        dir.store_key(&key).unwrap();
+        assert_eq!(
+            fs::metadata(dir.path(KEY_FILE))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
+        assert_eq!(dir.load_key().unwrap().to_bytes(), key.to_bytes());
+        fs::set_permissions(dir.path(KEY_FILE), fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(
+            dir.load_key()
+                .unwrap_err()
+                .to_string()
+                .contains("chmod 600")
+        );
+    }
+
+    #[test]
+    fn seq_survives_reopening() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(tmp.path());
+        assert_eq!(dir.load_seq().unwrap(), 0);
+        dir.store_seq(41).unwrap();
+        assert_eq!(StateDir::new(tmp.path()).load_seq().unwrap(), 41);
+    }
+
+    #[test]
+    fn the_run_lock_is_exclusive_and_probed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(tmp.path());
+        assert_eq!(dir.probe_lock().unwrap(), LockProbe::Free);
+        let held = dir.lock().unwrap();
+        assert_eq!(dir.probe_lock().unwrap(), LockProbe::Held);
+        assert!(
+            dir.lock()
+                .unwrap_err()
+                .to_string()
+                .contains("already running")
+        );
+        drop(held);
+        assert_eq!(dir.probe_lock().unwrap(), LockProbe::Free);
+    }
+
+    #[test]
+    fn not_enrolled_is_a_clear_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let err = StateDir::new(tmp.path())
+            .load_identity()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not an enrolled"), "{err}");
+    }
+}
