@@ -1,5 +1,5 @@
 //! Command-line parsing (clap) and dispatch of `redoubt-agent` subcommands:
-//! `enroll`, `run`, `status`, `sim set|show|reset`.
+//! `enroll`, `run`, `status`, `sim set|show|reset`, `bundle import`.
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use redoubt_proto::{Capability, EnrollmentUrl, HardwareKind};
+use redoubt_proto::{Capability, EnrollmentUrl, HardwareKind, SignedEnvelope, Timestamp};
 use serde_json::json;
 
+use crate::agent::{Agent, BundleOutcome};
 use crate::connection::{RunOptions, run};
 use crate::enroll::enroll;
 use crate::hardware::sim::{SimChange, SimHardware};
@@ -94,6 +95,24 @@ pub enum Command {
     /// Act on the SIMULATED hardware behind the agent's back.
     #[command(subcommand)]
     Sim(SimCommand),
+    /// Policy bundles delivered by hand (offline: a file carried to the phone).
+    #[command(subcommand)]
+    Bundle(BundleCommand),
+}
+
+/// `bundle` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum BundleCommand {
+    /// Verify a signed bundle file exactly as one from the server (organization
+    /// signature, this device, not older than the held one, not expired) and apply it.
+    /// Refused while `run` holds the state directory.
+    Import {
+        /// The state directory.
+        #[command(flatten)]
+        state: StateArg,
+        /// The signed bundle (JSON envelope, as in `bundle.json`).
+        file: PathBuf,
+    },
 }
 
 /// `sim` subcommands.
@@ -230,7 +249,30 @@ pub async fn dispatch(command: Command) -> Result<()> {
             }
         }
         Command::Sim(cmd) => sim(cmd),
+        Command::Bundle(BundleCommand::Import { state, file }) => import_bundle(state.state, &file),
     }
+}
+
+fn import_bundle(state: PathBuf, file: &std::path::Path) -> Result<()> {
+    let dir = StateDir::new(state);
+    dir.require_enrolled()?;
+    let _lock = dir.lock().context(
+        "the agent is running and takes its bundles from the server; stop it to import one by hand",
+    )?;
+    let text = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let envelope: SignedEnvelope = serde_json::from_slice(&text)
+        .with_context(|| format!("{} is not a signed policy bundle", file.display()))?;
+    let mut agent = Agent::open(dir)?;
+    let (outcome, reports) = agent.offer_bundle(&envelope, Timestamp::now())?;
+    match outcome {
+        BundleOutcome::Refused { reason } => bail!("{reason}"),
+        BundleOutcome::Unchanged => println!("this bundle is already held; nothing changed"),
+        BundleOutcome::Applied { version } => println!(
+            "bundle version {version} applied; {} report(s) queued for the server",
+            reports.len()
+        ),
+    }
+    Ok(())
 }
 
 /// Opens the simulated hardware of an enrolled state directory that uses it.

@@ -334,3 +334,57 @@ pub fn http_get(server: &Server, path: &str) -> String {
             .unwrap()
     })
 }
+
+#[test]
+fn the_agent_refuses_tampered_older_and_foreign_bundles() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server"), &[]);
+    let mut alice = Agent::new(tmp.path().join("alice"));
+    let bob = Agent::new(tmp.path().join("bob"));
+    let id = alice.enroll(&server.enrollment_url("alice"));
+    bob.enroll(&server.enrollment_url("bob"));
+    let old = tmp.path().join("alice-v1.json");
+    std::fs::copy(alice.state.join("bundle.json"), &old).unwrap();
+
+    let out = server.cli_as(&server.owner_token, &["devices", "set-mode", &id, "secure-site"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    alice.start();
+    wait_compliant(&server, &id, "secure-site");
+    alice.stop();
+    let held = alice.status();
+    assert_eq!(held["effective_mode"], "secure-site");
+    let version = held["bundle_version"].as_u64().unwrap();
+    assert!(version >= 2);
+
+    let import = |file: &std::path::Path| alice.cmd(&["bundle", "import", file.to_str().unwrap()]);
+    let check_refused = |file: &std::path::Path, why: &str| {
+        let out = import(file);
+        assert!(!out.status.success(), "{} was accepted", file.display());
+        assert!(stderr(&out).contains(why), "{}", stderr(&out));
+        let now = alice.status();
+        assert_eq!(now["bundle_version"].as_u64(), Some(version));
+        assert_eq!(now["effective_mode"], "secure-site");
+    };
+
+    // Bob's bundle, validly signed, is for another device.
+    check_refused(&bob.state.join("bundle.json"), "addressed to device");
+    // Alice's own first bundle is older (a replay / rollback to `standard`).
+    check_refused(&old, "older");
+    // Alice's current bundle with its payload edited to say `standard`.
+    let mut env: Value = serde_json::from_slice(&std::fs::read(alice.state.join("bundle.json")).unwrap()).unwrap();
+    let forged = tmp.path().join("forged.json");
+    let payload = env["payload"].as_str().unwrap().to_owned();
+    use base64::Engine;
+    let engine = base64::engine::general_purpose::STANDARD;
+    let text = String::from_utf8(engine.decode(&payload).unwrap()).unwrap();
+    assert!(text.contains("\"base_mode\":\"secure-site\""), "{text}");
+    env["payload"] = Value::String(engine.encode(text.replace("\"base_mode\":\"secure-site\"", "\"base_mode\":\"standard\"")));
+    std::fs::write(&forged, serde_json::to_vec(&env).unwrap()).unwrap();
+    check_refused(&forged, "signature");
+    // Garbage is refused with a clear message.
+    std::fs::write(&forged, b"{not json").unwrap();
+    check_refused(&forged, "not a signed policy bundle");
+    // The held bundle itself is a no-op.
+    let out = import(&alice.state.join("bundle.json"));
+    assert!(out.status.success(), "{}", stderr(&out));
+}

@@ -69,9 +69,9 @@ impl Server {
             .arg("--data")
             .arg(data)
             .envs(env.iter().cloned())
-            .env("REDOUBT_LOG", "info,redoubt_server=debug")
+            .env("REDOUBT_LOG", "debug")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(log_file(&data.with_extension("log")))
             .spawn()
             .unwrap();
         let (tx, rx) = mpsc::channel();
@@ -215,9 +215,9 @@ impl Agent {
         let child = Command::new(bin("redoubt-agent"))
             .args(["run", "--recheck-ms", "200", "--state"])
             .arg(&self.state)
-            .env("REDOUBT_LOG", "info")
+            .env("REDOUBT_LOG", "debug")
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(log_file(&self.state.with_extension("log")))
             .spawn()
             .unwrap();
         self.run = Some(child);
@@ -260,6 +260,12 @@ impl Drop for Agent {
             c.wait().ok();
         }
     }
+}
+
+/// Appends a process's stderr to `path` (read back by the no-secrets-in-logs test).
+pub fn log_file(path: &Path) -> Stdio {
+    let f = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+    Stdio::from(f)
 }
 
 /// stderr of a command, lossy.
