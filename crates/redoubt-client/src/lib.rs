@@ -103,9 +103,10 @@ impl ServerCertVerifier for PinnedCaVerifier {
         roots
             .add(ca.clone().into_owned())
             .map_err(|e| rustls::Error::General(format!("pinned CA is unusable: {e}")))?;
-        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-            .build()
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let inner =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+                .build()
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
         inner.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
     }
 
@@ -225,14 +226,23 @@ impl ServerClient {
         }
     }
 
-    async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> Result<T, ClientError> {
+    async fn send<T: DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<T, ClientError> {
         let req = match &self.token {
             Some(t) => req.bearer_auth(t),
             None => req,
         };
-        let resp = req.send().await.map_err(|e| self.transport(error_chain(&e)))?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| self.transport(error_chain(&e)))?;
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| self.transport(error_chain(&e)))?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| self.transport(error_chain(&e)))?;
         if status.is_success() {
             serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
         } else {
@@ -282,13 +292,21 @@ impl ServerClient {
             .to_owned();
         let port = url.port_or_known_default().unwrap_or(443);
         let name = ServerName::try_from(host.clone()).map_err(|e| self.transport(e))?;
-        let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect((host.as_str(), port)))
+        let tcp = tokio::time::timeout(
+            Duration::from_secs(10),
+            TcpStream::connect((host.as_str(), port)),
+        )
+        .await
+        .map_err(|_| self.transport("connection timed out"))?
+        .map_err(|e| self.transport(e))?;
+        let connector =
+            tokio_rustls::TlsConnector::from(Arc::new(pinned_tls_config(self.pin, &[b"http/1.1"])));
+        let tls = connector
+            .connect(name, tcp)
             .await
-            .map_err(|_| self.transport("connection timed out"))?
             .map_err(|e| self.transport(e))?;
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(pinned_tls_config(self.pin, &[b"http/1.1"])));
-        let tls = connector.connect(name, tcp).await.map_err(|e| self.transport(e))?;
-        url.set_scheme("wss").map_err(|_| self.transport("cannot build wss URL"))?;
+        url.set_scheme("wss")
+            .map_err(|_| self.transport("cannot build wss URL"))?;
         let (ws, _resp) = tokio_tungstenite::client_async(url.as_str(), tls)
             .await
             .map_err(|e| self.transport(e))?;

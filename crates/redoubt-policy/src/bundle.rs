@@ -52,7 +52,9 @@ pub fn verify_bundle(
         .verify(PolicyBundle::KIND, organization_key)
         .map_err(|e| match e {
             EnvelopeError::Malformed(m) => BundleError::Malformed(m),
-            EnvelopeError::WrongKind { found, .. } => BundleError::Malformed(format!("not a policy bundle but {found:?}")),
+            EnvelopeError::WrongKind { found, .. } => {
+                BundleError::Malformed(format!("not a policy bundle but {found:?}"))
+            }
             EnvelopeError::BadSignature => BundleError::BadSignature,
         })?;
     if &bundle.device_id != device {
@@ -72,7 +74,11 @@ pub fn verify_bundle(
     if bundle.expires_at <= now {
         return Err(BundleError::Expired(bundle.expires_at));
     }
-    if !bundle.modes.iter().any(|m| m.name == bundle.assignments.base_mode) {
+    if !bundle
+        .modes
+        .iter()
+        .any(|m| m.name == bundle.assignments.base_mode)
+    {
         return Err(BundleError::Malformed(format!(
             "assigned mode {} is not in the bundle",
             bundle.assignments.base_mode
@@ -179,16 +185,31 @@ mod tests {
     #[test]
     fn refuses_forged_foreign_old_and_expired_bundles() {
         let other = SigningKey::from_bytes(&[8; 32]);
-        assert_eq!(check(&bundle(1, 5, 60), &other, None), Err(BundleError::BadSignature));
-        assert!(matches!(check(&bundle(2, 5, 60), &org(), None), Err(BundleError::WrongDevice { .. })));
+        assert_eq!(
+            check(&bundle(1, 5, 60), &other, None),
+            Err(BundleError::BadSignature)
+        );
+        assert!(matches!(
+            check(&bundle(2, 5, 60), &org(), None),
+            Err(BundleError::WrongDevice { .. })
+        ));
         assert_eq!(
             check(&bundle(1, 4, 60), &org(), Some(5)),
-            Err(BundleError::Rollback { held: 5, offered: 4 })
+            Err(BundleError::Rollback {
+                held: 5,
+                offered: 4
+            })
         );
-        assert!(matches!(check(&bundle(1, 6, -1), &org(), Some(5)), Err(BundleError::Expired(_))));
+        assert!(matches!(
+            check(&bundle(1, 6, -1), &org(), Some(5)),
+            Err(BundleError::Expired(_))
+        ));
         let mut missing = bundle(1, 6, 60);
         missing.modes.retain(|m| m.name.as_str() != "secure-site");
-        assert!(matches!(check(&missing, &org(), None), Err(BundleError::Malformed(_))));
+        assert!(matches!(
+            check(&missing, &org(), None),
+            Err(BundleError::Malformed(_))
+        ));
     }
 
     #[test]
@@ -208,7 +229,10 @@ mod tests {
         assert_eq!(decide(None, NOW).mode.name, "lockdown");
         let b = bundle(1, 5, 60);
         let d = decide(Some(&b), NOW);
-        assert_eq!((d.mode.name.as_str(), d.fallback_reason), ("secure-site", None));
+        assert_eq!(
+            (d.mode.name.as_str(), d.fallback_reason),
+            ("secure-site", None)
+        );
         let d = decide(Some(&b), NOW.plus_secs(61));
         assert_eq!(d.mode.name, "lockdown");
         assert!(d.fallback_reason.unwrap().contains("expired"));

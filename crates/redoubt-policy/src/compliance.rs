@@ -1,6 +1,8 @@
 //! Compliance evaluation: does a report show the effective mode of the newest bundle?
 
-use redoubt_proto::{Capability, CapabilityState, ComplianceReport, NetworkReach, NetworkState, Rule};
+use redoubt_proto::{
+    Capability, CapabilityState, ComplianceReport, NetworkReach, NetworkState, Rule,
+};
 
 use crate::modes::Effective;
 
@@ -10,7 +12,11 @@ use crate::modes::Effective;
 /// A denied capability must be measured `off` (`unknown` does not count); an
 /// `organization-only` network must be measured so; the report must be for the newest
 /// bundle and name the expected effective mode.
-pub fn evaluate(expected: &Effective, expected_bundle_version: u64, report: &ComplianceReport) -> Vec<String> {
+pub fn evaluate(
+    expected: &Effective,
+    expected_bundle_version: u64,
+    report: &ComplianceReport,
+) -> Vec<String> {
     let mut reasons = Vec::new();
     if report.bundle_version != expected_bundle_version {
         reasons.push(format!(
@@ -29,14 +35,24 @@ pub fn evaluate(expected: &Effective, expected_bundle_version: u64, report: &Com
     }
     for cap in Capability::ALL {
         if expected.capabilities.get(cap) == Rule::Deny {
-            match report.capabilities.get(&cap).copied().unwrap_or(CapabilityState::Unknown) {
+            match report
+                .capabilities
+                .get(&cap)
+                .copied()
+                .unwrap_or(CapabilityState::Unknown)
+            {
                 CapabilityState::Off => {}
                 state => reasons.push(format!("{cap} must be off but is {state}")),
             }
         }
     }
-    if expected.network == NetworkReach::OrganizationOnly && report.network != NetworkState::OrganizationOnly {
-        reasons.push(format!("network must be organization-only but is {}", report.network));
+    if expected.network == NetworkReach::OrganizationOnly
+        && report.network != NetworkState::OrganizationOnly
+    {
+        reasons.push(format!(
+            "network must be organization-only but is {}",
+            report.network
+        ));
     }
     reasons
 }
@@ -47,9 +63,16 @@ mod tests {
     use crate::modes::{effective, preset};
     use redoubt_proto::{DeviceId, HardwareKind, Timestamp};
 
-    fn report(mode: &str, version: u64, camera: CapabilityState, network: NetworkState) -> ComplianceReport {
-        let mut caps: std::collections::BTreeMap<_, _> =
-            Capability::ALL.into_iter().map(|c| (c, CapabilityState::Off)).collect();
+    fn report(
+        mode: &str,
+        version: u64,
+        camera: CapabilityState,
+        network: NetworkState,
+    ) -> ComplianceReport {
+        let mut caps: std::collections::BTreeMap<_, _> = Capability::ALL
+            .into_iter()
+            .map(|c| (c, CapabilityState::Off))
+            .collect();
         caps.insert(Capability::Camera, camera);
         ComplianceReport {
             device_id: DeviceId::from_random([1; 12]),
@@ -72,14 +95,54 @@ mod tests {
 
     #[test]
     fn matching_report_is_compliant() {
-        check(report("secure-site", 3, CapabilityState::Off, NetworkState::OrganizationOnly), 0);
+        check(
+            report(
+                "secure-site",
+                3,
+                CapabilityState::Off,
+                NetworkState::OrganizationOnly,
+            ),
+            0,
+        );
     }
 
     #[test]
     fn mismatches_are_named() {
-        check(report("secure-site", 3, CapabilityState::On, NetworkState::OrganizationOnly), 1);
-        check(report("secure-site", 3, CapabilityState::Unknown, NetworkState::OrganizationOnly), 1);
-        check(report("secure-site", 3, CapabilityState::Off, NetworkState::Unknown), 1);
-        check(report("standard", 2, CapabilityState::Off, NetworkState::OrganizationOnly), 2);
+        check(
+            report(
+                "secure-site",
+                3,
+                CapabilityState::On,
+                NetworkState::OrganizationOnly,
+            ),
+            1,
+        );
+        check(
+            report(
+                "secure-site",
+                3,
+                CapabilityState::Unknown,
+                NetworkState::OrganizationOnly,
+            ),
+            1,
+        );
+        check(
+            report(
+                "secure-site",
+                3,
+                CapabilityState::Off,
+                NetworkState::Unknown,
+            ),
+            1,
+        );
+        check(
+            report(
+                "standard",
+                2,
+                CapabilityState::Off,
+                NetworkState::OrganizationOnly,
+            ),
+            2,
+        );
     }
 }

@@ -30,7 +30,9 @@ pub struct ModeFileError {
 /// Parses a mode file.
 pub fn parse_mode_toml(text: &str) -> Result<Mode, ModeFileError> {
     let mode: Mode = toml::from_str(text).map_err(|e| {
-        let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+        let line = e
+            .span()
+            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
         let field = if e.message().contains("missing field") {
             backticked(e.message())
         } else {
@@ -122,8 +124,14 @@ screenshots = "deny"
     fn missing_and_unknown_fields() {
         let e = parse_mode_toml(&GOOD.replace("nfc = \"allow\"\n", "")).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("nfc"), "{e}");
-        let e = parse_mode_toml(&GOOD.replace("nfc = \"allow\"", "nfc = \"allow\"\nlaser = \"deny\"")).unwrap_err();
-        assert_eq!((e.line, e.field.as_deref()), (Some(13), Some("laser")), "{e}");
+        let e =
+            parse_mode_toml(&GOOD.replace("nfc = \"allow\"", "nfc = \"allow\"\nlaser = \"deny\""))
+                .unwrap_err();
+        assert_eq!(
+            (e.line, e.field.as_deref()),
+            (Some(13), Some("laser")),
+            "{e}"
+        );
         let e = parse_mode_toml(&GOOD.replace("night-shift", "Night Shift")).unwrap_err();
         assert_eq!((e.line, e.field.as_deref()), (Some(1), Some("name")), "{e}");
     }

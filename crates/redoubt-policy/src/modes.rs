@@ -100,7 +100,10 @@ impl Effective {
             name: mode.name.to_string(),
             network: mode.network,
             capabilities: mode.capabilities,
-            app_allowlist: mode.app_allowlist.as_ref().map(|apps| normalize(apps.clone())),
+            app_allowlist: mode
+                .app_allowlist
+                .as_ref()
+                .map(|apps| normalize(apps.clone())),
         }
     }
 
@@ -136,7 +139,11 @@ pub fn effective(modes: &[Mode]) -> Effective {
             caps.set(cap, Rule::Deny);
         }
     }
-    let network = inputs.iter().map(|m| m.network).max().unwrap_or(NetworkReach::OrganizationOnly);
+    let network = inputs
+        .iter()
+        .map(|m| m.network)
+        .max()
+        .unwrap_or(NetworkReach::OrganizationOnly);
     let app_allowlist = inputs
         .iter()
         .filter_map(|m| m.app_allowlist.clone())
@@ -186,7 +193,10 @@ mod tests {
             prop::sample::select(vec!["a", "b", "c", "standard", "lockdown"]),
             any::<[bool; 9]>(),
             any::<bool>(),
-            prop::option::of(prop::collection::vec(prop::sample::select(vec!["x", "y", "z"]), 0..3)),
+            prop::option::of(prop::collection::vec(
+                prop::sample::select(vec!["x", "y", "z"]),
+                0..3,
+            )),
         )
             .prop_map(|(n, denies, org_only, apps)| {
                 let mut caps = CapabilityRules::all(Rule::Allow);
@@ -198,7 +208,11 @@ mod tests {
                 Mode {
                     name: n.parse().unwrap(),
                     description: String::new(),
-                    network: if org_only { NetworkReach::OrganizationOnly } else { NetworkReach::Open },
+                    network: if org_only {
+                        NetworkReach::OrganizationOnly
+                    } else {
+                        NetworkReach::Open
+                    },
                     capabilities: caps,
                     app_allowlist: apps.map(|v| v.into_iter().map(String::from).collect()),
                 }

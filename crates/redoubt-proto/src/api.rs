@@ -23,9 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::envelope::SignedEnvelope;
 use crate::ids::{DeviceId, IdError, ModeName, UserName};
-use crate::model::{
-    Capability, CapabilityState, Compliance, HardwareKind, Mode, NetworkState,
-};
+use crate::model::{Capability, CapabilityState, Compliance, HardwareKind, Mode, NetworkState};
 use crate::time_fmt::Timestamp;
 
 /// The body of every error answer.

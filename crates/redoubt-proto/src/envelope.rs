@@ -85,8 +85,11 @@ impl SignedEnvelope {
             .ok()
             .and_then(|b| b.try_into().ok())
             .ok_or(EnvelopeError::BadSignature)?;
-        key.verify_strict(&signed_message(kind, &payload), &Signature::from_bytes(&sig_bytes))
-            .map_err(|_| EnvelopeError::BadSignature)?;
+        key.verify_strict(
+            &signed_message(kind, &payload),
+            &Signature::from_bytes(&sig_bytes),
+        )
+        .map_err(|_| EnvelopeError::BadSignature)?;
         serde_json::from_slice(&payload).map_err(|e| EnvelopeError::Malformed(e.to_string()))
     }
 }
@@ -134,14 +137,23 @@ mod tests {
         let vk = key(1).verifying_key();
         let mut tampered = env.clone();
         tampered.payload = STANDARD.encode(b"[2]");
-        assert_eq!(tampered.verify::<Vec<u32>>("t/v1", &vk), Err(EnvelopeError::BadSignature));
+        assert_eq!(
+            tampered.verify::<Vec<u32>>("t/v1", &vk),
+            Err(EnvelopeError::BadSignature)
+        );
         assert_eq!(
             env.verify::<Vec<u32>>("t/v1", &key(2).verifying_key()),
             Err(EnvelopeError::BadSignature)
         );
-        assert!(matches!(env.verify::<Vec<u32>>("u/v1", &vk), Err(EnvelopeError::WrongKind { .. })));
+        assert!(matches!(
+            env.verify::<Vec<u32>>("u/v1", &vk),
+            Err(EnvelopeError::WrongKind { .. })
+        ));
         let mut garbage = env;
         garbage.signature = "!!".into();
-        assert_eq!(garbage.verify::<Vec<u32>>("t/v1", &vk), Err(EnvelopeError::BadSignature));
+        assert_eq!(
+            garbage.verify::<Vec<u32>>("t/v1", &vk),
+            Err(EnvelopeError::BadSignature)
+        );
     }
 }

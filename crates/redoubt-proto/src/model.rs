@@ -423,7 +423,12 @@ impl FromStr for EnrollmentUrl {
             return Err(EnrollmentUrlError("server must be an https:// URL"));
         }
         let token = token.ok_or(EnrollmentUrlError("token is missing"))?;
-        if token.is_empty() || token.len() > 128 || !token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        if token.is_empty()
+            || token.len() > 128
+            || !token
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
             return Err(EnrollmentUrlError("token is malformed"));
         }
         let ca = ca
@@ -466,7 +471,9 @@ mod tests {
             ca: Fingerprint::of_der(b"x"),
         };
         let s = u.to_string();
-        assert!(s.starts_with("redoubt://enroll?server=https%3A%2F%2F127.0.0.1%3A8443&token=abc_DEF-123&ca=sha256%3A"));
+        assert!(s.starts_with(
+            "redoubt://enroll?server=https%3A%2F%2F127.0.0.1%3A8443&token=abc_DEF-123&ca=sha256%3A"
+        ));
         assert_eq!(s.parse::<EnrollmentUrl>().unwrap(), u);
         assert!(!format!("{u:?}").contains("abc_DEF"));
     }

@@ -15,9 +15,13 @@ use redoubt_proto::api::{
 };
 use redoubt_proto::envelope::{decode_public_key, decode_signature, encode_public_key};
 use redoubt_proto::{
-    Compliance, ComplianceReport, DeviceId, EnrollmentUrl, Mode, ModeName, PolicyBundle, SignedEnvelope, Timestamp,
+    Compliance, ComplianceReport, DeviceId, EnrollmentUrl, Mode, ModeName, PolicyBundle,
+    SignedEnvelope, Timestamp,
 };
-use redoubt_store::{BundleRequest, DeviceRecord, EnrollRefusal, IssuedBundle, ModeRecord, ReportOutcome, Store, StoreError};
+use redoubt_store::{
+    BundleRequest, DeviceRecord, EnrollRefusal, IssuedBundle, ModeRecord, ReportOutcome, Store,
+    StoreError,
+};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, watch};
 use url::Url;
@@ -155,7 +159,12 @@ impl App {
                 base_mode: req.base_mode.name.clone(),
             },
             check_in_interval_secs: self.config.check_in_interval_secs,
-            organization_endpoints: self.public_url.host_str().map(str::to_owned).into_iter().collect(),
+            organization_endpoints: self
+                .public_url
+                .host_str()
+                .map(str::to_owned)
+                .into_iter()
+                .collect(),
         };
         let envelope = SignedEnvelope::sign(PolicyBundle::KIND, &bundle, &self.keys.org_signing);
         let expected = redoubt_policy::decide(Some(&bundle), now).mode;
@@ -179,11 +188,17 @@ impl App {
     pub fn bundle_of(&self, dev: &DeviceRecord) -> Result<PolicyBundle, ServiceError> {
         dev.bundle
             .verify(PolicyBundle::KIND, &self.keys.org_signing.verifying_key())
-            .map_err(|e| ServiceError::Internal(format!("stored bundle of {} unreadable: {e}", dev.id)))
+            .map_err(|e| {
+                ServiceError::Internal(format!("stored bundle of {} unreadable: {e}", dev.id))
+            })
     }
 
     /// `POST /enrollments`: a single-use token and its URL.
-    pub async fn create_enrollment(&self, by: &str, req: CreateEnrollment) -> Result<EnrollmentCreated, ServiceError> {
+    pub async fn create_enrollment(
+        &self,
+        by: &str,
+        req: CreateEnrollment,
+    ) -> Result<EnrollmentCreated, ServiceError> {
         let now = Timestamp::now();
         let ttl = req.ttl_secs.unwrap_or(self.config.enrollment_ttl_secs);
         if ttl == 0 || ttl > MAX_ENROLLMENT_TTL_SECS {
@@ -192,9 +207,11 @@ impl App {
                 MAX_ENROLLMENT_TTL_SECS / 86400
             )));
         }
-        let mode = req
-            .mode
-            .unwrap_or_else(|| redoubt_policy::STANDARD.parse().expect("preset name is valid"));
+        let mode = req.mode.unwrap_or_else(|| {
+            redoubt_policy::STANDARD
+                .parse()
+                .expect("preset name is valid")
+        });
         let token = new_token("");
         let expires_at = now.plus_secs(ttl as i64);
         self.store
@@ -215,12 +232,17 @@ impl App {
     /// `POST /enroll`: a phone enrolls with a token and its own public key.
     pub async fn enroll(&self, req: EnrollRequest) -> Result<EnrollResponse, ServiceError> {
         let now = Timestamp::now();
-        let key = decode_public_key(&req.device_public_key)
-            .ok_or_else(|| ServiceError::BadRequest("device_public_key is not a base64 Ed25519 public key".into()))?;
-        let proof = decode_signature(&req.proof)
-            .ok_or_else(|| ServiceError::BadRequest("proof is not a base64 Ed25519 signature".into()))?;
-        key.verify(&enroll_proof_message(&req.token, &req.device_public_key), &proof)
-            .map_err(|_| ServiceError::BadRequest("proof does not match device_public_key".into()))?;
+        let key = decode_public_key(&req.device_public_key).ok_or_else(|| {
+            ServiceError::BadRequest("device_public_key is not a base64 Ed25519 public key".into())
+        })?;
+        let proof = decode_signature(&req.proof).ok_or_else(|| {
+            ServiceError::BadRequest("proof is not a base64 Ed25519 signature".into())
+        })?;
+        key.verify(
+            &enroll_proof_message(&req.token, &req.device_public_key),
+            &proof,
+        )
+        .map_err(|_| ServiceError::BadRequest("proof does not match device_public_key".into()))?;
         let mut id_bytes = [0u8; 12];
         rand_core::OsRng.fill_bytes(&mut id_bytes);
         let device = redoubt_store::NewDevice {
@@ -230,7 +252,9 @@ impl App {
         };
         let rec = self
             .store
-            .enroll_device(&hash_token(&req.token), device, now, |r| self.issue_bundle(r, now))
+            .enroll_device(&hash_token(&req.token), device, now, |r| {
+                self.issue_bundle(r, now)
+            })
             .await
             .map_err(|e| match e {
                 StoreError::Enroll(EnrollRefusal::Invalid) => ServiceError::TokenInvalid,
@@ -249,10 +273,16 @@ impl App {
 
     /// The console's view of a device, with staleness computed now.
     pub fn device_view(&self, d: DeviceRecord, now: Timestamp) -> DeviceView {
-        let stale_after = i64::from(self.config.check_in_interval_secs) * i64::from(self.config.stale_after_intervals);
-        let stale = d.last_report_at.is_some_and(|t| t.plus_secs(stale_after) < now);
+        let stale_after = i64::from(self.config.check_in_interval_secs)
+            * i64::from(self.config.stale_after_intervals);
+        let stale = d
+            .last_report_at
+            .is_some_and(|t| t.plus_secs(stale_after) < now);
         let (compliance, mut reasons) = if stale {
-            (Compliance::Stale, vec![format!("no report for more than {stale_after} s")])
+            (
+                Compliance::Stale,
+                vec![format!("no report for more than {stale_after} s")],
+            )
         } else {
             (d.compliance, d.compliance_reasons.clone())
         };
@@ -261,7 +291,11 @@ impl App {
         }
         let connected = self.hub.is_connected(&d.id);
         DeviceView {
-            capabilities: d.last_report.as_ref().map(|r| r.capabilities.clone()).unwrap_or_default(),
+            capabilities: d
+                .last_report
+                .as_ref()
+                .map(|r| r.capabilities.clone())
+                .unwrap_or_default(),
             network: d.last_report.as_ref().map(|r| r.network),
             reported_bundle_version: d.last_report.as_ref().map(|r| r.bundle_version),
             id: d.id,
@@ -302,7 +336,12 @@ impl App {
     }
 
     /// `PUT /devices/{id}/mode`: assigns a base mode, issues a bundle, pushes it.
-    pub async fn set_mode(&self, by: &str, id: &DeviceId, mode: &ModeName) -> Result<DeviceView, ServiceError> {
+    pub async fn set_mode(
+        &self,
+        by: &str,
+        id: &DeviceId,
+        mode: &ModeName,
+    ) -> Result<DeviceView, ServiceError> {
         let now = Timestamp::now();
         let rec = self
             .store
@@ -315,7 +354,13 @@ impl App {
 
     /// `GET /modes`.
     pub async fn list_modes(&self) -> Result<Vec<ModeView>, ServiceError> {
-        Ok(self.store.list_modes().await?.into_iter().map(mode_view).collect())
+        Ok(self
+            .store
+            .list_modes()
+            .await?
+            .into_iter()
+            .map(mode_view)
+            .collect())
     }
 
     /// `GET /modes/{name}`.
@@ -329,7 +374,12 @@ impl App {
 
     /// `PUT /modes/{name}`: creates or updates a custom mode and re-issues the bundles
     /// of every device assigned to it.
-    pub async fn put_mode(&self, by: &str, name: &ModeName, mode: Mode) -> Result<ModeView, ServiceError> {
+    pub async fn put_mode(
+        &self,
+        by: &str,
+        name: &ModeName,
+        mode: Mode,
+    ) -> Result<ModeView, ServiceError> {
         if &mode.name != name {
             return Err(ServiceError::BadRequest(format!(
                 "the body names mode {} but the path names {name}",
@@ -344,7 +394,9 @@ impl App {
         if let Some(apps) = &mode.app_allowlist
             && apps.iter().any(|a| a.trim().is_empty() || a.len() > 255)
         {
-            return Err(ServiceError::BadRequest("app ids must be 1-255 characters".into()));
+            return Err(ServiceError::BadRequest(
+                "app ids must be 1-255 characters".into(),
+            ));
         }
         let now = Timestamp::now();
         let touched = self
@@ -365,7 +417,10 @@ impl App {
         if dev.bundle_issued_at.plus_secs(half) > now {
             return Ok(dev);
         }
-        Ok(self.store.renew_bundle(&dev.id, |r| self.issue_bundle(r, now)).await?)
+        Ok(self
+            .store
+            .renew_bundle(&dev.id, |r| self.issue_bundle(r, now))
+            .await?)
     }
 
     /// Verifies and stores a report from an authenticated device.
@@ -380,7 +435,9 @@ impl App {
             .verify(ComplianceReport::KIND, &key)
             .map_err(|e| ServiceError::BadRequest(format!("report refused: {e}")))?;
         if report.device_id != device.id {
-            return Err(ServiceError::Forbidden("a device may only report for itself".into()));
+            return Err(ServiceError::Forbidden(
+                "a device may only report for itself".into(),
+            ));
         }
         let now = Timestamp::now();
         let outcome = self
@@ -388,7 +445,11 @@ impl App {
             .record_report(&report, envelope, now, |dev| match self.bundle_of(dev) {
                 Ok(bundle) => {
                     let expected = redoubt_policy::decide(Some(&bundle), now).mode;
-                    verdict(redoubt_policy::evaluate(&expected, dev.bundle_version, &report))
+                    verdict(redoubt_policy::evaluate(
+                        &expected,
+                        dev.bundle_version,
+                        &report,
+                    ))
                 }
                 Err(e) => (Compliance::NonCompliant, vec![e.to_string()]),
             })
@@ -406,9 +467,15 @@ impl App {
 }
 
 /// Creates an admin credential in `store`; returns the token, which is stored hashed.
-pub async fn create_admin_token(store: &Store, name: &str, role: Role) -> Result<String, ServiceError> {
+pub async fn create_admin_token(
+    store: &Store,
+    name: &str,
+    role: Role,
+) -> Result<String, ServiceError> {
     if name.trim().is_empty() || name.len() > 64 {
-        return Err(ServiceError::BadRequest("name must be 1-64 characters".into()));
+        return Err(ServiceError::BadRequest(
+            "name must be 1-64 characters".into(),
+        ));
     }
     let token = new_token("rdt_");
     store

@@ -81,7 +81,8 @@ impl RawConfig {
     pub fn load(file: Option<&Path>) -> anyhow::Result<RawConfig> {
         let mut table = match file {
             Some(p) => {
-                let text = std::fs::read_to_string(p).with_context(|| format!("reading config file {}", p.display()))?;
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("reading config file {}", p.display()))?;
                 text.parse::<toml::Table>()
                     .with_context(|| format!("config file {}", p.display()))?
             }
@@ -99,7 +100,8 @@ impl RawConfig {
                 table.insert((*key).to_owned(), value);
             }
         }
-        RawConfig::deserialize(toml::Value::Table(table)).map_err(|e| anyhow::anyhow!("configuration: {e}"))
+        RawConfig::deserialize(toml::Value::Table(table))
+            .map_err(|e| anyhow::anyhow!("configuration: {e}"))
     }
 
     /// Validates into a [`Config`].
@@ -110,7 +112,8 @@ impl RawConfig {
             .with_context(|| format!("listen address {listen_s:?} is not IP:PORT"))?;
         let public_url = match self.public_url {
             Some(u) => {
-                let url = Url::parse(&u).with_context(|| format!("public_url {u:?} is not a URL"))?;
+                let url =
+                    Url::parse(&u).with_context(|| format!("public_url {u:?} is not a URL"))?;
                 if url.scheme() != "https" {
                     bail!("public_url must be an https:// URL");
                 }
@@ -118,12 +121,20 @@ impl RawConfig {
             }
             None => None,
         };
-        let mut tls_names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+        let mut tls_names = vec![
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+            "::1".to_owned(),
+        ];
         if !listen.ip().is_unspecified() {
             tls_names.push(listen.ip().to_string());
         }
         if let Some(host) = public_url.as_ref().and_then(|u| u.host_str()) {
-            tls_names.push(host.trim_start_matches('[').trim_end_matches(']').to_owned());
+            tls_names.push(
+                host.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_owned(),
+            );
         }
         tls_names.extend(self.tls_names.unwrap_or_default());
         tls_names.sort();
@@ -151,7 +162,10 @@ impl RawConfig {
             bundle_ttl_secs,
             enrollment_ttl_secs,
             enroll_attempts_per_minute: self.enroll_attempts_per_minute.unwrap_or(30).max(1),
-            max_body_bytes: self.max_body_bytes.unwrap_or(64 * 1024).clamp(1024, 16 * 1024 * 1024),
+            max_body_bytes: self
+                .max_body_bytes
+                .unwrap_or(64 * 1024)
+                .clamp(1024, 16 * 1024 * 1024),
         })
     }
 }

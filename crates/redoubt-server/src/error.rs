@@ -81,7 +81,9 @@ impl ServiceError {
         let message = if status.is_server_error() {
             // Details go to the log, not to the client.
             match self {
-                ServiceError::Unavailable(_) => "storage is unavailable; try again later".to_owned(),
+                ServiceError::Unavailable(_) => {
+                    "storage is unavailable; try again later".to_owned()
+                }
                 _ => "internal error; see the server log".to_owned(),
             }
         } else {

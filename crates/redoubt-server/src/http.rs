@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Path, Request, State};
+use axum::extract::{
+    ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Path, Request, State,
+};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::middleware::Next;
@@ -83,9 +85,13 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
             Err(rejection) => {
                 let status = rejection.status();
                 let message = match &rejection {
-                    JsonRejection::JsonDataError(e) => format!("invalid request body: {}", e.body_text()),
+                    JsonRejection::JsonDataError(e) => {
+                        format!("invalid request body: {}", e.body_text())
+                    }
                     JsonRejection::JsonSyntaxError(_) => "request body is not valid JSON".into(),
-                    JsonRejection::MissingJsonContentType(_) => "expected Content-Type: application/json".into(),
+                    JsonRejection::MissingJsonContentType(_) => {
+                        "expected Content-Type: application/json".into()
+                    }
                     other => other.body_text(),
                 };
                 let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
@@ -93,7 +99,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                 } else {
                     "bad_request"
                 };
-                let status = if status.is_client_error() { status } else { StatusCode::BAD_REQUEST };
+                let status = if status.is_client_error() {
+                    status
+                } else {
+                    StatusCode::BAD_REQUEST
+                };
                 Err((
                     status,
                     Json(redoubt_proto::api::ApiError {
@@ -132,15 +142,20 @@ impl Admin {
 impl FromRequestParts<HttpState> for Admin {
     type Rejection = ServiceError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &HttpState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &HttpState,
+    ) -> Result<Self, Self::Rejection> {
         let header = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| ServiceError::Unauthorized("missing Authorization: Bearer token".into()))?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .ok_or_else(|| ServiceError::Unauthorized("expected Authorization: Bearer token".into()))?;
+            .ok_or_else(|| {
+                ServiceError::Unauthorized("missing Authorization: Bearer token".into())
+            })?;
+        let token = header.strip_prefix("Bearer ").ok_or_else(|| {
+            ServiceError::Unauthorized("expected Authorization: Bearer token".into())
+        })?;
         let rec = state
             .app
             .store
@@ -158,7 +173,8 @@ fn parse_path<T: std::str::FromStr>(s: &str) -> Result<T, ServiceError>
 where
     T::Err: std::fmt::Display,
 {
-    s.parse().map_err(|e: T::Err| ServiceError::BadRequest(e.to_string()))
+    s.parse()
+        .map_err(|e: T::Err| ServiceError::BadRequest(e.to_string()))
 }
 
 async fn healthz() -> &'static str {
@@ -167,7 +183,8 @@ async fn healthz() -> &'static str {
 
 async fn metrics(State(s): State<HttpState>) -> Result<String, ServiceError> {
     let cfg = &s.app.config;
-    let stale_before = Timestamp::now().plus_secs(-(i64::from(cfg.check_in_interval_secs) * i64::from(cfg.stale_after_intervals)));
+    let stale_before = Timestamp::now()
+        .plus_secs(-(i64::from(cfg.check_in_interval_secs) * i64::from(cfg.stale_after_intervals)));
     for (state, n) in s.app.store.compliance_counts(stale_before).await? {
         metrics::gauge!("redoubt_devices", "compliance" => state.as_str()).set(n as f64);
     }
@@ -200,10 +217,16 @@ async fn create_enrollment(
     ApiJson(req): ApiJson<CreateEnrollment>,
 ) -> Result<impl IntoResponse, ServiceError> {
     admin.require(Role::Operator, "create enrollment codes")?;
-    Ok((StatusCode::CREATED, Json(s.app.create_enrollment(&admin.name, req).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(s.app.create_enrollment(&admin.name, req).await?),
+    ))
 }
 
-async fn list_devices(State(s): State<HttpState>, _admin: Admin) -> Result<impl IntoResponse, ServiceError> {
+async fn list_devices(
+    State(s): State<HttpState>,
+    _admin: Admin,
+) -> Result<impl IntoResponse, ServiceError> {
     Ok(Json(s.app.list_devices().await?))
 }
 
@@ -227,7 +250,10 @@ async fn set_mode(
     Ok(Json(s.app.set_mode(&admin.name, &id, &req.mode).await?))
 }
 
-async fn list_modes(State(s): State<HttpState>, _admin: Admin) -> Result<impl IntoResponse, ServiceError> {
+async fn list_modes(
+    State(s): State<HttpState>,
+    _admin: Admin,
+) -> Result<impl IntoResponse, ServiceError> {
     Ok(Json(s.app.list_modes().await?))
 }
 

@@ -16,7 +16,11 @@ use clap::{Parser, Subcommand};
 use redoubt_proto::api::Role;
 
 #[derive(Parser)]
-#[command(name = "redoubt-server", version, about = "Redoubt server: enrollment, modes, compliance")]
+#[command(
+    name = "redoubt-server",
+    version,
+    about = "Redoubt server: enrollment, modes, compliance"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -82,7 +86,11 @@ async fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     match cli.command {
-        Command::Serve { data, listen, config } => {
+        Command::Serve {
+            data,
+            listen,
+            config,
+        } => {
             let mut raw = config::RawConfig::load(config.as_deref())?;
             if data.is_some() {
                 raw.data = data;

@@ -13,8 +13,8 @@ use anyhow::{Context, bail};
 use ed25519_dalek::SigningKey;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
 };
 use redoubt_proto::Fingerprint;
 use rustls::pki_types::pem::PemObject;
@@ -76,7 +76,8 @@ fn read(dir: &Path, name: &str) -> anyhow::Result<String> {
 impl Keys {
     /// Loads the keys, creating the data directory and every missing key on first use.
     pub fn open_or_create(dir: &Path) -> anyhow::Result<Keys> {
-        fs::create_dir_all(dir).with_context(|| format!("creating data directory {}", dir.display()))?;
+        fs::create_dir_all(dir)
+            .with_context(|| format!("creating data directory {}", dir.display()))?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
             .with_context(|| format!("securing data directory {}", dir.display()))?;
         // The certificate is written last, so a key without a certificate is an
@@ -116,8 +117,8 @@ impl Keys {
             .to_vec();
         let ca_key_pem = zeroize::Zeroizing::new(read(dir, CA_KEY)?);
         let org_pem = zeroize::Zeroizing::new(read(dir, ORG_KEY)?);
-        let org_signing =
-            SigningKey::from_pkcs8_pem(&org_pem).map_err(|e| anyhow::anyhow!("{ORG_KEY} is not an Ed25519 key: {e}"))?;
+        let org_signing = SigningKey::from_pkcs8_pem(&org_pem)
+            .map_err(|e| anyhow::anyhow!("{ORG_KEY} is not an Ed25519 key: {e}"))?;
         Ok(Keys {
             org_signing,
             ca_der,
@@ -143,16 +144,27 @@ impl Keys {
         let leaf_key = KeyPair::generate().context("generating TLS key")?;
         let mut params = CertificateParams::new(names.to_vec()).context("server names")?;
         params.distinguished_name = DistinguishedName::new();
-        params.distinguished_name.push(DnType::CommonName, "Redoubt server");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "Redoubt server");
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let now = OffsetDateTime::now_utc();
         params.not_before = now - Duration::hours(1);
         params.not_after = now + Duration::days(365);
-        let leaf = params.signed_by(&leaf_key, &issuer).context("signing TLS certificate")?;
+        let leaf = params
+            .signed_by(&leaf_key, &issuer)
+            .context("signing TLS certificate")?;
         write_atomic(&dir.join(TLS_CERT), leaf.pem().as_bytes(), 0o644)?;
-        write_atomic(&dir.join(TLS_KEY), leaf_key.serialize_pem().as_bytes(), 0o600)?;
-        let chain = vec![leaf.der().clone(), CertificateDer::from(self.ca_der.clone())];
+        write_atomic(
+            &dir.join(TLS_KEY),
+            leaf_key.serialize_pem().as_bytes(),
+            0o600,
+        )?;
+        let chain = vec![
+            leaf.der().clone(),
+            CertificateDer::from(self.ca_der.clone()),
+        ];
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
         Ok((chain, key))
     }
@@ -163,7 +175,9 @@ fn create_ca(dir: &Path) -> anyhow::Result<()> {
     let mut params = CertificateParams::new(Vec::<String>::new()).context("CA parameters")?;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.distinguished_name = DistinguishedName::new();
-    params.distinguished_name.push(DnType::CommonName, "Redoubt organization CA");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "Redoubt organization CA");
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let now = OffsetDateTime::now_utc();
     params.not_before = now - Duration::hours(1);

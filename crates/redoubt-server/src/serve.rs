@@ -34,11 +34,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .install_builtin_modes(&redoubt_policy::presets(), Timestamp::now())
         .await?;
     let (chain, key) = keys.issue_tls_cert(&config.data, &config.tls_names)?;
-    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .context("loading the TLS certificate")?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .context("loading the TLS certificate")?;
     tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = TlsAcceptor::from(Arc::new(tls));
 
@@ -54,7 +56,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let metrics = PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Full("redoubt_http_request_duration_seconds".into()),
-            &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0],
+            &[
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ],
         )?
         .install_recorder()
         .context("installing the metrics recorder")?;
@@ -71,7 +75,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         config,
     });
     let data = app.config.data.display().to_string();
-    println!("Redoubt server listening on {}", public_url.as_str().trim_end_matches('/'));
+    println!(
+        "Redoubt server listening on {}",
+        public_url.as_str().trim_end_matches('/')
+    );
     println!("CA fingerprint: {}", app.keys.fingerprint());
     println!("Data directory: {data}");
     if admins == 0 {
@@ -80,7 +87,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!(addr = %bound, "listening");
 
-    let service = router(HttpState { app: app.clone(), metrics });
+    let service = router(HttpState {
+        app: app.clone(),
+        metrics,
+    });
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut stop = Box::pin(shutdown_signal());
     loop {
@@ -100,16 +110,18 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         let service = service.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
-            };
+            let tls =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                };
             let svc = service.map_request(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(axum::extract::ConnectInfo::<SocketAddr>(peer));
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo::<SocketAddr>(peer));
                 req
             });
             let conn = Builder::new(TokioExecutor::new())
@@ -123,7 +135,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     let _ = shutdown_tx.send(true);
     drop(listener);
-    if tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(5), graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("some connections did not close within 5 s");
     }
     store.close().await;

@@ -59,11 +59,20 @@ async fn refuse(socket: &mut WebSocket, code: &str, message: &str) {
 }
 
 /// Runs the challenge; returns the authenticated device.
-async fn authenticate(app: &SharedApp, socket: &mut WebSocket) -> anyhow::Result<Option<DeviceRecord>> {
+async fn authenticate(
+    app: &SharedApp,
+    socket: &mut WebSocket,
+) -> anyhow::Result<Option<DeviceRecord>> {
     let mut nonce = [0u8; 32];
     rand_core::OsRng.fill_bytes(&mut nonce);
     let nonce = URL_SAFE_NO_PAD.encode(nonce);
-    send(socket, &ServerFrame::Challenge { nonce: nonce.clone() }).await?;
+    send(
+        socket,
+        &ServerFrame::Challenge {
+            nonce: nonce.clone(),
+        },
+    )
+    .await?;
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, socket.next()).await {
         Ok(Some(Ok(Message::Text(t)))) => serde_json::from_str::<AgentFrame>(&t).ok(),
         Ok(_) => None,
@@ -72,7 +81,11 @@ async fn authenticate(app: &SharedApp, socket: &mut WebSocket) -> anyhow::Result
             return Ok(None);
         }
     };
-    let Some(AgentFrame::Hello { device_id, signature }) = hello else {
+    let Some(AgentFrame::Hello {
+        device_id,
+        signature,
+    }) = hello
+    else {
         refuse(socket, "bad_request", "expected a hello frame").await;
         return Ok(None);
     };
@@ -81,7 +94,9 @@ async fn authenticate(app: &SharedApp, socket: &mut WebSocket) -> anyhow::Result
         let key = VerifyingKey::from_bytes(&d.public_key).ok();
         let sig = decode_signature(&signature);
         match (key, sig) {
-            (Some(k), Some(s)) => k.verify_strict(&hello_message(&nonce, &device_id), &s).is_ok(),
+            (Some(k), Some(s)) => k
+                .verify_strict(&hello_message(&nonce, &device_id), &s)
+                .is_ok(),
             _ => false,
         }
     });
@@ -93,14 +108,27 @@ async fn authenticate(app: &SharedApp, socket: &mut WebSocket) -> anyhow::Result
     Ok(verified)
 }
 
-async fn send_bundle(app: &SharedApp, socket: &mut WebSocket, id: &DeviceId) -> anyhow::Result<DeviceRecord> {
+async fn send_bundle(
+    app: &SharedApp,
+    socket: &mut WebSocket,
+    id: &DeviceId,
+) -> anyhow::Result<DeviceRecord> {
     let dev = app
         .store
         .get_device(id)
         .await?
         .ok_or_else(|| anyhow::anyhow!("device vanished"))?;
-    let dev = app.renew_if_aging(dev).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    send(socket, &ServerFrame::Bundle { bundle: dev.bundle.clone() }).await?;
+    let dev = app
+        .renew_if_aging(dev)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    send(
+        socket,
+        &ServerFrame::Bundle {
+            bundle: dev.bundle.clone(),
+        },
+    )
+    .await?;
     Ok(dev)
 }
 
@@ -124,7 +152,13 @@ async fn run(
     pushes: &mut tokio::sync::mpsc::Receiver<Push>,
 ) -> anyhow::Result<()> {
     let mut shutdown = app.shutdown.clone();
-    send(socket, &ServerFrame::Welcome { server_time: Timestamp::now() }).await?;
+    send(
+        socket,
+        &ServerFrame::Welcome {
+            server_time: Timestamp::now(),
+        },
+    )
+    .await?;
     let mut device = send_bundle(app, socket, id).await?;
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;

@@ -20,9 +20,15 @@ struct Http {
 
 impl Http {
     fn new(server: &Server) -> Http {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         let client = reqwest::Client::builder()
-            .use_preconfigured_tls(redoubt_client::pinned_tls_config(server.fingerprint.parse().unwrap(), &[b"http/1.1"]))
+            .use_preconfigured_tls(redoubt_client::pinned_tls_config(
+                server.fingerprint.parse().unwrap(),
+                &[b"http/1.1"],
+            ))
             .build()
             .unwrap();
         Http {
@@ -33,7 +39,13 @@ impl Http {
     }
 
     /// Sends a request; returns status and body.
-    fn send(&self, method: &str, path: &str, token: Option<&str>, body: Option<Vec<u8>>) -> (u16, String) {
+    fn send(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> (u16, String) {
         self.rt.block_on(async {
             let mut req = self
                 .client
@@ -53,9 +65,13 @@ impl Http {
 
 fn check(http: &Http, method: &str, path: &str, token: Option<&str>, body: &str, expect: u16) {
     let (status, text) = http.send(method, path, token, Some(body.as_bytes().to_vec()));
-    assert_eq!(status, expect, "{method} {path} {body:.80} -> {status} {text}");
+    assert_eq!(
+        status, expect,
+        "{method} {path} {body:.80} -> {status} {text}"
+    );
     if path.starts_with("/api/") && status != 405 {
-        let v: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not an API error: {text}"));
+        let v: Value =
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not an API error: {text}"));
         assert!(v["code"].is_string() && v["message"].is_string(), "{text}");
     }
 }
@@ -63,7 +79,10 @@ fn check(http: &Http, method: &str, path: &str, token: Option<&str>, body: &str,
 #[test]
 fn malformed_requests_get_4xx_and_change_nothing() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(&tmp.path().join("server"), &[("REDOUBT_MAX_BODY_BYTES", "4096")]);
+    let server = Server::start(
+        &tmp.path().join("server"),
+        &[("REDOUBT_MAX_BODY_BYTES", "4096")],
+    );
     let phone = Agent::new(tmp.path().join("phone"));
     let id = phone.enroll(&server.enrollment_url("alice"));
     let http = Http::new(&server);
@@ -71,30 +90,141 @@ fn malformed_requests_get_4xx_and_change_nothing() {
     let auditor = server.admin_token("aud", "auditor");
 
     // Enrollment endpoint.
-    for body in ["", "{", "[]", "null", "{\"token\":1}", "{\"token\":\"x\",\"device_public_key\":\"!!\",\"hardware\":\"sim\",\"proof\":\"x\"}"] {
-        let (status, text) = http.send("POST", "/api/v1/enroll", None, Some(body.as_bytes().to_vec()));
+    for body in [
+        "",
+        "{",
+        "[]",
+        "null",
+        "{\"token\":1}",
+        "{\"token\":\"x\",\"device_public_key\":\"!!\",\"hardware\":\"sim\",\"proof\":\"x\"}",
+    ] {
+        let (status, text) = http.send(
+            "POST",
+            "/api/v1/enroll",
+            None,
+            Some(body.as_bytes().to_vec()),
+        );
         assert!((400..500).contains(&status), "{body} -> {status} {text}");
     }
     let key = base64_key();
-    check(&http, "POST", "/api/v1/enroll", None, &json!({"token": "nope", "device_public_key": key, "hardware": "sim", "proof": "AAAA"}).to_string(), 400);
-    check(&http, "POST", "/api/v1/enroll", None, &"x".repeat(10_000), 413);
+    check(
+        &http,
+        "POST",
+        "/api/v1/enroll",
+        None,
+        &json!({"token": "nope", "device_public_key": key, "hardware": "sim", "proof": "AAAA"})
+            .to_string(),
+        400,
+    );
+    check(
+        &http,
+        "POST",
+        "/api/v1/enroll",
+        None,
+        &"x".repeat(10_000),
+        413,
+    );
 
     // Admin endpoints: authentication, body, path and domain errors.
     check(&http, "GET", "/api/v1/devices", None, "", 401);
     check(&http, "GET", "/api/v1/devices", Some("rdt_wrong"), "", 401);
     check(&http, "GET", "/api/v1/devices/not-an-id", t, "", 400);
-    check(&http, "GET", "/api/v1/devices/dev_000000000000000000000000", t, "", 404);
-    check(&http, "PUT", &format!("/api/v1/devices/{id}/mode"), t, "{\"mode\":\"Bad Name\"}", 422);
-    check(&http, "PUT", &format!("/api/v1/devices/{id}/mode"), t, "{\"mode\":\"no-such-mode\"}", 404);
-    check(&http, "PUT", &format!("/api/v1/devices/{id}/mode"), t, "{\"mode\":", 400);
-    check(&http, "PUT", &format!("/api/v1/devices/{id}/mode"), Some(&auditor), "{\"mode\":\"lockdown\"}", 403);
-    check(&http, "PUT", "/api/v1/modes/standard", t, &mode_json("standard"), 409);
-    check(&http, "PUT", "/api/v1/modes/other", t, &mode_json("mine"), 400);
-    check(&http, "PUT", "/api/v1/modes/mine", t, "{\"name\":\"mine\"}", 422);
-    check(&http, "POST", "/api/v1/enrollments", t, "{\"user\":\"has space\"}", 422);
-    check(&http, "POST", "/api/v1/enrollments", t, "{\"user\":\"x\",\"mode\":\"nope\"}", 404);
-    check(&http, "POST", "/api/v1/enrollments", t, "{\"user\":\"x\",\"ttl_secs\":0}", 400);
-    check(&http, "POST", "/api/v1/enrollments", t, "{\"user\":\"x\",\"extra\":1}", 422);
+    check(
+        &http,
+        "GET",
+        "/api/v1/devices/dev_000000000000000000000000",
+        t,
+        "",
+        404,
+    );
+    check(
+        &http,
+        "PUT",
+        &format!("/api/v1/devices/{id}/mode"),
+        t,
+        "{\"mode\":\"Bad Name\"}",
+        422,
+    );
+    check(
+        &http,
+        "PUT",
+        &format!("/api/v1/devices/{id}/mode"),
+        t,
+        "{\"mode\":\"no-such-mode\"}",
+        404,
+    );
+    check(
+        &http,
+        "PUT",
+        &format!("/api/v1/devices/{id}/mode"),
+        t,
+        "{\"mode\":",
+        400,
+    );
+    check(
+        &http,
+        "PUT",
+        &format!("/api/v1/devices/{id}/mode"),
+        Some(&auditor),
+        "{\"mode\":\"lockdown\"}",
+        403,
+    );
+    check(
+        &http,
+        "PUT",
+        "/api/v1/modes/standard",
+        t,
+        &mode_json("standard"),
+        409,
+    );
+    check(
+        &http,
+        "PUT",
+        "/api/v1/modes/other",
+        t,
+        &mode_json("mine"),
+        400,
+    );
+    check(
+        &http,
+        "PUT",
+        "/api/v1/modes/mine",
+        t,
+        "{\"name\":\"mine\"}",
+        422,
+    );
+    check(
+        &http,
+        "POST",
+        "/api/v1/enrollments",
+        t,
+        "{\"user\":\"has space\"}",
+        422,
+    );
+    check(
+        &http,
+        "POST",
+        "/api/v1/enrollments",
+        t,
+        "{\"user\":\"x\",\"mode\":\"nope\"}",
+        404,
+    );
+    check(
+        &http,
+        "POST",
+        "/api/v1/enrollments",
+        t,
+        "{\"user\":\"x\",\"ttl_secs\":0}",
+        400,
+    );
+    check(
+        &http,
+        "POST",
+        "/api/v1/enrollments",
+        t,
+        "{\"user\":\"x\",\"extra\":1}",
+        422,
+    );
     check(&http, "GET", "/api/v1/nothing-here", t, "", 404);
     check(&http, "DELETE", "/api/v1/devices", t, "", 405);
 
@@ -106,12 +236,24 @@ fn malformed_requests_get_4xx_and_change_nothing() {
     assert_eq!(modes.as_array().unwrap().len(), 3);
 
     // The device WebSocket: garbage, forged and unknown devices are refused.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let client = redoubt_client::ServerClient::new(server.url.parse().unwrap(), server.fingerprint.parse().unwrap(), None).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = redoubt_client::ServerClient::new(
+        server.url.parse().unwrap(),
+        server.fingerprint.parse().unwrap(),
+        None,
+    )
+    .unwrap();
     rt.block_on(async {
         for hello in [
             "garbage".to_owned(),
-            serde_json::to_string(&AgentFrame::Hello { device_id: id.parse().unwrap(), signature: base64_sig() }).unwrap(),
+            serde_json::to_string(&AgentFrame::Hello {
+                device_id: id.parse().unwrap(),
+                signature: base64_sig(),
+            })
+            .unwrap(),
             serde_json::to_string(&AgentFrame::Hello {
                 device_id: "dev_000000000000000000000000".parse().unwrap(),
                 signature: base64_sig(),
@@ -125,7 +267,10 @@ fn malformed_requests_get_4xx_and_change_nothing() {
             ws.send(Message::Text(hello.into())).await.unwrap();
             let answer = ws.next().await.unwrap().unwrap();
             let frame: ServerFrame = serde_json::from_str(answer.to_text().unwrap()).unwrap();
-            assert!(matches!(frame, ServerFrame::Error { fatal: true, .. }), "{frame:?}");
+            assert!(
+                matches!(frame, ServerFrame::Error { fatal: true, .. }),
+                "{frame:?}"
+            );
         }
     });
 
@@ -133,22 +278,46 @@ fn malformed_requests_get_4xx_and_change_nothing() {
     let (status, _) = http.send("GET", "/healthz", None, None);
     assert_eq!(status, 200);
     let (_, metrics) = http.send("GET", "/metrics", None, None);
-    assert!(!metrics.lines().any(|l| l.starts_with("redoubt_http_requests_total") && l.contains("status=\"5")), "{metrics}");
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("redoubt_http_requests_total") && l.contains("status=\"5")),
+        "{metrics}"
+    );
 }
 
 #[test]
 fn enrollment_attempts_are_rate_limited() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(&tmp.path().join("server"), &[("REDOUBT_ENROLL_ATTEMPTS_PER_MINUTE", "3")]);
+    let server = Server::start(
+        &tmp.path().join("server"),
+        &[("REDOUBT_ENROLL_ATTEMPTS_PER_MINUTE", "3")],
+    );
     let http = Http::new(&server);
     let key = base64_key();
-    let body = json!({"token": "guess", "device_public_key": key, "hardware": "sim", "proof": "AAAA"}).to_string();
+    let body =
+        json!({"token": "guess", "device_public_key": key, "hardware": "sim", "proof": "AAAA"})
+            .to_string();
     let statuses: Vec<u16> = (0..8)
-        .map(|_| http.send("POST", "/api/v1/enroll", None, Some(body.as_bytes().to_vec())).0)
+        .map(|_| {
+            http.send(
+                "POST",
+                "/api/v1/enroll",
+                None,
+                Some(body.as_bytes().to_vec()),
+            )
+            .0
+        })
         .collect();
     // The window is one clock minute: however a boundary splits 8 attempts, one side holds 4 > 3.
-    assert!(statuses.iter().filter(|s| **s == 429).count() >= 1, "{statuses:?}");
-    assert!(statuses.iter().all(|s| *s == 400 || *s == 429), "{statuses:?}");
+    assert!(
+        statuses.iter().filter(|s| **s == 429).count() >= 1,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 400 || *s == 429),
+        "{statuses:?}"
+    );
 }
 
 #[test]
@@ -157,11 +326,21 @@ fn logs_hold_no_secret() {
     let data = tmp.path().join("server");
     let server = Server::start(&data, &[]);
     let url = server.enrollment_url("alice");
-    let token = url.split("token=").nth(1).unwrap().split('&').next().unwrap().to_owned();
+    let token = url
+        .split("token=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap()
+        .to_owned();
     let mut phone = Agent::new(tmp.path().join("phone"));
     let id = phone.enroll(&url);
     phone.start();
-    let out = server.cli_as(&server.owner_token, &["devices", "set-mode", &id, "secure-site"]);
+    let out = server.cli_as(
+        &server.owner_token,
+        &["devices", "set-mode", &id, "secure-site"],
+    );
     assert!(out.status.success());
     wait_for("compliance", Duration::from_secs(30), || {
         (server.device(&id)["compliance"] == "compliant").then_some(())
@@ -175,16 +354,28 @@ fn logs_hold_no_secret() {
                 .collect()
         })
         .unwrap_or_default();
-    let bundle: Value = serde_json::from_slice(&std::fs::read(phone.state.join("bundle.json")).unwrap()).unwrap();
+    let bundle: Value =
+        serde_json::from_slice(&std::fs::read(phone.state.join("bundle.json")).unwrap()).unwrap();
     let bundle_sig = bundle["signature"].as_str().unwrap().to_owned();
     let device_key = std::fs::read_to_string(phone.state.join("device-key.pem")).unwrap();
-    let key_body: String = device_key.lines().filter(|l| !l.starts_with("-----")).collect();
+    let key_body: String = device_key
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
     drop(phone);
     server.stop();
     let logs = std::fs::read_to_string(data.with_extension("log")).unwrap()
         + &std::fs::read_to_string(tmp.path().join("phone.log")).unwrap();
-    assert!(logs.contains("report stored"), "debug logs were not captured");
-    for (what, secret) in [("admin token", owner.as_str()), ("enrollment token", token.as_str()), ("bundle signature", bundle_sig.as_str()), ("device key", key_body.as_str())] {
+    assert!(
+        logs.contains("report stored"),
+        "debug logs were not captured"
+    );
+    for (what, secret) in [
+        ("admin token", owner.as_str()),
+        ("enrollment token", token.as_str()),
+        ("bundle signature", bundle_sig.as_str()),
+        ("device key", key_body.as_str()),
+    ] {
         assert!(!logs.contains(secret), "the {what} appears in a log");
     }
     for s in sigs {
@@ -193,7 +384,11 @@ fn logs_hold_no_secret() {
     // The key material on disk is private.
     use std::os::unix::fs::PermissionsExt;
     for f in ["ca.key", "org-signing.key", "tls.key"] {
-        let mode = std::fs::metadata(data.join(f)).unwrap().permissions().mode() & 0o777;
+        let mode = std::fs::metadata(data.join(f))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600, "{f}");
     }
 }

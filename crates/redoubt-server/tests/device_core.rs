@@ -36,7 +36,11 @@ fn enrollment_tokens_are_single_use_and_expire() {
     let phone2 = Agent::new(tmp.path().join("phone2"));
     let out = phone2.cmd(&["enroll", &url]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("already been used"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("already been used"),
+        "{}",
+        stderr(&out)
+    );
 
     // A second phone with its own code works.
     let id2 = phone2.enroll(&server.enrollment_url("bob"));
@@ -48,7 +52,8 @@ fn enrollment_tokens_are_single_use_and_expire() {
     wait_for("the code to expire", DEADLINE, || {
         let now = server.cli_json(&["devices", "list"]); // any round trip; the clock is what matters
         drop(now);
-        (std::time::SystemTime::now() > parse_rfc3339(&expires) + Duration::from_secs(1)).then_some(())
+        (std::time::SystemTime::now() > parse_rfc3339(&expires) + Duration::from_secs(1))
+            .then_some(())
     });
     let phone3 = Agent::new(tmp.path().join("phone3"));
     let out = phone3.cmd(&["enroll", created["url"].as_str().unwrap()]);
@@ -58,10 +63,19 @@ fn enrollment_tokens_are_single_use_and_expire() {
     // A malformed code is refused before any network use.
     let out = phone3.cmd(&["enroll", "redoubt://enroll?token=x"]);
     assert!(!out.status.success());
-    assert!(stderr(&out).to_lowercase().contains("malformed"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).to_lowercase().contains("malformed"),
+        "{}",
+        stderr(&out)
+    );
 
     let list = server.cli_json(&["devices", "list"]);
-    let users: Vec<&str> = list.as_array().unwrap().iter().map(|d| d["user"].as_str().unwrap()).collect();
+    let users: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["user"].as_str().unwrap())
+        .collect();
     assert_eq!(users, ["alice", "bob"]);
     for d in list.as_array().unwrap() {
         assert_eq!(compliance(d), "pending");
@@ -94,16 +108,28 @@ fn set_mode_reaches_the_phone_and_comes_back_compliant() {
     phone.start();
     let d = wait_compliant(&server, &id, "standard");
     assert_eq!(d["capabilities"]["camera"], "on");
-    wait_for("agent connected", DEADLINE, || (server.device(&id)["connected"] == true).then_some(()));
+    wait_for("agent connected", DEADLINE, || {
+        (server.device(&id)["connected"] == true).then_some(())
+    });
 
     let started = Instant::now();
-    let out = server.cli_as(&server.owner_token, &["devices", "set-mode", &id, "secure-site"]);
+    let out = server.cli_as(
+        &server.owner_token,
+        &["devices", "set-mode", &id, "secure-site"],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let d = wait_compliant(&server, &id, "secure-site");
     let elapsed = started.elapsed();
     eprintln!("set-mode secure-site -> compliant: {elapsed:?} (including CLI process start-ups)");
     assert_eq!(d["assigned_mode"], "secure-site");
-    for cap in ["camera", "microphone", "bluetooth", "location", "usb_data", "screenshots"] {
+    for cap in [
+        "camera",
+        "microphone",
+        "bluetooth",
+        "location",
+        "usb_data",
+        "screenshots",
+    ] {
         assert_eq!(d["capabilities"][cap], "off", "{cap}: {d}");
     }
     assert_eq!(d["network"], "organization-only");
@@ -117,7 +143,10 @@ fn set_mode_reaches_the_phone_and_comes_back_compliant() {
     assert_eq!(status["connection"], "connected");
 
     // Back to standard: restrictions lift only with the newer signed bundle.
-    let out = server.cli_as(&server.owner_token, &["devices", "set-mode", &id, "standard"]);
+    let out = server.cli_as(
+        &server.owner_token,
+        &["devices", "set-mode", &id, "standard"],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let d = wait_compliant(&server, &id, "standard");
     assert_eq!(d["capabilities"]["camera"], "on");
@@ -129,7 +158,10 @@ fn drift_behind_the_agents_back_is_noticed_and_repaired() {
     let server = Server::start(&tmp.path().join("server"), &[]);
     let mut phone = Agent::new(tmp.path().join("phone"));
     let id = phone.enroll(&server.enrollment_url("alice"));
-    let out = server.cli_as(&server.owner_token, &["devices", "set-mode", &id, "secure-site"]);
+    let out = server.cli_as(
+        &server.owner_token,
+        &["devices", "set-mode", &id, "secure-site"],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     phone.start();
     let before = wait_compliant(&server, &id, "secure-site");
@@ -140,7 +172,8 @@ fn drift_behind_the_agents_back_is_noticed_and_repaired() {
     // The agent notices, reports, re-applies, and reports the repaired state.
     let after = wait_for("a newer compliant report", DEADLINE, || {
         let d = server.device(&id);
-        (compliance(&d) == "compliant" && d["last_report_seq"].as_u64().unwrap() > seq_before).then_some(d)
+        (compliance(&d) == "compliant" && d["last_report_seq"].as_u64().unwrap() > seq_before)
+            .then_some(d)
     });
     assert_eq!(after["capabilities"]["camera"], "off");
     assert_eq!(phone.sim()["capabilities"]["camera"], "off");
@@ -153,7 +186,12 @@ fn drift_behind_the_agents_back_is_noticed_and_repaired() {
         (compliance(&d) == "non_compliant").then_some(d)
     });
     assert_eq!(d["capabilities"]["camera"], "on", "{d}");
-    assert!(d["compliance_reasons"].to_string().contains("camera must be off"), "{d}");
+    assert!(
+        d["compliance_reasons"]
+            .to_string()
+            .contains("camera must be off"),
+        "{d}"
+    );
     assert_eq!(phone.sim()["capabilities"]["camera"], "on");
 }
 
@@ -186,9 +224,15 @@ screenshots = "allow"
 "#,
     )
     .unwrap();
-    let out = server.cli_as(&server.owner_token, &["modes", "apply", mode_file.to_str().unwrap()]);
+    let out = server.cli_as(
+        &server.owner_token,
+        &["modes", "apply", mode_file.to_str().unwrap()],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
-    let out = server.cli_as(&server.owner_token, &["devices", "set-mode", &id, "night-shift"]);
+    let out = server.cli_as(
+        &server.owner_token,
+        &["devices", "set-mode", &id, "night-shift"],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     phone.start();
     wait_compliant(&server, &id, "night-shift");
@@ -201,7 +245,10 @@ screenshots = "allow"
         .arg(&data)
         .output()
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&printed_fp.stdout).trim(), fingerprint);
+    assert_eq!(
+        String::from_utf8_lossy(&printed_fp.stdout).trim(),
+        fingerprint
+    );
     let server = Server::start(&data, &[]);
     assert_eq!(server.fingerprint, fingerprint);
     // The old token still works.
@@ -225,9 +272,16 @@ fn agent_reconnects_after_a_server_restart_on_the_same_address() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("server");
     // Find a free port, then pin the server to it so the phone can come back.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let listen = format!("127.0.0.1:{port}");
-    let env = [("REDOUBT_LISTEN", listen.as_str()), ("REDOUBT_CHECK_IN_INTERVAL_SECS", "3")];
+    let env = [
+        ("REDOUBT_LISTEN", listen.as_str()),
+        ("REDOUBT_CHECK_IN_INTERVAL_SECS", "3"),
+    ];
     let server = Server::start(&data, &env);
     let mut phone = Agent::new(tmp.path().join("phone"));
     let id = phone.enroll(&server.enrollment_url("alice"));
@@ -249,7 +303,10 @@ fn agent_reconnects_after_a_server_restart_on_the_same_address() {
     wait_for("the outbox to drain", DEADLINE, || {
         (phone.status()["pending_reports"].as_u64() == Some(0)).then_some(())
     });
-    let out = server.cli_as(&server.owner_token, &["devices", "set-mode", &id, "lockdown"]);
+    let out = server.cli_as(
+        &server.owner_token,
+        &["devices", "set-mode", &id, "lockdown"],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     wait_compliant(&server, &id, "lockdown");
 }
@@ -269,10 +326,18 @@ fn roles_are_enforced() {
     assert!(out.status.success(), "{}", stderr(&out));
     let out = server.cli_as(&auditor, &["devices", "set-mode", &id, "secure-site"]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("role auditor may not change a device's mode"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("role auditor may not change a device's mode"),
+        "{}",
+        stderr(&out)
+    );
     let out = server.cli_as(&auditor, &["enroll", "create", "--user", "x"]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("forbidden") || stderr(&out).contains("may not"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("forbidden") || stderr(&out).contains("may not"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(server.device(&id)["assigned_mode"], "standard");
 
     // Officers own modes, operators own devices.
@@ -295,7 +360,13 @@ fn roles_are_enforced() {
     let out = server.cli_as("rdt_not-a-token", &["devices", "list"]);
     assert!(!out.status.success());
     // Built-in presets cannot be overwritten.
-    std::fs::write(&mode_file, std::fs::read_to_string(&mode_file).unwrap().replace("quiet", "lockdown")).unwrap();
+    std::fs::write(
+        &mode_file,
+        std::fs::read_to_string(&mode_file)
+            .unwrap()
+            .replace("quiet", "lockdown"),
+    )
+    .unwrap();
     let out = server.cli_as(&officer, &["modes", "apply", mode_file.to_str().unwrap()]);
     assert!(!out.status.success());
 }
@@ -310,18 +381,33 @@ fn metrics_count_devices_by_compliance() {
     phone.start();
     wait_compliant(&server, &id, "standard");
     let text = http_get(&server, "/metrics");
-    assert!(text.contains("redoubt_devices{compliance=\"compliant\"} 1"), "{text}");
-    assert!(text.contains("redoubt_devices{compliance=\"pending\"} 1"), "{text}");
+    assert!(
+        text.contains("redoubt_devices{compliance=\"compliant\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("redoubt_devices{compliance=\"pending\"} 1"),
+        "{text}"
+    );
     assert!(text.contains("redoubt_http_requests_total{"), "{text}");
-    assert!(text.contains("redoubt_http_request_duration_seconds_bucket{"), "{text}");
+    assert!(
+        text.contains("redoubt_http_request_duration_seconds_bucket{"),
+        "{text}"
+    );
 }
 
 /// A plain GET with TLS pinned to the server's CA.
 pub fn http_get(server: &Server, path: &str) -> String {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let client = reqwest::Client::builder()
-            .use_preconfigured_tls(redoubt_client::pinned_tls_config(server.fingerprint.parse().unwrap(), &[b"http/1.1"]))
+            .use_preconfigured_tls(redoubt_client::pinned_tls_config(
+                server.fingerprint.parse().unwrap(),
+                &[b"http/1.1"],
+            ))
             .build()
             .unwrap();
         client
@@ -346,7 +432,10 @@ fn the_agent_refuses_tampered_older_and_foreign_bundles() {
     let old = tmp.path().join("alice-v1.json");
     std::fs::copy(alice.state.join("bundle.json"), &old).unwrap();
 
-    let out = server.cli_as(&server.owner_token, &["devices", "set-mode", &id, "secure-site"]);
+    let out = server.cli_as(
+        &server.owner_token,
+        &["devices", "set-mode", &id, "secure-site"],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     alice.start();
     wait_compliant(&server, &id, "secure-site");
@@ -371,14 +460,18 @@ fn the_agent_refuses_tampered_older_and_foreign_bundles() {
     // Alice's own first bundle is older (a replay / rollback to `standard`).
     check_refused(&old, "older");
     // Alice's current bundle with its payload edited to say `standard`.
-    let mut env: Value = serde_json::from_slice(&std::fs::read(alice.state.join("bundle.json")).unwrap()).unwrap();
+    let mut env: Value =
+        serde_json::from_slice(&std::fs::read(alice.state.join("bundle.json")).unwrap()).unwrap();
     let forged = tmp.path().join("forged.json");
     let payload = env["payload"].as_str().unwrap().to_owned();
     use base64::Engine;
     let engine = base64::engine::general_purpose::STANDARD;
     let text = String::from_utf8(engine.decode(&payload).unwrap()).unwrap();
     assert!(text.contains("\"base_mode\":\"secure-site\""), "{text}");
-    env["payload"] = Value::String(engine.encode(text.replace("\"base_mode\":\"secure-site\"", "\"base_mode\":\"standard\"")));
+    env["payload"] = Value::String(engine.encode(text.replace(
+        "\"base_mode\":\"secure-site\"",
+        "\"base_mode\":\"standard\"",
+    )));
     std::fs::write(&forged, serde_json::to_vec(&env).unwrap()).unwrap();
     check_refused(&forged, "signature");
     // Garbage is refused with a clear message.

@@ -1,7 +1,8 @@
 //! Devices: enrollment, bundles issued, compliance reports received.
 
 use redoubt_proto::{
-    Compliance, ComplianceReport, DeviceId, HardwareKind, Mode, ModeName, SignedEnvelope, Timestamp, UserName,
+    Compliance, ComplianceReport, DeviceId, HardwareKind, Mode, ModeName, SignedEnvelope,
+    Timestamp, UserName,
 };
 use sqlx::{Row, Sqlite, Transaction};
 
@@ -137,7 +138,9 @@ fn device_record(r: &sqlx::sqlite::SqliteRow) -> Result<DeviceRecord> {
     Ok(DeviceRecord {
         id: parse("device id", r.try_get("id")?)?,
         user: parse("user name", r.try_get("user_name")?)?,
-        public_key: key.try_into().map_err(|_| crate::corrupt("public key", "not 32 bytes"))?,
+        public_key: key
+            .try_into()
+            .map_err(|_| crate::corrupt("public key", "not 32 bytes"))?,
         hardware,
         assigned_mode: parse("mode name", r.try_get("assigned_mode")?)?,
         enrolled_at: Timestamp(r.try_get("enrolled_at")?),
@@ -149,8 +152,12 @@ fn device_record(r: &sqlx::sqlite::SqliteRow) -> Result<DeviceRecord> {
         effective_mode: r.try_get("effective_mode")?,
         compliance: parse_compliance(r.try_get("compliance")?)?,
         compliance_reasons: from_json("compliance reasons", r.try_get("compliance_reasons")?)?,
-        last_report_seq: r.try_get::<Option<i64>, _>("last_report_seq")?.map(|s| s as u64),
-        last_report_at: r.try_get::<Option<i64>, _>("last_report_at")?.map(Timestamp),
+        last_report_seq: r
+            .try_get::<Option<i64>, _>("last_report_seq")?
+            .map(|s| s as u64),
+        last_report_at: r
+            .try_get::<Option<i64>, _>("last_report_at")?
+            .map(Timestamp),
         last_report: r
             .try_get::<Option<&str>, _>("last_report")?
             .map(|s| from_json("last report", s))
@@ -163,15 +170,20 @@ async fn load_mode(tx: &mut Transaction<'_, Sqlite>, name: &ModeName) -> Result<
         .bind(name.as_str())
         .fetch_optional(&mut **tx)
         .await?;
-    from_json("mode definition", &def.ok_or_else(|| StoreError::NotFound(format!("mode {name}")))?)
+    from_json(
+        "mode definition",
+        &def.ok_or_else(|| StoreError::NotFound(format!("mode {name}")))?,
+    )
 }
 
 async fn load_device(tx: &mut Transaction<'_, Sqlite>, id: &DeviceId) -> Result<DeviceRecord> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE id = ?")))
-        .bind(id.as_str())
-        .fetch_optional(&mut **tx)
-        .await?
-        .ok_or_else(|| StoreError::NotFound(format!("device {id}")))?;
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {DEVICE_COLUMNS} FROM devices WHERE id = ?"
+    )))
+    .bind(id.as_str())
+    .fetch_optional(&mut **tx)
+    .await?
+    .ok_or_else(|| StoreError::NotFound(format!("device {id}")))?;
     device_record(&row)
 }
 
@@ -238,10 +250,12 @@ impl Store {
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = row else {
-            let state = sqlx::query("SELECT used_at, expires_at FROM enrollment_tokens WHERE token_hash = ?")
-                .bind(&token_hash[..])
-                .fetch_optional(&mut *tx)
-                .await?;
+            let state = sqlx::query(
+                "SELECT used_at, expires_at FROM enrollment_tokens WHERE token_hash = ?",
+            )
+            .bind(&token_hash[..])
+            .fetch_optional(&mut *tx)
+            .await?;
             let refusal = match state {
                 None => EnrollRefusal::Invalid,
                 Some(r) if r.try_get::<Option<i64>, _>("used_at")?.is_some() => EnrollRefusal::Used,
@@ -283,7 +297,9 @@ impl Store {
         if let Err(sqlx::Error::Database(e)) = &inserted
             && e.is_unique_violation()
         {
-            return Err(StoreError::Conflict("this device key is already enrolled".into()));
+            return Err(StoreError::Conflict(
+                "this device key is already enrolled".into(),
+            ));
         }
         inserted?;
         let rec = load_device(&mut tx, &device.id).await?;
@@ -293,10 +309,12 @@ impl Store {
 
     /// One device.
     pub async fn get_device(&self, id: &DeviceId) -> Result<Option<DeviceRecord>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE id = ?")))
-            .bind(id.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {DEVICE_COLUMNS} FROM devices WHERE id = ?"
+        )))
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
         row.as_ref().map(device_record).transpose()
     }
 
@@ -386,7 +404,10 @@ impl Store {
 
     /// Live devices per compliance state; a device whose latest report arrived before
     /// `stale_before` counts as `Stale`.
-    pub async fn compliance_counts(&self, stale_before: Timestamp) -> Result<Vec<(Compliance, u64)>> {
+    pub async fn compliance_counts(
+        &self,
+        stale_before: Timestamp,
+    ) -> Result<Vec<(Compliance, u64)>> {
         let rows = sqlx::query(
             "SELECT CASE WHEN last_report_at IS NOT NULL AND last_report_at < ? THEN 'stale' ELSE compliance END AS c,
              count(*) AS n FROM devices WHERE revoked_at IS NULL GROUP BY c",

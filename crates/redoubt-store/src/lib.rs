@@ -13,9 +13,11 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlSafeStr;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 
 pub use devices::{BundleRequest, DeviceRecord, IssuedBundle, NewDevice, ReportOutcome};
 pub use modes::ModeRecord;
@@ -47,7 +49,8 @@ pub enum StoreError {
 /// Result alias of the store.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "devices", include_str!("../migrations/0001_devices.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] =
+    &[(1, "devices", include_str!("../migrations/0001_devices.sql"))];
 
 /// The store: a pool of connections to the embedded database.
 #[derive(Debug, Clone)]
@@ -72,7 +75,15 @@ impl Store {
         let migrator = Migrator::with_migrations(
             MIGRATIONS
                 .iter()
-                .map(|(v, d, sql)| Migration::new(*v, (*d).into(), MigrationType::Simple, sql.into_sql_str(), false))
+                .map(|(v, d, sql)| {
+                    Migration::new(
+                        *v,
+                        (*d).into(),
+                        MigrationType::Simple,
+                        sql.into_sql_str(),
+                        false,
+                    )
+                })
                 .collect(),
         );
         migrator.run(&pool).await?;

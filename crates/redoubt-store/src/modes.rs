@@ -92,11 +92,12 @@ impl Store {
         .bind(now.unix())
         .execute(&mut *tx)
         .await?;
-        let ids: Vec<String> =
-            sqlx::query_scalar("SELECT id FROM devices WHERE assigned_mode = ? AND revoked_at IS NULL")
-                .bind(mode.name.as_str())
-                .fetch_all(&mut *tx)
-                .await?;
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM devices WHERE assigned_mode = ? AND revoked_at IS NULL",
+        )
+        .bind(mode.name.as_str())
+        .fetch_all(&mut *tx)
+        .await?;
         let mut touched = Vec::with_capacity(ids.len());
         for id in ids {
             let id: DeviceId = crate::parse("device id", &id)?;

@@ -28,23 +28,33 @@ pub enum EnrollRefusal {
 
 impl Store {
     /// Stores a new admin credential.
-    pub async fn create_admin_token(&self, name: &str, role: Role, token_hash: &[u8; 32], now: Timestamp) -> Result<()> {
-        sqlx::query("INSERT INTO admin_tokens (name, role, token_hash, created_at) VALUES (?, ?, ?, ?)")
-            .bind(name)
-            .bind(role.as_str())
-            .bind(&token_hash[..])
-            .bind(now.unix())
-            .execute(&self.pool)
-            .await?;
+    pub async fn create_admin_token(
+        &self,
+        name: &str,
+        role: Role,
+        token_hash: &[u8; 32],
+        now: Timestamp,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO admin_tokens (name, role, token_hash, created_at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(name)
+        .bind(role.as_str())
+        .bind(&token_hash[..])
+        .bind(now.unix())
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
     /// The live credential whose token hashes to `token_hash`.
     pub async fn admin_by_token_hash(&self, token_hash: &[u8; 32]) -> Result<Option<AdminRecord>> {
-        let row = sqlx::query("SELECT name, role FROM admin_tokens WHERE token_hash = ? AND revoked_at IS NULL")
-            .bind(&token_hash[..])
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(
+            "SELECT name, role FROM admin_tokens WHERE token_hash = ? AND revoked_at IS NULL",
+        )
+        .bind(&token_hash[..])
+        .fetch_optional(&self.pool)
+        .await?;
         row.map(|r| {
             Ok(AdminRecord {
                 name: r.try_get("name")?,
@@ -56,9 +66,10 @@ impl Store {
 
     /// Number of live admin credentials.
     pub async fn count_admin_tokens(&self) -> Result<u64> {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM admin_tokens WHERE revoked_at IS NULL")
-            .fetch_one(&self.pool)
-            .await?;
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM admin_tokens WHERE revoked_at IS NULL")
+                .fetch_one(&self.pool)
+                .await?;
         Ok(n as u64)
     }
 

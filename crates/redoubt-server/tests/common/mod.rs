@@ -29,14 +29,21 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(25));
     }
 }
 
 /// Sends a signal to a process.
 pub fn signal(child: &Child, sig: &str) {
-    let status = Command::new("kill").arg(format!("-{sig}")).arg(child.id().to_string()).status().unwrap();
+    let status = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
     assert!(status.success(), "kill -{sig} failed");
 }
 
@@ -59,7 +66,10 @@ pub struct Server {
 impl Server {
     /// Starts a server on `data` with extra `REDOUBT_*` settings, and an owner token.
     pub fn start(data: &Path, env: &[(&str, &str)]) -> Server {
-        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let mut cmd = Command::new(bin("redoubt-server"));
         cmd.arg("serve");
         if !env.iter().any(|(k, _)| k == "REDOUBT_LISTEN") {
@@ -88,7 +98,9 @@ impl Server {
         let deadline = Instant::now() + Duration::from_secs(30);
         while url.is_none() || fingerprint.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx.recv_timeout(left).expect("server did not print its address and fingerprint");
+            let line = rx
+                .recv_timeout(left)
+                .expect("server did not print its address and fingerprint");
             if let Some(u) = line.strip_prefix("Redoubt server listening on ") {
                 url = Some(u.trim().to_owned());
             }
@@ -116,7 +128,11 @@ impl Server {
             .arg(&self.data)
             .output()
             .unwrap();
-        assert!(out.status.success(), "admin-token failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "admin-token failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     }
 
@@ -141,13 +157,20 @@ impl Server {
             "redoubt {args:?} failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("redoubt {args:?} printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "redoubt {args:?} printed no JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
     }
 
     /// A fresh enrollment URL for `user`.
     pub fn enrollment_url(&self, user: &str) -> String {
-        self.cli_json(&["enroll", "create", "--user", user])["url"].as_str().unwrap().to_owned()
+        self.cli_json(&["enroll", "create", "--user", user])["url"]
+            .as_str()
+            .unwrap()
+            .to_owned()
     }
 
     /// The console's view of a device.
@@ -159,7 +182,10 @@ impl Server {
     pub fn stop(mut self) {
         signal(&self.child, "TERM");
         let status = wait_exit(&mut self.child, Duration::from_secs(20));
-        assert!(status.success(), "server exited with {status} after SIGTERM");
+        assert!(
+            status.success(),
+            "server exited with {status} after SIGTERM"
+        );
     }
 
     /// Kills the server without warning.
@@ -205,7 +231,11 @@ impl Agent {
     /// Enrolls; returns the device id.
     pub fn enroll(&self, url: &str) -> String {
         let out = self.cmd(&["enroll", url, "--json"]);
-        assert!(out.status.success(), "enroll failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "enroll failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let v: Value = serde_json::from_slice(&out.stdout).unwrap();
         v["device_id"].as_str().unwrap().to_owned()
     }
@@ -235,21 +265,33 @@ impl Agent {
     /// `status --json`.
     pub fn status(&self) -> Value {
         let out = self.cmd(&["status", "--json"]);
-        assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
     /// `sim show --json`.
     pub fn sim(&self) -> Value {
         let out = self.cmd(&["sim", "show", "--json"]);
-        assert!(out.status.success(), "sim show failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "sim show failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
     /// `sim set CAP VALUE`.
     pub fn sim_set(&self, target: &str, value: &str) {
         let out = self.cmd(&["sim", "set", target, value]);
-        assert!(out.status.success(), "sim set failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "sim set failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
@@ -264,7 +306,11 @@ impl Drop for Agent {
 
 /// Appends a process's stderr to `path` (read back by the no-secrets-in-logs test).
 pub fn log_file(path: &Path) -> Stdio {
-    let f = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
     Stdio::from(f)
 }
 
