@@ -169,3 +169,33 @@ impl RawConfig {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(text: &str, expect: &str) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, text).unwrap();
+        let got = match RawConfig::load(Some(&p)).and_then(RawConfig::resolve) {
+            Ok(c) => format!("ok {} {}", c.listen, c.check_in_interval_secs),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(got.contains(expect), "{got}");
+    }
+
+    #[test]
+    fn files_are_parsed_strictly() {
+        check(
+            "listen = \"0.0.0.0:9443\"\ncheck_in_interval_secs = 60\n",
+            "ok 0.0.0.0:9443 60",
+        );
+        check("", "ok 127.0.0.1:8443 300");
+        check("lisen = \"x\"", "unknown field `lisen`");
+        check("listen = \"nowhere\"", "is not IP:PORT");
+        check("public_url = \"http://x\"", "https://");
+        check("check_in_interval_secs = 0", "at least 1");
+        check("listen = ", "c.toml");
+    }
+}

@@ -309,6 +309,17 @@ fn agent_reconnects_after_a_server_restart_on_the_same_address() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
     wait_compliant(&server, &id, "lockdown");
+
+    // An agent restart keeps the identity: same device, same key, still compliant.
+    phone.stop();
+    phone.start();
+    assert_eq!(phone.status()["device_id"], id.as_str());
+    let seq = server.device(&id)["last_report_seq"].as_u64().unwrap();
+    wait_for("a report from the restarted agent", DEADLINE, || {
+        let d = server.device(&id);
+        (d["last_report_seq"].as_u64().unwrap() > seq && compliance(&d) == "compliant")
+            .then_some(())
+    });
 }
 
 #[test]
@@ -480,4 +491,34 @@ fn the_agent_refuses_tampered_older_and_foreign_bundles() {
     // The held bundle itself is a no-op.
     let out = import(&alice.state.join("bundle.json"));
     assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn a_silent_device_turns_stale_and_comes_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let env = [
+        ("REDOUBT_CHECK_IN_INTERVAL_SECS", "1"),
+        ("REDOUBT_STALE_AFTER_INTERVALS", "2"),
+    ];
+    let server = Server::start(&tmp.path().join("server"), &env);
+    let mut phone = Agent::new(tmp.path().join("phone"));
+    let id = phone.enroll(&server.enrollment_url("alice"));
+    phone.start();
+    wait_compliant(&server, &id, "standard");
+    // Check-ins keep a connected phone fresh: the report sequence moves on by itself.
+    let seq = server.device(&id)["last_report_seq"].as_u64().unwrap();
+    wait_for("a periodic check-in", DEADLINE, || {
+        (server.device(&id)["last_report_seq"].as_u64().unwrap() > seq).then_some(())
+    });
+    phone.stop();
+    let d = wait_for("stale", DEADLINE, || {
+        let d = server.device(&id);
+        (compliance(&d) == "stale").then_some(d)
+    });
+    assert!(
+        d["compliance_reasons"].to_string().contains("no report"),
+        "{d}"
+    );
+    phone.start();
+    wait_compliant(&server, &id, "standard");
 }

@@ -237,7 +237,7 @@ impl Store {
         now: Timestamp,
         mut issue: impl FnMut(&BundleRequest) -> IssuedBundle,
     ) -> Result<DeviceRecord> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let row = sqlx::query(
             "UPDATE enrollment_tokens SET used_at = ?, device_id = ?
              WHERE token_hash = ? AND used_at IS NULL AND expires_at > ?
@@ -335,7 +335,7 @@ impl Store {
         mode: &ModeName,
         mut issue: impl FnMut(&BundleRequest) -> IssuedBundle,
     ) -> Result<DeviceRecord> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let rec = reissue(&mut tx, id, Some(mode), &mut issue).await?;
         tx.commit().await?;
         Ok(rec)
@@ -347,7 +347,7 @@ impl Store {
         id: &DeviceId,
         mut issue: impl FnMut(&BundleRequest) -> IssuedBundle,
     ) -> Result<DeviceRecord> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let rec = reissue(&mut tx, id, None, &mut issue).await?;
         tx.commit().await?;
         Ok(rec)
@@ -363,7 +363,7 @@ impl Store {
         now: Timestamp,
         evaluate: impl FnOnce(&DeviceRecord) -> (Compliance, Vec<String>),
     ) -> Result<ReportOutcome> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let dev = load_device(&mut tx, &report.device_id).await?;
         if dev.last_report_seq.is_some_and(|s| report.seq <= s) {
             return Ok(ReportOutcome::Duplicate);

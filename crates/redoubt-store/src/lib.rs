@@ -90,6 +90,12 @@ impl Store {
         Ok(Store { pool })
     }
 
+    /// Begins a write transaction that takes SQLite's write lock at once, so a
+    /// read-then-write transaction never fails on a snapshot another writer made stale.
+    async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
     /// Closes every connection (checkpointing the WAL).
     pub async fn close(&self) {
         self.pool.close().await;

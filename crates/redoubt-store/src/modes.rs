@@ -29,7 +29,7 @@ impl Store {
     /// Writes the built-in presets (their definitions come from the code, so an
     /// upgrade changes them everywhere at once).
     pub async fn install_builtin_modes(&self, presets: &[Mode], now: Timestamp) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         for m in presets {
             sqlx::query(
                 "INSERT INTO modes (name, definition, builtin, updated_at) VALUES (?, ?, 1, ?)
@@ -72,7 +72,7 @@ impl Store {
         now: Timestamp,
         mut issue: impl FnMut(&BundleRequest) -> IssuedBundle,
     ) -> Result<Vec<DeviceId>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let builtin: Option<bool> = sqlx::query_scalar("SELECT builtin FROM modes WHERE name = ?")
             .bind(mode.name.as_str())
             .fetch_optional(&mut *tx)

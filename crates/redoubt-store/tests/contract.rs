@@ -1,0 +1,324 @@
+//! The store's contract, run against the embedded SQLite backend: atomic single-use
+//! enrollment, growing bundle versions, report replay detection, presets protected,
+//! and durability across reopening.
+#![allow(clippy::unwrap_used)]
+
+use redoubt_proto::api::Role;
+use redoubt_proto::{
+    Capability, CapabilityRules, CapabilityState, Compliance, ComplianceReport, DeviceId,
+    HardwareKind, Mode, ModeName, NetworkReach, NetworkState, Rule, SignedEnvelope, Timestamp,
+    UserName,
+};
+use redoubt_store::{
+    BundleRequest, EnrollRefusal, IssuedBundle, NewDevice, ReportOutcome, Store, StoreError,
+};
+
+const NOW: Timestamp = Timestamp(1_800_000_000);
+
+fn mode(name: &str, rule: Rule) -> Mode {
+    Mode {
+        name: name.parse().unwrap(),
+        description: String::new(),
+        network: NetworkReach::Open,
+        capabilities: CapabilityRules::all(rule),
+        app_allowlist: None,
+    }
+}
+
+fn issue(req: &BundleRequest) -> IssuedBundle {
+    IssuedBundle {
+        version: req.version,
+        envelope: SignedEnvelope {
+            kind: "test".into(),
+            payload: format!("{}:{}", req.device_id, req.version),
+            signature: String::new(),
+        },
+        payload_json: "{}".into(),
+        issued_at: NOW,
+        expires_at: NOW.plus_secs(3600),
+        effective_mode: req.base_mode.name.to_string(),
+        compliance: if req.last_report.is_some() {
+            Compliance::NonCompliant
+        } else {
+            Compliance::Pending
+        },
+        reasons: vec![],
+    }
+}
+
+async fn open(dir: &std::path::Path) -> Store {
+    let store = Store::open_sqlite(&dir.join("t.db")).await.unwrap();
+    store
+        .install_builtin_modes(
+            &[mode("standard", Rule::Allow), mode("lockdown", Rule::Deny)],
+            NOW,
+        )
+        .await
+        .unwrap();
+    store
+}
+
+fn device(n: u8) -> NewDevice {
+    NewDevice {
+        id: DeviceId::from_random([n; 12]),
+        public_key: [n; 32],
+        hardware: HardwareKind::Sim,
+    }
+}
+
+async fn token(store: &Store, n: u8, expires: i64) -> [u8; 32] {
+    let hash = [n; 32];
+    let user: UserName = "alice".parse().unwrap();
+    let standard: ModeName = "standard".parse().unwrap();
+    store
+        .create_enrollment_token(&hash, &user, &standard, "test", NOW, NOW.plus_secs(expires))
+        .await
+        .unwrap();
+    hash
+}
+
+fn report(id: &DeviceId, seq: u64) -> ComplianceReport {
+    ComplianceReport {
+        device_id: id.clone(),
+        seq,
+        bundle_version: 1,
+        effective_mode: "standard".into(),
+        capabilities: Capability::ALL
+            .into_iter()
+            .map(|c| (c, CapabilityState::On))
+            .collect(),
+        network: NetworkState::Open,
+        hardware: HardwareKind::Sim,
+        observed_at: NOW,
+        fallback_reason: None,
+    }
+}
+
+fn refusal(e: StoreError) -> EnrollRefusal {
+    match e {
+        StoreError::Enroll(r) => r,
+        other => panic!("expected an enrollment refusal, got {other}"),
+    }
+}
+
+#[tokio::test]
+async fn a_token_enrolls_exactly_one_device_even_under_a_race() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path()).await;
+    let hash = token(&store, 1, 60).await;
+    let (a, b) = tokio::join!(
+        store.enroll_device(&hash, device(1), NOW, issue),
+        store.enroll_device(&hash, device(2), NOW, issue)
+    );
+    assert_eq!(a.is_ok() as u8 + b.is_ok() as u8, 1, "{a:?} {b:?}");
+    let loser = if a.is_ok() { b } else { a };
+    assert_eq!(refusal(loser.unwrap_err()), EnrollRefusal::Used);
+    assert_eq!(store.list_devices().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn unknown_and_expired_tokens_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path()).await;
+    let unknown = store.enroll_device(&[9; 32], device(1), NOW, issue).await;
+    assert_eq!(refusal(unknown.unwrap_err()), EnrollRefusal::Invalid);
+    let hash = token(&store, 2, 10).await;
+    let late = store
+        .enroll_device(&hash, device(1), NOW.plus_secs(10), issue)
+        .await;
+    assert_eq!(refusal(late.unwrap_err()), EnrollRefusal::Expired);
+    assert!(store.list_devices().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn bundle_versions_grow_and_presets_are_protected() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path()).await;
+    let hash = token(&store, 1, 60).await;
+    let dev = store
+        .enroll_device(&hash, device(1), NOW, issue)
+        .await
+        .unwrap();
+    assert_eq!(dev.bundle_version, 1);
+    let lockdown: ModeName = "lockdown".parse().unwrap();
+    let dev = store
+        .set_device_mode(&dev.id, &lockdown, issue)
+        .await
+        .unwrap();
+    assert_eq!(
+        (dev.bundle_version, dev.assigned_mode.as_str()),
+        (2, "lockdown")
+    );
+    let missing: ModeName = "missing".parse().unwrap();
+    assert!(matches!(
+        store.set_device_mode(&dev.id, &missing, issue).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(
+        store
+            .get_device(&dev.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .bundle_version,
+        2
+    );
+
+    assert!(matches!(
+        store
+            .put_custom_mode(&mode("standard", Rule::Deny), NOW, issue)
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    let custom = mode("night", Rule::Deny);
+    assert!(
+        store
+            .put_custom_mode(&custom, NOW, issue)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let night: ModeName = "night".parse().unwrap();
+    store.set_device_mode(&dev.id, &night, issue).await.unwrap();
+    // Changing the mode re-issues the bundle of every device assigned to it.
+    let touched = store
+        .put_custom_mode(&mode("night", Rule::Allow), NOW, issue)
+        .await
+        .unwrap();
+    assert_eq!(touched, vec![dev.id.clone()]);
+    assert_eq!(
+        store
+            .get_device(&dev.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .bundle_version,
+        4
+    );
+}
+
+#[tokio::test]
+async fn reports_are_kept_once_in_order_and_survive_reopening() {
+    let tmp = tempfile::tempdir().unwrap();
+    let id = {
+        let store = open(tmp.path()).await;
+        let hash = token(&store, 1, 60).await;
+        let dev = store
+            .enroll_device(&hash, device(1), NOW, issue)
+            .await
+            .unwrap();
+        let env = SignedEnvelope {
+            kind: "r".into(),
+            payload: String::new(),
+            signature: String::new(),
+        };
+        let ok = |_: &redoubt_store::DeviceRecord| (Compliance::Compliant, vec![]);
+        assert_eq!(
+            store
+                .record_report(&report(&dev.id, 1), &env, NOW, ok)
+                .await
+                .unwrap(),
+            ReportOutcome::Stored(Compliance::Compliant)
+        );
+        assert_eq!(
+            store
+                .record_report(&report(&dev.id, 1), &env, NOW, ok)
+                .await
+                .unwrap(),
+            ReportOutcome::Duplicate
+        );
+        assert_eq!(
+            store
+                .record_report(&report(&dev.id, 3), &env, NOW, ok)
+                .await
+                .unwrap(),
+            ReportOutcome::Stored(Compliance::Compliant)
+        );
+        assert_eq!(
+            store
+                .record_report(&report(&dev.id, 2), &env, NOW, ok)
+                .await
+                .unwrap(),
+            ReportOutcome::Duplicate
+        );
+        store
+            .create_admin_token("root", Role::Owner, &[5; 32], NOW)
+            .await
+            .unwrap();
+        store.close().await;
+        dev.id
+    };
+    let store = open(tmp.path()).await;
+    let dev = store.get_device(&id).await.unwrap().unwrap();
+    assert_eq!(
+        (dev.last_report_seq, dev.compliance),
+        (Some(3), Compliance::Compliant)
+    );
+    assert_eq!(store.count_reports(&id).await.unwrap(), 2);
+    assert_eq!(
+        store
+            .admin_by_token_hash(&[5; 32])
+            .await
+            .unwrap()
+            .unwrap()
+            .role,
+        Role::Owner
+    );
+    assert!(store.admin_by_token_hash(&[6; 32]).await.unwrap().is_none());
+    let counts = store.compliance_counts(NOW.plus_secs(1)).await.unwrap();
+    assert!(counts.contains(&(Compliance::Stale, 1)), "{counts:?}");
+    let counts = store.compliance_counts(NOW).await.unwrap();
+    assert!(counts.contains(&(Compliance::Compliant, 1)), "{counts:?}");
+}
+
+#[tokio::test]
+async fn concurrent_reports_from_many_devices_all_land() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path()).await;
+    let mut ids = Vec::new();
+    for n in 1..=8u8 {
+        let hash = token(&store, n, 60).await;
+        ids.push(
+            store
+                .enroll_device(&hash, device(n), NOW, issue)
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    let env = SignedEnvelope {
+        kind: "r".into(),
+        payload: String::new(),
+        signature: String::new(),
+    };
+    let tasks = ids
+        .iter()
+        .flat_map(|id| (1..=5u64).map(move |seq| (id.clone(), seq)))
+        .map(|(id, seq)| {
+            let store = store.clone();
+            let env = env.clone();
+            tokio::spawn(async move {
+                store
+                    .record_report(&report(&id, seq), &env, NOW, |_| {
+                        (Compliance::Compliant, vec![])
+                    })
+                    .await
+            })
+        });
+    let results: Vec<_> = futures_join(tasks.collect()).await;
+    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+    for id in &ids {
+        assert_eq!(
+            store.get_device(id).await.unwrap().unwrap().last_report_seq,
+            Some(5)
+        );
+    }
+}
+
+async fn futures_join<T>(handles: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
