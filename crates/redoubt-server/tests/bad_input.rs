@@ -6,62 +6,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Agent, Server, wait_for};
+use common::{Agent, Http, Server, wait_for};
 use futures_util::{SinkExt, StreamExt};
 use redoubt_proto::ws::{AgentFrame, ServerFrame};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
-
-struct Http {
-    client: reqwest::Client,
-    base: String,
-    rt: tokio::runtime::Runtime,
-}
-
-impl Http {
-    fn new(server: &Server) -> Http {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let client = reqwest::Client::builder()
-            .use_preconfigured_tls(redoubt_client::pinned_tls_config(
-                server.fingerprint.parse().unwrap(),
-                &[b"http/1.1"],
-            ))
-            .build()
-            .unwrap();
-        Http {
-            client,
-            base: server.url.clone(),
-            rt,
-        }
-    }
-
-    /// Sends a request; returns status and body.
-    fn send(
-        &self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Vec<u8>>,
-    ) -> (u16, String) {
-        self.rt.block_on(async {
-            let mut req = self
-                .client
-                .request(method.parse().unwrap(), format!("{}{path}", self.base))
-                .header("content-type", "application/json");
-            if let Some(t) = token {
-                req = req.bearer_auth(t);
-            }
-            if let Some(b) = body {
-                req = req.body(b);
-            }
-            let resp = req.send().await.unwrap();
-            (resp.status().as_u16(), resp.text().await.unwrap())
-        })
-    }
-}
 
 fn check(http: &Http, method: &str, path: &str, token: Option<&str>, body: &str, expect: u16) {
     let (status, text) = http.send(method, path, token, Some(body.as_bytes().to_vec()));

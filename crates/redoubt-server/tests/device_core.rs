@@ -391,7 +391,7 @@ fn metrics_count_devices_by_compliance() {
     let _pending = Agent::new(tmp.path().join("phone2")).enroll(&server.enrollment_url("bob"));
     phone.start();
     wait_compliant(&server, &id, "standard");
-    let text = http_get(&server, "/metrics");
+    let (_, text) = common::Http::new(&server).send("GET", "/metrics", None, None);
     assert!(
         text.contains("redoubt_devices{compliance=\"compliant\"} 1"),
         "{text}"
@@ -405,31 +405,6 @@ fn metrics_count_devices_by_compliance() {
         text.contains("redoubt_http_request_duration_seconds_bucket{"),
         "{text}"
     );
-}
-
-/// A plain GET with TLS pinned to the server's CA.
-pub fn http_get(server: &Server, path: &str) -> String {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let client = reqwest::Client::builder()
-            .use_preconfigured_tls(redoubt_client::pinned_tls_config(
-                server.fingerprint.parse().unwrap(),
-                &[b"http/1.1"],
-            ))
-            .build()
-            .unwrap();
-        client
-            .get(format!("{}{path}", server.url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    })
 }
 
 #[test]

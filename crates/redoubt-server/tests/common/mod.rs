@@ -318,3 +318,55 @@ pub fn log_file(path: &Path) -> Stdio {
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// A raw HTTPS client pinned to the server's CA, for requests the CLI would never send.
+pub struct Http {
+    client: reqwest::Client,
+    base: String,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Http {
+    pub fn new(server: &Server) -> Http {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let client = reqwest::Client::builder()
+            .use_preconfigured_tls(redoubt_client::pinned_tls_config(
+                server.fingerprint.parse().unwrap(),
+                &[b"http/1.1"],
+            ))
+            .build()
+            .unwrap();
+        Http {
+            client,
+            base: server.url.clone(),
+            rt,
+        }
+    }
+
+    /// Sends a request; returns status and body.
+    pub fn send(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> (u16, String) {
+        self.rt.block_on(async {
+            let mut req = self
+                .client
+                .request(method.parse().unwrap(), format!("{}{path}", self.base))
+                .header("content-type", "application/json");
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            if let Some(b) = body {
+                req = req.body(b);
+            }
+            let resp = req.send().await.unwrap();
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        })
+    }
+}
