@@ -27,6 +27,21 @@ use crate::pki::{Keys, database_path};
 /// Runs the server until a shutdown signal.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let keys = Keys::open_or_create(&config.data)?;
+    // One server per data directory: a second one would split the device sessions.
+    let lock_path = config.data.join("server.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("opening {}", lock_path.display()))?;
+    if lock.try_lock().is_err() {
+        anyhow::bail!(
+            "another redoubt-server is already serving {} (it holds {})",
+            config.data.display(),
+            lock_path.display()
+        );
+    }
     let store = Store::open_sqlite(&database_path(&config.data))
         .await
         .with_context(|| format!("opening the database in {}", config.data.display()))?;
@@ -142,6 +157,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::warn!("some connections did not close within 5 s");
     }
     store.close().await;
+    drop(lock);
     println!("Redoubt server stopped");
     Ok(())
 }

@@ -364,3 +364,21 @@ fn mode_json(name: &str) -> String {
     })
     .to_string()
 }
+
+#[test]
+fn a_second_server_on_the_same_data_directory_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("server");
+    let _server = Server::start(&data, &[]);
+    let out = std::process::Command::new(common::bin("redoubt-server"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        common::stderr(&out).contains("already serving"),
+        "{}",
+        common::stderr(&out)
+    );
+}
