@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 use redoubt_client::ServerClient;
-use redoubt_proto::{DeviceId, Fingerprint, ModeName, UserName};
+use redoubt_proto::{DeviceId, Fingerprint, GroupId, ModeName, UserName};
 use url::Url;
 
 /// The `redoubt` admin command line.
@@ -110,6 +110,88 @@ pub enum Command {
     Modes(ModesCommand),
     /// Show who the admin token belongs to and its role.
     Whoami,
+    /// Revoke a device: it loses its sessions and is removed from its conversations.
+    #[command(name = "revoke")]
+    Revoke {
+        /// The device id.
+        #[arg(value_name = "DEVICE")]
+        device: DeviceId,
+    },
+    /// The messenger on a phone: end-to-end encrypted conversations of the device
+    /// enrolled in --state (needs no admin credential).
+    Chat(ChatArgs),
+}
+
+/// `redoubt chat --state DIR ...`
+#[derive(Debug, Args)]
+pub struct ChatArgs {
+    /// The device's state directory (as given to `redoubt-agent enroll`).
+    #[arg(long, value_name = "DIR")]
+    pub state: PathBuf,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: ChatCommand,
+}
+
+/// `redoubt chat` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ChatCommand {
+    /// Create a conversation with these people (all their devices).
+    Create {
+        /// The conversation's name.
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// The other people, comma-separated.
+        #[arg(
+            long,
+            value_name = "USER[,USER...]",
+            value_delimiter = ',',
+            required = true
+        )]
+        members: Vec<UserName>,
+        /// Deliver only to devices that comply with this mode (e.g. secure-site).
+        #[arg(long, value_name = "MODE")]
+        clearance: Option<ModeName>,
+    },
+    /// Send a text message.
+    Send {
+        /// The conversation id.
+        #[arg(value_name = "CONVERSATION")]
+        conversation: GroupId,
+        /// The text.
+        #[arg(value_name = "TEXT")]
+        text: String,
+    },
+    /// Fetch, decrypt and print a conversation's messages.
+    Read {
+        /// The conversation id.
+        #[arg(value_name = "CONVERSATION")]
+        conversation: GroupId,
+    },
+    /// Add a person (all their enrolled devices).
+    Add {
+        /// The conversation id.
+        #[arg(value_name = "CONVERSATION")]
+        conversation: GroupId,
+        /// The person.
+        #[arg(value_name = "USER")]
+        user: UserName,
+    },
+    /// Remove a person (all their devices).
+    Remove {
+        /// The conversation id.
+        #[arg(value_name = "CONVERSATION")]
+        conversation: GroupId,
+        /// The person.
+        #[arg(value_name = "USER")]
+        user: UserName,
+    },
+    /// List this device's conversations.
+    List,
+    /// Fetch and apply everything waiting on the server.
+    Sync,
+    /// Print messages as they arrive (until interrupted).
+    Listen,
 }
 
 /// `redoubt enroll ...`

@@ -5,6 +5,7 @@
 //! `error: ...` with exit status 1 (clap's own usage errors exit with 2).
 
 mod args;
+mod chat;
 mod commands;
 mod output;
 mod qr;

@@ -20,6 +20,7 @@ use serde::de::DeserializeOwned;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use url::Url;
 
 /// A WebSocket to the server over pinned TLS.
@@ -163,7 +164,8 @@ pub fn pinned_tls_config(pin: Fingerprint, alpn: &[&[u8]]) -> ClientConfig {
 pub struct ServerClient {
     base: Url,
     pin: Fingerprint,
-    token: Option<String>,
+    /// The whole `Authorization` header value, when there is a credential.
+    auth: Option<String>,
     http: reqwest::Client,
 }
 
@@ -172,7 +174,7 @@ impl std::fmt::Debug for ServerClient {
         f.debug_struct("ServerClient")
             .field("base", &self.base.as_str())
             .field("pin", &self.pin)
-            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("auth", &self.auth.as_ref().map(|_| "<redacted>"))
             .finish()
     }
 }
@@ -201,9 +203,17 @@ impl ServerClient {
         Ok(ServerClient {
             base,
             pin,
-            token,
+            auth: token.map(|t| format!("Bearer {t}")),
             http,
         })
+    }
+
+    /// The same client sending `Authorization: <value>` instead (e.g. `Device <token>`).
+    pub fn with_authorization(&self, value: String) -> ServerClient {
+        ServerClient {
+            auth: Some(value),
+            ..self.clone()
+        }
     }
 
     /// The server's base URL.
@@ -230,8 +240,13 @@ impl ServerClient {
         &self,
         req: reqwest::RequestBuilder,
     ) -> Result<T, ClientError> {
-        let req = match &self.token {
-            Some(t) => req.bearer_auth(t),
+        let bytes = self.send_raw(req).await?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    async fn send_raw(&self, req: reqwest::RequestBuilder) -> Result<Vec<u8>, ClientError> {
+        let req = match &self.auth {
+            Some(v) => req.header(reqwest::header::AUTHORIZATION, v),
             None => req,
         };
         let resp = req
@@ -244,7 +259,7 @@ impl ServerClient {
             .await
             .map_err(|e| self.transport(error_chain(&e)))?;
         if status.is_success() {
-            serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+            Ok(bytes.to_vec())
         } else {
             let err: ApiError = serde_json::from_slice(&bytes).unwrap_or_else(|_| ApiError {
                 code: "http_error".into(),
@@ -270,6 +285,30 @@ impl ServerClient {
         body: &B,
     ) -> Result<T, ClientError> {
         self.send(self.http.post(self.url(path)?).json(body)).await
+    }
+
+    /// `POST path` with raw bytes; the answer is JSON.
+    pub async fn post_bytes<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<T, ClientError> {
+        let req = self
+            .http
+            .post(self.url(path)?)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .timeout(Duration::from_secs(300))
+            .body(body);
+        self.send(req).await
+    }
+
+    /// `GET path`, the answer as raw bytes.
+    pub async fn get_bytes(&self, path: &str) -> Result<Vec<u8>, ClientError> {
+        let req = self
+            .http
+            .get(self.url(path)?)
+            .timeout(Duration::from_secs(300));
+        self.send_raw(req).await
     }
 
     /// `PUT path` with a JSON body.
@@ -307,7 +346,20 @@ impl ServerClient {
             .map_err(|e| self.transport(e))?;
         url.set_scheme("wss")
             .map_err(|_| self.transport("cannot build wss URL"))?;
-        let (ws, _resp) = tokio_tungstenite::client_async(url.as_str(), tls)
+        let mut request = url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| self.transport(e))?;
+        if let Some(v) = &self.auth {
+            let value = v
+                .parse()
+                .map_err(|_| self.transport("credential is not a valid header value"))?;
+            request.headers_mut().insert(
+                tokio_tungstenite::tungstenite::http::header::AUTHORIZATION,
+                value,
+            );
+        }
+        let (ws, _resp) = tokio_tungstenite::client_async(request, tls)
             .await
             .map_err(|e| self.transport(e))?;
         Ok(ws)

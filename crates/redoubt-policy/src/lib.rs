@@ -15,5 +15,5 @@ pub use compliance::evaluate;
 pub use mode_file::{ModeFileError, parse_mode_toml};
 pub use modes::{
     Effective, LOCKDOWN, SECURE_SITE, STANDARD, at_least_as_strict, effective, is_preset, lockdown,
-    preset, presets,
+    meets_clearance, preset, presets,
 };

@@ -182,11 +182,58 @@ pub fn at_least_as_strict(a: &Effective, b: &Effective) -> bool {
     caps && a.network >= b.network && apps
 }
 
+/// Whether a device may receive the messages of a conversation that requires
+/// `clearance`: its latest report must be `compliant`, and the mode it complies with
+/// must be at least as strict as the clearance mode. `Err` says why not, for people.
+pub fn meets_clearance(
+    device_mode: &Effective,
+    compliance: redoubt_proto::Compliance,
+    clearance: &Mode,
+) -> Result<(), String> {
+    if compliance != redoubt_proto::Compliance::Compliant {
+        return Err(format!(
+            "the device is {} and this conversation requires a compliant device in {}",
+            compliance.as_str(),
+            clearance.name
+        ));
+    }
+    let required = effective(std::slice::from_ref(clearance));
+    if !at_least_as_strict(device_mode, &required) {
+        return Err(format!(
+            "the device is in {}, which is less strict than {} that this conversation requires",
+            device_mode.name, clearance.name
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use redoubt_proto::Capability;
+    use redoubt_proto::{Capability, Compliance};
+
+    #[test]
+    fn clearance_needs_compliance_and_a_mode_as_strict() {
+        let secure = preset(SECURE_SITE).unwrap();
+        let standard = preset(STANDARD).unwrap();
+        let lock = lockdown();
+        let in_secure = effective(std::slice::from_ref(&secure));
+        let in_standard = effective(std::slice::from_ref(&standard));
+        let in_lockdown = effective(std::slice::from_ref(&lock));
+        assert!(meets_clearance(&in_secure, Compliance::Compliant, &secure).is_ok());
+        assert!(meets_clearance(&in_lockdown, Compliance::Compliant, &secure).is_ok());
+        let why = meets_clearance(&in_standard, Compliance::Compliant, &secure).unwrap_err();
+        assert!(why.contains("less strict"), "{why}");
+        for c in [
+            Compliance::NonCompliant,
+            Compliance::Stale,
+            Compliance::Pending,
+        ] {
+            let why = meets_clearance(&in_secure, c, &secure).unwrap_err();
+            assert!(why.contains(c.as_str()), "{why}");
+        }
+    }
 
     fn arb_mode() -> impl Strategy<Value = Mode> {
         (

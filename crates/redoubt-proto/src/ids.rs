@@ -92,6 +92,56 @@ impl DeviceId {
     }
 }
 
+fn lower_hex_with_prefix(s: &str, prefix: &str, digits: usize) -> bool {
+    s.strip_prefix(prefix).is_some_and(|hex| {
+        hex.len() == digits
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+string_id!(
+    /// A conversation (MLS group) id, chosen by its creator: `grp_` + 32 lowercase hex digits.
+    /// The MLS group id is these bytes as UTF-8.
+    GroupId,
+    "conversation id",
+    |s| {
+        if lower_hex_with_prefix(s, "grp_", 32) {
+            Ok(())
+        } else {
+            Err("must be grp_ followed by 32 lowercase hex digits")
+        }
+    }
+);
+
+impl GroupId {
+    /// Builds a group id from 16 random bytes.
+    pub fn from_random(bytes: [u8; 16]) -> Self {
+        GroupId(format!("grp_{}", hex::encode(bytes)))
+    }
+}
+
+string_id!(
+    /// An uploaded (encrypted) file's id, chosen by the server: `blob_` + 32 lowercase hex digits.
+    BlobId,
+    "blob id",
+    |s| {
+        if lower_hex_with_prefix(s, "blob_", 32) {
+            Ok(())
+        } else {
+            Err("must be blob_ followed by 32 lowercase hex digits")
+        }
+    }
+);
+
+impl BlobId {
+    /// Builds a blob id from 16 random bytes.
+    pub fn from_random(bytes: [u8; 16]) -> Self {
+        BlobId(format!("blob_{}", hex::encode(bytes)))
+    }
+}
+
 string_id!(
     /// A mode's name: 1–48 characters of `a-z`, `0-9` and `-`, starting with a letter.
     ModeName,

@@ -8,12 +8,13 @@
 pub mod api;
 pub mod envelope;
 pub mod ids;
+pub mod messaging;
 pub mod model;
 pub mod time_fmt;
 pub mod ws;
 
 pub use envelope::{EnvelopeError, SignedEnvelope};
-pub use ids::{DeviceId, Fingerprint, IdError, ModeName, UserName};
+pub use ids::{BlobId, DeviceId, Fingerprint, GroupId, IdError, ModeName, UserName};
 pub use model::*;
 pub use time_fmt::Timestamp;
 

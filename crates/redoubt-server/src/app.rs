@@ -84,15 +84,15 @@ impl Hub {
     }
 }
 
-/// A fixed-window counter per client address.
+/// A fixed-window counter per key (a client address, a device).
 #[derive(Debug)]
-pub struct RateLimiter {
+pub struct RateLimiter<K = IpAddr> {
     per_minute: u32,
-    windows: Mutex<HashMap<IpAddr, (i64, u32)>>,
+    windows: Mutex<HashMap<K, (i64, u32)>>,
 }
 
-impl RateLimiter {
-    /// Allows `per_minute` attempts per address per minute.
+impl<K: std::hash::Hash + Eq> RateLimiter<K> {
+    /// Allows `per_minute` attempts per key per minute.
     pub fn new(per_minute: u32) -> Self {
         RateLimiter {
             per_minute,
@@ -101,13 +101,13 @@ impl RateLimiter {
     }
 
     /// Counts an attempt; false when over the limit.
-    pub fn allow(&self, ip: IpAddr, now: Timestamp) -> bool {
+    pub fn allow(&self, key: K, now: Timestamp) -> bool {
         let minute = now.unix() / 60;
         let mut w = self.windows.lock().unwrap_or_else(|p| p.into_inner());
         if w.len() > 100_000 {
             w.retain(|_, (m, _)| *m == minute);
         }
-        let entry = w.entry(ip).or_insert((minute, 0));
+        let entry = w.entry(key).or_insert((minute, 0));
         if entry.0 != minute {
             *entry = (minute, 0);
         }
@@ -130,6 +130,14 @@ pub struct App {
     pub hub: Hub,
     /// Enrollment attempts per address.
     pub enroll_limiter: RateLimiter,
+    /// Device-session challenges per address.
+    pub challenge_limiter: RateLimiter,
+    /// KeyPackage claims per device.
+    pub claim_limiter: RateLimiter<DeviceId>,
+    /// Device sessions of the messenger.
+    pub sessions: crate::messaging::DeviceSessions,
+    /// Push channels of connected messengers.
+    pub doorbells: crate::messaging::Doorbells,
     /// Flips to true when the server shuts down.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -460,6 +468,11 @@ impl App {
         })
         .increment(1);
         if let ReportOutcome::Stored(c) = outcome {
+            // Held conversations may be deliverable now (or no longer).
+            self.doorbells.ring(
+                &device.id,
+                redoubt_proto::messaging::MessengerPush::QueueChanged,
+            );
             tracing::info!(device = %device.id, seq = report.seq, mode = %report.effective_mode, compliance = %c, "report stored");
         }
         Ok((report.seq, outcome))

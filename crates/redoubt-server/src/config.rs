@@ -32,6 +32,20 @@ pub struct RawConfig {
     pub enroll_attempts_per_minute: Option<u32>,
     /// Largest request body accepted.
     pub max_body_bytes: Option<usize>,
+    /// How long undelivered messages and uploaded files are kept.
+    pub message_ttl_secs: Option<u64>,
+    /// Largest file a device may upload (encrypted size).
+    pub max_file_bytes: Option<u64>,
+    /// Largest MLS message accepted.
+    pub max_message_bytes: Option<usize>,
+    /// KeyPackage claims a device may make per minute.
+    pub key_package_claims_per_minute: Option<u32>,
+    /// Below this many one-time KeyPackages a device is told to upload more.
+    pub key_package_low_watermark: Option<u64>,
+    /// Most one-time KeyPackages kept per device.
+    pub key_package_max_stock: Option<u64>,
+    /// Lifetime of a device session (messenger).
+    pub device_session_ttl_secs: Option<u64>,
 }
 
 /// Names of the keys, for the `REDOUBT_*` environment overlay.
@@ -46,6 +60,13 @@ const KEYS: &[&str] = &[
     "enrollment_ttl_secs",
     "enroll_attempts_per_minute",
     "max_body_bytes",
+    "message_ttl_secs",
+    "max_file_bytes",
+    "max_message_bytes",
+    "key_package_claims_per_minute",
+    "key_package_low_watermark",
+    "key_package_max_stock",
+    "device_session_ttl_secs",
 ];
 
 /// The validated configuration.
@@ -71,6 +92,20 @@ pub struct Config {
     pub enroll_attempts_per_minute: u32,
     /// Request body limit.
     pub max_body_bytes: usize,
+    /// Lifetime of undelivered messages and files.
+    pub message_ttl_secs: u64,
+    /// Largest upload.
+    pub max_file_bytes: u64,
+    /// Largest MLS message.
+    pub max_message_bytes: usize,
+    /// KeyPackage claims per device per minute.
+    pub key_package_claims_per_minute: u32,
+    /// Low KeyPackage stock threshold.
+    pub key_package_low_watermark: u64,
+    /// Most one-time KeyPackages per device.
+    pub key_package_max_stock: u64,
+    /// Device session lifetime.
+    pub device_session_ttl_secs: u64,
 }
 
 /// Longest enrollment token lifetime accepted.
@@ -152,7 +187,32 @@ impl RawConfig {
         if enrollment_ttl_secs == 0 || enrollment_ttl_secs > MAX_ENROLLMENT_TTL_SECS {
             bail!("enrollment_ttl_secs must be between 1 and {MAX_ENROLLMENT_TTL_SECS}");
         }
+        let message_ttl_secs = self.message_ttl_secs.unwrap_or(14 * 24 * 3600);
+        if message_ttl_secs < 60 {
+            bail!("message_ttl_secs must be at least 60");
+        }
+        let max_message_bytes = self.max_message_bytes.unwrap_or(1024 * 1024);
+        if !(4096..=64 * 1024 * 1024).contains(&max_message_bytes) {
+            bail!("max_message_bytes must be between 4096 and 67108864");
+        }
+        let key_package_max_stock = self.key_package_max_stock.unwrap_or(500).max(1);
         Ok(Config {
+            message_ttl_secs,
+            max_file_bytes: self
+                .max_file_bytes
+                .unwrap_or(25 * 1024 * 1024)
+                .clamp(1024, 4 * 1024 * 1024 * 1024),
+            max_message_bytes,
+            key_package_claims_per_minute: self.key_package_claims_per_minute.unwrap_or(600).max(1),
+            key_package_low_watermark: self
+                .key_package_low_watermark
+                .unwrap_or(20)
+                .min(key_package_max_stock),
+            key_package_max_stock,
+            device_session_ttl_secs: self
+                .device_session_ttl_secs
+                .unwrap_or(3600)
+                .clamp(60, 86400),
             data: self.data.unwrap_or_else(|| PathBuf::from("./redoubt-data")),
             listen,
             public_url,

@@ -34,6 +34,19 @@ pub enum ServiceError {
     /// Enrollment token expired.
     #[error("this enrollment code has expired; ask an operator for a new one")]
     TokenExpired,
+    /// A commit for an epoch that is not the group's current one.
+    #[error(
+        "the conversation moved on: the commit was made in epoch {sent} but the conversation is at epoch {current}; catch up and retry"
+    )]
+    EpochConflict {
+        /// The epoch the commit was made in.
+        sent: u64,
+        /// The group's current epoch.
+        current: u64,
+    },
+    /// The body is larger than allowed.
+    #[error("{0}")]
+    TooLarge(String),
     /// Too many attempts.
     #[error("too many attempts; try again in a minute")]
     RateLimited,
@@ -50,6 +63,7 @@ impl From<StoreError> for ServiceError {
         match e {
             StoreError::NotFound(what) => ServiceError::NotFound(format!("no {what}")),
             StoreError::Conflict(m) => ServiceError::Conflict(m),
+            StoreError::Forbidden(m) => ServiceError::Forbidden(m),
             StoreError::Enroll(_) => ServiceError::TokenInvalid,
             StoreError::Database(e) => ServiceError::Unavailable(e.to_string()),
             other => ServiceError::Internal(other.to_string()),
@@ -69,7 +83,9 @@ impl ServiceError {
             ServiceError::TokenInvalid => (StatusCode::UNAUTHORIZED, "token_invalid"),
             ServiceError::TokenUsed => (StatusCode::CONFLICT, "token_used"),
             ServiceError::TokenExpired => (StatusCode::GONE, "token_expired"),
+            ServiceError::EpochConflict { .. } => (StatusCode::CONFLICT, "epoch_conflict"),
             ServiceError::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            ServiceError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             ServiceError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ServiceError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -103,6 +119,18 @@ impl IntoResponse for ServiceError {
             tracing::error!(code, error = %self, "request failed");
         } else {
             tracing::debug!(code, error = %self, "request refused");
+        }
+        if let ServiceError::EpochConflict { current, .. } = self {
+            let api = self.to_api();
+            return (
+                status,
+                Json(redoubt_proto::messaging::EpochConflict {
+                    code: api.code,
+                    message: api.message,
+                    current_epoch: current,
+                }),
+            )
+                .into_response();
         }
         (status, Json(self.to_api())).into_response()
     }

@@ -17,11 +17,16 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use redoubt_proto::api::{CreateEnrollment, EnrollRequest, Role, SetMode, WhoAmI};
-use redoubt_proto::{DeviceId, Mode, ModeName, Timestamp};
+use redoubt_proto::messaging::{
+    Ack, CertificateRequest, ClaimKeyPackages, CreateGroup, PostCommit, PostMessage,
+    SessionRequest, UploadKeyPackages,
+};
+use redoubt_proto::{BlobId, DeviceId, GroupId, Mode, ModeName, Timestamp};
 use serde::de::DeserializeOwned;
 
 use crate::app::{SharedApp, hash_token};
 use crate::error::ServiceError;
+use crate::messaging::DeviceSession;
 
 /// Router state: the services and the metrics handle.
 #[derive(Clone)]
@@ -44,7 +49,33 @@ pub fn router(state: HttpState) -> Router {
         .route("/devices/{id}", get(show_device))
         .route("/devices/{id}/mode", put(set_mode))
         .route("/modes", get(list_modes))
-        .route("/modes/{name}", get(show_mode).put(put_mode));
+        .route("/modes/{name}", get(show_mode).put(put_mode))
+        .route("/devices/{id}/revoke", post(revoke_device))
+        .route("/device/challenge", post(device_challenge))
+        .route("/device/session", post(device_session));
+    // MLS messages (a Welcome for a large group) and files are bigger than admin bodies.
+    let message_limit = state.app.config.max_message_bytes * 4 + 64 * 1024;
+    let file_limit = state.app.config.max_file_bytes as usize + 64 * 1024;
+    let messenger = Router::new()
+        .route("/certificate", post(certify))
+        .route("/revocations", get(revocations))
+        .route("/key-packages", post(upload_key_packages))
+        .route("/key-packages/claim", post(claim_key_packages))
+        .route("/groups", post(create_group))
+        .route("/groups/{id}", get(show_group))
+        .route("/groups/{id}/commit", post(post_commit))
+        .route("/groups/{id}/messages", post(post_message))
+        .route("/queue", get(fetch_queue))
+        .route("/queue/ack", post(ack_queue))
+        .route("/ws", get(crate::messenger_ws::messenger_ws))
+        .layer(DefaultBodyLimit::max(message_limit))
+        .merge(
+            Router::new()
+                .route("/blobs", post(upload_blob))
+                .route("/blobs/{id}", get(download_blob))
+                .layer(DefaultBodyLimit::max(file_limit)),
+        );
+    let api = api.nest("/messenger", messenger);
     Router::new()
         .nest(redoubt_proto::API_PREFIX, api)
         .route("/healthz", get(healthz))
@@ -169,6 +200,37 @@ impl FromRequestParts<HttpState> for Admin {
     }
 }
 
+/// An authenticated device session (`Authorization: Device <token>`).
+pub struct Device(pub DeviceSession);
+
+impl FromRequestParts<HttpState> for Device {
+    type Rejection = ServiceError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &HttpState,
+    ) -> Result<Self, Self::Rejection> {
+        let token = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|h| h.strip_prefix("Device "))
+            .ok_or_else(|| {
+                ServiceError::Unauthorized("expected Authorization: Device <session token>".into())
+            })?;
+        state
+            .app
+            .sessions
+            .check(token.trim(), Timestamp::now())
+            .map(Device)
+            .ok_or_else(|| {
+                ServiceError::Unauthorized(
+                    "device session unknown or expired; sign a new challenge".into(),
+                )
+            })
+    }
+}
+
 fn parse_path<T: std::str::FromStr>(s: &str) -> Result<T, ServiceError>
 where
     T::Err: std::fmt::Display,
@@ -189,6 +251,7 @@ async fn metrics(State(s): State<HttpState>) -> Result<String, ServiceError> {
         metrics::gauge!("redoubt_devices", "compliance" => state.as_str()).set(n as f64);
     }
     metrics::gauge!("redoubt_devices_connected").set(s.app.hub.len() as f64);
+    metrics::gauge!("redoubt_messengers_connected").set(s.app.doorbells.len() as f64);
     Ok(s.metrics.render())
 }
 
@@ -275,4 +338,161 @@ async fn put_mode(
     admin.require(Role::Officer, "change modes")?;
     let name: ModeName = parse_path(&name)?;
     Ok(Json(s.app.put_mode(&admin.name, &name, mode).await?))
+}
+
+async fn revoke_device(
+    State(s): State<HttpState>,
+    admin: Admin,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ServiceError> {
+    admin.require(Role::Operator, "revoke a device")?;
+    let id: DeviceId = parse_path(&id)?;
+    Ok(Json(s.app.revoke_device(&admin.name, &id).await?))
+}
+
+async fn device_challenge(
+    State(s): State<HttpState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Result<impl IntoResponse, ServiceError> {
+    if !s.app.challenge_limiter.allow(peer.ip(), Timestamp::now()) {
+        return Err(ServiceError::RateLimited);
+    }
+    Ok(Json(s.app.device_challenge()))
+}
+
+async fn device_session(
+    State(s): State<HttpState>,
+    ApiJson(req): ApiJson<SessionRequest>,
+) -> Result<impl IntoResponse, ServiceError> {
+    Ok(Json(s.app.open_device_session(req).await?))
+}
+
+async fn certify(
+    State(s): State<HttpState>,
+    Device(d): Device,
+    ApiJson(req): ApiJson<CertificateRequest>,
+) -> Result<impl IntoResponse, ServiceError> {
+    Ok(Json(s.app.certify_mls_key(&d, req).await?))
+}
+
+async fn revocations(
+    State(s): State<HttpState>,
+    _d: Device,
+) -> Result<impl IntoResponse, ServiceError> {
+    Ok(Json(s.app.revocation_list().await?))
+}
+
+async fn upload_key_packages(
+    State(s): State<HttpState>,
+    Device(d): Device,
+    ApiJson(req): ApiJson<UploadKeyPackages>,
+) -> Result<impl IntoResponse, ServiceError> {
+    Ok(Json(s.app.upload_key_packages(&d, req).await?))
+}
+
+async fn claim_key_packages(
+    State(s): State<HttpState>,
+    Device(d): Device,
+    ApiJson(req): ApiJson<ClaimKeyPackages>,
+) -> Result<impl IntoResponse, ServiceError> {
+    Ok(Json(s.app.claim_key_packages(&d, req).await?))
+}
+
+async fn create_group(
+    State(s): State<HttpState>,
+    Device(d): Device,
+    ApiJson(req): ApiJson<CreateGroup>,
+) -> Result<impl IntoResponse, ServiceError> {
+    Ok((
+        StatusCode::CREATED,
+        Json(s.app.create_group(&d, req).await?),
+    ))
+}
+
+async fn show_group(
+    State(s): State<HttpState>,
+    Device(d): Device,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ServiceError> {
+    let id: GroupId = parse_path(&id)?;
+    Ok(Json(s.app.group(&d, &id).await?))
+}
+
+async fn post_commit(
+    State(s): State<HttpState>,
+    Device(d): Device,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<PostCommit>,
+) -> Result<impl IntoResponse, ServiceError> {
+    let id: GroupId = parse_path(&id)?;
+    Ok(Json(s.app.post_commit(&d, &id, req).await?))
+}
+
+async fn post_message(
+    State(s): State<HttpState>,
+    Device(d): Device,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<PostMessage>,
+) -> Result<impl IntoResponse, ServiceError> {
+    let id: GroupId = parse_path(&id)?;
+    Ok(Json(s.app.post_message(&d, &id, req).await?))
+}
+
+/// Query of `GET /messenger/queue`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QueueQuery {
+    limit: Option<u32>,
+}
+
+async fn fetch_queue(
+    State(s): State<HttpState>,
+    Device(d): Device,
+    query: Result<axum::extract::Query<QueueQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<impl IntoResponse, ServiceError> {
+    let axum::extract::Query(q) =
+        query.map_err(|e| ServiceError::BadRequest(format!("bad query: {}", e.body_text())))?;
+    Ok(Json(s.app.fetch_queue(&d, q.limit).await?))
+}
+
+async fn ack_queue(
+    State(s): State<HttpState>,
+    Device(d): Device,
+    ApiJson(req): ApiJson<Ack>,
+) -> Result<impl IntoResponse, ServiceError> {
+    Ok(Json(s.app.ack_queue(&d, req).await?))
+}
+
+async fn upload_blob(
+    State(s): State<HttpState>,
+    Device(d): Device,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<impl IntoResponse, ServiceError> {
+    let bytes = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ServiceError::TooLarge(format!(
+                "the file is larger than the server's limit of {} bytes",
+                s.app.config.max_file_bytes
+            ))
+        } else {
+            ServiceError::BadRequest(e.body_text())
+        }
+    })?;
+    Ok((
+        StatusCode::CREATED,
+        Json(s.app.store_blob(&d, bytes).await?),
+    ))
+}
+
+async fn download_blob(
+    State(s): State<HttpState>,
+    _d: Device,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ServiceError> {
+    let id: BlobId = parse_path(&id)?;
+    let bytes = s.app.load_blob(&id).await?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+        bytes,
+    ))
 }

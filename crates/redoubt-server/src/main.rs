@@ -5,6 +5,8 @@ mod app;
 mod config;
 mod error;
 mod http;
+mod messaging;
+mod messenger_ws;
 mod pki;
 mod serve;
 mod ws;

@@ -82,6 +82,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let app = Arc::new(App {
         enroll_limiter: RateLimiter::new(config.enroll_attempts_per_minute),
+        challenge_limiter: RateLimiter::new(600),
+        claim_limiter: RateLimiter::new(config.key_package_claims_per_minute),
+        sessions: Default::default(),
+        doorbells: Default::default(),
         store: store.clone(),
         keys,
         public_url: public_url.clone(),
@@ -102,6 +106,22 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!(addr = %bound, "listening");
 
+    let sweeper = {
+        let app = app.clone();
+        let mut stop = app.shutdown.clone();
+        tokio::spawn(async move {
+            let every = Duration::from_secs((app.config.message_ttl_secs / 4).clamp(1, 60));
+            loop {
+                if let Err(e) = app.sweep().await {
+                    tracing::warn!(error = %e, "sweeping expired messages failed");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stop.changed() => break,
+                }
+            }
+        })
+    };
     let service = router(HttpState {
         app: app.clone(),
         metrics,
@@ -156,6 +176,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     {
         tracing::warn!("some connections did not close within 5 s");
     }
+    let _ = sweeper.await;
     store.close().await;
     drop(lock);
     println!("Redoubt server stopped");

@@ -6,6 +6,7 @@
 //! transaction themselves and never see SQL.
 
 mod devices;
+mod messaging;
 mod modes;
 mod tokens;
 
@@ -20,6 +21,9 @@ use sqlx::sqlite::{
 };
 
 pub use devices::{BundleRequest, DeviceRecord, IssuedBundle, NewDevice, ReportOutcome};
+pub use messaging::{
+    BlobRecord, ClaimedRecord, CommitInput, CommitOutcome, GroupRecord, MessageOutcome, QueuedGroup,
+};
 pub use modes::ModeRecord;
 pub use tokens::{AdminRecord, EnrollRefusal};
 
@@ -32,6 +36,9 @@ pub enum StoreError {
     /// The change conflicts with what is stored.
     #[error("{0}")]
     Conflict(String),
+    /// The caller may not do this to this thing.
+    #[error("{0}")]
+    Forbidden(String),
     /// An enrollment token was refused.
     #[error("enrollment refused: {0:?}")]
     Enroll(EnrollRefusal),
@@ -49,8 +56,14 @@ pub enum StoreError {
 /// Result alias of the store.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "devices", include_str!("../migrations/0001_devices.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "devices", include_str!("../migrations/0001_devices.sql")),
+    (
+        2,
+        "messaging",
+        include_str!("../migrations/0002_messaging.sql"),
+    ),
+];
 
 /// The store: a pool of connections to the embedded database.
 #[derive(Debug, Clone)]

@@ -1,0 +1,19 @@
+//! The Redoubt messenger, running on the phone next to the agent: end-to-end encrypted
+//! conversations over MLS (RFC 9420, `openmls`), with the organization's server as the
+//! delivery and authentication service.
+//!
+//! - Each enrolled device is one MLS member; its MLS signature key is certified by the
+//!   organization (`member-certificate/v1`), and every member's certificate is checked
+//!   against the organization key before a Welcome or a commit is accepted.
+//! - [`mls_store`]: the OpenMLS storage provider; every MLS operation's state change is
+//!   written to the local SQLite database ([`db`]) in the same transaction as the
+//!   application rows it implies.
+
+pub mod content;
+pub mod db;
+pub mod identity;
+pub mod messenger;
+pub mod mls_store;
+pub mod net;
+
+pub use messenger::{ConversationView, MessageView, Messenger, SyncReport};

@@ -1,0 +1,1375 @@
+//! [`Messenger`]: one device's conversations. Every MLS operation runs inside a
+//! [`crate::db::Tx`] together with the application rows it implies; network calls
+//! happen between transactions, and what must survive a crash on the way to the
+//! server sits in the outbox first.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use anyhow::{Context, Result, anyhow, bail};
+use openmls::prelude::*;
+use openmls_basic_credential::SignatureKeyPair;
+use openmls_traits::signatures::Signer as _;
+use rand_core::RngCore;
+use redoubt_agent::state::{Identity, StateDir};
+use redoubt_client::ClientError;
+use redoubt_proto::messaging::{
+    Ack, B64, CertificateIssued, CertificateRequest, ClaimKeyPackages, ClaimedKeyPackages,
+    CreateGroup, GroupState, ItemKind, MemberCertificate, PostCommit, PostMessage, QueueBatch,
+    QueueItem, RemovalRequest, RevocationList, UploadKeyPackages, certificate_proof_message,
+};
+use redoubt_proto::{DeviceId, GroupId, ModeName, SignedEnvelope, Timestamp, UserName};
+use serde::Serialize;
+use sqlx::Row;
+use tls_codec::{Deserialize as _, Serialize as _};
+
+use crate::content::{AppMessage, Body, ReceiptKind};
+use crate::db::{Db, Tx};
+use crate::identity::{credential_for, read_certificate, verify_member};
+use crate::mls_store::Provider;
+use crate::net::Net;
+
+/// The one ciphersuite of Redoubt.
+pub const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
+/// Past epochs whose secrets are kept, so messages that cross a commit still decrypt.
+pub const PAST_EPOCHS: usize = 5;
+/// One-time KeyPackages uploaded at a time.
+pub const KEY_PACKAGE_BATCH: usize = 40;
+/// Conversations larger than this send no delivery receipts (their cost grows with the
+/// square of the size).
+pub const RECEIPTS_UP_TO: usize = 32;
+/// How many times a commit is retried after losing the race for an epoch.
+const COMMIT_ATTEMPTS: usize = 8;
+
+/// The file of the messenger's database in the state dir.
+pub const DB_FILE: &str = "messenger.db";
+
+/// A conversation as listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConversationView {
+    /// Id.
+    pub id: GroupId,
+    /// Name.
+    pub name: String,
+    /// Required mode.
+    pub clearance: Option<ModeName>,
+    /// `active`, `removed` (this device was removed) or `refused` (a commit was refused).
+    pub status: String,
+    /// Member users.
+    pub members: Vec<UserName>,
+    /// Messages the server holds back for this device.
+    pub held: u64,
+    /// Why they are held.
+    pub held_reason: Option<String>,
+    /// Current epoch.
+    pub epoch: u64,
+}
+
+/// A message as shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MessageView {
+    /// The sender's message id.
+    pub id: String,
+    /// Sender.
+    pub from_user: UserName,
+    /// Sending device.
+    pub from_device: DeviceId,
+    /// Text (for a file: its name).
+    pub text: String,
+    /// When it was written.
+    pub sent_at: Timestamp,
+    /// A file, if this is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<FileView>,
+    /// Whether this device sent it.
+    pub outgoing: bool,
+    /// `pending` / `sent` for outgoing, `received` / `read` for incoming.
+    pub status: String,
+    /// Devices that confirmed delivery (outgoing only).
+    pub delivered_to: u64,
+    /// Devices that read it (outgoing only).
+    pub read_by: u64,
+    #[serde(skip)]
+    /// Local order.
+    pub local_id: i64,
+}
+
+/// A file message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FileView {
+    /// Name.
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// What a sync did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SyncReport {
+    /// Items applied.
+    pub processed: u64,
+    /// Items refused (with reasons in the log).
+    pub refused: Vec<String>,
+    /// Items that expired on the server before delivery, since enrollment.
+    pub expired_total: u64,
+}
+
+/// What adding people did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct AddReport {
+    /// Devices added.
+    pub added: Vec<DeviceId>,
+    /// Devices or people that could not be added, with why.
+    pub skipped: Vec<String>,
+}
+
+fn mls_group_id(id: &GroupId) -> openmls::group::GroupId {
+    openmls::group::GroupId::from_slice(id.as_str().as_bytes())
+}
+
+fn new_message_id() -> String {
+    let mut b = [0u8; 16];
+    rand_core::OsRng.fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+fn create_config() -> MlsGroupCreateConfig {
+    MlsGroupCreateConfig::builder()
+        .ciphersuite(CIPHERSUITE)
+        .use_ratchet_tree_extension(true)
+        .max_past_epochs(PAST_EPOCHS)
+        .build()
+}
+
+fn join_config() -> MlsGroupJoinConfig {
+    create_config().join_config().clone()
+}
+
+fn is_code(e: &anyhow::Error, code: &str) -> bool {
+    e.downcast_ref::<ClientError>()
+        .is_some_and(|c| c.code() == Some(code))
+}
+
+/// The device ids of a group's members.
+fn member_devices(group: &MlsGroup) -> Vec<(LeafNodeIndex, MemberCertificate)> {
+    group
+        .members()
+        .filter_map(|m| read_certificate(&m.credential).map(|c| (m.index, c)))
+        .collect()
+}
+
+/// One device's messenger.
+pub struct Messenger {
+    identity: Identity,
+    db: Db,
+    net: Net,
+    signer: SignatureKeyPair,
+    certificate: SignedEnvelope,
+}
+
+impl std::fmt::Debug for Messenger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Messenger")
+            .field("device", &self.identity.device_id)
+            .finish_non_exhaustive()
+    }
+}
+
+async fn setting(db: &Db, name: &str) -> Result<Option<String>> {
+    Ok(
+        sqlx::query_scalar("SELECT value FROM settings WHERE name = ?")
+            .bind(name)
+            .fetch_optional(db.pool())
+            .await?,
+    )
+}
+
+async fn put_setting(tx: &mut Tx<'_>, name: &str, value: &str) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO settings (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+    )
+    .bind(name)
+    .bind(value)
+    .execute(tx.conn())
+    .await?;
+    Ok(())
+}
+
+impl Messenger {
+    /// Opens the messenger of the enrolled device in `dir`: creates and certifies its
+    /// MLS key on first use, uploads KeyPackages, and finishes what a crash interrupted.
+    pub async fn open(dir: &Path) -> Result<Messenger> {
+        let state = StateDir::new(dir);
+        let identity = state.load_identity()?;
+        let key = state.load_key()?;
+        let db = Db::open(&state.path(DB_FILE))
+            .await
+            .with_context(|| format!("opening {}", state.path(DB_FILE).display()))?;
+        let net = Net::new(&identity, key)?;
+        let (signer, certificate) = match (
+            setting(&db, "mls_public_key").await?,
+            setting(&db, "certificate").await?,
+        ) {
+            (Some(pk), Some(cert)) => {
+                let tx = db.begin().await?;
+                let pk = hex::decode(pk).context("stored MLS public key is corrupt")?;
+                let signer =
+                    SignatureKeyPair::read(tx.state(), &pk, CIPHERSUITE.signature_algorithm())
+                        .ok_or_else(|| {
+                            anyhow!("the MLS signature key is missing from the state")
+                        })?;
+                drop(tx);
+                (signer, serde_json::from_str(&cert)?)
+            }
+            _ => Self::certify(&db, &net, &identity).await?,
+        };
+        let m = Messenger {
+            identity,
+            db,
+            net,
+            signer,
+            certificate,
+        };
+        m.recover_commits().await?;
+        Ok(m)
+    }
+
+    /// First start: a new MLS key, certified by the organization.
+    async fn certify(
+        db: &Db,
+        net: &Net,
+        identity: &Identity,
+    ) -> Result<(SignatureKeyPair, SignedEnvelope)> {
+        let signer = SignatureKeyPair::new(CIPHERSUITE.signature_algorithm())
+            .map_err(|e| anyhow!("creating the MLS key: {e:?}"))?;
+        let public = signer.to_public_vec();
+        let proof = signer
+            .sign(&certificate_proof_message(&identity.device_id, &public))
+            .map_err(|e| anyhow!("signing: {e:?}"))?;
+        let issued: CertificateIssued = net
+            .post(
+                "/certificate",
+                &CertificateRequest {
+                    mls_key: B64(public.clone()),
+                    proof: B64(proof),
+                },
+            )
+            .await
+            .context("asking the organization to certify this device's MLS key")?;
+        let cert: MemberCertificate = issued
+            .certificate
+            .verify(MemberCertificate::KIND, &identity.organization_key)
+            .context("the certificate the server returned is not signed by the organization")?;
+        if cert.mls_key.0 != public || cert.device_id != identity.device_id {
+            bail!("the certificate the server returned is for another key or device");
+        }
+        let mut tx = db.begin().await?;
+        signer
+            .store(tx.state())
+            .map_err(|e| anyhow!("storing the MLS key: {e}"))?;
+        put_setting(&mut tx, "mls_public_key", &hex::encode(&public)).await?;
+        put_setting(
+            &mut tx,
+            "certificate",
+            &serde_json::to_string(&issued.certificate)?,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok((signer, issued.certificate))
+    }
+
+    /// This device.
+    pub fn device_id(&self) -> &DeviceId {
+        &self.identity.device_id
+    }
+
+    /// This device's owner.
+    pub fn user(&self) -> &UserName {
+        &self.identity.user
+    }
+
+    fn credential(&self) -> CredentialWithKey {
+        CredentialWithKey {
+            credential: credential_for(&self.certificate),
+            signature_key: self.signer.to_public_vec().into(),
+        }
+    }
+
+    /// Makes and uploads KeyPackages when the server's stock is below `watermark` (or
+    /// there is no last-resort one).
+    async fn top_up_key_packages(
+        &self,
+        remaining: u64,
+        last_resort: bool,
+        watermark: u64,
+    ) -> Result<()> {
+        if remaining >= watermark && last_resort {
+            return Ok(());
+        }
+        let want = if remaining < watermark {
+            KEY_PACKAGE_BATCH
+        } else {
+            0
+        };
+        let tx = self.db.begin().await?;
+        let provider = Provider::new(tx.state());
+        let mut kps = Vec::with_capacity(want);
+        for _ in 0..want {
+            let b = KeyPackage::builder()
+                .build(CIPHERSUITE, &provider, &self.signer, self.credential())
+                .map_err(|e| anyhow!("creating a KeyPackage: {e:?}"))?;
+            kps.push(B64(b.key_package().tls_serialize_detached()?));
+        }
+        let lr = if last_resort {
+            None
+        } else {
+            let b = KeyPackage::builder()
+                .mark_as_last_resort()
+                .leaf_node_capabilities(
+                    Capabilities::builder()
+                        .extensions(vec![ExtensionType::LastResort])
+                        .build(),
+                )
+                .build(CIPHERSUITE, &provider, &self.signer, self.credential())
+                .map_err(|e| anyhow!("creating the last-resort KeyPackage: {e:?}"))?;
+            Some(B64(b.key_package().tls_serialize_detached()?))
+        };
+        // The private keys are stored before the public halves can be claimed.
+        tx.commit().await?;
+        let _: redoubt_proto::messaging::KeyPackageStock = self
+            .net
+            .post(
+                "/key-packages",
+                &UploadKeyPackages {
+                    key_packages: kps,
+                    last_resort: lr,
+                },
+            )
+            .await
+            .context("uploading KeyPackages")?;
+        Ok(())
+    }
+
+    /// The organization's current revocation list.
+    async fn revoked(&self) -> Result<BTreeSet<DeviceId>> {
+        let env: SignedEnvelope = self.net.get("/revocations").await?;
+        let list: RevocationList = env
+            .verify(RevocationList::KIND, &self.identity.organization_key)
+            .context("the revocation list is not signed by the organization")?;
+        Ok(list.revoked.into_iter().collect())
+    }
+
+    /// Re-sends commits a crash left between "sent" and "merged".
+    async fn recover_commits(&self) -> Result<()> {
+        let rows = sqlx::query(
+            "SELECT id, group_id, payload, extra FROM outbox WHERE kind = 'commit' ORDER BY id",
+        )
+        .fetch_all(self.db.pool())
+        .await?;
+        for r in rows {
+            let id: i64 = r.try_get("id")?;
+            let gid: GroupId = r.try_get::<String, _>("group_id")?.parse()?;
+            let post: PostCommit = serde_json::from_str(&r.try_get::<String, _>("extra")?)?;
+            let outcome = self.post_commit(&gid, &post).await;
+            self.finish_commit(id, &gid, outcome.map(|_| ())).await.ok();
+        }
+        Ok(())
+    }
+
+    async fn post_commit(&self, gid: &GroupId, post: &PostCommit) -> Result<GroupState> {
+        Ok(self
+            .net
+            .post(&format!("/groups/{gid}/commit"), post)
+            .await?)
+    }
+
+    /// Merges (accepted) or discards (refused) the pending commit of an outbox row.
+    async fn finish_commit(
+        &self,
+        outbox_id: i64,
+        gid: &GroupId,
+        outcome: Result<()>,
+    ) -> Result<()> {
+        let mut tx = self.db.begin().await?;
+        let provider = Provider::new(tx.state());
+        if let Some(mut group) = MlsGroup::load(tx.state(), &mls_group_id(gid))? {
+            match &outcome {
+                Ok(()) => group
+                    .merge_pending_commit(&provider)
+                    .map_err(|e| anyhow!("merging the commit: {e:?}"))?,
+                Err(_) => group
+                    .clear_pending_commit(tx.state())
+                    .map_err(|e| anyhow!("discarding the commit: {e:?}"))?,
+            }
+        }
+        sqlx::query("DELETE FROM outbox WHERE id = ?")
+            .bind(outbox_id)
+            .execute(tx.conn())
+            .await?;
+        tx.commit().await?;
+        outcome
+    }
+
+    /// Stages a commit with `build`, sends it, and merges it once the server accepts;
+    /// after losing the race for an epoch, catches up and tries again.
+    async fn commit_with<F>(&self, gid: &GroupId, mut build: F) -> Result<bool>
+    where
+        F: FnMut(
+            &mut MlsGroup,
+            &Provider<'_>,
+            &SignatureKeyPair,
+        ) -> Result<Option<(PostCommit, MlsMessageOut)>>,
+    {
+        for _ in 0..COMMIT_ATTEMPTS {
+            Box::pin(self.sync()).await?;
+            let mut tx = self.db.begin().await?;
+            let provider = Provider::new(tx.state());
+            let mut group = MlsGroup::load(tx.state(), &mls_group_id(gid))?
+                .ok_or_else(|| anyhow!("no conversation {gid} on this device"))?;
+            if !group.is_active() {
+                bail!("this device is no longer a member of {gid}");
+            }
+            let Some((post, _commit)) = build(&mut group, &provider, &self.signer)? else {
+                return Ok(false);
+            };
+            let outbox_id: i64 = sqlx::query_scalar(
+                "INSERT INTO outbox (group_id, kind, client_id, epoch, payload, extra, created_at)
+                 VALUES (?, 'commit', '', ?, ?, ?, ?) RETURNING id",
+            )
+            .bind(gid.as_str())
+            .bind(post.epoch as i64)
+            .bind(&post.commit.0)
+            .bind(serde_json::to_string(&post)?)
+            .bind(Timestamp::now().unix())
+            .fetch_one(tx.conn())
+            .await?;
+            tx.commit().await?;
+            match self.post_commit(gid, &post).await {
+                Ok(_) => {
+                    self.finish_commit(outbox_id, gid, Ok(())).await?;
+                    return Ok(true);
+                }
+                Err(e) if is_code(&e, "epoch_conflict") => {
+                    tracing::debug!(group = %gid, "commit lost the race; catching up");
+                    let _ = self.finish_commit(outbox_id, gid, Err(e)).await;
+                }
+                Err(e) => {
+                    return self
+                        .finish_commit(outbox_id, gid, Err(e))
+                        .await
+                        .map(|_| false);
+                }
+            }
+        }
+        bail!("the conversation kept changing; the change was not made (try again)")
+    }
+
+    /// Creates a conversation with these people (all their devices, and this user's
+    /// other devices); returns its id.
+    pub async fn create(
+        &self,
+        name: &str,
+        members: &[UserName],
+        clearance: Option<ModeName>,
+    ) -> Result<(GroupId, AddReport)> {
+        let name = name.trim();
+        if name.is_empty() || name.chars().count() > 100 {
+            bail!("a conversation name must be 1-100 characters");
+        }
+        let mut raw = [0u8; 16];
+        rand_core::OsRng.fill_bytes(&mut raw);
+        let gid = GroupId::from_random(raw);
+        let _: GroupState = self
+            .net
+            .post(
+                "/groups",
+                &CreateGroup {
+                    group_id: gid.clone(),
+                    clearance: clearance.clone(),
+                },
+            )
+            .await
+            .context("registering the conversation")?;
+        let mut tx = self.db.begin().await?;
+        let provider = Provider::new(tx.state());
+        MlsGroup::new_with_group_id(
+            &provider,
+            &self.signer,
+            &create_config(),
+            mls_group_id(&gid),
+            self.credential(),
+        )
+        .map_err(|e| anyhow!("creating the MLS group: {e:?}"))?;
+        sqlx::query(
+            "INSERT INTO conversations (group_id, name, clearance, created_at, status) VALUES (?, ?, ?, ?, 'active')",
+        )
+        .bind(gid.as_str())
+        .bind(name)
+        .bind(clearance.as_ref().map(ModeName::as_str))
+        .bind(Timestamp::now().unix())
+        .execute(tx.conn())
+        .await?;
+        tx.commit().await?;
+        let mut users: Vec<UserName> = members.to_vec();
+        users.push(self.identity.user.clone());
+        users.sort();
+        users.dedup();
+        let report = self.add(&gid, &users).await?;
+        Ok((gid, report))
+    }
+
+    /// Adds every enrolled device of these people.
+    pub async fn add(&self, gid: &GroupId, users: &[UserName]) -> Result<AddReport> {
+        let claimed: ClaimedKeyPackages = self
+            .net
+            .post(
+                "/key-packages/claim",
+                &ClaimKeyPackages {
+                    users: users.to_vec(),
+                },
+            )
+            .await
+            .context("fetching the new members' KeyPackages")?;
+        let revoked = self.revoked().await?;
+        let mut report = AddReport::default();
+        for m in &claimed.missing {
+            report.skipped.push(m.reason.clone());
+        }
+        let crypto = openmls_rust_crypto::RustCrypto::default();
+        let mut kps: Vec<(DeviceId, KeyPackage)> = Vec::new();
+        for c in claimed.key_packages {
+            let kp = KeyPackageIn::tls_deserialize_exact(&c.key_package.0)
+                .map_err(|e| anyhow!("{e:?}"))
+                .and_then(|k| {
+                    k.validate(&crypto, ProtocolVersion::Mls10)
+                        .map_err(|e| anyhow!("{e:?}"))
+                });
+            let kp = match kp {
+                Ok(k) => k,
+                Err(e) => {
+                    report
+                        .skipped
+                        .push(format!("{}: invalid KeyPackage ({e})", c.device_id));
+                    continue;
+                }
+            };
+            match verify_member(
+                kp.leaf_node().credential(),
+                kp.leaf_node().signature_key().as_slice(),
+                &self.identity.organization_key,
+                &revoked,
+            ) {
+                Ok(cert) if cert.device_id == c.device_id && cert.user == c.user => {
+                    kps.push((c.device_id, kp))
+                }
+                Ok(_) => report.skipped.push(format!(
+                    "{}: its KeyPackage is certified for another device",
+                    c.device_id
+                )),
+                Err(e) => report.skipped.push(format!("{}: {e}", c.device_id)),
+            }
+        }
+        let name_and_clearance = self.conversation_meta(gid).await?;
+        let mut added = Vec::new();
+        let done = self
+            .commit_with(gid, |group, provider, signer| {
+                let present: BTreeSet<DeviceId> = member_devices(group)
+                    .into_iter()
+                    .map(|(_, c)| c.device_id)
+                    .collect();
+                let new: Vec<&(DeviceId, KeyPackage)> =
+                    kps.iter().filter(|(d, _)| !present.contains(d)).collect();
+                if new.is_empty() {
+                    return Ok(None);
+                }
+                let packages: Vec<KeyPackage> = new.iter().map(|(_, k)| k.clone()).collect();
+                let (commit, welcome, group_info) = group
+                    .add_members(provider, signer, &packages)
+                    .map_err(|e| anyhow!("adding members: {e:?}"))?;
+                let mut members: Vec<DeviceId> = present.into_iter().collect();
+                let welcome_to: Vec<DeviceId> = new.iter().map(|(d, _)| d.clone()).collect();
+                members.extend(welcome_to.iter().cloned());
+                added = welcome_to.clone();
+                let group_info = match group_info {
+                    Some(gi) => Some(B64(gi.tls_serialize_detached()?)),
+                    None => None,
+                };
+                Ok(Some((
+                    PostCommit {
+                        epoch: group.epoch().as_u64(),
+                        commit: B64(commit.tls_serialize_detached()?),
+                        welcome: Some(B64(welcome.tls_serialize_detached()?)),
+                        welcome_to,
+                        group_info,
+                        members,
+                    },
+                    commit,
+                )))
+            })
+            .await?;
+        if done {
+            report.added = added;
+            // New members learn the name and clearance from inside the group.
+            let (name, clearance) = name_and_clearance;
+            self.send_body(gid, Body::Info { name, clearance }, false)
+                .await?;
+        }
+        Ok(report)
+    }
+
+    async fn conversation_meta(&self, gid: &GroupId) -> Result<(String, Option<ModeName>)> {
+        let row = sqlx::query("SELECT name, clearance FROM conversations WHERE group_id = ?")
+            .bind(gid.as_str())
+            .fetch_optional(self.db.pool())
+            .await?
+            .ok_or_else(|| anyhow!("no conversation {gid} on this device"))?;
+        let clearance = row
+            .try_get::<Option<String>, _>("clearance")?
+            .map(|c| c.parse())
+            .transpose()?;
+        Ok((row.try_get("name")?, clearance))
+    }
+
+    /// Removes every device of `user` (or just `device`) from a conversation.
+    pub async fn remove(
+        &self,
+        gid: &GroupId,
+        user: Option<&UserName>,
+        device: Option<&DeviceId>,
+    ) -> Result<Vec<DeviceId>> {
+        let mut removed = Vec::new();
+        self.commit_with(gid, |group, provider, signer| {
+            let targets: Vec<(LeafNodeIndex, DeviceId)> = member_devices(group)
+                .into_iter()
+                .filter(|(_, c)| {
+                    user.is_some_and(|u| &c.user == u) || device.is_some_and(|d| &c.device_id == d)
+                })
+                .map(|(i, c)| (i, c.device_id))
+                .collect();
+            if targets.is_empty() {
+                return Ok(None);
+            }
+            let idx: Vec<LeafNodeIndex> = targets.iter().map(|(i, _)| *i).collect();
+            let (commit, _welcome, group_info) = group
+                .remove_members(provider, signer, &idx)
+                .map_err(|e| anyhow!("removing members: {e:?}"))?;
+            let gone: BTreeSet<DeviceId> = targets.iter().map(|(_, d)| d.clone()).collect();
+            let members: Vec<DeviceId> = member_devices(group)
+                .into_iter()
+                .map(|(_, c)| c.device_id)
+                .filter(|d| !gone.contains(d))
+                .collect();
+            removed = gone.into_iter().collect();
+            let group_info = match group_info {
+                Some(gi) => Some(B64(gi.tls_serialize_detached()?)),
+                None => None,
+            };
+            Ok(Some((
+                PostCommit {
+                    epoch: group.epoch().as_u64(),
+                    commit: B64(commit.tls_serialize_detached()?),
+                    welcome: None,
+                    welcome_to: Vec::new(),
+                    group_info,
+                    members,
+                },
+                commit,
+            )))
+        })
+        .await?;
+        Ok(removed)
+    }
+
+    /// Sends a text message; returns its id.
+    pub async fn send_text(&self, gid: &GroupId, text: &str) -> Result<String> {
+        if text.is_empty() {
+            bail!("the message is empty");
+        }
+        self.send_body(
+            gid,
+            Body::Text {
+                text: text.to_owned(),
+            },
+            true,
+        )
+        .await
+    }
+
+    /// Encrypts `body` for the conversation (after catching up with it), keeps it in
+    /// the outbox, and delivers it; returns the message id.
+    pub async fn send_body(&self, gid: &GroupId, body: Body, catch_up: bool) -> Result<String> {
+        if catch_up {
+            Box::pin(self.sync()).await?;
+        }
+        let id = new_message_id();
+        let msg = AppMessage {
+            v: 1,
+            id: id.clone(),
+            sent_at: Timestamp::now(),
+            body,
+        };
+        let plaintext = serde_json::to_vec(&msg)?;
+        let mut tx = self.db.begin().await?;
+        let provider = Provider::new(tx.state());
+        let mut group = MlsGroup::load(tx.state(), &mls_group_id(gid))?
+            .ok_or_else(|| anyhow!("no conversation {gid} on this device"))?;
+        if !group.is_active() {
+            bail!("this device is no longer a member of {gid}");
+        }
+        let out = group
+            .create_message(&provider, &self.signer, &plaintext)
+            .map_err(|e| anyhow!("encrypting: {e:?}"))?;
+        sqlx::query(
+            "INSERT INTO outbox (group_id, kind, client_id, epoch, payload, created_at) VALUES (?, 'application', ?, ?, ?, ?)",
+        )
+        .bind(gid.as_str())
+        .bind(&id)
+        .bind(group.epoch().as_u64() as i64)
+        .bind(out.tls_serialize_detached()?)
+        .bind(Timestamp::now().unix())
+        .execute(tx.conn())
+        .await?;
+        let (kind, text, file) = match &msg.body {
+            Body::Text { text } => ("text", Some(text.clone()), None),
+            Body::File(f) => (
+                "file",
+                Some(f.name.clone()),
+                Some(serde_json::to_string(f)?),
+            ),
+            _ => ("control", None, None),
+        };
+        if kind != "control" {
+            sqlx::query(
+                "INSERT INTO messages (group_id, id, from_user, from_device, kind, text, file, sent_at, received_at, outgoing, status)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, 'pending')",
+            )
+            .bind(gid.as_str())
+            .bind(&id)
+            .bind(self.identity.user.as_str())
+            .bind(self.identity.device_id.as_str())
+            .bind(kind)
+            .bind(text)
+            .bind(file)
+            .bind(msg.sent_at.unix())
+            .bind(Timestamp::now().unix())
+            .execute(tx.conn())
+            .await?;
+        }
+        tx.commit().await?;
+        self.flush_outbox().await?;
+        Ok(id)
+    }
+
+    /// Sends what the outbox holds, in order.
+    pub async fn flush_outbox(&self) -> Result<()> {
+        let rows = sqlx::query(
+            "SELECT id, group_id, client_id, epoch, payload FROM outbox WHERE kind = 'application' ORDER BY id",
+        )
+        .fetch_all(self.db.pool())
+        .await?;
+        for r in rows {
+            let id: i64 = r.try_get("id")?;
+            let gid: String = r.try_get("group_id")?;
+            let client_id: String = r.try_get("client_id")?;
+            let post = PostMessage {
+                epoch: r.try_get::<i64, _>("epoch")? as u64,
+                message: B64(r.try_get("payload")?),
+                client_id: client_id.clone(),
+            };
+            let sent: Result<redoubt_proto::messaging::MessageAccepted, ClientError> = self
+                .net
+                .post(&format!("/groups/{gid}/messages"), &post)
+                .await;
+            let status = match sent {
+                Ok(_) => "sent",
+                Err(ClientError::Api { status, .. })
+                    if (400..500).contains(&status) && status != 429 =>
+                {
+                    "failed"
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let mut tx = self.db.begin().await?;
+            sqlx::query("DELETE FROM outbox WHERE id = ?")
+                .bind(id)
+                .execute(tx.conn())
+                .await?;
+            sqlx::query(
+                "UPDATE messages SET status = ? WHERE group_id = ? AND id = ? AND outgoing = 1",
+            )
+            .bind(status)
+            .bind(&gid)
+            .bind(&client_id)
+            .execute(tx.conn())
+            .await?;
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+
+    /// Fetches, applies and acknowledges everything the server holds for this device;
+    /// sends receipts; performs removals the organization asked for.
+    pub async fn sync(&self) -> Result<SyncReport> {
+        let mut report = SyncReport::default();
+        let mut delivered: BTreeMap<GroupId, Vec<String>> = BTreeMap::new();
+        loop {
+            let batch: QueueBatch = self.net.get("/queue?limit=200").await?;
+            report.expired_total = batch.expired_total;
+            self.record_holds(&batch).await?;
+            let stock = batch.key_packages;
+            if stock.remaining < stock.low_watermark || !stock.last_resort {
+                self.top_up_key_packages(stock.remaining, stock.last_resort, stock.low_watermark)
+                    .await?;
+            }
+            if batch.items.is_empty() {
+                break;
+            }
+            let revoked = self.revoked().await?;
+            let mut acks = Vec::with_capacity(batch.items.len());
+            for item in &batch.items {
+                match self.apply(item, &revoked, &mut delivered).await {
+                    Ok(()) => report.processed += 1,
+                    Err(e) => {
+                        tracing::warn!(seq = item.seq, group = %item.group_id, error = %e, "item refused");
+                        report
+                            .refused
+                            .push(format!("{} #{}: {e:#}", item.group_id, item.seq));
+                        self.mark_processed(item.seq).await?;
+                    }
+                }
+                acks.push(item.seq);
+            }
+            let _: redoubt_proto::messaging::AckResult =
+                self.net.post("/queue/ack", &Ack { seqs: acks }).await?;
+            if !batch.more {
+                break;
+            }
+        }
+        Box::pin(self.perform_removals()).await?;
+        for (gid, ids) in delivered {
+            let size = self.member_count(&gid).await.unwrap_or(usize::MAX);
+            if size <= RECEIPTS_UP_TO {
+                let body = Body::Receipt {
+                    kind: ReceiptKind::Delivered,
+                    ids,
+                };
+                if let Err(e) = Box::pin(self.send_body(&gid, body, false)).await {
+                    tracing::debug!(group = %gid, error = %e, "delivery receipt not sent");
+                }
+            }
+        }
+        self.flush_outbox().await?;
+        Ok(report)
+    }
+
+    async fn member_count(&self, gid: &GroupId) -> Result<usize> {
+        let tx = self.db.begin().await?;
+        let n = MlsGroup::load(tx.state(), &mls_group_id(gid))?
+            .map(|g| g.members().count())
+            .unwrap_or(0);
+        Ok(n)
+    }
+
+    async fn record_holds(&self, batch: &QueueBatch) -> Result<()> {
+        let mut tx = self.db.begin().await?;
+        sqlx::query("UPDATE conversations SET held_count = 0, held_reason = NULL")
+            .execute(tx.conn())
+            .await?;
+        for h in &batch.held {
+            sqlx::query(
+                "UPDATE conversations SET held_count = ?, held_reason = ? WHERE group_id = ?",
+            )
+            .bind(h.count as i64)
+            .bind(&h.reason)
+            .bind(h.group_id.as_str())
+            .execute(tx.conn())
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn mark_processed(&self, seq: u64) -> Result<()> {
+        let mut tx = self.db.begin().await?;
+        sqlx::query("INSERT OR IGNORE INTO processed (seq, at) VALUES (?, ?)")
+            .bind(seq as i64)
+            .bind(Timestamp::now().unix())
+            .execute(tx.conn())
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Applies one queue item in one transaction (MLS state, rows, processed mark).
+    async fn apply(
+        &self,
+        item: &QueueItem,
+        revoked: &BTreeSet<DeviceId>,
+        delivered: &mut BTreeMap<GroupId, Vec<String>>,
+    ) -> Result<()> {
+        let mut tx = self.db.begin().await?;
+        let seen: Option<i64> = sqlx::query_scalar("SELECT 1 FROM processed WHERE seq = ?")
+            .bind(item.seq as i64)
+            .fetch_optional(tx.conn())
+            .await?;
+        if seen.is_some() {
+            return Ok(());
+        }
+        match item.kind {
+            ItemKind::Welcome => self.apply_welcome(&mut tx, item, revoked).await?,
+            ItemKind::Commit | ItemKind::Application => {
+                if let Some(id) = self.apply_group_message(&mut tx, item, revoked).await? {
+                    delivered.entry(item.group_id.clone()).or_default().push(id);
+                }
+            }
+            ItemKind::RemovalRequest => self.apply_removal_request(&mut tx, item).await?,
+        }
+        sqlx::query("INSERT OR IGNORE INTO processed (seq, at) VALUES (?, ?)")
+            .bind(item.seq as i64)
+            .bind(Timestamp::now().unix())
+            .execute(tx.conn())
+            .await?;
+        tx.commit().await?;
+        if item.kind == ItemKind::Commit {
+            self.retry_buffered(&item.group_id, revoked, delivered)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn apply_welcome(
+        &self,
+        tx: &mut Tx<'_>,
+        item: &QueueItem,
+        revoked: &BTreeSet<DeviceId>,
+    ) -> Result<()> {
+        let welcome = match MlsMessageIn::tls_deserialize_exact(&item.payload.0)
+            .map_err(|e| anyhow!("unreadable Welcome: {e:?}"))?
+            .extract()
+        {
+            MlsMessageBodyIn::Welcome(w) => w,
+            _ => bail!("the item is not a Welcome"),
+        };
+        let provider = Provider::new(tx.state());
+        let staged = StagedWelcome::new_from_welcome(&provider, &join_config(), welcome, None)
+            .map_err(|e| anyhow!("cannot join: {e:?}"))?;
+        for m in staged.members() {
+            verify_member(
+                &m.credential,
+                &m.signature_key,
+                &self.identity.organization_key,
+                revoked,
+            )
+            .map_err(|e| anyhow!("Welcome refused: {e}"))?;
+        }
+        let group = staged
+            .into_group(&provider)
+            .map_err(|e| anyhow!("cannot join: {e:?}"))?;
+        let gid: GroupId = String::from_utf8(group.group_id().as_slice().to_vec())
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| anyhow!("the Welcome is for a group id Redoubt does not use"))?;
+        if gid != item.group_id {
+            bail!("the Welcome is for another conversation than the server says");
+        }
+        sqlx::query(
+            "INSERT INTO conversations (group_id, name, clearance, created_at, status) VALUES (?, '(unnamed)', NULL, ?, 'active')
+             ON CONFLICT (group_id) DO UPDATE SET status = 'active'",
+        )
+        .bind(gid.as_str())
+        .bind(Timestamp::now().unix())
+        .execute(tx.conn())
+        .await?;
+        tracing::info!(group = %gid, "joined a conversation");
+        Ok(())
+    }
+
+    /// A commit or application message; returns the id of a received text/file message.
+    async fn apply_group_message(
+        &self,
+        tx: &mut Tx<'_>,
+        item: &QueueItem,
+        revoked: &BTreeSet<DeviceId>,
+    ) -> Result<Option<String>> {
+        let msg = MlsMessageIn::tls_deserialize_exact(&item.payload.0)
+            .map_err(|e| anyhow!("unreadable MLS message: {e:?}"))?;
+        let protocol = msg
+            .try_into_protocol_message()
+            .map_err(|e| anyhow!("not a group message: {e:?}"))?;
+        if protocol.group_id().as_slice() != item.group_id.as_str().as_bytes() {
+            bail!("the message is for another conversation than the server says");
+        }
+        let provider = Provider::new(tx.state());
+        let Some(mut group) = MlsGroup::load(tx.state(), &mls_group_id(&item.group_id))? else {
+            bail!("no conversation {} on this device", item.group_id);
+        };
+        let epoch = protocol.epoch().as_u64();
+        let current = group.epoch().as_u64();
+        if epoch > current {
+            sqlx::query(
+                "INSERT OR IGNORE INTO buffered (seq, group_id, kind, epoch, sender, payload, enqueued_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(item.seq as i64)
+            .bind(item.group_id.as_str())
+            .bind(item.kind.as_str())
+            .bind(epoch as i64)
+            .bind(item.sender.as_ref().map(DeviceId::as_str))
+            .bind(&item.payload.0)
+            .bind(item.enqueued_at.unix())
+            .execute(tx.conn())
+            .await?;
+            return Ok(None);
+        }
+        if item.kind == ItemKind::Commit && epoch < current {
+            bail!("a commit for epoch {epoch}, already past (at {current})");
+        }
+        if item.kind == ItemKind::Commit && group.pending_commit().is_some() {
+            // The server sequenced another member's commit first: ours lost.
+            group
+                .clear_pending_commit(tx.state())
+                .map_err(|e| anyhow!("{e:?}"))?;
+        }
+        let processed = group
+            .process_message(&provider, protocol)
+            .map_err(|e| anyhow!("cannot decrypt or verify: {e:?}"))?;
+        let sender_cert = read_certificate(processed.credential());
+        match processed.into_content() {
+            ProcessedMessageContent::StagedCommitMessage(staged) => {
+                let org = &self.identity.organization_key;
+                let of = |leaf: &LeafNode| {
+                    (
+                        leaf.credential().clone(),
+                        leaf.signature_key().as_slice().to_vec(),
+                    )
+                };
+                let mut leaves: Vec<(Credential, Vec<u8>)> = staged
+                    .add_proposals()
+                    .map(|a| of(a.add_proposal().key_package().leaf_node()))
+                    .collect();
+                leaves.extend(
+                    staged
+                        .update_proposals()
+                        .map(|u| of(u.update_proposal().leaf_node())),
+                );
+                leaves.extend(staged.update_path_leaf_node().map(of));
+                for (credential, key) in &leaves {
+                    verify_member(credential, key, org, revoked)
+                        .map_err(|e| anyhow!("commit refused: {e}"))?;
+                }
+                let self_removed = staged.self_removed();
+                group
+                    .merge_staged_commit(&provider, *staged)
+                    .map_err(|e| anyhow!("merging: {e:?}"))?;
+                if self_removed {
+                    sqlx::query("UPDATE conversations SET status = 'removed' WHERE group_id = ?")
+                        .bind(item.group_id.as_str())
+                        .execute(tx.conn())
+                        .await?;
+                }
+                Ok(None)
+            }
+            ProcessedMessageContent::ApplicationMessage(app) => {
+                let cert = sender_cert.ok_or_else(|| anyhow!("the sender has no certificate"))?;
+                let msg: AppMessage = serde_json::from_slice(&app.into_bytes())
+                    .map_err(|e| anyhow!("unreadable message content: {e}"))?;
+                self.store_incoming(tx, &item.group_id, &cert, msg).await
+            }
+            ProcessedMessageContent::ProposalMessage(p) => {
+                group
+                    .store_pending_proposal(tx.state(), *p)
+                    .map_err(|e| anyhow!("{e:?}"))?;
+                Ok(None)
+            }
+            ProcessedMessageContent::ExternalJoinProposalMessage(_) => {
+                bail!("external joins are not used by Redoubt")
+            }
+            ProcessedMessageContent::OwnPendingCommit
+            | ProcessedMessageContent::OwnPrivateMessage => {
+                bail!("the server returned this device's own message")
+            }
+        }
+    }
+
+    async fn store_incoming(
+        &self,
+        tx: &mut Tx<'_>,
+        gid: &GroupId,
+        cert: &MemberCertificate,
+        msg: AppMessage,
+    ) -> Result<Option<String>> {
+        let (kind, text, file) = match msg.body {
+            Body::Text { text } => ("text", text, None),
+            Body::File(f) => ("file", f.name.clone(), Some(serde_json::to_string(&f)?)),
+            Body::Receipt { kind, ids } => {
+                for id in ids {
+                    sqlx::query(
+                        "INSERT OR IGNORE INTO receipts (group_id, message_id, device_id, user_name, kind, at) VALUES (?, ?, ?, ?, ?, ?)",
+                    )
+                    .bind(gid.as_str())
+                    .bind(&id)
+                    .bind(cert.device_id.as_str())
+                    .bind(cert.user.as_str())
+                    .bind(kind.as_str())
+                    .bind(msg.sent_at.unix())
+                    .execute(tx.conn())
+                    .await?;
+                }
+                return Ok(None);
+            }
+            Body::Info { name, clearance } => {
+                let name: String = name.chars().take(100).collect();
+                sqlx::query("UPDATE conversations SET name = ?, clearance = ? WHERE group_id = ?")
+                    .bind(name)
+                    .bind(clearance.as_ref().map(ModeName::as_str))
+                    .bind(gid.as_str())
+                    .execute(tx.conn())
+                    .await?;
+                return Ok(None);
+            }
+        };
+        let r = sqlx::query(
+            "INSERT OR IGNORE INTO messages (group_id, id, from_user, from_device, kind, text, file, sent_at, received_at, outgoing, status)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 'received')",
+        )
+        .bind(gid.as_str())
+        .bind(&msg.id)
+        .bind(cert.user.as_str())
+        .bind(cert.device_id.as_str())
+        .bind(kind)
+        .bind(text)
+        .bind(file)
+        .bind(msg.sent_at.unix())
+        .bind(Timestamp::now().unix())
+        .execute(tx.conn())
+        .await?;
+        Ok((r.rows_affected() > 0).then_some(msg.id))
+    }
+
+    async fn retry_buffered(
+        &self,
+        gid: &GroupId,
+        revoked: &BTreeSet<DeviceId>,
+        delivered: &mut BTreeMap<GroupId, Vec<String>>,
+    ) -> Result<()> {
+        let rows = sqlx::query("SELECT seq, kind, epoch, sender, payload, enqueued_at FROM buffered WHERE group_id = ? ORDER BY seq")
+            .bind(gid.as_str())
+            .fetch_all(self.db.pool())
+            .await?;
+        for r in rows {
+            let item = QueueItem {
+                seq: r.try_get::<i64, _>("seq")? as u64,
+                group_id: gid.clone(),
+                kind: r
+                    .try_get::<String, _>("kind")?
+                    .parse()
+                    .map_err(|e: String| anyhow!(e))?,
+                epoch: r.try_get::<i64, _>("epoch")? as u64,
+                sender: r
+                    .try_get::<Option<String>, _>("sender")?
+                    .map(|s| s.parse())
+                    .transpose()?,
+                payload: B64(r.try_get("payload")?),
+                enqueued_at: Timestamp(r.try_get("enqueued_at")?),
+            };
+            let mut tx = self.db.begin().await?;
+            let current =
+                MlsGroup::load(tx.state(), &mls_group_id(gid))?.map(|g| g.epoch().as_u64());
+            if current.is_some_and(|c| item.epoch > c) {
+                continue;
+            }
+            sqlx::query("DELETE FROM buffered WHERE seq = ?")
+                .bind(item.seq as i64)
+                .execute(tx.conn())
+                .await?;
+            let result = self.apply_group_message(&mut tx, &item, revoked).await;
+            match result {
+                Ok(id) => {
+                    tx.commit().await?;
+                    if let Some(id) = id {
+                        delivered.entry(gid.clone()).or_default().push(id);
+                    }
+                }
+                Err(e) => {
+                    drop(tx);
+                    tracing::warn!(seq = item.seq, error = %e, "buffered item refused");
+                    let mut tx = self.db.begin().await?;
+                    sqlx::query("DELETE FROM buffered WHERE seq = ?")
+                        .bind(item.seq as i64)
+                        .execute(tx.conn())
+                        .await?;
+                    tx.commit().await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn apply_removal_request(&self, tx: &mut Tx<'_>, item: &QueueItem) -> Result<()> {
+        let env: SignedEnvelope = serde_json::from_slice(&item.payload.0)
+            .map_err(|_| anyhow!("unreadable removal request"))?;
+        let req: RemovalRequest = env
+            .verify(RemovalRequest::KIND, &self.identity.organization_key)
+            .context("removal request not signed by the organization")?;
+        if req.group_id != item.group_id {
+            bail!("the removal request is for another conversation than the server says");
+        }
+        sqlx::query(
+            "INSERT INTO outbox (group_id, kind, client_id, epoch, payload, extra, created_at) VALUES (?, 'remove', ?, 0, x'', ?, ?)",
+        )
+        .bind(req.group_id.as_str())
+        .bind(req.device_id.as_str())
+        .bind(&req.reason)
+        .bind(Timestamp::now().unix())
+        .execute(tx.conn())
+        .await?;
+        Ok(())
+    }
+
+    /// Commits the removals the organization asked for (the first member to do so
+    /// wins; the others find the device already gone).
+    async fn perform_removals(&self) -> Result<()> {
+        let rows = sqlx::query(
+            "SELECT id, group_id, client_id FROM outbox WHERE kind = 'remove' ORDER BY id",
+        )
+        .fetch_all(self.db.pool())
+        .await?;
+        for r in rows {
+            let id: i64 = r.try_get("id")?;
+            let gid: GroupId = r.try_get::<String, _>("group_id")?.parse()?;
+            let device: DeviceId = r.try_get::<String, _>("client_id")?.parse()?;
+            match Box::pin(self.remove(&gid, None, Some(&device))).await {
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(group = %gid, device = %device, error = %e, "removal not committed")
+                }
+            }
+            let mut tx = self.db.begin().await?;
+            sqlx::query("DELETE FROM outbox WHERE id = ?")
+                .bind(id)
+                .execute(tx.conn())
+                .await?;
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+
+    /// Conversations on this device.
+    pub async fn conversations(&self) -> Result<Vec<ConversationView>> {
+        let rows = sqlx::query("SELECT group_id, name, clearance, status, held_count, held_reason FROM conversations ORDER BY created_at, group_id")
+            .fetch_all(self.db.pool())
+            .await?;
+        let tx = self.db.begin().await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let id: GroupId = r.try_get::<String, _>("group_id")?.parse()?;
+            let group = MlsGroup::load(tx.state(), &mls_group_id(&id))?;
+            let mut members: Vec<UserName> = group
+                .as_ref()
+                .map(|g| member_devices(g).into_iter().map(|(_, c)| c.user).collect())
+                .unwrap_or_default();
+            members.sort();
+            members.dedup();
+            out.push(ConversationView {
+                name: r.try_get("name")?,
+                clearance: r
+                    .try_get::<Option<String>, _>("clearance")?
+                    .map(|c| c.parse())
+                    .transpose()?,
+                status: r.try_get("status")?,
+                members,
+                held: r.try_get::<i64, _>("held_count")? as u64,
+                held_reason: r.try_get("held_reason")?,
+                epoch: group.map(|g| g.epoch().as_u64()).unwrap_or(0),
+                id,
+            });
+        }
+        Ok(out)
+    }
+
+    /// One conversation.
+    pub async fn conversation(&self, gid: &GroupId) -> Result<ConversationView> {
+        self.conversations()
+            .await?
+            .into_iter()
+            .find(|c| &c.id == gid)
+            .ok_or_else(|| anyhow!("no conversation {gid} on this device"))
+    }
+
+    /// Messages of a conversation, in the order this device learned of them, after
+    /// `after` (a local id) when given.
+    pub async fn messages(&self, gid: &GroupId, after: Option<i64>) -> Result<Vec<MessageView>> {
+        let rows = sqlx::query(
+            "SELECT m.local_id, m.id, m.from_user, m.from_device, m.text, m.file, m.sent_at, m.outgoing, m.status,
+             (SELECT count(*) FROM receipts r WHERE r.group_id = m.group_id AND r.message_id = m.id AND r.kind = 'delivered') AS delivered,
+             (SELECT count(*) FROM receipts r WHERE r.group_id = m.group_id AND r.message_id = m.id AND r.kind = 'read') AS readers
+             FROM messages m WHERE m.group_id = ? AND m.local_id > ? ORDER BY m.local_id",
+        )
+        .bind(gid.as_str())
+        .bind(after.unwrap_or(0))
+        .fetch_all(self.db.pool())
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let file: Option<crate::content::FileRef> = r
+                .try_get::<Option<String>, _>("file")?
+                .map(|f| serde_json::from_str(&f))
+                .transpose()?;
+            out.push(MessageView {
+                local_id: r.try_get("local_id")?,
+                id: r.try_get("id")?,
+                from_user: r.try_get::<String, _>("from_user")?.parse()?,
+                from_device: r.try_get::<String, _>("from_device")?.parse()?,
+                text: r.try_get::<Option<String>, _>("text")?.unwrap_or_default(),
+                sent_at: Timestamp(r.try_get("sent_at")?),
+                file: file.map(|f| FileView {
+                    name: f.name,
+                    size: f.size,
+                }),
+                outgoing: r.try_get::<i64, _>("outgoing")? != 0,
+                status: r.try_get("status")?,
+                delivered_to: r.try_get::<i64, _>("delivered")? as u64,
+                read_by: r.try_get::<i64, _>("readers")? as u64,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Marks the conversation's received messages read and tells their senders.
+    pub async fn mark_read(&self, gid: &GroupId) -> Result<()> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM messages WHERE group_id = ? AND outgoing = 0 AND status = 'received' ORDER BY local_id",
+        )
+        .bind(gid.as_str())
+        .fetch_all(self.db.pool())
+        .await?;
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.db.begin().await?;
+        sqlx::query("UPDATE messages SET status = 'read' WHERE group_id = ? AND outgoing = 0 AND status = 'received'")
+            .bind(gid.as_str())
+            .execute(tx.conn())
+            .await?;
+        tx.commit().await?;
+        if self.member_count(gid).await? <= RECEIPTS_UP_TO {
+            let body = Body::Receipt {
+                kind: ReceiptKind::Read,
+                ids,
+            };
+            if let Err(e) = self.send_body(gid, body, false).await {
+                tracing::debug!(group = %gid, error = %e, "read receipt not sent");
+            }
+        }
+        Ok(())
+    }
+
+    /// The server connection (for the push channel).
+    pub fn net(&self) -> &Net {
+        &self.net
+    }
+
+    /// The local database (for tests of crash safety).
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+}

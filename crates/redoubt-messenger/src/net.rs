@@ -1,0 +1,165 @@
+//! The messenger's connection to the server: a device session opened by signing a
+//! fresh challenge with the device key (the token lives in memory only), JSON calls
+//! under `/api/v1/messenger`, blob transfer, and the push WebSocket. A call that meets
+//! an expired session (401) opens a new one and is retried once.
+
+use ed25519_dalek::{Signer, SigningKey};
+use redoubt_agent::state::Identity;
+use redoubt_client::{ClientError, DeviceSocket, ServerClient};
+use redoubt_proto::envelope::encode_signature;
+use redoubt_proto::messaging::{
+    Challenge, MessengerLimits, SessionGranted, SessionRequest, session_message,
+};
+use redoubt_proto::{DeviceId, Timestamp, UserName};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::Mutex;
+
+/// Prefix of the messenger API.
+pub const MESSENGER: &str = "/api/v1/messenger";
+
+/// An authenticated connection to the server.
+pub struct Net {
+    base: ServerClient,
+    device_id: DeviceId,
+    key: SigningKey,
+    session: Mutex<Option<(ServerClient, SessionGranted)>>,
+}
+
+impl std::fmt::Debug for Net {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Net")
+            .field("server", &self.base.base().as_str())
+            .field("device_id", &self.device_id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn is_unauthorized(e: &ClientError) -> bool {
+    matches!(e, ClientError::Api { status: 401, .. })
+}
+
+impl Net {
+    /// A connection for the enrolled device `identity`, proving itself with `key`.
+    pub fn new(identity: &Identity, key: SigningKey) -> Result<Net, ClientError> {
+        Ok(Net {
+            base: ServerClient::new(identity.server.clone(), identity.ca_fingerprint, None)?,
+            device_id: identity.device_id.clone(),
+            key,
+            session: Mutex::new(None),
+        })
+    }
+
+    /// Opens a session unless a fresh one is held; returns the client that carries it.
+    async fn client(&self) -> Result<(ServerClient, SessionGranted), ClientError> {
+        let mut held = self.session.lock().await;
+        if let Some((c, g)) = held.as_ref()
+            && g.expires_at > Timestamp::now().plus_secs(30)
+        {
+            return Ok((c.clone(), g.clone()));
+        }
+        let challenge: Challenge = self
+            .base
+            .post("/api/v1/device/challenge", &serde_json::json!({}))
+            .await?;
+        let signature = self
+            .key
+            .sign(&session_message(&challenge.nonce, &self.device_id));
+        let granted: SessionGranted = self
+            .base
+            .post(
+                "/api/v1/device/session",
+                &SessionRequest {
+                    device_id: self.device_id.clone(),
+                    nonce: challenge.nonce,
+                    signature: encode_signature(&signature),
+                },
+            )
+            .await?;
+        let client = self
+            .base
+            .with_authorization(format!("Device {}", granted.token));
+        *held = Some((client.clone(), granted.clone()));
+        Ok((client, granted))
+    }
+
+    async fn forget_session(&self) {
+        *self.session.lock().await = None;
+    }
+
+    /// The server's limits (opens a session if needed).
+    pub async fn limits(&self) -> Result<MessengerLimits, ClientError> {
+        Ok(self.client().await?.1.limits)
+    }
+
+    /// The device's owner as the server knows it.
+    pub async fn user(&self) -> Result<UserName, ClientError> {
+        Ok(self.client().await?.1.user)
+    }
+
+    /// `GET /api/v1/messenger{path}`.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let full = format!("{MESSENGER}{path}");
+        let (c, _) = self.client().await?;
+        match c.get(&full).await {
+            Err(e) if is_unauthorized(&e) => {
+                self.forget_session().await;
+                self.client().await?.0.get(&full).await
+            }
+            other => other,
+        }
+    }
+
+    /// `POST /api/v1/messenger{path}` with a JSON body.
+    pub async fn post<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let full = format!("{MESSENGER}{path}");
+        let (c, _) = self.client().await?;
+        match c.post(&full, body).await {
+            Err(e) if is_unauthorized(&e) => {
+                self.forget_session().await;
+                self.client().await?.0.post(&full, body).await
+            }
+            other => other,
+        }
+    }
+
+    /// Uploads bytes to `POST /api/v1/messenger{path}`.
+    pub async fn post_bytes<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<T, ClientError> {
+        let full = format!("{MESSENGER}{path}");
+        let (c, _) = self.client().await?;
+        match c.post_bytes(&full, body.clone()).await {
+            Err(e) if is_unauthorized(&e) => {
+                self.forget_session().await;
+                self.client().await?.0.post_bytes(&full, body).await
+            }
+            other => other,
+        }
+    }
+
+    /// Downloads `GET /api/v1/messenger{path}`.
+    pub async fn get_bytes(&self, path: &str) -> Result<Vec<u8>, ClientError> {
+        let full = format!("{MESSENGER}{path}");
+        let (c, _) = self.client().await?;
+        match c.get_bytes(&full).await {
+            Err(e) if is_unauthorized(&e) => {
+                self.forget_session().await;
+                self.client().await?.0.get_bytes(&full).await
+            }
+            other => other,
+        }
+    }
+
+    /// Opens the push channel.
+    pub async fn push_channel(&self) -> Result<DeviceSocket, ClientError> {
+        let (c, _) = self.client().await?;
+        c.websocket(&format!("{MESSENGER}/ws")).await
+    }
+}

@@ -1,0 +1,706 @@
+//! The MLS delivery and authentication service: device sessions (challenge signed with
+//! the device key), member certificates, the revocation list, KeyPackages, the per-group
+//! sequencer, per-device queues with clearance holds, encrypted blobs, and revocation
+//! (removal requests). The server never holds a key that decrypts a message.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ed25519_dalek::{Verifier, VerifyingKey};
+use rand_core::RngCore;
+use redoubt_proto::api::DeviceView;
+use redoubt_proto::envelope::decode_signature;
+use redoubt_proto::messaging::{
+    Ack, AckResult, B64, BlobStored, CertificateIssued, CertificateRequest, Challenge,
+    ClaimKeyPackages, ClaimedKeyPackage, ClaimedKeyPackages, CreateGroup, GroupState, HeldGroup,
+    KeyPackageStock, MemberCertificate, MessageAccepted, MessengerLimits, MessengerPush,
+    PostCommit, PostMessage, QueueBatch, RemovalRequest, RevocationList, SessionGranted,
+    SessionRequest, UploadKeyPackages, certificate_proof_message, session_message,
+};
+use redoubt_proto::{BlobId, DeviceId, GroupId, PolicyBundle, SignedEnvelope, Timestamp, UserName};
+use redoubt_store::{CommitInput, CommitOutcome, GroupRecord};
+use sha2::{Digest, Sha256};
+use tokio::sync::broadcast;
+
+use crate::app::{App, hash_token, new_token};
+use crate::error::ServiceError;
+
+/// Largest number of items one queue fetch returns.
+pub const MAX_FETCH: u32 = 500;
+/// How long a challenge nonce is valid.
+const CHALLENGE_TTL_SECS: i64 = 60;
+/// Most outstanding challenges kept (older ones are dropped first when over).
+const MAX_CHALLENGES: usize = 100_000;
+
+/// An authenticated device session.
+#[derive(Debug, Clone)]
+pub struct DeviceSession {
+    /// The device.
+    pub device: DeviceId,
+    /// Its owner.
+    pub user: UserName,
+    expires_at: Timestamp,
+}
+
+/// Outstanding challenges and open device sessions, in memory only: a restart ends
+/// every session and devices simply sign a new challenge.
+#[derive(Debug, Default)]
+pub struct DeviceSessions {
+    challenges: Mutex<HashMap<String, Timestamp>>,
+    sessions: Mutex<HashMap<[u8; 32], DeviceSession>>,
+}
+
+impl DeviceSessions {
+    fn new_challenge(&self, now: Timestamp) -> String {
+        let mut nonce = [0u8; 32];
+        rand_core::OsRng.fill_bytes(&mut nonce);
+        let nonce = URL_SAFE_NO_PAD.encode(nonce);
+        let mut c = lock(&self.challenges);
+        if c.len() >= MAX_CHALLENGES {
+            c.retain(|_, exp| *exp > now);
+            if c.len() >= MAX_CHALLENGES {
+                c.clear();
+            }
+        }
+        c.insert(nonce.clone(), now.plus_secs(CHALLENGE_TTL_SECS));
+        nonce
+    }
+
+    /// Consumes a challenge; false when unknown, used or expired.
+    fn take_challenge(&self, nonce: &str, now: Timestamp) -> bool {
+        lock(&self.challenges)
+            .remove(nonce)
+            .is_some_and(|exp| exp > now)
+    }
+
+    fn open(&self, device: DeviceId, user: UserName, expires_at: Timestamp) -> String {
+        let token = new_token("dst_");
+        let mut s = lock(&self.sessions);
+        if s.len() > 1_000_000 {
+            let now = Timestamp::now();
+            s.retain(|_, v| v.expires_at > now);
+        }
+        s.insert(
+            hash_token(&token),
+            DeviceSession {
+                device,
+                user,
+                expires_at,
+            },
+        );
+        token
+    }
+
+    /// The session a token opens, if it is still valid.
+    pub fn check(&self, token: &str, now: Timestamp) -> Option<DeviceSession> {
+        let mut s = lock(&self.sessions);
+        let key = hash_token(token);
+        match s.get(&key) {
+            Some(v) if v.expires_at > now => Some(v.clone()),
+            Some(_) => {
+                s.remove(&key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Ends every session of a device.
+    pub fn end_device(&self, device: &DeviceId) {
+        lock(&self.sessions).retain(|_, v| &v.device != device);
+    }
+}
+
+/// Push channels of connected messengers, by device (several processes per device may
+/// listen: `listen`, the terminal chat).
+#[derive(Debug, Default)]
+pub struct Doorbells {
+    map: Mutex<HashMap<DeviceId, broadcast::Sender<MessengerPush>>>,
+}
+
+impl Doorbells {
+    /// Subscribes to a device's pushes.
+    pub fn subscribe(&self, device: &DeviceId) -> broadcast::Receiver<MessengerPush> {
+        lock(&self.map)
+            .entry(device.clone())
+            .or_insert_with(|| broadcast::channel(16).0)
+            .subscribe()
+    }
+
+    /// Drops the channel of a device nobody listens to any more.
+    pub fn tidy(&self, device: &DeviceId) {
+        let mut m = lock(&self.map);
+        if m.get(device).is_some_and(|tx| tx.receiver_count() == 0) {
+            m.remove(device);
+        }
+    }
+
+    /// Pushes to a device's listeners, if any.
+    pub fn ring(&self, device: &DeviceId, push: MessengerPush) {
+        if let Some(tx) = lock(&self.map).get(device) {
+            let _ = tx.send(push);
+        }
+    }
+
+    /// Number of devices with a listener.
+    pub fn len(&self) -> usize {
+        lock(&self.map).len()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The data dir's folder of encrypted files.
+pub fn blob_dir(data: &Path) -> PathBuf {
+    data.join("blobs")
+}
+
+fn group_state(g: GroupRecord) -> GroupState {
+    GroupState {
+        group_id: g.id,
+        epoch: g.epoch,
+        clearance: g.clearance,
+        members: g.members,
+        group_info: g.group_info.map(B64),
+    }
+}
+
+impl App {
+    fn limits(&self) -> MessengerLimits {
+        MessengerLimits {
+            max_file_bytes: self.config.max_file_bytes,
+            max_message_bytes: self.config.max_message_bytes as u64,
+            message_ttl_secs: self.config.message_ttl_secs,
+        }
+    }
+
+    fn message_expiry(&self, now: Timestamp) -> Timestamp {
+        now.plus_secs(self.config.message_ttl_secs as i64)
+    }
+
+    /// `POST /device/challenge`.
+    pub fn device_challenge(&self) -> Challenge {
+        Challenge {
+            nonce: self.sessions.new_challenge(Timestamp::now()),
+        }
+    }
+
+    /// `POST /device/session`: a signed challenge opens a short session.
+    pub async fn open_device_session(
+        &self,
+        req: SessionRequest,
+    ) -> Result<SessionGranted, ServiceError> {
+        let now = Timestamp::now();
+        let fresh = self.sessions.take_challenge(&req.nonce, now);
+        let device = self.store.get_device(&req.device_id).await?;
+        let verified = fresh
+            && device.as_ref().is_some_and(|d| {
+                d.revoked_at.is_none()
+                    && match (
+                        VerifyingKey::from_bytes(&d.public_key).ok(),
+                        decode_signature(&req.signature),
+                    ) {
+                        (Some(k), Some(s)) => k
+                            .verify_strict(&session_message(&req.nonce, &req.device_id), &s)
+                            .is_ok(),
+                        _ => false,
+                    }
+            });
+        let Some(device) = device.filter(|_| verified) else {
+            metrics::counter!("redoubt_device_auth_failures_total").increment(1);
+            return Err(ServiceError::Unauthorized(
+                "device authentication failed (unknown, revoked, or a bad or used challenge)"
+                    .into(),
+            ));
+        };
+        let expires_at = now.plus_secs(self.config.device_session_ttl_secs as i64);
+        let token = self
+            .sessions
+            .open(device.id.clone(), device.user.clone(), expires_at);
+        Ok(SessionGranted {
+            token,
+            expires_at,
+            user: device.user,
+            limits: self.limits(),
+        })
+    }
+
+    /// `POST /messenger/certificate`: certifies the device's MLS signature key.
+    pub async fn certify_mls_key(
+        &self,
+        s: &DeviceSession,
+        req: CertificateRequest,
+    ) -> Result<CertificateIssued, ServiceError> {
+        let key_bytes: [u8; 32] = req.mls_key.0.as_slice().try_into().map_err(|_| {
+            ServiceError::BadRequest("mls_key must be a 32-byte Ed25519 public key".into())
+        })?;
+        let key = VerifyingKey::from_bytes(&key_bytes)
+            .map_err(|_| ServiceError::BadRequest("mls_key is not a valid Ed25519 key".into()))?;
+        let sig: [u8; 64] =
+            req.proof.0.as_slice().try_into().map_err(|_| {
+                ServiceError::BadRequest("proof must be a 64-byte signature".into())
+            })?;
+        key.verify(
+            &certificate_proof_message(&s.device, &key_bytes),
+            &ed25519_dalek::Signature::from_bytes(&sig),
+        )
+        .map_err(|_| {
+            ServiceError::BadRequest("proof was not made with the key to certify".into())
+        })?;
+        let now = Timestamp::now();
+        let cert = MemberCertificate {
+            device_id: s.device.clone(),
+            user: s.user.clone(),
+            mls_key: B64(key_bytes.to_vec()),
+            issued_at: now,
+        };
+        let envelope = SignedEnvelope::sign(MemberCertificate::KIND, &cert, &self.keys.org_signing);
+        self.store
+            .put_member_certificate(
+                &s.device,
+                &key_bytes,
+                &serde_json::to_string(&envelope).unwrap_or_default(),
+                now,
+            )
+            .await?;
+        tracing::info!(device = %s.device, "MLS key certified");
+        Ok(CertificateIssued {
+            certificate: envelope,
+        })
+    }
+
+    /// `GET /messenger/revocations`: the signed list of revoked devices.
+    pub async fn revocation_list(&self) -> Result<SignedEnvelope, ServiceError> {
+        let list = RevocationList {
+            issued_at: Timestamp::now(),
+            revoked: self.store.revoked_devices().await?,
+        };
+        Ok(SignedEnvelope::sign(
+            RevocationList::KIND,
+            &list,
+            &self.keys.org_signing,
+        ))
+    }
+
+    fn stock(&self, (remaining, last_resort): (u64, bool)) -> KeyPackageStock {
+        KeyPackageStock {
+            remaining,
+            last_resort,
+            low_watermark: self.config.key_package_low_watermark,
+        }
+    }
+
+    /// `POST /messenger/key-packages`.
+    pub async fn upload_key_packages(
+        &self,
+        s: &DeviceSession,
+        req: UploadKeyPackages,
+    ) -> Result<KeyPackageStock, ServiceError> {
+        let max = self.config.max_message_bytes;
+        let all = req.key_packages.iter().chain(req.last_resort.iter());
+        if all.clone().any(|k| k.0.is_empty() || k.0.len() > max) {
+            return Err(ServiceError::BadRequest(format!(
+                "each KeyPackage must be 1-{max} bytes"
+            )));
+        }
+        let kps: Vec<Vec<u8>> = req.key_packages.into_iter().map(|k| k.0).collect();
+        let stock = self
+            .store
+            .upload_key_packages(
+                &s.device,
+                &kps,
+                req.last_resort.as_ref().map(|k| k.0.as_slice()),
+                self.config.key_package_max_stock,
+                Timestamp::now(),
+            )
+            .await?;
+        Ok(self.stock(stock))
+    }
+
+    /// `POST /messenger/key-packages/claim`: one KeyPackage per device of each person.
+    pub async fn claim_key_packages(
+        &self,
+        s: &DeviceSession,
+        req: ClaimKeyPackages,
+    ) -> Result<ClaimedKeyPackages, ServiceError> {
+        if req.users.is_empty() || req.users.len() > 1000 {
+            return Err(ServiceError::BadRequest(
+                "claim for 1-1000 people at a time".into(),
+            ));
+        }
+        let now = Timestamp::now();
+        for _ in 0..req.users.len() {
+            if !self.claim_limiter.allow(s.device.clone(), now) {
+                metrics::counter!("redoubt_key_package_claims_rate_limited_total").increment(1);
+                return Err(ServiceError::RateLimited);
+            }
+        }
+        let (claimed, missing) = self.store.claim_key_packages(&s.device, &req.users).await?;
+        let mut out = Vec::with_capacity(claimed.len());
+        for c in claimed {
+            metrics::counter!("redoubt_key_packages_claimed_total", "kind" => if c.last_resort { "last_resort" } else { "one_time" }).increment(1);
+            if c.remaining < self.config.key_package_low_watermark {
+                self.doorbells.ring(
+                    &c.device_id,
+                    MessengerPush::KeyPackagesLow {
+                        remaining: c.remaining,
+                    },
+                );
+            }
+            out.push(ClaimedKeyPackage {
+                device_id: c.device_id,
+                user: c.user,
+                key_package: B64(c.data),
+                last_resort: c.last_resort,
+            });
+        }
+        Ok(ClaimedKeyPackages {
+            key_packages: out,
+            missing,
+        })
+    }
+
+    /// `POST /messenger/groups`.
+    pub async fn create_group(
+        &self,
+        s: &DeviceSession,
+        req: CreateGroup,
+    ) -> Result<GroupState, ServiceError> {
+        let g = self
+            .store
+            .create_group(
+                &req.group_id,
+                req.clearance.as_ref(),
+                &s.device,
+                Timestamp::now(),
+            )
+            .await?;
+        metrics::counter!("redoubt_groups_created_total").increment(1);
+        Ok(group_state(g))
+    }
+
+    async fn member_group(
+        &self,
+        s: &DeviceSession,
+        id: &GroupId,
+    ) -> Result<GroupRecord, ServiceError> {
+        match self.store.get_group(id).await? {
+            Some(g) if g.members.contains(&s.device) => Ok(g),
+            _ => Err(ServiceError::NotFound(format!(
+                "no conversation {id} that this device is a member of"
+            ))),
+        }
+    }
+
+    /// `GET /messenger/groups/{id}`.
+    pub async fn group(&self, s: &DeviceSession, id: &GroupId) -> Result<GroupState, ServiceError> {
+        Ok(group_state(self.member_group(s, id).await?))
+    }
+
+    /// `POST /messenger/groups/{id}/commit`: the sequencer.
+    pub async fn post_commit(
+        &self,
+        s: &DeviceSession,
+        id: &GroupId,
+        req: PostCommit,
+    ) -> Result<GroupState, ServiceError> {
+        let max = self.config.max_message_bytes;
+        let sizes = [
+            req.commit.0.len(),
+            req.welcome.as_ref().map_or(0, |w| w.0.len()),
+            req.group_info.as_ref().map_or(0, |g| g.0.len()),
+        ];
+        if req.commit.0.is_empty() || sizes.iter().any(|n| *n > max) {
+            return Err(ServiceError::BadRequest(format!(
+                "commit, Welcome and GroupInfo must each be at most {max} bytes"
+            )));
+        }
+        if req.welcome.is_some() == req.welcome_to.is_empty() {
+            return Err(ServiceError::BadRequest(
+                "a Welcome needs welcome_to, and welcome_to needs a Welcome".into(),
+            ));
+        }
+        if req.members.is_empty() || req.members.len() > 100_000 {
+            return Err(ServiceError::BadRequest(
+                "members must list 1-100000 devices".into(),
+            ));
+        }
+        let now = Timestamp::now();
+        let outcome = self
+            .store
+            .accept_commit(CommitInput {
+                group_id: id,
+                sender: &s.device,
+                epoch: req.epoch,
+                commit: &req.commit.0,
+                commit_hash: Sha256::digest(&req.commit.0).into(),
+                welcome: req.welcome.as_ref().map(|w| w.0.as_slice()),
+                welcome_to: &req.welcome_to,
+                group_info: req.group_info.as_ref().map(|g| g.0.as_slice()),
+                members: &req.members,
+                now,
+                expires_at: self.message_expiry(now),
+            })
+            .await
+            .map_err(|e| match e {
+                redoubt_store::StoreError::Forbidden(m) => ServiceError::NotFound(m),
+                other => other.into(),
+            })?;
+        match outcome {
+            CommitOutcome::Accepted { group, notified } => {
+                metrics::counter!("redoubt_commits_total", "outcome" => "accepted").increment(1);
+                tracing::info!(group = %id, epoch = group.epoch, members = group.members.len(), "commit accepted");
+                for d in &notified {
+                    self.doorbells.ring(d, MessengerPush::QueueChanged);
+                }
+                Ok(group_state(group))
+            }
+            CommitOutcome::AlreadyAccepted(group) => {
+                metrics::counter!("redoubt_commits_total", "outcome" => "retry").increment(1);
+                Ok(group_state(group))
+            }
+            CommitOutcome::Conflict { current_epoch } => {
+                metrics::counter!("redoubt_commits_total", "outcome" => "conflict").increment(1);
+                Err(ServiceError::EpochConflict {
+                    sent: req.epoch,
+                    current: current_epoch,
+                })
+            }
+        }
+    }
+
+    /// `POST /messenger/groups/{id}/messages`.
+    pub async fn post_message(
+        &self,
+        s: &DeviceSession,
+        id: &GroupId,
+        req: PostMessage,
+    ) -> Result<MessageAccepted, ServiceError> {
+        let max = self.config.max_message_bytes;
+        if req.message.0.is_empty() || req.message.0.len() > max {
+            return Err(ServiceError::BadRequest(format!(
+                "a message must be 1-{max} bytes"
+            )));
+        }
+        if req.client_id.is_empty()
+            || req.client_id.len() > 64
+            || !req
+                .client_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(ServiceError::BadRequest(
+                "client_id must be 1-64 characters of letters, digits, '-' and '_'".into(),
+            ));
+        }
+        let now = Timestamp::now();
+        let out = self
+            .store
+            .enqueue_message(
+                id,
+                &s.device,
+                req.epoch,
+                &req.message.0,
+                &req.client_id,
+                now,
+                self.message_expiry(now),
+            )
+            .await
+            .map_err(|e| match e {
+                redoubt_store::StoreError::Forbidden(m) => ServiceError::NotFound(m),
+                other => other.into(),
+            })?;
+        metrics::counter!("redoubt_messages_total", "outcome" => if out.duplicate { "retry" } else { "accepted" }).increment(1);
+        metrics::counter!("redoubt_message_bytes_total").increment(req.message.0.len() as u64);
+        for d in &out.recipients {
+            self.doorbells.ring(d, MessengerPush::QueueChanged);
+        }
+        Ok(MessageAccepted {
+            duplicate: out.duplicate,
+            recipients: out.recipient_count,
+        })
+    }
+
+    /// Groups whose items must be held for this device, with why.
+    async fn held_groups(&self, s: &DeviceSession) -> Result<Vec<HeldGroup>, ServiceError> {
+        let queued = self.store.queued_groups(&s.device).await?;
+        let needing: Vec<_> = queued
+            .into_iter()
+            .filter_map(|g| g.clearance.clone().map(|c| (g, c)))
+            .collect();
+        if needing.is_empty() {
+            return Ok(Vec::new());
+        }
+        let dev = self
+            .store
+            .get_device(&s.device)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(format!("device {}", s.device)))?;
+        let now = Timestamp::now();
+        let bundle: Option<PolicyBundle> = self.bundle_of(&dev).ok();
+        let device_mode = redoubt_policy::decide(bundle.as_ref(), now).mode;
+        let compliance = self.device_view(dev, now).compliance;
+        let mut held = Vec::new();
+        for (g, clearance) in needing {
+            let verdict = match self.store.get_mode(&clearance).await? {
+                Some(m) => redoubt_policy::meets_clearance(&device_mode, compliance, &m.mode),
+                None => Err(format!("the required mode {clearance} no longer exists")),
+            };
+            if let Err(reason) = verdict {
+                held.push(HeldGroup {
+                    group_id: g.group_id,
+                    clearance,
+                    count: g.count,
+                    reason,
+                });
+            }
+        }
+        Ok(held)
+    }
+
+    /// `GET /messenger/queue`: the next deliverable items, in order; items of groups
+    /// whose clearance the device does not meet stay in the queue.
+    pub async fn fetch_queue(
+        &self,
+        s: &DeviceSession,
+        limit: Option<u32>,
+    ) -> Result<QueueBatch, ServiceError> {
+        let limit = limit.unwrap_or(100).clamp(1, MAX_FETCH);
+        let held = self.held_groups(s).await?;
+        let held_ids: Vec<GroupId> = held.iter().map(|h| h.group_id.clone()).collect();
+        let (items, more) = self.store.fetch_queue(&s.device, &held_ids, limit).await?;
+        let stock = self.store.key_package_stock(&s.device).await?;
+        Ok(QueueBatch {
+            items,
+            more,
+            held,
+            expired_total: self.store.messages_expired(&s.device).await?,
+            key_packages: self.stock(stock),
+        })
+    }
+
+    /// `POST /messenger/queue/ack`.
+    pub async fn ack_queue(&self, s: &DeviceSession, req: Ack) -> Result<AckResult, ServiceError> {
+        if req.seqs.len() > 10_000 {
+            return Err(ServiceError::BadRequest(
+                "acknowledge at most 10000 items at a time".into(),
+            ));
+        }
+        let removed = self.store.ack_queue(&s.device, &req.seqs).await?;
+        metrics::counter!("redoubt_queue_acked_total").increment(removed);
+        Ok(AckResult { removed })
+    }
+
+    /// `POST /messenger/blobs`: stores an encrypted file (fsync'd before the answer).
+    pub async fn store_blob(
+        &self,
+        s: &DeviceSession,
+        bytes: axum::body::Bytes,
+    ) -> Result<BlobStored, ServiceError> {
+        if bytes.is_empty() || bytes.len() as u64 > self.config.max_file_bytes {
+            return Err(ServiceError::BadRequest(format!(
+                "a file must be 1-{} bytes",
+                self.config.max_file_bytes
+            )));
+        }
+        let mut raw = [0u8; 16];
+        rand_core::OsRng.fill_bytes(&mut raw);
+        let id = BlobId::from_random(raw);
+        let dir = blob_dir(&self.config.data);
+        let path = dir.join(id.as_str());
+        let size = bytes.len() as u64;
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            std::fs::create_dir_all(&dir)?;
+            crate::pki::write_atomic(&path, &bytes, 0o600)
+                .map_err(|e| std::io::Error::other(e.to_string()))
+        })
+        .await
+        .map_err(|e| ServiceError::Internal(e.to_string()))?
+        .map_err(|e| ServiceError::Unavailable(format!("writing the file: {e}")))?;
+        let now = Timestamp::now();
+        let expires_at = self.message_expiry(now);
+        self.store
+            .insert_blob(&id, &s.device, size, now, expires_at)
+            .await?;
+        metrics::counter!("redoubt_blob_bytes_total").increment(size);
+        Ok(BlobStored {
+            blob_id: id,
+            size,
+            expires_at,
+        })
+    }
+
+    /// `GET /messenger/blobs/{id}`.
+    pub async fn load_blob(&self, id: &BlobId) -> Result<Vec<u8>, ServiceError> {
+        if self.store.get_blob(id, Timestamp::now()).await?.is_none() {
+            return Err(ServiceError::NotFound(format!(
+                "no file {id} (it may have expired)"
+            )));
+        }
+        let path = blob_dir(&self.config.data).join(id.as_str());
+        tokio::fs::read(&path)
+            .await
+            .map_err(|e| ServiceError::Unavailable(format!("reading file {id}: {e}")))
+    }
+
+    /// `POST /devices/{id}/revoke`: the device loses its sessions and KeyPackages, and
+    /// the members of each of its groups are asked to remove it.
+    pub async fn revoke_device(&self, by: &str, id: &DeviceId) -> Result<DeviceView, ServiceError> {
+        let now = Timestamp::now();
+        let reason = format!("device revoked by {by}");
+        let groups = self
+            .store
+            .revoke_device(id, now, self.message_expiry(now), |gid| {
+                let req = RemovalRequest {
+                    group_id: gid.clone(),
+                    device_id: id.clone(),
+                    reason: reason.clone(),
+                    issued_at: now,
+                };
+                let env = SignedEnvelope::sign(RemovalRequest::KIND, &req, &self.keys.org_signing);
+                serde_json::to_vec(&env).unwrap_or_default()
+            })
+            .await?;
+        self.sessions.end_device(id);
+        self.doorbells.ring(id, MessengerPush::QueueChanged);
+        for (_, members) in &groups {
+            for d in members {
+                self.doorbells.ring(d, MessengerPush::QueueChanged);
+            }
+        }
+        tracing::info!(device = %id, by, groups = groups.len(), "device revoked");
+        self.device(id).await
+    }
+
+    /// Deletes expired queue items and files; counts what expired undelivered.
+    pub async fn sweep(&self) -> Result<(), ServiceError> {
+        let now = Timestamp::now();
+        let expired = self.store.expire_queue(now).await?;
+        let total: u64 = expired.iter().map(|(_, n)| n).sum();
+        if total > 0 {
+            metrics::counter!("redoubt_queue_expired_total").increment(total);
+            tracing::warn!(
+                items = total,
+                devices = expired.len(),
+                "undelivered messages expired"
+            );
+        }
+        self.store
+            .prune_sent_ids(now.plus_secs(-(self.config.message_ttl_secs as i64)))
+            .await?;
+        let dir = blob_dir(&self.config.data);
+        for id in self.store.expire_blobs(now).await? {
+            if let Err(e) = tokio::fs::remove_file(dir.join(id.as_str())).await
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(blob = %id, error = %e, "could not delete an expired file");
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,916 @@
+//! The MLS delivery service's state: member certificates, KeyPackages, group sequencers,
+//! per-device queues, sent-message ids and blob records. Every payload is opaque bytes.
+
+use redoubt_proto::messaging::{ItemKind, QueueItem, Unclaimable};
+use redoubt_proto::{BlobId, DeviceId, GroupId, ModeName, Timestamp, UserName};
+use sqlx::{Row, Sqlite, Transaction};
+
+use crate::{Result, Store, StoreError, parse};
+
+/// A group as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupRecord {
+    /// Id.
+    pub id: GroupId,
+    /// Current epoch.
+    pub epoch: u64,
+    /// Required mode.
+    pub clearance: Option<ModeName>,
+    /// Member devices.
+    pub members: Vec<DeviceId>,
+    /// Latest GroupInfo.
+    pub group_info: Option<Vec<u8>>,
+}
+
+/// A commit to sequence.
+#[derive(Debug, Clone)]
+pub struct CommitInput<'a> {
+    /// The group.
+    pub group_id: &'a GroupId,
+    /// The committing device.
+    pub sender: &'a DeviceId,
+    /// The epoch the commit was made in.
+    pub epoch: u64,
+    /// The commit bytes.
+    pub commit: &'a [u8],
+    /// SHA-256 of the commit, to recognise a retry.
+    pub commit_hash: [u8; 32],
+    /// The Welcome, if any.
+    pub welcome: Option<&'a [u8]>,
+    /// Devices the Welcome is for.
+    pub welcome_to: &'a [DeviceId],
+    /// The new GroupInfo.
+    pub group_info: Option<&'a [u8]>,
+    /// Members after the commit.
+    pub members: &'a [DeviceId],
+    /// Now.
+    pub now: Timestamp,
+    /// When undelivered copies expire.
+    pub expires_at: Timestamp,
+}
+
+/// What happened to a commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// Accepted; queued for these devices (old and new members but the sender).
+    Accepted {
+        /// The group after the commit.
+        group: GroupRecord,
+        /// Devices that got something queued.
+        notified: Vec<DeviceId>,
+    },
+    /// The same commit was accepted before (a retry).
+    AlreadyAccepted(GroupRecord),
+    /// The group is at another epoch.
+    Conflict {
+        /// The current epoch.
+        current_epoch: u64,
+    },
+}
+
+/// What happened to an application message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageOutcome {
+    /// A retry of a message already queued.
+    pub duplicate: bool,
+    /// Devices it was queued for (empty for a duplicate).
+    pub recipients: Vec<DeviceId>,
+    /// How many devices it was queued for originally.
+    pub recipient_count: u64,
+}
+
+/// A KeyPackage handed out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedRecord {
+    /// Device.
+    pub device_id: DeviceId,
+    /// Owner.
+    pub user: UserName,
+    /// Bytes.
+    pub data: Vec<u8>,
+    /// Whether it is the (kept) last-resort one.
+    pub last_resort: bool,
+    /// One-time KeyPackages the device has left.
+    pub remaining: u64,
+}
+
+/// One group's items in a device's queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedGroup {
+    /// Group.
+    pub group_id: GroupId,
+    /// Its clearance.
+    pub clearance: Option<ModeName>,
+    /// Items waiting.
+    pub count: u64,
+}
+
+/// A blob record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobRecord {
+    /// Id.
+    pub id: BlobId,
+    /// Size in bytes.
+    pub size: u64,
+    /// Expiry.
+    pub expires_at: Timestamp,
+}
+
+async fn members_of(tx: &mut Transaction<'_, Sqlite>, group: &GroupId) -> Result<Vec<DeviceId>> {
+    let rows: Vec<String> = sqlx::query_scalar(
+        "SELECT device_id FROM group_members WHERE group_id = ? ORDER BY device_id",
+    )
+    .bind(group.as_str())
+    .fetch_all(&mut **tx)
+    .await?;
+    rows.iter().map(|s| parse("device id", s)).collect()
+}
+
+async fn load_group(tx: &mut Transaction<'_, Sqlite>, id: &GroupId) -> Result<Option<GroupRecord>> {
+    let Some(row) = sqlx::query("SELECT epoch, clearance, group_info FROM groups WHERE id = ?")
+        .bind(id.as_str())
+        .fetch_optional(&mut **tx)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let clearance = row
+        .try_get::<Option<&str>, _>("clearance")?
+        .map(|s| parse("mode name", s))
+        .transpose()?;
+    Ok(Some(GroupRecord {
+        id: id.clone(),
+        epoch: row.try_get::<i64, _>("epoch")? as u64,
+        clearance,
+        members: members_of(tx, id).await?,
+        group_info: row.try_get("group_info")?,
+    }))
+}
+
+/// Stores `payload` once and queues it for every device in `to`.
+#[allow(clippy::too_many_arguments)]
+async fn enqueue(
+    tx: &mut Transaction<'_, Sqlite>,
+    to: &[DeviceId],
+    group: &GroupId,
+    kind: ItemKind,
+    epoch: u64,
+    sender: Option<&DeviceId>,
+    payload: &[u8],
+    now: Timestamp,
+    expires_at: Timestamp,
+) -> Result<()> {
+    if to.is_empty() {
+        return Ok(());
+    }
+    let payload_id: i64 = sqlx::query_scalar("INSERT INTO payloads (data) VALUES (?) RETURNING id")
+        .bind(payload)
+        .fetch_one(&mut **tx)
+        .await?;
+    for device in to {
+        sqlx::query(
+            "INSERT INTO queue (device_id, group_id, kind, epoch, sender, payload_id, size, enqueued_at, expires_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(device.as_str())
+        .bind(group.as_str())
+        .bind(kind.as_str())
+        .bind(epoch as i64)
+        .bind(sender.map(DeviceId::as_str))
+        .bind(payload_id)
+        .bind(payload.len() as i64)
+        .bind(now.unix())
+        .bind(expires_at.unix())
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Deletes payloads no queue entry refers to any more.
+async fn drop_orphan_payloads(tx: &mut Transaction<'_, Sqlite>, ids: &[i64]) -> Result<()> {
+    for id in ids {
+        sqlx::query(
+            "DELETE FROM payloads WHERE id = ? AND NOT EXISTS (SELECT 1 FROM queue WHERE payload_id = ?)",
+        )
+        .bind(id)
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+async fn live_device_ids(
+    tx: &mut Transaction<'_, Sqlite>,
+    ids: &[DeviceId],
+) -> Result<Vec<DeviceId>> {
+    let mut live = Vec::with_capacity(ids.len());
+    for id in ids {
+        let revoked: Option<Option<i64>> =
+            sqlx::query_scalar("SELECT revoked_at FROM devices WHERE id = ?")
+                .bind(id.as_str())
+                .fetch_optional(&mut **tx)
+                .await?;
+        match revoked {
+            None => return Err(StoreError::NotFound(format!("device {id}"))),
+            Some(Some(_)) => {}
+            Some(None) => live.push(id.clone()),
+        }
+    }
+    Ok(live)
+}
+
+impl Store {
+    /// Records the MLS key certified for a device (replacing an older one).
+    pub async fn put_member_certificate(
+        &self,
+        device: &DeviceId,
+        mls_key: &[u8],
+        envelope_json: &str,
+        now: Timestamp,
+    ) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        sqlx::query(
+            "INSERT INTO member_certificates (device_id, mls_key, envelope, issued_at) VALUES (?, ?, ?, ?)
+             ON CONFLICT (device_id) DO UPDATE SET mls_key = excluded.mls_key, envelope = excluded.envelope,
+             issued_at = excluded.issued_at",
+        )
+        .bind(device.as_str())
+        .bind(mls_key)
+        .bind(envelope_json)
+        .bind(now.unix())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Stores KeyPackages for a device, refusing to hold more than `max_stock` one-time
+    /// ones. Returns `(remaining, has_last_resort)`.
+    pub async fn upload_key_packages(
+        &self,
+        device: &DeviceId,
+        key_packages: &[Vec<u8>],
+        last_resort: Option<&[u8]>,
+        max_stock: u64,
+        now: Timestamp,
+    ) -> Result<(u64, bool)> {
+        let mut tx = self.write_tx().await?;
+        let have = one_time_stock(&mut tx, device).await?;
+        if have + key_packages.len() as u64 > max_stock {
+            return Err(StoreError::Conflict(format!(
+                "the server holds {have} KeyPackages for this device; at most {max_stock} are kept"
+            )));
+        }
+        for kp in key_packages {
+            sqlx::query("INSERT INTO key_packages (device_id, data, last_resort, uploaded_at) VALUES (?, ?, 0, ?)")
+                .bind(device.as_str())
+                .bind(kp)
+                .bind(now.unix())
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(kp) = last_resort {
+            sqlx::query("DELETE FROM key_packages WHERE device_id = ? AND last_resort = 1")
+                .bind(device.as_str())
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("INSERT INTO key_packages (device_id, data, last_resort, uploaded_at) VALUES (?, ?, 1, ?)")
+                .bind(device.as_str())
+                .bind(kp)
+                .bind(now.unix())
+                .execute(&mut *tx)
+                .await?;
+        }
+        let stock = stock_of(&mut tx, device).await?;
+        tx.commit().await?;
+        Ok(stock)
+    }
+
+    /// `(one-time KeyPackages left, has a last-resort one)`.
+    pub async fn key_package_stock(&self, device: &DeviceId) -> Result<(u64, bool)> {
+        let mut tx = self.pool.begin().await?;
+        stock_of(&mut tx, device).await
+    }
+
+    /// Hands out one KeyPackage for each live device of each person (the claimer's own
+    /// device excluded), atomically: a one-time KeyPackage is deleted as it is handed
+    /// out, so it goes to exactly one claimer; the last-resort one is handed out when
+    /// nothing else is left, and kept.
+    pub async fn claim_key_packages(
+        &self,
+        claimer: &DeviceId,
+        users: &[UserName],
+    ) -> Result<(Vec<ClaimedRecord>, Vec<Unclaimable>)> {
+        let mut tx = self.write_tx().await?;
+        let mut claimed = Vec::new();
+        let mut missing = Vec::new();
+        for user in users {
+            let devices: Vec<String> = sqlx::query_scalar(
+                "SELECT id FROM devices WHERE user_name = ? AND revoked_at IS NULL ORDER BY enrolled_at, id",
+            )
+            .bind(user.as_str())
+            .fetch_all(&mut *tx)
+            .await?;
+            if devices.is_empty() {
+                missing.push(Unclaimable {
+                    user: user.clone(),
+                    device_id: None,
+                    reason: format!("{user} has no enrolled device"),
+                });
+            }
+            for id in devices {
+                let device: DeviceId = parse("device id", &id)?;
+                if &device == claimer {
+                    continue;
+                }
+                let one_time = sqlx::query(
+                    "DELETE FROM key_packages WHERE id = (SELECT id FROM key_packages WHERE device_id = ? AND last_resort = 0
+                     ORDER BY id LIMIT 1) RETURNING data",
+                )
+                .bind(device.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+                let (data, last_resort) = match one_time {
+                    Some(row) => (row.try_get::<Vec<u8>, _>("data")?, false),
+                    None => {
+                        let lr: Option<Vec<u8>> = sqlx::query_scalar(
+                            "SELECT data FROM key_packages WHERE device_id = ? AND last_resort = 1",
+                        )
+                        .bind(device.as_str())
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                        match lr {
+                            Some(d) => (d, true),
+                            None => {
+                                missing.push(Unclaimable {
+                                    user: user.clone(),
+                                    device_id: Some(device),
+                                    reason:
+                                        "the device has no KeyPackage (its messenger never started)"
+                                            .into(),
+                                });
+                                continue;
+                            }
+                        }
+                    }
+                };
+                let remaining = one_time_stock(&mut tx, &device).await?;
+                claimed.push(ClaimedRecord {
+                    device_id: device,
+                    user: user.clone(),
+                    data,
+                    last_resort,
+                    remaining,
+                });
+            }
+        }
+        tx.commit().await?;
+        Ok((claimed, missing))
+    }
+
+    /// Registers a new group with `creator` as its only member at epoch 0.
+    pub async fn create_group(
+        &self,
+        id: &GroupId,
+        clearance: Option<&ModeName>,
+        creator: &DeviceId,
+        now: Timestamp,
+    ) -> Result<GroupRecord> {
+        let mut tx = self.write_tx().await?;
+        if let Some(mode) = clearance {
+            let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM modes WHERE name = ?")
+                .bind(mode.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+            if exists.is_none() {
+                return Err(StoreError::NotFound(format!("mode {mode}")));
+            }
+        }
+        let inserted = sqlx::query(
+            "INSERT INTO groups (id, epoch, clearance, created_by, created_at, updated_at) VALUES (?, 0, ?, ?, ?, ?)",
+        )
+        .bind(id.as_str())
+        .bind(clearance.map(ModeName::as_str))
+        .bind(creator.as_str())
+        .bind(now.unix())
+        .bind(now.unix())
+        .execute(&mut *tx)
+        .await;
+        if let Err(sqlx::Error::Database(e)) = &inserted
+            && e.is_unique_violation()
+        {
+            return Err(StoreError::Conflict(format!("group {id} already exists")));
+        }
+        inserted?;
+        sqlx::query("INSERT INTO group_members (group_id, device_id) VALUES (?, ?)")
+            .bind(id.as_str())
+            .bind(creator.as_str())
+            .execute(&mut *tx)
+            .await?;
+        let group = load_group(&mut tx, id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("group {id}")))?;
+        tx.commit().await?;
+        Ok(group)
+    }
+
+    /// One group.
+    pub async fn get_group(&self, id: &GroupId) -> Result<Option<GroupRecord>> {
+        let mut tx = self.pool.begin().await?;
+        load_group(&mut tx, id).await
+    }
+
+    /// Sequences a commit: accepted only when made in the group's current epoch
+    /// (compare-and-set), by a member. On acceptance, in the same transaction: the
+    /// epoch moves on, the member list and GroupInfo are replaced, the commit is queued
+    /// for every old and new member but the sender, and the Welcome (only now) for the
+    /// devices it names.
+    pub async fn accept_commit(&self, c: CommitInput<'_>) -> Result<CommitOutcome> {
+        let mut tx = self.write_tx().await?;
+        let group = load_group(&mut tx, c.group_id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("group {}", c.group_id)))?;
+        if c.epoch != group.epoch {
+            let last_hash: Option<Vec<u8>> =
+                sqlx::query_scalar("SELECT last_commit_hash FROM groups WHERE id = ?")
+                    .bind(c.group_id.as_str())
+                    .fetch_one(&mut *tx)
+                    .await?;
+            if c.epoch + 1 == group.epoch && last_hash.as_deref() == Some(&c.commit_hash[..]) {
+                return Ok(CommitOutcome::AlreadyAccepted(group));
+            }
+            return Ok(CommitOutcome::Conflict {
+                current_epoch: group.epoch,
+            });
+        }
+        if !group.members.contains(c.sender) {
+            return Err(StoreError::Forbidden(format!(
+                "device {} is not a member of {}",
+                c.sender, c.group_id
+            )));
+        }
+        if !c.members.contains(c.sender) && c.welcome.is_some() {
+            return Err(StoreError::Conflict(
+                "a device cannot add members while removing itself".into(),
+            ));
+        }
+        for d in c.welcome_to {
+            if !c.members.contains(d) || group.members.contains(d) {
+                return Err(StoreError::Conflict(format!(
+                    "the Welcome names {d}, which is not a new member"
+                )));
+            }
+        }
+        let added: Vec<DeviceId> = c
+            .members
+            .iter()
+            .filter(|d| !group.members.contains(d))
+            .cloned()
+            .collect();
+        let live_added = live_device_ids(&mut tx, &added).await?;
+        if live_added.len() != added.len() {
+            return Err(StoreError::Conflict(
+                "the commit adds a revoked device".into(),
+            ));
+        }
+        sqlx::query(
+            "UPDATE groups SET epoch = epoch + 1, group_info = coalesce(?, group_info), last_commit_hash = ?,
+             updated_at = ? WHERE id = ? AND epoch = ?",
+        )
+        .bind(c.group_info)
+        .bind(&c.commit_hash[..])
+        .bind(c.now.unix())
+        .bind(c.group_id.as_str())
+        .bind(c.epoch as i64)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM group_members WHERE group_id = ?")
+            .bind(c.group_id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        for d in c.members {
+            sqlx::query("INSERT OR IGNORE INTO group_members (group_id, device_id) VALUES (?, ?)")
+                .bind(c.group_id.as_str())
+                .bind(d.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        // Everyone who was a member (including those removed, so they learn it) and
+        // everyone still a member who did not just join, but the sender.
+        let mut commit_to: Vec<DeviceId> = group
+            .members
+            .iter()
+            .filter(|d| *d != c.sender)
+            .cloned()
+            .collect();
+        commit_to.sort();
+        enqueue(
+            &mut tx,
+            &commit_to,
+            c.group_id,
+            ItemKind::Commit,
+            c.epoch,
+            Some(c.sender),
+            c.commit,
+            c.now,
+            c.expires_at,
+        )
+        .await?;
+        if let Some(welcome) = c.welcome {
+            enqueue(
+                &mut tx,
+                c.welcome_to,
+                c.group_id,
+                ItemKind::Welcome,
+                c.epoch + 1,
+                Some(c.sender),
+                welcome,
+                c.now,
+                c.expires_at,
+            )
+            .await?;
+        }
+        let after = load_group(&mut tx, c.group_id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("group {}", c.group_id)))?;
+        tx.commit().await?;
+        let mut notified = commit_to;
+        notified.extend(c.welcome_to.iter().cloned());
+        Ok(CommitOutcome::Accepted {
+            group: after,
+            notified,
+        })
+    }
+
+    /// Queues an application message for every member but the sender, once per
+    /// `(sender, client_id)`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn enqueue_message(
+        &self,
+        group_id: &GroupId,
+        sender: &DeviceId,
+        epoch: u64,
+        payload: &[u8],
+        client_id: &str,
+        now: Timestamp,
+        expires_at: Timestamp,
+    ) -> Result<MessageOutcome> {
+        let mut tx = self.write_tx().await?;
+        let group = load_group(&mut tx, group_id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("group {group_id}")))?;
+        if !group.members.contains(sender) {
+            return Err(StoreError::Forbidden(format!(
+                "device {sender} is not a member of {group_id}"
+            )));
+        }
+        let prior: Option<i64> = sqlx::query_scalar(
+            "SELECT recipients FROM sent_messages WHERE device_id = ? AND client_id = ?",
+        )
+        .bind(sender.as_str())
+        .bind(client_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(n) = prior {
+            return Ok(MessageOutcome {
+                duplicate: true,
+                recipients: Vec::new(),
+                recipient_count: n as u64,
+            });
+        }
+        if epoch > group.epoch {
+            return Err(StoreError::Conflict(format!(
+                "the message claims epoch {epoch} but the group is at {}",
+                group.epoch
+            )));
+        }
+        let to: Vec<DeviceId> = group
+            .members
+            .iter()
+            .filter(|d| *d != sender)
+            .cloned()
+            .collect();
+        enqueue(
+            &mut tx,
+            &to,
+            group_id,
+            ItemKind::Application,
+            epoch,
+            Some(sender),
+            payload,
+            now,
+            expires_at,
+        )
+        .await?;
+        sqlx::query(
+            "INSERT INTO sent_messages (device_id, client_id, accepted_at, recipients) VALUES (?, ?, ?, ?)",
+        )
+        .bind(sender.as_str())
+        .bind(client_id)
+        .bind(now.unix())
+        .bind(to.len() as i64)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(MessageOutcome {
+            duplicate: false,
+            recipient_count: to.len() as u64,
+            recipients: to,
+        })
+    }
+
+    /// Groups with items waiting for a device, with their clearance.
+    pub async fn queued_groups(&self, device: &DeviceId) -> Result<Vec<QueuedGroup>> {
+        let rows = sqlx::query(
+            "SELECT q.group_id AS gid, g.clearance AS clearance, count(*) AS n FROM queue q
+             LEFT JOIN groups g ON g.id = q.group_id WHERE q.device_id = ? GROUP BY q.group_id",
+        )
+        .bind(device.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(QueuedGroup {
+                    group_id: parse("group id", r.try_get("gid")?)?,
+                    clearance: r
+                        .try_get::<Option<&str>, _>("clearance")?
+                        .map(|s| parse("mode name", s))
+                        .transpose()?,
+                    count: r.try_get::<i64, _>("n")? as u64,
+                })
+            })
+            .collect()
+    }
+
+    /// The oldest `limit` items of a device's queue outside the `held` groups, and
+    /// whether more follow.
+    pub async fn fetch_queue(
+        &self,
+        device: &DeviceId,
+        held: &[GroupId],
+        limit: u32,
+    ) -> Result<(Vec<QueueItem>, bool)> {
+        let held_json =
+            serde_json::to_string(&held.iter().map(GroupId::as_str).collect::<Vec<_>>())
+                .unwrap_or_else(|_| "[]".into());
+        let rows = sqlx::query(
+            "SELECT q.seq, q.group_id, q.kind, q.epoch, q.sender, q.enqueued_at, p.data FROM queue q
+             JOIN payloads p ON p.id = q.payload_id
+             WHERE q.device_id = ? AND q.group_id NOT IN (SELECT value FROM json_each(?))
+             ORDER BY q.seq LIMIT ?",
+        )
+        .bind(device.as_str())
+        .bind(held_json)
+        .bind(i64::from(limit) + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        let more = rows.len() > limit as usize;
+        let mut items = Vec::with_capacity(rows.len().min(limit as usize));
+        for r in rows.iter().take(limit as usize) {
+            items.push(QueueItem {
+                seq: r.try_get::<i64, _>("seq")? as u64,
+                group_id: parse("group id", r.try_get("group_id")?)?,
+                kind: parse("item kind", r.try_get("kind")?)?,
+                epoch: r.try_get::<i64, _>("epoch")? as u64,
+                sender: r
+                    .try_get::<Option<&str>, _>("sender")?
+                    .map(|s| parse("device id", s))
+                    .transpose()?,
+                payload: redoubt_proto::messaging::B64(r.try_get("data")?),
+                enqueued_at: Timestamp(r.try_get("enqueued_at")?),
+            });
+        }
+        Ok((items, more))
+    }
+
+    /// Removes acknowledged items of a device's queue; returns how many went.
+    pub async fn ack_queue(&self, device: &DeviceId, seqs: &[u64]) -> Result<u64> {
+        let mut tx = self.write_tx().await?;
+        let mut removed = 0;
+        let mut payloads = Vec::new();
+        for seq in seqs {
+            let pid: Option<i64> = sqlx::query_scalar(
+                "DELETE FROM queue WHERE seq = ? AND device_id = ? RETURNING payload_id",
+            )
+            .bind(*seq as i64)
+            .bind(device.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(p) = pid {
+                removed += 1;
+                payloads.push(p);
+            }
+        }
+        drop_orphan_payloads(&mut tx, &payloads).await?;
+        tx.commit().await?;
+        Ok(removed)
+    }
+
+    /// Deletes queue items and sent-message ids past their expiry; counts expired items
+    /// per device. Returns `(device, items expired)`.
+    pub async fn expire_queue(&self, now: Timestamp) -> Result<Vec<(DeviceId, u64)>> {
+        let mut tx = self.write_tx().await?;
+        let rows =
+            sqlx::query("DELETE FROM queue WHERE expires_at <= ? RETURNING device_id, payload_id")
+                .bind(now.unix())
+                .fetch_all(&mut *tx)
+                .await?;
+        let mut per_device: std::collections::BTreeMap<String, u64> = Default::default();
+        let mut payloads = Vec::new();
+        for r in &rows {
+            *per_device.entry(r.try_get("device_id")?).or_default() += 1;
+            payloads.push(r.try_get::<i64, _>("payload_id")?);
+        }
+        payloads.sort_unstable();
+        payloads.dedup();
+        drop_orphan_payloads(&mut tx, &payloads).await?;
+        let mut out = Vec::new();
+        for (device, n) in per_device {
+            sqlx::query("UPDATE devices SET messages_expired = messages_expired + ? WHERE id = ?")
+                .bind(n as i64)
+                .bind(&device)
+                .execute(&mut *tx)
+                .await?;
+            out.push((parse("device id", &device)?, n));
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    /// Forgets sent-message ids older than `before` (retries are no longer expected).
+    pub async fn prune_sent_ids(&self, before: Timestamp) -> Result<u64> {
+        let r = sqlx::query("DELETE FROM sent_messages WHERE accepted_at < ?")
+            .bind(before.unix())
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected())
+    }
+
+    /// Items that expired undelivered for a device, since enrollment.
+    pub async fn messages_expired(&self, device: &DeviceId) -> Result<u64> {
+        let n: Option<i64> =
+            sqlx::query_scalar("SELECT messages_expired FROM devices WHERE id = ?")
+                .bind(device.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(n.unwrap_or(0) as u64)
+    }
+
+    /// Marks a device revoked, drops its KeyPackages, and queues a removal request for
+    /// the other members of every group it is in; `sign` makes the request's payload
+    /// for a group. Returns `(group, devices notified)` per group.
+    pub async fn revoke_device(
+        &self,
+        id: &DeviceId,
+        now: Timestamp,
+        expires_at: Timestamp,
+        mut sign: impl FnMut(&GroupId) -> Vec<u8>,
+    ) -> Result<Vec<(GroupId, Vec<DeviceId>)>> {
+        let mut tx = self.write_tx().await?;
+        let r = sqlx::query("UPDATE devices SET revoked_at = coalesce(revoked_at, ?) WHERE id = ?")
+            .bind(now.unix())
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("device {id}")));
+        }
+        sqlx::query("DELETE FROM key_packages WHERE device_id = ?")
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        let rows = sqlx::query("DELETE FROM queue WHERE device_id = ? RETURNING payload_id")
+            .bind(id.as_str())
+            .fetch_all(&mut *tx)
+            .await?;
+        let payloads: Vec<i64> = rows
+            .iter()
+            .map(|r| r.try_get::<i64, _>("payload_id"))
+            .collect::<Result<_, _>>()?;
+        drop_orphan_payloads(&mut tx, &payloads).await?;
+        let groups: Vec<String> = sqlx::query_scalar(
+            "SELECT group_id FROM group_members WHERE device_id = ? ORDER BY group_id",
+        )
+        .bind(id.as_str())
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut out = Vec::new();
+        for g in groups {
+            let gid: GroupId = parse("group id", &g)?;
+            let group = load_group(&mut tx, &gid)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(format!("group {gid}")))?;
+            let others: Vec<DeviceId> =
+                group.members.iter().filter(|d| *d != id).cloned().collect();
+            let others = live_device_ids(&mut tx, &others).await?;
+            let payload = sign(&gid);
+            enqueue(
+                &mut tx,
+                &others,
+                &gid,
+                ItemKind::RemovalRequest,
+                group.epoch,
+                None,
+                &payload,
+                now,
+                expires_at,
+            )
+            .await?;
+            out.push((gid, others));
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    /// Every revoked device.
+    pub async fn revoked_devices(&self) -> Result<Vec<DeviceId>> {
+        let rows: Vec<String> =
+            sqlx::query_scalar("SELECT id FROM devices WHERE revoked_at IS NOT NULL ORDER BY id")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter().map(|s| parse("device id", s)).collect()
+    }
+
+    /// Records an uploaded blob (its bytes are already on disk).
+    pub async fn insert_blob(
+        &self,
+        id: &BlobId,
+        uploader: &DeviceId,
+        size: u64,
+        now: Timestamp,
+        expires_at: Timestamp,
+    ) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        sqlx::query(
+            "INSERT INTO blobs (id, uploader, size, created_at, expires_at) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(id.as_str())
+        .bind(uploader.as_str())
+        .bind(size as i64)
+        .bind(now.unix())
+        .bind(expires_at.unix())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A blob that has not expired.
+    pub async fn get_blob(&self, id: &BlobId, now: Timestamp) -> Result<Option<BlobRecord>> {
+        let row = sqlx::query("SELECT size, expires_at FROM blobs WHERE id = ? AND expires_at > ?")
+            .bind(id.as_str())
+            .bind(now.unix())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            Ok(BlobRecord {
+                id: id.clone(),
+                size: r.try_get::<i64, _>("size")? as u64,
+                expires_at: Timestamp(r.try_get("expires_at")?),
+            })
+        })
+        .transpose()
+    }
+
+    /// Deletes the records of expired blobs and returns their ids (the caller deletes
+    /// the files).
+    pub async fn expire_blobs(&self, now: Timestamp) -> Result<Vec<BlobId>> {
+        let rows: Vec<String> =
+            sqlx::query_scalar("DELETE FROM blobs WHERE expires_at <= ? RETURNING id")
+                .bind(now.unix())
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter().map(|s| parse("blob id", s)).collect()
+    }
+
+    /// Whether a blob id is recorded (expired or not).
+    pub async fn blob_known(&self, id: &BlobId) -> Result<bool> {
+        let n: Option<i64> = sqlx::query_scalar("SELECT 1 FROM blobs WHERE id = ?")
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(n.is_some())
+    }
+}
+
+async fn one_time_stock(tx: &mut Transaction<'_, Sqlite>, device: &DeviceId) -> Result<u64> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM key_packages WHERE device_id = ? AND last_resort = 0",
+    )
+    .bind(device.as_str())
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(n as u64)
+}
+
+async fn stock_of(tx: &mut Transaction<'_, Sqlite>, device: &DeviceId) -> Result<(u64, bool)> {
+    let lr: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM key_packages WHERE device_id = ? AND last_resort = 1",
+    )
+    .bind(device.as_str())
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok((one_time_stock(tx, device).await?, lr > 0))
+}
