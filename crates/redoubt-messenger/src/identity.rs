@@ -64,3 +64,59 @@ pub fn verify_member(
     }
     Ok(cert)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use ed25519_dalek::SigningKey;
+    use redoubt_proto::Timestamp;
+    use redoubt_proto::messaging::B64;
+
+    fn cert(org: &SigningKey, device: u8, mls_key: &[u8]) -> SignedEnvelope {
+        SignedEnvelope::sign(
+            MemberCertificate::KIND,
+            &MemberCertificate {
+                device_id: DeviceId::from_random([device; 12]),
+                user: "bob".parse().unwrap(),
+                mls_key: B64(mls_key.to_vec()),
+                issued_at: Timestamp(1_800_000_000),
+            },
+            org,
+        )
+    }
+
+    #[test]
+    fn only_certificates_of_the_organization_for_the_leaf_key_pass() {
+        let org = SigningKey::from_bytes(&[1; 32]);
+        let forger = SigningKey::from_bytes(&[2; 32]);
+        let key = [7u8; 32];
+        let none = BTreeSet::new();
+        let good = credential_for(&cert(&org, 5, &key));
+        let ok = verify_member(&good, &key, &org.verifying_key(), &none).unwrap();
+        assert_eq!(ok.user.as_str(), "bob");
+        // A key the organization never certified.
+        let forged = credential_for(&cert(&forger, 5, &key));
+        assert_eq!(
+            verify_member(&forged, &key, &org.verifying_key(), &none),
+            Err(MemberRefused::ForgedCertificate)
+        );
+        // A real certificate on someone else's leaf key.
+        assert_eq!(
+            verify_member(&good, &[8u8; 32], &org.verifying_key(), &none),
+            Err(MemberRefused::KeyMismatch)
+        );
+        // A revoked device.
+        let revoked: BTreeSet<DeviceId> = [DeviceId::from_random([5; 12])].into();
+        assert!(matches!(
+            verify_member(&good, &key, &org.verifying_key(), &revoked),
+            Err(MemberRefused::Revoked(_))
+        ));
+        // Not a certificate at all.
+        let junk: Credential = BasicCredential::new(b"mallory".to_vec()).into();
+        assert_eq!(
+            verify_member(&junk, &key, &org.verifying_key(), &none),
+            Err(MemberRefused::NotACertificate)
+        );
+    }
+}
