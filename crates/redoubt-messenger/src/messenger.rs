@@ -145,6 +145,12 @@ fn join_config() -> MlsGroupJoinConfig {
     create_config().join_config().clone()
 }
 
+fn encode_group_info(gi: Option<openmls::messages::group_info::GroupInfo>) -> Result<Option<B64>> {
+    gi.map(|g| g.tls_serialize_detached().map(B64))
+        .transpose()
+        .map_err(|e| anyhow!("encoding the GroupInfo: {e:?}"))
+}
+
 fn is_code(e: &anyhow::Error, code: &str) -> bool {
     e.downcast_ref::<ClientError>()
         .is_some_and(|c| c.code() == Some(code))
@@ -414,11 +420,7 @@ impl Messenger {
     /// after losing the race for an epoch, catches up and tries again.
     async fn commit_with<F>(&self, gid: &GroupId, mut build: F) -> Result<bool>
     where
-        F: FnMut(
-            &mut MlsGroup,
-            &Provider<'_>,
-            &SignatureKeyPair,
-        ) -> Result<Option<(PostCommit, MlsMessageOut)>>,
+        F: FnMut(&mut MlsGroup, &Provider<'_>, &SignatureKeyPair) -> Result<Option<PostCommit>>,
     {
         for _ in 0..COMMIT_ATTEMPTS {
             Box::pin(self.sync()).await?;
@@ -429,7 +431,7 @@ impl Messenger {
             if !group.is_active() {
                 bail!("this device is no longer a member of {gid}");
             }
-            let Some((post, _commit)) = build(&mut group, &provider, &self.signer)? else {
+            let Some(post) = build(&mut group, &provider, &self.signer)? else {
                 return Ok(false);
             };
             let outbox_id: i64 = sqlx::query_scalar(
@@ -590,21 +592,15 @@ impl Messenger {
                 let welcome_to: Vec<DeviceId> = new.iter().map(|(d, _)| d.clone()).collect();
                 members.extend(welcome_to.iter().cloned());
                 added = welcome_to.clone();
-                let group_info = match group_info {
-                    Some(gi) => Some(B64(gi.tls_serialize_detached()?)),
-                    None => None,
-                };
-                Ok(Some((
-                    PostCommit {
-                        epoch: group.epoch().as_u64(),
-                        commit: B64(commit.tls_serialize_detached()?),
-                        welcome: Some(B64(welcome.tls_serialize_detached()?)),
-                        welcome_to,
-                        group_info,
-                        members,
-                    },
-                    commit,
-                )))
+                let group_info = encode_group_info(group_info)?;
+                Ok(Some(PostCommit {
+                    epoch: group.epoch().as_u64(),
+                    commit: B64(commit.tls_serialize_detached()?),
+                    welcome: Some(B64(welcome.tls_serialize_detached()?)),
+                    welcome_to,
+                    group_info,
+                    members,
+                }))
             })
             .await?;
         if done {
@@ -660,21 +656,15 @@ impl Messenger {
                 .filter(|d| !gone.contains(d))
                 .collect();
             removed = gone.into_iter().collect();
-            let group_info = match group_info {
-                Some(gi) => Some(B64(gi.tls_serialize_detached()?)),
-                None => None,
-            };
-            Ok(Some((
-                PostCommit {
-                    epoch: group.epoch().as_u64(),
-                    commit: B64(commit.tls_serialize_detached()?),
-                    welcome: None,
-                    welcome_to: Vec::new(),
-                    group_info,
-                    members,
-                },
-                commit,
-            )))
+            let group_info = encode_group_info(group_info)?;
+            Ok(Some(PostCommit {
+                epoch: group.epoch().as_u64(),
+                commit: B64(commit.tls_serialize_detached()?),
+                welcome: None,
+                welcome_to: Vec::new(),
+                group_info,
+                members,
+            }))
         })
         .await?;
         Ok(removed)
@@ -1366,10 +1356,5 @@ impl Messenger {
     /// The server connection (for the push channel).
     pub fn net(&self) -> &Net {
         &self.net
-    }
-
-    /// The local database (for tests of crash safety).
-    pub fn db(&self) -> &Db {
-        &self.db
     }
 }

@@ -97,17 +97,31 @@ impl Net {
         Ok(self.client().await?.1.user)
     }
 
-    /// `GET /api/v1/messenger{path}`.
-    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        let full = format!("{MESSENGER}{path}");
+    /// Runs `call` with the session's client; on 401 (session expired or the server
+    /// restarted) opens a new session and runs it once more.
+    async fn with_session<T, F, Fut>(&self, call: F) -> Result<T, ClientError>
+    where
+        F: Fn(ServerClient) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
+    {
         let (c, _) = self.client().await?;
-        match c.get(&full).await {
+        match call(c).await {
             Err(e) if is_unauthorized(&e) => {
                 self.forget_session().await;
-                self.client().await?.0.get(&full).await
+                call(self.client().await?.0).await
             }
             other => other,
         }
+    }
+
+    /// `GET /api/v1/messenger{path}`.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let full = format!("{MESSENGER}{path}");
+        self.with_session(|c| {
+            let full = full.clone();
+            async move { c.get(&full).await }
+        })
+        .await
     }
 
     /// `POST /api/v1/messenger{path}` with a JSON body.
@@ -117,14 +131,12 @@ impl Net {
         body: &B,
     ) -> Result<T, ClientError> {
         let full = format!("{MESSENGER}{path}");
-        let (c, _) = self.client().await?;
-        match c.post(&full, body).await {
-            Err(e) if is_unauthorized(&e) => {
-                self.forget_session().await;
-                self.client().await?.0.post(&full, body).await
-            }
-            other => other,
-        }
+        let body = serde_json::to_value(body).map_err(|e| ClientError::Decode(e.to_string()))?;
+        self.with_session(|c| {
+            let (full, body) = (full.clone(), body.clone());
+            async move { c.post(&full, &body).await }
+        })
+        .await
     }
 
     /// Uploads bytes to `POST /api/v1/messenger{path}`.
@@ -134,27 +146,21 @@ impl Net {
         body: Vec<u8>,
     ) -> Result<T, ClientError> {
         let full = format!("{MESSENGER}{path}");
-        let (c, _) = self.client().await?;
-        match c.post_bytes(&full, body.clone()).await {
-            Err(e) if is_unauthorized(&e) => {
-                self.forget_session().await;
-                self.client().await?.0.post_bytes(&full, body).await
-            }
-            other => other,
-        }
+        self.with_session(|c| {
+            let (full, body) = (full.clone(), body.clone());
+            async move { c.post_bytes(&full, body).await }
+        })
+        .await
     }
 
     /// Downloads `GET /api/v1/messenger{path}`.
     pub async fn get_bytes(&self, path: &str) -> Result<Vec<u8>, ClientError> {
         let full = format!("{MESSENGER}{path}");
-        let (c, _) = self.client().await?;
-        match c.get_bytes(&full).await {
-            Err(e) if is_unauthorized(&e) => {
-                self.forget_session().await;
-                self.client().await?.0.get_bytes(&full).await
-            }
-            other => other,
-        }
+        self.with_session(|c| {
+            let full = full.clone();
+            async move { c.get_bytes(&full).await }
+        })
+        .await
     }
 
     /// Opens the push channel.

@@ -884,15 +884,6 @@ impl Store {
                 .await?;
         rows.iter().map(|s| parse("blob id", s)).collect()
     }
-
-    /// Whether a blob id is recorded (expired or not).
-    pub async fn blob_known(&self, id: &BlobId) -> Result<bool> {
-        let n: Option<i64> = sqlx::query_scalar("SELECT 1 FROM blobs WHERE id = ?")
-            .bind(id.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(n.is_some())
-    }
 }
 
 async fn one_time_stock(tx: &mut Transaction<'_, Sqlite>, device: &DeviceId) -> Result<u64> {
