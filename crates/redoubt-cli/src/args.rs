@@ -128,9 +128,9 @@ pub struct ChatArgs {
     /// The device's state directory (as given to `redoubt-agent enroll`).
     #[arg(long, value_name = "DIR")]
     pub state: PathBuf,
-    /// What to do.
+    /// What to do; without one, the interactive terminal chat opens.
     #[command(subcommand)]
-    pub command: ChatCommand,
+    pub command: Option<ChatCommand>,
 }
 
 /// `redoubt chat` subcommands.
@@ -161,6 +161,27 @@ pub enum ChatCommand {
         /// The text.
         #[arg(value_name = "TEXT")]
         text: String,
+    },
+    /// Send a file (encrypted on this device; the server stores only ciphertext).
+    SendFile {
+        /// The conversation id.
+        #[arg(value_name = "CONVERSATION")]
+        conversation: GroupId,
+        /// The file.
+        #[arg(value_name = "PATH")]
+        path: PathBuf,
+    },
+    /// Download, decrypt and check a received file, and write it to PATH.
+    SaveFile {
+        /// The conversation id.
+        #[arg(value_name = "CONVERSATION")]
+        conversation: GroupId,
+        /// The message id (as printed by `read --json`).
+        #[arg(value_name = "MESSAGE_ID")]
+        message: String,
+        /// Where to write it (must not exist).
+        #[arg(value_name = "PATH")]
+        path: PathBuf,
     },
     /// Fetch, decrypt and print a conversation's messages.
     Read {

@@ -71,7 +71,10 @@ pub async fn run(json_out: bool, args: ChatArgs) -> anyhow::Result<()> {
     let m = Messenger::open(&args.state)
         .await
         .with_context(|| format!("opening the messenger of {}", args.state.display()))?;
-    match args.command {
+    let Some(command) = args.command else {
+        return crate::chat_tui::run(m).await;
+    };
+    match command {
         ChatCommand::Create {
             name,
             members,
@@ -102,6 +105,33 @@ pub async fn run(json_out: bool, args: ChatArgs) -> anyhow::Result<()> {
                 Ok(())
             }
         }
+        ChatCommand::SendFile { conversation, path } => {
+            let id = m.send_file(&conversation, &path).await?;
+            if json_out {
+                print_json(&json!({"id": id, "conversation": conversation}))
+            } else {
+                println!("sent {id}");
+                Ok(())
+            }
+        }
+        ChatCommand::SaveFile {
+            conversation,
+            message,
+            path,
+        } => {
+            let file = m.save_file(&conversation, &message, &path).await?;
+            if json_out {
+                print_json(&json!({"path": path, "name": file.name, "size": file.size}))
+            } else {
+                println!(
+                    "saved {} ({} bytes) to {}",
+                    file.name,
+                    file.size,
+                    path.display()
+                );
+                Ok(())
+            }
+        }
         ChatCommand::Read { conversation } => {
             let report = m.sync().await?;
             let conv = m.conversation(&conversation).await?;
@@ -128,7 +158,7 @@ pub async fn run(json_out: bool, args: ChatArgs) -> anyhow::Result<()> {
                 if let Some(note) = held_note(&conv) {
                     println!("# {note}");
                 }
-                if conv.status != "active" {
+                if conv.status == "removed" || conv.status == "refused" {
                     println!("# this device is no longer a member ({})", conv.status);
                 }
                 print_messages(&m, &conversation, false, None).await?;

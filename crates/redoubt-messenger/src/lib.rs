@@ -11,9 +11,11 @@
 
 pub mod content;
 pub mod db;
+pub mod files;
 pub mod identity;
 pub mod messenger;
 pub mod mls_store;
 pub mod net;
+pub mod testpoint;
 
 pub use messenger::{ConversationView, MessageView, Messenger, SyncReport};

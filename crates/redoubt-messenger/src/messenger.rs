@@ -14,20 +14,23 @@ use rand_core::RngCore;
 use redoubt_agent::state::{Identity, StateDir};
 use redoubt_client::ClientError;
 use redoubt_proto::messaging::{
-    Ack, B64, CertificateIssued, CertificateRequest, ClaimKeyPackages, ClaimedKeyPackages,
-    CreateGroup, GroupState, ItemKind, MemberCertificate, PostCommit, PostMessage, QueueBatch,
-    QueueItem, RemovalRequest, RevocationList, UploadKeyPackages, certificate_proof_message,
+    Ack, B64, BlobStored, CertificateIssued, CertificateRequest, ClaimKeyPackages,
+    ClaimedKeyPackages, CreateGroup, GroupState, ItemKind, MemberCertificate, PostCommit,
+    PostMessage, QueueBatch, QueueItem, RemovalRequest, RevocationList, UploadKeyPackages,
+    certificate_proof_message,
 };
 use redoubt_proto::{DeviceId, GroupId, ModeName, SignedEnvelope, Timestamp, UserName};
 use serde::Serialize;
 use sqlx::Row;
 use tls_codec::{Deserialize as _, Serialize as _};
 
-use crate::content::{AppMessage, Body, ReceiptKind};
+use crate::content::{AppMessage, Body, FileRef, ReceiptKind};
 use crate::db::{Db, Tx};
+use crate::files;
 use crate::identity::{credential_for, read_certificate, verify_member};
 use crate::mls_store::Provider;
 use crate::net::Net;
+use crate::testpoint;
 
 /// The one ciphersuite of Redoubt.
 pub const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
@@ -53,7 +56,9 @@ pub struct ConversationView {
     pub name: String,
     /// Required mode.
     pub clearance: Option<ModeName>,
-    /// `active`, `removed` (this device was removed) or `refused` (a commit was refused).
+    /// `active`, `removed` (this device was removed), `refused` (a commit was refused),
+    /// or `held` (invited, but the server holds the invitation until this device
+    /// complies with the conversation's clearance).
     pub status: String,
     /// Member users.
     pub members: Vec<UserName>,
@@ -162,6 +167,23 @@ fn member_devices(group: &MlsGroup) -> Vec<(LeafNodeIndex, MemberCertificate)> {
         .members()
         .filter_map(|m| read_certificate(&m.credential).map(|c| (m.index, c)))
         .collect()
+}
+
+/// Writes `data` to a new file at `dest` (never over an existing one), synced to disk;
+/// a partial file is removed.
+fn write_new(dest: &Path, data: &[u8]) -> Result<()> {
+    use std::io::Write as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dest)
+        .with_context(|| format!("creating {}", dest.display()))?;
+    if let Err(e) = f.write_all(data).and_then(|()| f.sync_all()) {
+        drop(f);
+        std::fs::remove_file(dest).ok();
+        return Err(anyhow::Error::new(e).context(format!("writing {}", dest.display())));
+    }
+    Ok(())
 }
 
 /// One device's messenger.
@@ -446,6 +468,7 @@ impl Messenger {
             .fetch_one(tx.conn())
             .await?;
             tx.commit().await?;
+            testpoint::point("commit-before-post").await;
             match self.post_commit(gid, &post).await {
                 Ok(_) => {
                     self.finish_commit(outbox_id, gid, Ok(())).await?;
@@ -685,11 +708,99 @@ impl Messenger {
         .await
     }
 
+    /// Encrypts the file at `path` on this device with a fresh key, uploads the
+    /// ciphertext, and sends its reference (with the key) inside MLS; returns the
+    /// message id.
+    pub async fn send_file(&self, gid: &GroupId, path: &Path) -> Result<String> {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| anyhow!("{} has no usable file name", path.display()))?
+            .to_owned();
+        let limit = self.net.limits().await?.max_file_bytes;
+        let size = tokio::fs::metadata(path)
+            .await
+            .with_context(|| format!("reading {}", path.display()))?
+            .len();
+        if size + files::TAG_BYTES > limit {
+            bail!(
+                "{} is {size} bytes; the server takes files up to {} bytes",
+                path.display(),
+                limit.saturating_sub(files::TAG_BYTES)
+            );
+        }
+        let data = tokio::fs::read(path)
+            .await
+            .with_context(|| format!("reading {}", path.display()))?;
+        // Refuse before uploading when this device cannot post to the conversation.
+        let conv = self.conversation(gid).await?;
+        if conv.status != "active" {
+            bail!(
+                "this device is no longer a member of {gid} ({})",
+                conv.status
+            );
+        }
+        let sealed = files::seal(&data)?;
+        let stored: BlobStored = self
+            .net
+            .post_bytes("/blobs", sealed.ciphertext)
+            .await
+            .context("uploading the encrypted file")?;
+        let body = Body::File(FileRef {
+            blob_id: stored.blob_id,
+            name,
+            size: data.len() as u64,
+            key: B64(sealed.key.to_vec()),
+            nonce: B64(sealed.nonce.to_vec()),
+            sha256: sealed.sha256,
+        });
+        self.send_body(gid, body, true).await
+    }
+
+    /// Downloads the file of message `message_id`, decrypts it, checks it against the
+    /// sender's hash, and writes it to `dest` (which must not exist yet).
+    pub async fn save_file(
+        &self,
+        gid: &GroupId,
+        message_id: &str,
+        dest: &Path,
+    ) -> Result<FileView> {
+        let file: Option<Option<String>> =
+            sqlx::query_scalar("SELECT file FROM messages WHERE group_id = ? AND id = ?")
+                .bind(gid.as_str())
+                .bind(message_id)
+                .fetch_optional(self.db.pool())
+                .await?;
+        let file: FileRef = match file {
+            None => bail!("no message {message_id} in conversation {gid}"),
+            Some(None) => bail!("message {message_id} is not a file"),
+            Some(Some(f)) => serde_json::from_str(&f)?,
+        };
+        let ciphertext = self
+            .net
+            .get_bytes(&format!("/blobs/{}", file.blob_id))
+            .await
+            .with_context(|| format!("downloading {}", file.name))?;
+        let plaintext = files::open(&ciphertext, &file.key.0, &file.nonce.0, &file.sha256)?;
+        let dest = dest.to_owned();
+        tokio::task::spawn_blocking(move || write_new(&dest, &plaintext)).await??;
+        Ok(FileView {
+            name: file.name,
+            size: file.size,
+        })
+    }
+
     /// Encrypts `body` for the conversation (after catching up with it), keeps it in
     /// the outbox, and delivers it; returns the message id.
     pub async fn send_body(&self, gid: &GroupId, body: Body, catch_up: bool) -> Result<String> {
         if catch_up {
-            Box::pin(self.sync()).await?;
+            // Catching up is best effort: with the server unreachable the message is
+            // still encrypted (at the last epoch this device knows) and kept in the
+            // outbox, so nothing the person wrote is lost.
+            if let Err(e) = Box::pin(self.sync()).await {
+                tracing::info!(group = %gid, error = %e, "could not catch up before sending");
+            }
         }
         let id = new_message_id();
         let msg = AppMessage {
@@ -746,7 +857,11 @@ impl Messenger {
             .await?;
         }
         tx.commit().await?;
-        self.flush_outbox().await?;
+        self.flush_outbox().await.map_err(|e| {
+            e.context(format!(
+                "message {id} is saved in this device's outbox and goes out with the next sync or send"
+            ))
+        })?;
         Ok(id)
     }
 
@@ -779,6 +894,7 @@ impl Messenger {
                 }
                 Err(e) => return Err(e.into()),
             };
+            testpoint::point("message-after-post").await;
             let mut tx = self.db.begin().await?;
             sqlx::query("DELETE FROM outbox WHERE id = ?")
                 .bind(id)
@@ -829,6 +945,7 @@ impl Messenger {
                 }
                 acks.push(item.seq);
             }
+            testpoint::point("sync-before-ack").await;
             let _: redoubt_proto::messaging::AckResult =
                 self.net.post("/queue/ack", &Ack { seqs: acks }).await?;
             if !batch.more {
@@ -865,13 +982,22 @@ impl Messenger {
         sqlx::query("UPDATE conversations SET held_count = 0, held_reason = NULL")
             .execute(tx.conn())
             .await?;
+        // A conversation this device was invited to but whose Welcome is held is
+        // listed too (status `held`), so the person sees that something waits, and why.
+        sqlx::query("DELETE FROM conversations WHERE status = 'held'")
+            .execute(tx.conn())
+            .await?;
         for h in &batch.held {
             sqlx::query(
-                "UPDATE conversations SET held_count = ?, held_reason = ? WHERE group_id = ?",
+                "INSERT INTO conversations (group_id, name, clearance, created_at, status, held_count, held_reason)
+                 VALUES (?, '(invitation held)', ?, ?, 'held', ?, ?)
+                 ON CONFLICT (group_id) DO UPDATE SET held_count = excluded.held_count, held_reason = excluded.held_reason",
             )
+            .bind(h.group_id.as_str())
+            .bind(h.clearance.as_str())
+            .bind(Timestamp::now().unix())
             .bind(h.count as i64)
             .bind(&h.reason)
-            .bind(h.group_id.as_str())
             .execute(tx.conn())
             .await?;
         }
@@ -964,7 +1090,8 @@ impl Messenger {
         }
         sqlx::query(
             "INSERT INTO conversations (group_id, name, clearance, created_at, status) VALUES (?, '(unnamed)', NULL, ?, 'active')
-             ON CONFLICT (group_id) DO UPDATE SET status = 'active'",
+             ON CONFLICT (group_id) DO UPDATE SET status = 'active',
+               name = CASE WHEN conversations.status = 'held' THEN excluded.name ELSE conversations.name END",
         )
         .bind(gid.as_str())
         .bind(Timestamp::now().unix())

@@ -370,3 +370,67 @@ impl Http {
         })
     }
 }
+
+/// `redoubt --json chat --state DIR ARGS`, not yet run.
+pub fn chat_cmd(state: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(bin("redoubt"));
+    cmd.arg("--json")
+        .arg("chat")
+        .arg("--state")
+        .arg(state)
+        .args(args);
+    cmd
+}
+
+/// Runs `redoubt --json chat --state DIR ARGS`; asserts success; parses the JSON.
+pub fn chat(state: &Path, args: &[&str]) -> Value {
+    let out = chat_cmd(state, args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "redoubt chat {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "redoubt chat {args:?} printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+pub fn texts(read: &Value) -> Vec<String> {
+    read["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+pub fn random_text(tag: &str) -> String {
+    let mut b = [0u8; 12];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .unwrap();
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("{tag}-{hex}")
+}
+
+/// Every file under `dir` whose bytes contain `needle`.
+pub fn files_containing(dir: &Path, needle: &str) -> Vec<String> {
+    let mut hits = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(bytes) = std::fs::read(&p)
+                && bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
+            {
+                hits.push(p.display().to_string());
+            }
+        }
+    }
+    hits
+}
