@@ -234,6 +234,7 @@ impl Messenger {
             .await
             .with_context(|| format!("opening {}", state.path(DB_FILE).display()))?;
         let net = Net::new(&identity, key)?;
+        let mut first_start = false;
         let (signer, certificate) = match (
             setting(&db, "mls_public_key").await?,
             setting(&db, "certificate").await?,
@@ -249,7 +250,10 @@ impl Messenger {
                 drop(tx);
                 (signer, serde_json::from_str(&cert)?)
             }
-            _ => Self::certify(&db, &net, &identity).await?,
+            _ => {
+                first_start = true;
+                Self::certify(&db, &net, &identity).await?
+            }
         };
         let m = Messenger {
             identity,
@@ -259,6 +263,13 @@ impl Messenger {
             certificate,
         };
         m.recover_commits().await?;
+        if first_start {
+            // Others can add this device as soon as it started once; should this fail,
+            // the next sync tops the stock up.
+            if let Err(e) = m.top_up_key_packages(0, false, 1).await {
+                tracing::warn!(error = %e, "could not upload KeyPackages yet");
+            }
+        }
         Ok(m)
     }
 

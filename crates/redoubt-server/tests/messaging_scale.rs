@@ -1,0 +1,161 @@
+//! A 100-member conversation end to end: the real server, 100 phones enrolled with
+//! `redoubt-agent`, their messengers driven in-process through `redoubt-messenger`
+//! (one `redoubt` process per member would spend the CI budget on process start-ups).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::Instant;
+
+use common::{Agent, Server, bin, random_text};
+use futures_util::future::join_all;
+use redoubt_messenger::Messenger;
+use redoubt_proto::{GroupId, UserName};
+
+const MEMBERS: usize = 100;
+/// These users have two phones each; the rest one.
+const TWO_PHONES: usize = 5;
+
+async fn texts(m: &Messenger, gid: &GroupId) -> Vec<String> {
+    m.messages(gid, None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|x| x.text)
+        .collect()
+}
+
+/// Syncs every messenger, a few at a time.
+async fn sync_all(ms: &[Messenger]) {
+    for chunk in ms.chunks(10) {
+        for r in join_all(chunk.iter().map(|m| m.sync())).await {
+            let r = r.unwrap();
+            assert!(r.refused.is_empty(), "{:?}", r.refused);
+        }
+    }
+}
+
+#[test]
+fn a_hundred_member_group_works_end_to_end() {
+    let started = Instant::now();
+    let tmp = tempfile::tempdir().unwrap();
+    // A whole unit enrolls at once, as on issue day.
+    let server = Server::start(
+        &tmp.path().join("server"),
+        &[("REDOUBT_ENROLL_ATTEMPTS_PER_MINUTE", "1000")],
+    );
+    // users[0] is alice; users 1..=TWO_PHONES have a second phone.
+    let users: Vec<String> = std::iter::once("alice".to_owned())
+        .chain((1..MEMBERS - TWO_PHONES).map(|i| format!("u{i:03}")))
+        .collect();
+    let mut owners: Vec<String> = users.clone();
+    owners.extend(users[1..=TWO_PHONES].iter().cloned());
+    assert_eq!(owners.len(), MEMBERS);
+
+    // Enroll the phones, four at a time.
+    let (url, fingerprint, token) = (&server.url, &server.fingerprint, &server.owner_token);
+    let enrollment_url = |user: &str| -> String {
+        let out = Command::new(bin("redoubt"))
+            .args(["--json", "enroll", "create", "--user", user])
+            .env("REDOUBT_SERVER", url)
+            .env("REDOUBT_TOKEN", token)
+            .env("REDOUBT_CA_FINGERPRINT", fingerprint)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", common::stderr(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["url"].as_str().unwrap().to_owned()
+    };
+    let states: Vec<std::path::PathBuf> = std::thread::scope(|s| {
+        let enrollment_url = &enrollment_url;
+        let dir = tmp.path();
+        let owners = &owners;
+        let workers: Vec<_> = (0..4)
+            .map(|w| {
+                s.spawn(move || {
+                    (w..MEMBERS)
+                        .step_by(4)
+                        .map(|i| {
+                            let a = Agent::new(dir.join(format!("phone{i:03}")));
+                            a.enroll(&enrollment_url(&owners[i]));
+                            (i, a.state.clone())
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut all: Vec<_> = workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect();
+        all.sort();
+        all.into_iter().map(|(_, s)| s).collect()
+    });
+    eprintln!("enrolled {MEMBERS} phones in {:?}", started.elapsed());
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut ms = Vec::with_capacity(MEMBERS);
+        for chunk in states.chunks(10) {
+            for m in join_all(chunk.iter().map(|s| Messenger::open(s))).await {
+                ms.push(m.unwrap());
+            }
+        }
+        eprintln!("{MEMBERS} messengers open at {:?}", started.elapsed());
+
+        let others: Vec<UserName> = users[1..].iter().map(|u| u.parse().unwrap()).collect();
+        let (gid, report) = ms[0].create("Everyone", &others, None).await.unwrap();
+        assert_eq!(report.added.len(), MEMBERS - 1, "{:?}", report.skipped);
+        sync_all(&ms[1..]).await;
+        eprintln!("group of {MEMBERS} formed at {:?}", started.elapsed());
+        let epoch = ms[0].conversation(&gid).await.unwrap().epoch;
+        for m in &ms {
+            let c = m.conversation(&gid).await.unwrap();
+            assert_eq!(c.status, "active");
+            assert_eq!(c.members.len(), users.len());
+            assert_eq!(c.epoch, epoch);
+        }
+
+        // Alice speaks; everyone hears. A member answers; Alice and a second phone of
+        // another user hear.
+        let hello = random_text("hello");
+        ms[0].send_text(&gid, &hello).await.unwrap();
+        sync_all(&ms[1..]).await;
+        for m in &ms[1..] {
+            assert_eq!(texts(m, &gid).await, vec![hello.clone()]);
+        }
+        let answer = random_text("answer");
+        ms[50].send_text(&gid, &answer).await.unwrap();
+        ms[0].sync().await.unwrap();
+        ms[MEMBERS - 1].sync().await.unwrap();
+        assert!(texts(&ms[0], &gid).await.contains(&answer));
+        assert!(texts(&ms[MEMBERS - 1], &gid).await.contains(&answer));
+
+        // Removing a person removes both of their phones; they read nothing after.
+        let leaver: UserName = users[1].parse().unwrap();
+        let removed = ms[0].remove(&gid, Some(&leaver), None).await.unwrap();
+        assert_eq!(removed.len(), 2, "{removed:?}");
+        let after = random_text("after");
+        ms[0].send_text(&gid, &after).await.unwrap();
+        sync_all(&ms[1..]).await;
+        let leaver_phones: BTreeSet<usize> = [1, MEMBERS - TWO_PHONES].into_iter().collect();
+        for (i, m) in ms.iter().enumerate().skip(1) {
+            let t = texts(m, &gid).await;
+            let c = m.conversation(&gid).await.unwrap();
+            if leaver_phones.contains(&i) {
+                assert_eq!(c.status, "removed", "phone {i}");
+                assert!(!t.contains(&after), "phone {i} read after removal");
+            } else {
+                assert!(t.contains(&after), "phone {i} misses the last message");
+                assert_eq!(c.members.len(), users.len() - 1);
+            }
+        }
+    });
+    eprintln!("100-member group end to end: {:?}", started.elapsed());
+    server.stop();
+}
