@@ -6,6 +6,7 @@
 
 mod args;
 mod chat;
+mod chat_tui;
 mod commands;
 mod output;
 mod qr;

@@ -18,4 +18,4 @@ pub mod mls_store;
 pub mod net;
 pub mod testpoint;
 
-pub use messenger::{ConversationView, MessageView, Messenger, SyncReport};
+pub use messenger::{ConversationView, MessageView, Messenger, Queued, SyncReport};

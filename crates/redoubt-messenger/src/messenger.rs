@@ -108,6 +108,19 @@ pub struct FileView {
     pub size: u64,
 }
 
+/// A message was encrypted and saved in this device's outbox, but the server did not
+/// take it yet; it goes out, in order, with the next send or sync.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "message {id} is saved in this device's outbox and goes out with the next sync or send; not sent yet: {reason}"
+)]
+pub struct Queued {
+    /// The message id.
+    pub id: String,
+    /// Why it is not out.
+    pub reason: String,
+}
+
 /// What a sync did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct SyncReport {
@@ -868,11 +881,13 @@ impl Messenger {
             .await?;
         }
         tx.commit().await?;
-        self.flush_outbox().await.map_err(|e| {
-            e.context(format!(
-                "message {id} is saved in this device's outbox and goes out with the next sync or send"
-            ))
-        })?;
+        if let Err(e) = self.flush_outbox().await {
+            return Err(Queued {
+                id,
+                reason: format!("{e:#}"),
+            }
+            .into());
+        }
         Ok(id)
     }
 
