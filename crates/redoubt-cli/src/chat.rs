@@ -19,7 +19,10 @@ fn print_json(v: &serde_json::Value) -> anyhow::Result<()> {
 
 fn message_line(m: &MessageView) -> String {
     let what = match &m.file {
-        Some(f) => format!("[file {} ({} bytes)]", f.name, f.size),
+        Some(f) => format!(
+            "[file {} ({} bytes); save-file {} PATH]",
+            f.name, f.size, m.id
+        ),
         None => m.text.clone(),
     };
     let status = if m.outgoing {
