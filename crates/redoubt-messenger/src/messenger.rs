@@ -27,7 +27,7 @@ use tls_codec::{Deserialize as _, Serialize as _};
 use crate::content::{AppMessage, Body, FileRef, ReceiptKind};
 use crate::db::{Db, Tx};
 use crate::files;
-use crate::identity::{credential_for, read_certificate, verify_member};
+use crate::identity::{MemberRefused, credential_for, read_certificate, verify_member};
 use crate::mls_store::Provider;
 use crate::net::Net;
 use crate::testpoint;
@@ -469,7 +469,7 @@ impl Messenger {
         F: FnMut(&mut MlsGroup, &Provider<'_>, &SignatureKeyPair) -> Result<Option<PostCommit>>,
     {
         for _ in 0..COMMIT_ATTEMPTS {
-            Box::pin(self.sync()).await?;
+            Box::pin(self.sync_with(false)).await?;
             let mut tx = self.db.begin().await?;
             let provider = Provider::new(tx.state());
             let mut group = MlsGroup::load(tx.state(), &mls_group_id(gid))?
@@ -942,6 +942,12 @@ impl Messenger {
     /// Fetches, applies and acknowledges everything the server holds for this device;
     /// sends receipts; performs removals the organization asked for.
     pub async fn sync(&self) -> Result<SyncReport> {
+        self.sync_with(true).await
+    }
+
+    /// [`Messenger::sync`]; `removals` is false when catching up on the way to a commit
+    /// (a removal is itself a commit, so it must not start another from there).
+    async fn sync_with(&self, removals: bool) -> Result<SyncReport> {
         let mut report = SyncReport::default();
         let mut delivered: BTreeMap<GroupId, Vec<String>> = BTreeMap::new();
         loop {
@@ -978,7 +984,9 @@ impl Messenger {
                 break;
             }
         }
-        Box::pin(self.perform_removals()).await?;
+        if removals {
+            Box::pin(self.perform_removals()).await?;
+        }
         for (gid, ids) in delivered {
             let size = self.member_count(&gid).await.unwrap_or(usize::MAX);
             if size <= RECEIPTS_UP_TO {
@@ -1095,14 +1103,21 @@ impl Messenger {
         let provider = Provider::new(tx.state());
         let staged = StagedWelcome::new_from_welcome(&provider, &join_config(), welcome, None)
             .map_err(|e| anyhow!("cannot join: {e:?}"))?;
+        // Every member must hold an organization certificate for its key. A member
+        // revoked since it was added is tolerated here, and removed right after joining
+        // (the organization asks the members to remove it in any case).
+        let mut to_remove = Vec::new();
         for m in staged.members() {
-            verify_member(
+            match verify_member(
                 &m.credential,
                 &m.signature_key,
                 &self.identity.organization_key,
                 revoked,
-            )
-            .map_err(|e| anyhow!("Welcome refused: {e}"))?;
+            ) {
+                Ok(_) => {}
+                Err(MemberRefused::Revoked(device)) => to_remove.push(device),
+                Err(e) => bail!("Welcome refused: {e}"),
+            }
         }
         let group = staged
             .into_group(&provider)
@@ -1123,6 +1138,16 @@ impl Messenger {
         .bind(Timestamp::now().unix())
         .execute(tx.conn())
         .await?;
+        for device in to_remove {
+            sqlx::query(
+                "INSERT INTO outbox (group_id, kind, client_id, epoch, payload, extra, created_at) VALUES (?, 'remove', ?, 0, x'', 'revoked', ?)",
+            )
+            .bind(gid.as_str())
+            .bind(device.as_str())
+            .bind(Timestamp::now().unix())
+            .execute(tx.conn())
+            .await?;
+        }
         tracing::info!(group = %gid, "joined a conversation");
         Ok(())
     }

@@ -322,3 +322,62 @@ fn a_member_whose_key_the_organization_never_certified_is_refused() {
     );
     server.stop();
 }
+
+#[test]
+fn a_revoked_device_is_removed_from_its_conversations_by_the_others() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server"), &[]);
+    let mut ids = Vec::new();
+    let phones: Vec<Agent> = ["alice", "bob", "carol"]
+        .iter()
+        .map(|u| {
+            let a = Agent::new(tmp.path().join(u));
+            ids.push(a.enroll(&server.enrollment_url(u)));
+            chat(&a.state, &["list"]);
+            a
+        })
+        .collect();
+    let (alice, bob, carol) = (&phones[0], &phones[1], &phones[2]);
+    let gid = chat(&alice.state, &["create", "Ops", "--members", "bob,carol"])["conversation"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let before = random_text("before");
+    chat(&alice.state, &["send", &gid, &before]);
+    assert_eq!(
+        texts(&chat(&carol.state, &["read", &gid])),
+        vec![before.clone()]
+    );
+
+    // Carol's phone is lost: the operator revokes it. The server asks the remaining
+    // members (in a request signed by the organization) to remove it; the first of them
+    // to sync commits the removal.
+    let revoked = server.cli_json(&["revoke", &ids[2]]);
+    assert_eq!(revoked["id"], ids[2].as_str(), "{revoked}");
+    // Bob was offline since he was invited: his Welcome still lists Carol. He joins,
+    // and removes her.
+    let synced = chat(&bob.state, &["sync"]);
+    assert_eq!(synced["refused"], serde_json::json!([]), "{synced}");
+    let after = random_text("after-revocation");
+    chat(&alice.state, &["send", &gid, &after]);
+    for phone in [alice, bob] {
+        let read = chat(&phone.state, &["read", &gid]);
+        assert_eq!(
+            read["conversation"]["members"],
+            serde_json::json!(["alice", "bob"]),
+            "{read}"
+        );
+        assert_eq!(texts(&read), vec![before.clone(), after.clone()]);
+    }
+    // The revoked phone can no longer even open a session.
+    let out = common::chat_cmd(&carol.state, &["read", &gid])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        common::stderr(&out).contains("revoked"),
+        "{}",
+        common::stderr(&out)
+    );
+    server.stop();
+}
