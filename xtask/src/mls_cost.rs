@@ -18,7 +18,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use openmls::prelude::*;
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_rust_crypto::OpenMlsRustCrypto;
-use redoubt_messenger::messenger::{CIPHERSUITE, PAST_EPOCHS};
+use redoubt_messenger::messenger::{CIPHERSUITE, create_config};
 use tls_codec::{Deserialize as _, Serialize as _};
 
 use crate::common::{ms, percentile};
@@ -42,15 +42,6 @@ impl Shape {
             Shape::Filled => "filled",
         }
     }
-}
-
-/// The same group settings as the messenger's (`messenger.rs`, `create_config`).
-fn create_config() -> MlsGroupCreateConfig {
-    MlsGroupCreateConfig::builder()
-        .ciphersuite(CIPHERSUITE)
-        .use_ratchet_tree_extension(true)
-        .max_past_epochs(PAST_EPOCHS)
-        .build()
 }
 
 /// One member's client: its provider (key store), signature key and credential.

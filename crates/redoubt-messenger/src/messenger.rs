@@ -151,7 +151,8 @@ fn new_message_id() -> String {
     hex::encode(b)
 }
 
-fn create_config() -> MlsGroupCreateConfig {
+/// The group settings of every Redoubt conversation (the benchmark uses them too).
+pub fn create_config() -> MlsGroupCreateConfig {
     MlsGroupCreateConfig::builder()
         .ciphersuite(CIPHERSUITE)
         .use_ratchet_tree_extension(true)

@@ -51,6 +51,16 @@ fn phones(server: &Server, dir: &Path, users: &[&str]) -> Vec<Agent> {
         .collect()
 }
 
+/// Alice creates a conversation with Bob, and Bob joins it; returns its id.
+fn alice_and_bob_talk(alice: &Agent, bob: &Agent) -> String {
+    let gid = chat(&alice.state, &["create", "Ops", "--members", "bob"])["conversation"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    chat(&bob.state, &["read", &gid]);
+    gid
+}
+
 fn count(list: &[String], text: &str) -> usize {
     list.iter().filter(|t| *t == text).count()
 }
@@ -61,11 +71,7 @@ fn two_members_commit_at_the_same_epoch_one_wins_and_the_group_converges() {
     let server = Server::start(&tmp.path().join("server"), &[]);
     let p = phones(&server, tmp.path(), &["alice", "bob", "dave", "erin"]);
     let (alice, bob, dave, erin) = (&p[0], &p[1], &p[2], &p[3]);
-    let gid = chat(&alice.state, &["create", "Ops", "--members", "bob"])["conversation"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    chat(&bob.state, &["read", &gid]);
+    let gid = alice_and_bob_talk(alice, bob);
 
     // Bob stages "add dave" at the current epoch and stops before sending it.
     let pause = tmp.path().join("pause-bob");
@@ -135,11 +141,7 @@ fn a_client_killed_between_send_and_ack_neither_loses_nor_duplicates() {
     let server = Server::start(&tmp.path().join("server"), &[]);
     let p = phones(&server, tmp.path(), &["alice", "bob"]);
     let (alice, bob) = (&p[0], &p[1]);
-    let gid = chat(&alice.state, &["create", "Ops", "--members", "bob"])["conversation"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    chat(&bob.state, &["read", &gid]);
+    let gid = alice_and_bob_talk(alice, bob);
 
     // The sender dies after the server accepted the message, before it recorded that.
     let pause = tmp.path().join("pause-alice");
@@ -184,11 +186,7 @@ fn killing_the_server_during_a_burst_loses_no_acknowledged_message() {
     let port = server.url.rsplit(':').next().unwrap().to_owned();
     let p = phones(&server, tmp.path(), &["alice", "bob"]);
     let (alice, bob) = (&p[0], &p[1]);
-    let gid = chat(&alice.state, &["create", "Ops", "--members", "bob"])["conversation"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    chat(&bob.state, &["read", &gid]);
+    let gid = alice_and_bob_talk(alice, bob);
 
     // Alice sends a burst from another thread; each send that exits 0 was acknowledged.
     const BURST: usize = 30;
