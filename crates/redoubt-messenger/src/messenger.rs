@@ -170,6 +170,15 @@ fn encode_group_info(gi: Option<openmls::messages::group_info::GroupInfo>) -> Re
         .map_err(|e| anyhow!("encoding the GroupInfo: {e:?}"))
 }
 
+/// The server could not be reached, or failed on its side (5xx): worth retrying.
+fn is_unreachable(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| match c.downcast_ref::<ClientError>() {
+        Some(ClientError::Transport { .. }) => true,
+        Some(ClientError::Api { status, .. }) => *status >= 500,
+        _ => false,
+    })
+}
+
 fn is_code(e: &anyhow::Error, code: &str) -> bool {
     e.downcast_ref::<ClientError>()
         .is_some_and(|c| c.code() == Some(code))
@@ -823,8 +832,14 @@ impl Messenger {
             // Catching up is best effort: with the server unreachable the message is
             // still encrypted (at the last epoch this device knows) and kept in the
             // outbox, so nothing the person wrote is lost.
-            if let Err(e) = Box::pin(self.sync()).await {
-                tracing::info!(group = %gid, error = %e, "could not catch up before sending");
+            match Box::pin(self.sync()).await {
+                Ok(_) => {}
+                Err(e) if is_unreachable(&e) => {
+                    tracing::info!(group = %gid, error = %e, "server unreachable; sending later");
+                }
+                // Anything else (a revocation list that does not verify, a refused
+                // session) stops the send: fail closed.
+                Err(e) => return Err(e),
             }
         }
         let id = new_message_id();
@@ -1408,6 +1423,9 @@ impl Messenger {
             let device: DeviceId = r.try_get::<String, _>("client_id")?.parse()?;
             match Box::pin(self.remove(&gid, None, Some(&device))).await {
                 Ok(_) => {}
+                // Kept for the next sync: the device must not stay because of a
+                // network failure.
+                Err(e) if is_unreachable(&e) => return Err(e),
                 Err(e) => {
                     tracing::warn!(group = %gid, device = %device, error = %e, "removal not committed")
                 }

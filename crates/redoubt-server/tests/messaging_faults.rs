@@ -215,6 +215,10 @@ fn killing_the_server_during_a_burst_loses_no_acknowledged_message() {
     });
     server.kill();
     let acked_at_kill = acked.lock().unwrap().len();
+    assert!(
+        acked_at_kill < BURST,
+        "the burst ended before the server was killed"
+    );
     // Restart on the same address and data dir while the burst goes on.
     let server = Server::start(&data, &[("REDOUBT_LISTEN", &format!("127.0.0.1:{port}"))]);
     let failed = sender.join().unwrap();
