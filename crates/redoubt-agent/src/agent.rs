@@ -350,6 +350,7 @@ mod tests {
             },
             check_in_interval_secs: 60,
             organization_endpoints: vec!["redoubt.example".into()],
+            zones: Vec::new(),
         };
         SignedEnvelope::sign(PolicyBundle::KIND, &b, &org())
     }

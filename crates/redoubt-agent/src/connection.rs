@@ -189,6 +189,7 @@ fn frame_name(f: &ServerFrame) -> &'static str {
         ServerFrame::Bundle { .. } => "bundle",
         ServerFrame::ReportAck { .. } => "report_ack",
         ServerFrame::ReportRequest => "report_request",
+        ServerFrame::Command { .. } => "command",
         ServerFrame::Error { .. } => "error",
     }
 }
@@ -445,6 +446,9 @@ pub async fn run(dir: StateDir, opts: RunOptions) -> Result<()> {
                                 agent.status.error(format!("storing a bundle: {e:#}"));
                             }
                         }
+                    }
+                    ServerFrame::Command { .. } => {
+                        tracing::warn!("device commands are not handled yet");
                     }
                     ServerFrame::ReportAck { seq } => {
                         if let Err(e) = blocking(|| agent.ack(seq)) {

@@ -113,6 +113,10 @@ pub fn build_report(
         hardware,
         observed_at,
         fallback_reason: decision.fallback_reason.clone(),
+        zones: Vec::new(),
+        locked_by: None,
+        commands_done: Vec::new(),
+        events: Vec::new(),
     }
 }
 

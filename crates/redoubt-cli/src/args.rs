@@ -120,6 +120,12 @@ pub enum Command {
     /// The messenger on a phone: end-to-end encrypted conversations of the device
     /// enrolled in --state (needs no admin credential).
     Chat(ChatArgs),
+    /// Secured zones, their checkpoints, gate terminals and checkpoint codes.
+    #[command(subcommand)]
+    Zones(crate::zones::ZonesCommand),
+    /// The tamper-evident audit log: list, verify, export.
+    #[command(subcommand)]
+    Audit(crate::audit::AuditCommand),
 }
 
 /// `redoubt chat --state DIR ...`

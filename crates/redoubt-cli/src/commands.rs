@@ -28,6 +28,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Enroll(EnrollCommand::Create(args)) => enroll_create(g, args).await,
         Command::Chat(args) => crate::chat::run(g.json, args).await,
+        Command::Zones(cmd) => crate::zones::run(g, cmd).await,
+        Command::Audit(cmd) => crate::audit::run(g, cmd).await,
         Command::Revoke { device } => {
             let path = format!("{}/revoke", device_path(&device));
             let view: Answer<DeviceView> = Api::new(g)?.post(&path, &serde_json::json!({})).await?;
@@ -150,14 +152,14 @@ fn read_mode_file(path: &Path) -> anyhow::Result<Mode> {
 }
 
 /// A decoded answer together with the JSON the server sent.
-struct Answer<T> {
-    value: T,
-    raw: Value,
+pub(crate) struct Answer<T> {
+    pub(crate) value: T,
+    pub(crate) raw: Value,
 }
 
 impl<T> Answer<T> {
     /// Prints the raw JSON under `--json`, else the text `render` makes.
-    fn print(&self, g: &Global, render: impl FnOnce(&T) -> String) -> anyhow::Result<()> {
+    pub(crate) fn print(&self, g: &Global, render: impl FnOnce(&T) -> String) -> anyhow::Result<()> {
         if g.json {
             print_json(&self.raw)
         } else {
@@ -166,19 +168,19 @@ impl<T> Answer<T> {
     }
 }
 
-fn print_json(raw: &Value) -> anyhow::Result<()> {
+pub(crate) fn print_json(raw: &Value) -> anyhow::Result<()> {
     let mut text = serde_json::to_string_pretty(raw).context("cannot format JSON")?;
     text.push('\n');
     output::emit(&text)
 }
 
 /// The admin API of one server, with error messages for people.
-struct Api {
-    client: ServerClient,
+pub(crate) struct Api {
+    pub(crate) client: ServerClient,
 }
 
 impl Api {
-    fn new(g: &Global) -> anyhow::Result<Self> {
+    pub(crate) fn new(g: &Global) -> anyhow::Result<Self> {
         Ok(Api {
             client: g.connection()?,
         })
@@ -189,12 +191,12 @@ impl Api {
         format!("{}/{rel}", API_PREFIX.trim_start_matches('/'))
     }
 
-    async fn get<T: DeserializeOwned>(&self, rel: &str) -> anyhow::Result<Answer<T>> {
+    pub(crate) async fn get<T: DeserializeOwned>(&self, rel: &str) -> anyhow::Result<Answer<T>> {
         let raw = self.client.get::<Value>(&Self::path(rel)).await;
         self.decode(raw)
     }
 
-    async fn post<B: Serialize, T: DeserializeOwned>(
+    pub(crate) async fn post<B: Serialize, T: DeserializeOwned>(
         &self,
         rel: &str,
         body: &B,
@@ -203,7 +205,7 @@ impl Api {
         self.decode(raw)
     }
 
-    async fn put<B: Serialize, T: DeserializeOwned>(
+    pub(crate) async fn put<B: Serialize, T: DeserializeOwned>(
         &self,
         rel: &str,
         body: &B,

@@ -5,11 +5,13 @@
 //! `error: ...` with exit status 1 (clap's own usage errors exit with 2).
 
 mod args;
+mod audit;
 mod chat;
 mod chat_tui;
 mod commands;
 mod output;
 mod qr;
+mod zones;
 
 use std::process::ExitCode;
 

@@ -163,6 +163,7 @@ mod tests {
             },
             check_in_interval_secs: 60,
             organization_endpoints: vec![],
+            zones: Vec::new(),
         }
     }
 

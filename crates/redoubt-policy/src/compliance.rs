@@ -84,6 +84,10 @@ mod tests {
             hardware: HardwareKind::Sim,
             observed_at: Timestamp(0),
             fallback_reason: None,
+            zones: Vec::new(),
+            locked_by: None,
+            commands_done: Vec::new(),
+            events: Vec::new(),
         }
     }
 

@@ -12,11 +12,17 @@ pub mod messaging;
 pub mod model;
 pub mod time_fmt;
 pub mod ws;
+pub mod zones;
 
 pub use envelope::{EnvelopeError, SignedEnvelope};
 pub use ids::{BlobId, DeviceId, Fingerprint, GroupId, IdError, ModeName, UserName};
 pub use model::*;
 pub use time_fmt::Timestamp;
+pub use zones::{
+    AuditEntry, AuditExport, AuditHead, Bssid, CheckpointCode, CheckpointKey, CheckpointName,
+    CommandId, CommandState, DeviceAction, DeviceCommand, DeviceEvent, DeviceEventKind,
+    Direction, Evidence, ZoneName, ZonePolicy,
+};
 
 /// Version prefix of every HTTP API path.
 pub const API_PREFIX: &str = "/api/v1";

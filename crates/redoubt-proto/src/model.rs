@@ -270,6 +270,10 @@ pub struct PolicyBundle {
     pub check_in_interval_secs: u32,
     /// Hosts the phone may reach under `organization-only`.
     pub organization_endpoints: Vec<String>,
+    /// The secured zones this device may enter, with their checkpoint keys, so the
+    /// agent decides offline.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub zones: Vec<crate::zones::ZonePolicy>,
 }
 
 impl PolicyBundle {
@@ -327,6 +331,19 @@ pub struct ComplianceReport {
     /// Why the agent is not enforcing its bundle as issued (expired, refused, …).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback_reason: Option<String>,
+    /// The zones the phone is inside.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub zones: Vec<crate::zones::ZoneName>,
+    /// The lock command in force, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locked_by: Option<crate::zones::CommandId>,
+    /// Commands carried out recently (the server verifies their effect with this report).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub commands_done: Vec<crate::zones::CommandId>,
+    /// What happened since the previous report (zone transitions, refused codes,
+    /// commands), in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<crate::zones::DeviceEvent>,
 }
 
 impl ComplianceReport {

@@ -44,6 +44,12 @@ pub enum ServerFrame {
     },
     /// The agent should measure and report now.
     ReportRequest,
+    /// An operator's command, signed by the organization key
+    /// ([`crate::zones::DeviceCommand`]); sent again on every connection until acknowledged.
+    Command {
+        /// The signed command.
+        command: SignedEnvelope,
+    },
     /// Something went wrong; the server closes the connection after this frame when `fatal`.
     Error {
         /// Machine-readable code.
@@ -70,5 +76,16 @@ pub enum AgentFrame {
     Report {
         /// The signed report.
         report: SignedEnvelope,
+    },
+    /// A command was verified and stored durably (`accepted`), or refused with `reason`.
+    /// Its effect shows in the next report.
+    CommandAck {
+        /// The command.
+        id: crate::zones::CommandId,
+        /// Whether the phone carries it out.
+        accepted: bool,
+        /// Why it was refused.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
 }

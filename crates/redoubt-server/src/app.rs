@@ -173,6 +173,7 @@ impl App {
                 .map(str::to_owned)
                 .into_iter()
                 .collect(),
+            zones: Vec::new(),
         };
         let envelope = SignedEnvelope::sign(PolicyBundle::KIND, &bundle, &self.keys.org_signing);
         let expected = redoubt_policy::decide(Some(&bundle), now).mode;

@@ -75,11 +75,16 @@ pub fn router(state: HttpState) -> Router {
                 .route("/blobs/{id}", get(download_blob))
                 .layer(DefaultBodyLimit::max(file_limit)),
         );
-    let api = api.nest("/messenger", messenger);
+    let api = api
+        .nest("/messenger", messenger)
+        .nest("/audit", crate::audit::routes())
+        .nest("/zones", crate::zones::routes())
+        .merge(crate::commands::routes());
     Router::new()
         .nest(redoubt_proto::API_PREFIX, api)
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .merge(crate::gate::routes())
         .fallback(|| async { ServiceError::NotFound("no such endpoint".into()) })
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn(track))
@@ -154,11 +159,18 @@ pub struct Admin {
     pub name: String,
     /// Its role.
     pub role: Role,
+    /// The client's address (for the audit log).
+    pub source: String,
 }
 
 impl Admin {
+    /// Who this is in the audit log.
+    pub fn actor(&self) -> String {
+        format!("admin:{}", self.name)
+    }
+
     /// Fails with 403 unless the role permits `needed`.
-    fn require(&self, needed: Role, action: &str) -> Result<(), ServiceError> {
+    pub fn require(&self, needed: Role, action: &str) -> Result<(), ServiceError> {
         if self.role.permits(needed) {
             Ok(())
         } else {
@@ -193,9 +205,15 @@ impl FromRequestParts<HttpState> for Admin {
             .admin_by_token_hash(&hash_token(token.trim()))
             .await?
             .ok_or_else(|| ServiceError::Unauthorized("unknown or revoked admin token".into()))?;
+        let source = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip().to_string())
+            .unwrap_or_default();
         Ok(Admin {
             name: rec.name,
             role: rec.role,
+            source,
         })
     }
 }

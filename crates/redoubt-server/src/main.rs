@@ -2,14 +2,18 @@
 //! `admin-token`.
 
 mod app;
+mod audit;
+mod commands;
 mod config;
 mod error;
+mod gate;
 mod http;
 mod messaging;
 mod messenger_ws;
 mod pki;
 mod serve;
 mod ws;
+mod zones;
 
 use std::path::PathBuf;
 

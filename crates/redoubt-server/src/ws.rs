@@ -223,6 +223,9 @@ async fn run(
                             send(socket, &ServerFrame::Error { code: api.code, message: api.message, fatal: false }).await?;
                         }
                     },
+                    AgentFrame::CommandAck { id: cmd, .. } => {
+                        tracing::warn!(device = %id, command = %cmd, "command acknowledgements are not handled yet");
+                    }
                 }
             }
         }

@@ -5,6 +5,7 @@
 //! atomic take a closure that runs inside the transaction, so callers never hold a
 //! transaction themselves and never see SQL.
 
+mod audit;
 mod devices;
 mod messaging;
 mod modes;
@@ -20,6 +21,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+pub use audit::{AuditDraft, AuditFilter, HeadSigner};
 pub use devices::{BundleRequest, DeviceRecord, IssuedBundle, NewDevice, ReportOutcome};
 pub use messaging::{
     BlobRecord, ClaimedRecord, CommitInput, CommitOutcome, GroupRecord, MessageOutcome, QueuedGroup,
@@ -63,6 +65,8 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "messaging",
         include_str!("../migrations/0002_messaging.sql"),
     ),
+    (3, "zones", include_str!("../migrations/0003_zones.sql")),
+    (4, "audit", include_str!("../migrations/0004_audit.sql")),
 ];
 
 /// The store: a pool of connections to the embedded database.

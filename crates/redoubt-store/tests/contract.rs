@@ -91,6 +91,10 @@ fn report(id: &DeviceId, seq: u64) -> ComplianceReport {
         hardware: HardwareKind::Sim,
         observed_at: NOW,
         fallback_reason: None,
+        zones: Vec::new(),
+        locked_by: None,
+        commands_done: Vec::new(),
+        events: Vec::new(),
     }
 }
 

@@ -1,0 +1,1 @@
+-- Zones, checkpoints, gate credentials, device commands (being written).
