@@ -1,6 +1,10 @@
 //! The agent core, without any network: which mode holds now, enforcing it,
-//! detecting drift, accepting bundles, and turning measurements into signed reports
-//! in the outbox.
+//! detecting drift, accepting bundles, secured zones (checkpoint codes, Wi-Fi
+//! sightings), device commands, and turning measurements into signed reports in the
+//! outbox.
+//!
+//! The zone state (`zones.json`) is written before anything is enforced from it. An
+//! unreadable zone state means `lockdown` until it is repaired, never "outside".
 //!
 //! Everything here is synchronous (hardware backends may block); the run loop in
 //! [`crate::connection`] drives it and carries its reports to the server.
@@ -8,12 +12,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
+use base64::Engine;
 use ed25519_dalek::SigningKey;
-use redoubt_policy::{Decision, decide, verify_bundle};
-use redoubt_proto::{ComplianceReport, PolicyBundle, SignedEnvelope, Timestamp};
+use rand_core::{OsRng, RngCore};
+use redoubt_policy::{
+    CommandEffect, Decision, ZoneChange, ZoneState, decide_with, effective, lockdown, verify_bundle,
+};
+use redoubt_proto::{
+    CheckpointName, CommandId, ComplianceReport, DeviceAction, DeviceCommand, DeviceEventKind,
+    Evidence, PolicyBundle, SignedEnvelope, Timestamp, ZoneName,
+};
+use serde::{Deserialize, Serialize};
 
-use crate::enforce::{Measurement, Scope, apply, build_report, measure, violations};
+use crate::enforce::{Measurement, ReportExtras, Scope, apply, build_report, measure, violations};
 use crate::hardware::{self, Hardware};
 use crate::outbox::{Outbox, Pending};
 use crate::state::{Identity, OUTBOX_DIR, StateDir};
@@ -21,6 +33,129 @@ use crate::status::RunStatus;
 
 /// Check-in interval when no bundle says otherwise.
 pub const DEFAULT_CHECK_IN: Duration = Duration::from_secs(300);
+/// How many recent command ids a report names.
+pub const REPORTED_COMMANDS: usize = 16;
+
+/// A random event id: 16 bytes, lowercase hex.
+pub fn new_event_id() -> String {
+    let mut bytes = [0u8; 16];
+    OsRng.fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What holds, fail-closed, from what the state directory gave: the held bundle (or
+/// why it is unusable) and the zone state (or why it is unreadable). Shared by the
+/// agent and `status`.
+pub fn decide_for(
+    bundle: Option<&PolicyBundle>,
+    bundle_problem: Option<&str>,
+    zones: &ZoneState,
+    zones_problem: Option<&str>,
+    now: Timestamp,
+) -> Decision {
+    if let Some(problem) = zones_problem {
+        return Decision {
+            mode: effective(&[lockdown()]),
+            bundle_version: bundle.map_or(0, |b| b.version),
+            fallback_reason: Some(format!(
+                "zone state unreadable ({problem}): lockdown until it is repaired"
+            )),
+            zones: Vec::new(),
+            locked_by: None,
+        };
+    }
+    let mut d = decide_with(bundle, zones, now);
+    if bundle.is_none()
+        && let Some(problem) = bundle_problem
+    {
+        d.fallback_reason = Some(format!("held policy bundle unusable ({problem}): lockdown"));
+    }
+    d
+}
+
+/// The result of an accepted checkpoint code (the `checkpoint --json` output).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointOutcome {
+    /// `entered`, `checked_in_again` or `left`.
+    pub change: String,
+    /// The zone.
+    pub zone: ZoneName,
+    /// The checkpoint whose code it was.
+    pub checkpoint: Option<CheckpointName>,
+    /// The mode that holds now.
+    pub effective_mode: String,
+    /// Every zone the device is inside now.
+    pub zones: Vec<ZoneName>,
+    /// One line for people.
+    pub message: String,
+}
+
+impl CheckpointOutcome {
+    fn new(change: &ZoneChange, decision: &Decision) -> Self {
+        let (kind, zone, evidence) = match change {
+            ZoneChange::Entered { zone, evidence } => ("entered", zone, evidence),
+            ZoneChange::Refreshed { zone, evidence } => ("checked_in_again", zone, evidence),
+            ZoneChange::Left { zone, evidence } => ("left", zone, evidence),
+        };
+        let checkpoint = match evidence {
+            Evidence::Code { checkpoint, .. } => Some(checkpoint.clone()),
+            _ => None,
+        };
+        let at = checkpoint
+            .as_ref()
+            .map(|c| format!(" at checkpoint {c}"))
+            .unwrap_or_default();
+        let mode = &decision.mode.name;
+        let message = match kind {
+            "entered" => format!("entered zone {zone}{at}: mode {mode}"),
+            "left" => format!("left zone {zone}: mode {mode}"),
+            _ => format!("checked in again to zone {zone}{at}: mode {mode}"),
+        };
+        CheckpointOutcome {
+            change: kind.to_owned(),
+            zone: zone.clone(),
+            checkpoint,
+            effective_mode: mode.clone(),
+            zones: decision.zones.clone(),
+            message,
+        }
+    }
+}
+
+/// What became of a command the server sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandOutcome {
+    /// The command's id (`None` when not even that could be read).
+    pub id: Option<CommandId>,
+    /// Whether the device carries it out (it is stored durably when accepted).
+    pub accepted: bool,
+    /// Why it was refused.
+    pub reason: Option<String>,
+    /// What it did.
+    pub effect: Option<CommandEffect>,
+}
+
+impl CommandOutcome {
+    /// Whether the agent must now wipe the device.
+    pub fn wipe(&self) -> bool {
+        self.effect == Some(CommandEffect::Wipe)
+    }
+}
+
+/// Reads a command's id from an envelope whose signature did not verify, only to name
+/// it in the refusal.
+fn unverified_command_id(envelope: &SignedEnvelope) -> Option<CommandId> {
+    #[derive(Deserialize)]
+    struct IdOnly {
+        id: CommandId,
+    }
+    let payload = base64::engine::general_purpose::STANDARD
+        .decode(&envelope.payload)
+        .ok()?;
+    serde_json::from_slice::<IdOnly>(&payload)
+        .ok()
+        .map(|c| c.id)
+}
 
 /// What became of a bundle the server sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +183,12 @@ pub struct Agent {
     bundle: Option<PolicyBundle>,
     /// Why the held bundle file could not be used (reported as the fallback reason).
     bundle_problem: Option<String>,
+    /// Zones, lock, used codes, done commands and events to report.
+    zones: ZoneState,
+    /// Why `zones.json` could not be read: lockdown, and it is never overwritten.
+    zones_problem: Option<String>,
+    /// The zone state in memory is newer than `zones.json` (a write failed).
+    zones_dirty: bool,
     outbox: Outbox,
     last_seq: u64,
     applied: Option<Decision>,
@@ -79,6 +220,12 @@ impl Agent {
     /// Opens an enrolled state directory with the given backend.
     pub fn open_with(dir: StateDir, hw: Box<dyn Hardware>) -> Result<Self> {
         let identity = dir.load_identity()?;
+        if let Some(id) = dir.wipe_pending()? {
+            bail!(
+                "a remote wipe of this device ({id}) is pending; `redoubt-agent run --state {}` finishes it",
+                dir.root().display()
+            );
+        }
         let key = Arc::new(dir.load_key()?);
         let (bundle, bundle_problem) = match dir.load_bundle(&identity) {
             Ok(b) => (b.map(|(b, _)| b), None),
@@ -86,6 +233,14 @@ impl Agent {
                 let problem = format!("{e:#}");
                 tracing::error!(problem = %problem, "the held policy bundle is unusable; enforcing lockdown until the server sends a valid one");
                 (None, Some(problem))
+            }
+        };
+        let (zones, zones_problem) = match dir.load_zones() {
+            Ok(z) => (z.unwrap_or_default(), None),
+            Err(e) => {
+                let problem = format!("{e:#}");
+                tracing::error!(problem = %problem, "the zone state is unreadable; enforcing lockdown until it is repaired");
+                (ZoneState::default(), Some(problem))
             }
         };
         let outbox = Outbox::open(&dir.path(OUTBOX_DIR))?;
@@ -97,6 +252,9 @@ impl Agent {
             hw,
             bundle,
             bundle_problem,
+            zones,
+            zones_problem,
+            zones_dirty: false,
             outbox,
             last_seq,
             applied: None,
@@ -137,15 +295,72 @@ impl Agent {
         })
     }
 
-    /// What must hold at `now` (fail-closed: no usable or an expired bundle → lockdown).
+    /// The zone and lock state.
+    pub fn zones(&self) -> &ZoneState {
+        &self.zones
+    }
+
+    /// What must hold at `now` (fail-closed: no usable or an expired bundle, or an
+    /// unreadable zone state → lockdown; inside a zone its mode; locked → lockdown).
     pub fn decision(&self, now: Timestamp) -> Decision {
-        let mut d = decide(self.bundle.as_ref(), now);
-        if self.bundle.is_none()
-            && let Some(problem) = &self.bundle_problem
-        {
-            d.fallback_reason = Some(format!("held policy bundle unusable ({problem}): lockdown"));
+        decide_for(
+            self.bundle.as_ref(),
+            self.bundle_problem.as_deref(),
+            &self.zones,
+            self.zones_problem.as_deref(),
+            now,
+        )
+    }
+
+    /// Makes `next` the zone state, writing it first. Refused while the file on disk
+    /// is unreadable (it is kept for repair, never replaced by a fresh state).
+    fn commit_zones(&mut self, next: ZoneState) -> Result<()> {
+        if let Some(problem) = &self.zones_problem {
+            bail!("the zone state is unreadable ({problem}); it is not overwritten");
         }
-        d
+        self.dir
+            .store_zones(&next)
+            .context("storing the zone state")?;
+        self.zones = next;
+        self.zones_dirty = false;
+        Ok(())
+    }
+
+    /// Reads the visible access points and lets the zone state take them into account,
+    /// writing the state before anything is enforced from it. Entering a zone is
+    /// stricter, so it holds in memory even if the write fails (retried next pass).
+    fn observe_wifi(&mut self, now: Timestamp) {
+        if self.zones_problem.is_some() {
+            return;
+        }
+        let visible = match self.hw.visible_bssids() {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::debug!(error = %e, "no Wi-Fi scan this pass");
+                return;
+            }
+        };
+        let mut next = self.zones.clone();
+        let changes = next.observe_wifi(&visible, self.bundle.as_ref(), now, &mut new_event_id);
+        for change in &changes {
+            if let ZoneChange::Entered {
+                zone,
+                evidence: Evidence::Wifi { bssid },
+            } = change
+            {
+                tracing::info!(%zone, %bssid, "entered a zone: its access point is in sight");
+            }
+        }
+        if next != self.zones || self.zones_dirty {
+            if let Err(e) = self.dir.store_zones(&next) {
+                tracing::error!(error = %format!("{e:#}"), "cannot store the zone state; enforcing from memory");
+                self.status.error(format!("storing the zone state: {e:#}"));
+                self.zones_dirty = true;
+            } else {
+                self.zones_dirty = false;
+            }
+            self.zones = next;
+        }
     }
 
     /// Hosts that stay reachable under an organization-only network: the bundle's
@@ -179,6 +394,8 @@ impl Agent {
     /// Signs a report of `m`, stores it in the outbox and advances the counter.
     fn report(&mut self, decision: &Decision, m: &Measurement, now: Timestamp) -> Result<Pending> {
         let seq = self.last_seq + 1;
+        let events = self.zones.unreported();
+        let carried = events.len();
         let report = build_report(
             &self.identity.device_id,
             seq,
@@ -186,6 +403,10 @@ impl Agent {
             m,
             self.hw.kind(),
             now,
+            ReportExtras {
+                commands_done: self.zones.recent_commands(REPORTED_COMMANDS),
+                events,
+            },
         );
         let envelope = SignedEnvelope::sign(ComplianceReport::KIND, &report, &self.key);
         self.outbox
@@ -194,6 +415,16 @@ impl Agent {
         // The outbox holds the report now, so the counter can never go back below it
         // even if writing the counter fails.
         self.last_seq = seq;
+        // The events are in a report in the outbox now. Forgetting them is written
+        // after it: a crash in between reports them twice (the server drops repeats
+        // by event id), never not at all.
+        if carried > 0 {
+            self.zones.mark_reported(carried);
+            if let Err(e) = self.dir.store_zones(&self.zones) {
+                tracing::warn!(error = %format!("{e:#}"), "cannot store the zone state after reporting its events");
+                self.zones_dirty = true;
+            }
+        }
         self.dir.store_seq(seq)?;
         self.last_reported = Some(m.clone());
         self.status.last_report_seq = Some(seq);
@@ -215,9 +446,23 @@ impl Agent {
     /// force reports the true state, re-applies the restrictions and reports again;
     /// when only the measurement changed, reports it.
     ///
+    /// Before deciding, the visible Wi-Fi access points are read and may enter zones.
+    /// Events that no report carried yet get a report of their own.
+    ///
     /// Returns the reports made (already in the outbox), in order.
     pub fn check(&mut self, now: Timestamp) -> Result<Vec<Pending>> {
+        self.observe_wifi(now);
         let decision = self.decision(now);
+        let mut out = self.check_mode(&decision, now)?;
+        if out.is_empty() && self.zones.unreported_len() > 0 {
+            let m = measure(&*self.hw);
+            out.push(self.report(&decision, &m, now)?);
+        }
+        Ok(out)
+    }
+
+    fn check_mode(&mut self, decision: &Decision, now: Timestamp) -> Result<Vec<Pending>> {
+        let decision = decision.clone();
         let mut out = Vec::new();
         if self.applied.as_ref() != Some(&decision) {
             match (&self.applied, &decision.fallback_reason) {
@@ -304,6 +549,180 @@ impl Agent {
         self.bundle_problem = None;
         let reports = self.check(now)?;
         Ok((BundleOutcome::Applied { version }, reports))
+    }
+
+    /// Applies a scanned checkpoint code: verifies it with the held bundle's checkpoint
+    /// keys, updates and writes the zone state, enforces at once and queues a signed
+    /// report (with the event) in the outbox.
+    ///
+    /// The inner `Err` is a refusal, for people: nothing changed but the `code-refused`
+    /// event, which is reported too. The outer `Err` is a failure to store anything.
+    pub fn checkpoint(
+        &mut self,
+        code: &str,
+        now: Timestamp,
+    ) -> Result<(Result<CheckpointOutcome, String>, Vec<Pending>)> {
+        let Some(bundle) = self.bundle.clone() else {
+            let why = self
+                .bundle_problem
+                .as_ref()
+                .map(|p| format!(" (the held one is unusable: {p})"))
+                .unwrap_or_default();
+            return Ok((
+                Err(format!(
+                    "no policy bundle is held{why}, so checkpoint codes cannot be verified; connect to the server first"
+                )),
+                Vec::new(),
+            ));
+        };
+        if let Some(problem) = &self.zones_problem {
+            return Ok((
+                Err(format!(
+                    "the zone state is unreadable ({problem}); the device stays in lockdown and takes no checkpoint code until it is repaired"
+                )),
+                Vec::new(),
+            ));
+        }
+        let mut next = self.zones.clone();
+        match next.apply_code(code, &bundle, now, new_event_id()) {
+            Ok(change) => {
+                self.commit_zones(next)?;
+                let reports = self.check(now)?;
+                let outcome = CheckpointOutcome::new(&change, &self.decision(now));
+                tracing::info!(zone = %outcome.zone, change = %outcome.change, mode = %outcome.effective_mode, "checkpoint code accepted");
+                Ok((Ok(outcome), reports))
+            }
+            Err(e) => {
+                tracing::info!(reason = %e, "checkpoint code refused");
+                // Only the refusal event is new; report it if it can be stored.
+                let reports = match self.commit_zones(next) {
+                    Ok(()) => self.check(now)?,
+                    Err(err) => {
+                        tracing::warn!(error = %format!("{err:#}"), "the refusal is not recorded");
+                        Vec::new()
+                    }
+                };
+                Ok((Err(e.to_string()), reports))
+            }
+        }
+    }
+
+    /// Considers a command the server sent: verifies the organization's signature,
+    /// then lets the zone state carry it out (it refuses another device's, an expired
+    /// one, `revoke`; a repeat has no new effect) and writes the state. Nothing is
+    /// enforced here: the caller acknowledges first, then calls [`Agent::check`]. A
+    /// wipe is recorded durably as pending before it is acknowledged.
+    ///
+    /// `Err` only when an accepted command cannot be stored: it is then not
+    /// acknowledged and the server sends it again.
+    pub fn command(&mut self, envelope: &SignedEnvelope, now: Timestamp) -> Result<CommandOutcome> {
+        let cmd: DeviceCommand = match envelope
+            .verify(DeviceCommand::KIND, &self.identity.organization_key)
+        {
+            Ok(c) => c,
+            Err(e) => {
+                let id = unverified_command_id(envelope);
+                let reason = format!("command refused: {e}");
+                tracing::warn!(command = ?id.as_ref().map(CommandId::as_str), reason = %reason, "device command refused");
+                let mut next = self.zones.clone();
+                next.push_event(
+                    new_event_id(),
+                    now,
+                    DeviceEventKind::CommandRefused {
+                        command: id.clone(),
+                        reason: reason.clone(),
+                    },
+                );
+                if let Err(err) = self.commit_zones(next) {
+                    tracing::warn!(error = %format!("{err:#}"), "the refusal is not recorded");
+                }
+                return Ok(CommandOutcome {
+                    id,
+                    accepted: false,
+                    reason: Some(reason),
+                    effect: None,
+                });
+            }
+        };
+        let mut next = if self.zones_problem.is_some() {
+            if cmd.action != DeviceAction::Wipe {
+                let reason = format!(
+                    "command {} ({}) refused: the zone state is unreadable, so it cannot be stored; the device stays in lockdown",
+                    cmd.id,
+                    cmd.action.name()
+                );
+                tracing::warn!(reason = %reason, "device command refused");
+                return Ok(CommandOutcome {
+                    id: Some(cmd.id),
+                    accepted: false,
+                    reason: Some(reason),
+                    effect: None,
+                });
+            }
+            // A wipe needs nothing from the zone state.
+            ZoneState::default()
+        } else {
+            self.zones.clone()
+        };
+        let result = next.apply_command(&cmd, &self.identity.device_id, now, &mut new_event_id);
+        match result {
+            Ok(effect) => {
+                if effect == CommandEffect::Wipe {
+                    self.dir.mark_wipe_pending(&cmd.id)?;
+                }
+                if self.zones_problem.is_none() && next != self.zones {
+                    self.commit_zones(next)?;
+                } else if self.zones_problem.is_some() {
+                    self.zones = next;
+                }
+                tracing::info!(command = %cmd.id, action = cmd.action.name(), effect = %effect.describe(), "device command accepted");
+                Ok(CommandOutcome {
+                    id: Some(cmd.id),
+                    accepted: true,
+                    reason: None,
+                    effect: Some(effect),
+                })
+            }
+            Err(reason) => {
+                tracing::warn!(command = %cmd.id, reason = %reason, "device command refused");
+                if let Err(err) = self.commit_zones(next) {
+                    tracing::warn!(error = %format!("{err:#}"), "the refusal is not recorded");
+                }
+                Ok(CommandOutcome {
+                    id: Some(cmd.id),
+                    accepted: false,
+                    reason: Some(reason),
+                    effect: None,
+                })
+            }
+        }
+    }
+
+    /// The last report of a wiped device, signed but not stored (the outbox is gone):
+    /// `lockdown`, what the hardware still measures, and the events not reported yet
+    /// (among them the wipe's `command-done`).
+    pub fn final_report(&mut self, now: Timestamp) -> Pending {
+        let seq = self.last_seq + 1;
+        let mut decision = decide_with(None, &ZoneState::default(), now);
+        decision.fallback_reason = Some("device wiped: keys and local data destroyed".into());
+        let m = measure(&*self.hw);
+        let report = build_report(
+            &self.identity.device_id,
+            seq,
+            &decision,
+            &m,
+            self.hw.kind(),
+            now,
+            ReportExtras {
+                commands_done: self.zones.recent_commands(REPORTED_COMMANDS),
+                events: self.zones.unreported(),
+            },
+        );
+        self.last_seq = seq;
+        Pending {
+            seq,
+            report: SignedEnvelope::sign(ComplianceReport::KIND, &report, &self.key),
+        }
     }
 
     /// The server stored every report up to `seq`: drop them from the outbox.
@@ -575,5 +994,262 @@ mod tests {
             ("lockdown", 0)
         );
         assert!(r.fallback_reason.unwrap().contains("unusable"));
+    }
+
+    // ---- zones and commands ----
+
+    fn lab_key() -> SigningKey {
+        SigningKey::from_bytes(&[11; 32])
+    }
+
+    fn ap() -> redoubt_proto::Bssid {
+        "02:00:00:00:00:01".parse().unwrap()
+    }
+
+    /// `standard` at the base, zone lab in `secure-site` (checkpoint north-gate, one
+    /// access point).
+    fn zoned_bundle(version: u64) -> SignedEnvelope {
+        let mut b: PolicyBundle = bundle(version, "standard", 3600)
+            .verify(PolicyBundle::KIND, &org().verifying_key())
+            .unwrap();
+        b.zones = vec![redoubt_proto::ZonePolicy {
+            name: "lab".parse().unwrap(),
+            mode: "secure-site".parse().unwrap(),
+            checkpoints: vec![redoubt_proto::CheckpointKey {
+                name: "north-gate".parse().unwrap(),
+                public_key: redoubt_proto::envelope::encode_public_key(&lab_key().verifying_key()),
+            }],
+            wifi_bssids: vec![ap()],
+        }];
+        SignedEnvelope::sign(PolicyBundle::KIND, &b, &org())
+    }
+
+    fn code(
+        direction: redoubt_proto::Direction,
+        at: Timestamp,
+        nonce: &str,
+        key: &SigningKey,
+    ) -> String {
+        redoubt_proto::CheckpointCode {
+            zone: "lab".parse().unwrap(),
+            checkpoint: "north-gate".parse().unwrap(),
+            direction,
+            not_before: at,
+            not_after: at.plus_secs(30),
+            nonce: nonce.into(),
+        }
+        .encode(key)
+    }
+
+    fn zoned() -> (tempfile::TempDir, StateDir, SimHardware) {
+        let (tmp, dir, sim) = enrolled();
+        dir.store_bundle(&zoned_bundle(2)).unwrap();
+        (tmp, dir, sim)
+    }
+
+    fn command(action: redoubt_proto::DeviceAction, n: u8, issued_at: Timestamp) -> SignedEnvelope {
+        let c = DeviceCommand {
+            id: CommandId::from_random([n; 12]),
+            device_id: device(),
+            action,
+            issued_at,
+            expires_at: issued_at.plus_secs(600),
+        };
+        SignedEnvelope::sign(DeviceCommand::KIND, &c, &org())
+    }
+
+    #[test]
+    fn a_checkpoint_code_is_stored_enforced_and_reported() {
+        use redoubt_proto::Direction;
+        let (_tmp, dir, sim) = zoned();
+        let mut agent = open(&dir);
+        let first = agent.check(NOW).unwrap();
+        assert_eq!(read(&first[0]).effective_mode, "standard");
+
+        let (result, reports) = agent
+            .checkpoint(&code(Direction::In, NOW, "n1", &lab_key()), NOW)
+            .unwrap();
+        let outcome = result.unwrap();
+        assert_eq!(
+            outcome.message,
+            "entered zone lab at checkpoint north-gate: mode secure-site"
+        );
+        assert_eq!(
+            sim.read().unwrap().capabilities[&Capability::Camera],
+            Switch::Off
+        );
+        let r = read(&reports[0]);
+        assert_eq!(r.effective_mode, "secure-site");
+        assert_eq!(r.zones, vec!["lab".parse::<ZoneName>().unwrap()]);
+        assert!(matches!(
+            r.events.as_slice(),
+            [e] if matches!(e.kind, DeviceEventKind::ZoneIn { .. }) && e.id.len() == 32
+        ));
+        // Reported: nothing left to report, and that is on disk too.
+        assert_eq!(agent.zones().unreported_len(), 0);
+        let stored = dir.load_zones().unwrap().unwrap();
+        assert_eq!(&stored, agent.zones());
+
+        // A restart keeps the zone.
+        drop(agent);
+        let mut agent = open(&dir);
+        assert_eq!(agent.decision(NOW).mode.name, "secure-site");
+
+        let (result, reports) = agent
+            .checkpoint(
+                &code(Direction::Out, NOW.plus_secs(60), "n2", &lab_key()),
+                NOW.plus_secs(60),
+            )
+            .unwrap();
+        assert_eq!(result.unwrap().message, "left zone lab: mode standard");
+        assert!(reports.iter().any(|p| read(p).zones.is_empty()));
+        assert_eq!(
+            sim.read().unwrap().capabilities[&Capability::Camera],
+            Switch::On
+        );
+    }
+
+    #[test]
+    fn a_refused_code_changes_nothing_but_is_reported() {
+        use redoubt_proto::Direction;
+        let (_tmp, dir, sim) = zoned();
+        let mut agent = open(&dir);
+        agent.check(NOW).unwrap();
+        let forged = code(Direction::In, NOW, "n1", &SigningKey::from_bytes(&[12; 32]));
+        let (result, reports) = agent.checkpoint(&forged, NOW).unwrap();
+        assert!(result.unwrap_err().contains("forged"));
+        assert!(agent.zones().inside().is_empty());
+        assert_eq!(
+            sim.read().unwrap().capabilities[&Capability::Camera],
+            Switch::On
+        );
+        let r = read(&reports[0]);
+        assert_eq!(r.effective_mode, "standard");
+        assert!(matches!(
+            r.events.as_slice(),
+            [e] if matches!(&e.kind, DeviceEventKind::CodeRefused { reason } if reason.contains("forged"))
+        ));
+        let expired = code(Direction::In, NOW.plus_secs(-600), "n2", &lab_key());
+        let (result, _) = agent.checkpoint(&expired, NOW).unwrap();
+        assert!(result.unwrap_err().contains("expired"));
+        assert!(dir.load_zones().unwrap().unwrap().inside().is_empty());
+    }
+
+    #[test]
+    fn without_a_bundle_codes_are_refused_clearly() {
+        use redoubt_proto::Direction;
+        let (_tmp, dir, _sim) = zoned();
+        std::fs::remove_file(dir.path(crate::state::BUNDLE_FILE)).unwrap();
+        let mut agent = open(&dir);
+        let (result, reports) = agent
+            .checkpoint(&code(Direction::In, NOW, "n1", &lab_key()), NOW)
+            .unwrap();
+        assert!(result.unwrap_err().contains("no policy bundle"));
+        assert!(reports.is_empty());
+    }
+
+    #[test]
+    fn a_corrupt_zone_state_means_lockdown_and_is_kept_for_repair() {
+        use redoubt_proto::Direction;
+        let (_tmp, dir, sim) = zoned();
+        std::fs::write(dir.path(crate::state::ZONES_FILE), b"{\"inside\":").unwrap();
+        let mut agent = open(&dir);
+        let r = read(&agent.check(NOW).unwrap()[0]);
+        assert_eq!(r.effective_mode, "lockdown");
+        assert!(r.fallback_reason.unwrap().contains("zones.json"));
+        assert_eq!(
+            sim.read().unwrap().capabilities[&Capability::Nfc],
+            Switch::Off
+        );
+        let (result, _) = agent
+            .checkpoint(&code(Direction::Out, NOW, "n1", &lab_key()), NOW)
+            .unwrap();
+        assert!(result.unwrap_err().contains("unreadable"));
+        let outcome = agent
+            .command(&command(redoubt_proto::DeviceAction::Unlock, 1, NOW), NOW)
+            .unwrap();
+        assert!(!outcome.accepted);
+        assert_eq!(
+            std::fs::read(dir.path(crate::state::ZONES_FILE)).unwrap(),
+            b"{\"inside\":"
+        );
+    }
+
+    #[test]
+    fn a_listed_access_point_in_sight_enters_and_its_absence_never_exits() {
+        let (_tmp, dir, sim) = zoned();
+        let mut agent = open(&dir);
+        agent.check(NOW).unwrap();
+        sim.set_visible(&[ap()]).unwrap();
+        let reports = agent.check(NOW).unwrap();
+        let r = read(reports.last().unwrap());
+        assert_eq!(
+            (r.effective_mode.as_str(), r.zones.len()),
+            ("secure-site", 1)
+        );
+        // Written before it was enforced: a fresh agent finds it.
+        assert_eq!(dir.load_zones().unwrap().unwrap().inside().len(), 1);
+        sim.set_visible(&[]).unwrap();
+        assert!(agent.check(NOW.plus_secs(1)).unwrap().is_empty());
+        assert_eq!(agent.decision(NOW).mode.name, "secure-site");
+        assert!(dir.load_zones().unwrap().unwrap().last_visible().is_empty());
+    }
+
+    #[test]
+    fn commands_are_verified_stored_and_carried_out_once() {
+        use redoubt_proto::DeviceAction;
+        let (_tmp, dir, _sim) = zoned();
+        let mut agent = open(&dir);
+        agent.check(NOW).unwrap();
+        let lock = command(DeviceAction::Lock, 1, NOW);
+        let outcome = agent.command(&lock, NOW).unwrap();
+        assert!(outcome.accepted && !outcome.wipe());
+        let lock_id = outcome.id.clone().unwrap();
+        // Stored before anything is enforced or acknowledged.
+        assert_eq!(
+            dir.load_zones().unwrap().unwrap().locked_by(),
+            Some(&lock_id)
+        );
+        let r = read(&agent.check(NOW).unwrap()[0]);
+        assert_eq!(r.effective_mode, "lockdown");
+        assert_eq!(r.locked_by.as_ref(), Some(&lock_id));
+        assert_eq!(r.commands_done, vec![lock_id.clone()]);
+        // A re-delivery: accepted again, nothing new.
+        let again = agent.command(&lock, NOW.plus_secs(1)).unwrap();
+        assert_eq!(again.effect, Some(CommandEffect::AlreadyDone));
+        assert!(agent.check(NOW.plus_secs(1)).unwrap().is_empty());
+        // Forged: refused, and the id is named.
+        let mut forged = command(DeviceAction::Unlock, 2, NOW);
+        forged.signature = command(DeviceAction::Unlock, 3, NOW).signature;
+        let outcome = agent.command(&forged, NOW).unwrap();
+        assert!(!outcome.accepted);
+        assert_eq!(outcome.id, Some(CommandId::from_random([2; 12])));
+        assert!(outcome.reason.unwrap().contains("signature"));
+        // Unlock issued later lifts it.
+        let unlock = command(DeviceAction::Unlock, 4, NOW.plus_secs(5));
+        assert!(agent.command(&unlock, NOW.plus_secs(5)).unwrap().accepted);
+        let r = read(&agent.check(NOW.plus_secs(5)).unwrap()[0]);
+        assert_eq!((r.effective_mode.as_str(), r.locked_by), ("standard", None));
+        // Expired: refused.
+        let old = command(DeviceAction::Lock, 5, NOW.plus_secs(-1000));
+        let outcome = agent.command(&old, NOW.plus_secs(5)).unwrap();
+        assert!(outcome.reason.unwrap().contains("expired"));
+        // A wipe is recorded as pending before it is acknowledged.
+        let wipe = command(DeviceAction::Wipe, 6, NOW);
+        assert!(agent.command(&wipe, NOW).unwrap().wipe());
+        assert!(dir.wipe_pending().unwrap().is_some());
+        let last = read(&agent.final_report(NOW));
+        assert_eq!(last.effective_mode, "lockdown");
+        assert!(
+            last.commands_done
+                .contains(&CommandId::from_random([6; 12]))
+        );
+        drop(agent);
+        assert!(
+            Agent::open(dir.clone())
+                .unwrap_err()
+                .to_string()
+                .contains("wipe")
+        );
     }
 }

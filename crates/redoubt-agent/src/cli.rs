@@ -1,5 +1,5 @@
 //! Command-line parsing (clap) and dispatch of `redoubt-agent` subcommands:
-//! `enroll`, `run`, `status`, `sim set|show|reset`, `bundle import`.
+//! `enroll`, `run`, `status`, `checkpoint`, `sim set|show|reset|wifi`, `bundle import`.
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -8,15 +8,16 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use redoubt_proto::{Capability, EnrollmentUrl, HardwareKind, SignedEnvelope, Timestamp};
+use redoubt_proto::{Bssid, Capability, EnrollmentUrl, HardwareKind, SignedEnvelope, Timestamp};
 use serde_json::json;
 
-use crate::agent::{Agent, BundleOutcome};
+use crate::agent::{Agent, BundleOutcome, CheckpointOutcome};
 use crate::connection::{RunOptions, run};
+use crate::control;
 use crate::enroll::enroll;
 use crate::hardware::sim::{SimChange, SimHardware};
 use crate::hardware::{Hardware, HardwareError};
-use crate::state::StateDir;
+use crate::state::{LockProbe, StateDir};
 use crate::status;
 
 /// The Redoubt device agent.
@@ -92,6 +93,19 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Hand a scanned checkpoint code to the agent: enter or leave a secured zone.
+    /// Verified offline with the checkpoint keys of the held bundle; the mode changes
+    /// at once and the report reaches the server at the next connection.
+    Checkpoint {
+        /// The state directory.
+        #[command(flatten)]
+        state: StateArg,
+        /// The code from the gate's QR code (`RDZ1.…`), or `-` to read it from stdin.
+        code: String,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Act on the SIMULATED hardware behind the agent's back.
     #[command(subcommand)]
     Sim(SimCommand),
@@ -141,11 +155,19 @@ pub enum SimCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Put a fresh simulated phone in place (everything on, network open).
+    /// Put a fresh simulated phone in place (everything on, network open, no Wi-Fi in sight).
     Reset {
         /// The state directory.
         #[command(flatten)]
         state: StateArg,
+    },
+    /// Set the Wi-Fi access points the simulated phone sees (none given: none visible).
+    Wifi {
+        /// The state directory.
+        #[command(flatten)]
+        state: StateArg,
+        /// BSSIDs (aa:bb:cc:dd:ee:ff).
+        bssids: Vec<String>,
     },
 }
 
@@ -248,9 +270,46 @@ pub async fn dispatch(command: Command) -> Result<()> {
                 Ok(())
             }
         }
+        Command::Checkpoint { state, code, json } => {
+            let code = if code == "-" {
+                let mut line = String::new();
+                std::io::stdin()
+                    .lock()
+                    .read_line(&mut line)
+                    .context("reading the checkpoint code from stdin")?;
+                line
+            } else {
+                code
+            };
+            let outcome = checkpoint(&StateDir::new(state.state), code.trim())?;
+            if json {
+                print_json(&outcome)
+            } else {
+                println!("{}", outcome.message);
+                Ok(())
+            }
+        }
         Command::Sim(cmd) => sim(cmd),
         Command::Bundle(BundleCommand::Import { state, file }) => import_bundle(state.state, &file),
     }
+}
+
+/// Applies a checkpoint code: through the running agent when `run` holds the state
+/// directory, otherwise in this process under the run lock.
+fn checkpoint(dir: &StateDir, code: &str) -> Result<CheckpointOutcome> {
+    dir.require_enrolled()?;
+    if dir.probe_lock()? == LockProbe::Held {
+        return control::checkpoint(dir, code);
+    }
+    let _lock = match dir.lock() {
+        Ok(lock) => lock,
+        // `run` started in between.
+        Err(_) if dir.probe_lock()? == LockProbe::Held => return control::checkpoint(dir, code),
+        Err(e) => return Err(e),
+    };
+    let mut agent = Agent::open(dir.clone())?;
+    let (result, _reports) = agent.checkpoint(code, Timestamp::now())?;
+    result.map_err(|reason| anyhow::anyhow!("{reason}"))
 }
 
 fn import_bundle(state: PathBuf, file: &std::path::Path) -> Result<()> {
@@ -295,6 +354,18 @@ fn sim_error(e: HardwareError) -> anyhow::Error {
     )
 }
 
+fn bssid_list(bssids: &[Bssid]) -> String {
+    if bssids.is_empty() {
+        "none".into()
+    } else {
+        bssids
+            .iter()
+            .map(Bssid::as_str)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 fn sim(cmd: SimCommand) -> Result<()> {
     match cmd {
         SimCommand::Set {
@@ -318,9 +389,13 @@ fn sim(cmd: SimCommand) -> Result<()> {
             let hw = sim_of(state.state)?;
             let capabilities = hw.verify_all();
             let network = hw.verify_network();
-            let (stuck, problem) = match hw.read() {
-                Ok(s) => (s.stuck.into_iter().collect::<Vec<Capability>>(), None),
-                Err(e) => (Vec::new(), Some(e.to_string())),
+            let (stuck, visible, problem) = match hw.read() {
+                Ok(s) => (
+                    s.stuck.into_iter().collect::<Vec<Capability>>(),
+                    s.visible_bssids,
+                    None,
+                ),
+                Err(e) => (Vec::new(), Vec::new(), Some(e.to_string())),
             };
             if json {
                 print_json(&json!({
@@ -329,6 +404,7 @@ fn sim(cmd: SimCommand) -> Result<()> {
                     "capabilities": capabilities,
                     "network": network,
                     "stuck": stuck,
+                    "visible_bssids": visible,
                     "error": problem,
                 }))
             } else {
@@ -348,12 +424,29 @@ fn sim(cmd: SimCommand) -> Result<()> {
                     println!("  {:<14} {state}{note}", cap.as_str());
                 }
                 println!("  {:<14} {network}", "network");
+                println!("  {:<14} {}", "wifi in sight", bssid_list(&visible));
                 Ok(())
             }
         }
+        SimCommand::Wifi { state, bssids } => {
+            let bssids = bssids
+                .iter()
+                .map(|b| b.parse::<Bssid>())
+                .collect::<Result<Vec<_>, _>>()?;
+            sim_of(state.state)?
+                .set_visible(&bssids)
+                .map_err(sim_error)?;
+            println!(
+                "SIMULATED: Wi-Fi access points in sight: {}",
+                bssid_list(&bssids)
+            );
+            Ok(())
+        }
         SimCommand::Reset { state } => {
             sim_of(state.state)?.reset().map_err(sim_error)?;
-            println!("SIMULATED: fresh phone in place (every capability on, network open)");
+            println!(
+                "SIMULATED: fresh phone in place (every capability on, network open, no Wi-Fi in sight)"
+            );
             Ok(())
         }
     }

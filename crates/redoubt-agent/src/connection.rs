@@ -5,8 +5,17 @@
 //! Handshake: server `Challenge{nonce}` → agent `Hello{device_id, signature}` →
 //! server `Welcome`. Then the agent sends its outbox in order; the server sends
 //! `Bundle` (now and on every policy change), `ReportRequest`, cumulative
-//! `ReportAck{seq}` and `Error`. Hardware re-checks and reports go on while offline;
-//! reports wait in the outbox.
+//! `ReportAck{seq}`, `Command` and `Error`. Hardware re-checks and reports go on while
+//! offline; reports wait in the outbox.
+//!
+//! A command is verified, carried out in the zone state and written to disk, then
+//! acknowledged (`CommandAck`), then enforced and reported. A wipe is acknowledged,
+//! then the local data is destroyed, one last signed report is sent (waiting a few
+//! seconds at most for its acknowledgement), then the key and the identity are
+//! destroyed and `run` returns.
+//!
+//! The loop also serves the control socket ([`crate::control`]): checkpoint codes
+//! from `redoubt-agent checkpoint` are applied and enforced here at once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,13 +28,16 @@ use redoubt_client::{DeviceSocket, ServerClient};
 use redoubt_proto::envelope::encode_signature;
 use redoubt_proto::ws::{AgentFrame, ServerFrame, hello_message};
 use redoubt_proto::{DeviceId, Timestamp};
+use tokio::net::UnixListener;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior, sleep_until, timeout};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::agent::{Agent, BundleOutcome};
+use crate::control::{self, ControlCall, ControlRequest, ControlResponse};
 use crate::outbox::Pending;
-use crate::state::StateDir;
+use crate::state::{CONTROL_SOCKET, StateDir};
 use crate::status::{Connection, RunStatus};
 
 /// The device WebSocket path.
@@ -36,6 +48,8 @@ const PING_EVERY: Duration = Duration::from_secs(20);
 /// Without any frame from the server for this long, the session is presumed dead.
 const IDLE_LIMIT: Duration = Duration::from_secs(60);
 const BACKOFF_START: Duration = Duration::from_millis(500);
+/// How long a wiping agent waits for the acknowledgement of its last report.
+const WIPE_REPORT_WAIT: Duration = Duration::from_secs(5);
 
 /// Options of `run`.
 #[derive(Debug, Clone)]
@@ -214,6 +228,15 @@ async fn connect_finished(
     }
 }
 
+async fn accept_control(
+    listener: &Option<UnixListener>,
+) -> std::io::Result<(tokio::net::UnixStream, tokio::net::unix::SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Runs `f` (which touches the hardware and the disk) without stalling the other
 /// tasks of the runtime.
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
@@ -253,6 +276,79 @@ impl Session {
         self.ws = None;
         agent.status.set_connection(Connection::Disconnected);
     }
+
+    /// Sends a frame if connected; on failure drops the connection.
+    async fn send(&mut self, agent: &mut Agent, frame: &AgentFrame) {
+        let Some(ws) = self.ws.as_mut() else {
+            return;
+        };
+        if let Err(e) = send_frame(ws, frame).await {
+            tracing::warn!(error = %format!("{e:#}"), "lost the connection while sending");
+            self.drop_connection(agent);
+        }
+    }
+
+    /// Sends the last report of a wiped device and waits a little for its
+    /// acknowledgement; the wipe does not depend on it.
+    async fn send_last_report(&mut self, last: &Pending) {
+        let Some(ws) = self.ws.as_mut() else {
+            tracing::warn!("not connected: the last report of the wiped device is not sent");
+            return;
+        };
+        let delivery = async {
+            let frame = AgentFrame::Report {
+                report: last.report.clone(),
+            };
+            send_frame(ws, &frame).await?;
+            while let Some(msg) = ws.next().await {
+                let msg = msg.context("connection lost")?;
+                if let Some(Ok(ServerFrame::ReportAck { seq })) = parse_frame(&msg)
+                    && seq >= last.seq
+                {
+                    return Ok(());
+                }
+            }
+            anyhow::bail!("the server closed the connection")
+        };
+        match timeout(WIPE_REPORT_WAIT, delivery).await {
+            Ok(Ok(())) => tracing::info!(seq = last.seq, "the server acknowledged the last report"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %format!("{e:#}"), "the last report was not acknowledged")
+            }
+            Err(_) => tracing::warn!(
+                "no acknowledgement of the last report within {}s",
+                WIPE_REPORT_WAIT.as_secs()
+            ),
+        }
+    }
+}
+
+/// Destroys the local data, the key and the identity of a device whose wipe was
+/// accepted, sending its last signed report in between if connected.
+async fn wipe(agent: &mut Agent, session: &mut Session) -> Result<()> {
+    let dir = agent.dir().clone();
+    for failure in blocking(|| dir.destroy_local_data()) {
+        tracing::error!(failure = %failure, "could not delete local data");
+    }
+    let last = blocking(|| agent.final_report(Timestamp::now()));
+    session.send_last_report(&last).await;
+    if let Some(mut ws) = session.ws.take() {
+        let _ = timeout(Duration::from_secs(1), ws.close(None)).await;
+    }
+    blocking(|| dir.destroy_key_and_identity())
+}
+
+/// Finishes a wipe that a crash or a restart interrupted (nothing is sent: the key
+/// may already be gone).
+fn finish_interrupted_wipe(dir: &StateDir, id: &str) -> Result<()> {
+    tracing::warn!(command = %id, "finishing a remote wipe interrupted by a restart");
+    for failure in dir.destroy_local_data() {
+        tracing::error!(failure = %failure, "could not delete local data");
+    }
+    let _ = std::fs::remove_file(dir.path(CONTROL_SOCKET));
+    dir.destroy_key_and_identity()?;
+    tracing::info!("device wiped");
+    Ok(())
 }
 
 fn save_status(agent: &Agent, saved: &mut RunStatus) {
@@ -282,6 +378,9 @@ async fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
 pub async fn run(dir: StateDir, opts: RunOptions) -> Result<()> {
     dir.require_enrolled()?;
     let _lock = dir.lock()?;
+    if let Some(id) = dir.wipe_pending()? {
+        return blocking(|| finish_interrupted_wipe(&dir, &id));
+    }
     let mut agent = blocking(|| Agent::open(dir.clone()))?;
     let identity = agent.identity().clone();
     let client = ServerClient::new(identity.server.clone(), identity.ca_fingerprint, None)
@@ -308,6 +407,16 @@ pub async fn run(dir: StateDir, opts: RunOptions) -> Result<()> {
         ws: None,
         last_rx: Instant::now(),
     };
+    let control_socket = match control::bind(&dir) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "no control socket: `redoubt-agent checkpoint` cannot reach this agent");
+            agent.status.error(format!("control socket: {e:#}"));
+            None
+        }
+    };
+    let (control_tx, mut control_rx) = mpsc::channel::<ControlCall>(8);
+    let mut wiped = false;
     let mut connecting: Option<ConnectTask> = None;
     let mut backoff = Backoff::new();
     let mut next_connect = Instant::now();
@@ -320,6 +429,34 @@ pub async fn run(dir: StateDir, opts: RunOptions) -> Result<()> {
             () = &mut shutdown => {
                 tracing::info!("stopping on signal");
                 break;
+            }
+            accepted = accept_control(&control_socket) => {
+                match accepted {
+                    Ok((stream, _)) => {
+                        tokio::spawn(control::serve(stream, control_tx.clone()));
+                    }
+                    Err(e) => tracing::warn!(error = %e, "control socket accept failed"),
+                }
+            }
+            Some(call) = control_rx.recv() => {
+                let ControlRequest::Checkpoint { code } = call.request;
+                match blocking(|| agent.checkpoint(&code, Timestamp::now())) {
+                    Ok((result, reports)) => {
+                        let answer = match result {
+                            Ok(outcome) => ControlResponse::done(outcome),
+                            Err(reason) => ControlResponse::failed(reason),
+                        };
+                        let _ = call.reply.send(answer);
+                        if session.send_reports(&mut agent, &reports).await {
+                            next_checkin = Instant::now() + jitter(agent.check_in_interval());
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %format!("{e:#}"), "cannot apply a checkpoint code");
+                        agent.status.error(format!("checkpoint: {e:#}"));
+                        let _ = call.reply.send(ControlResponse::failed(format!("{e:#}")));
+                    }
+                }
             }
             _ = recheck.tick() => {
                 match blocking(|| agent.check(Timestamp::now())) {
@@ -447,8 +584,39 @@ pub async fn run(dir: StateDir, opts: RunOptions) -> Result<()> {
                             }
                         }
                     }
-                    ServerFrame::Command { .. } => {
-                        tracing::warn!("device commands are not handled yet");
+                    ServerFrame::Command { command } => {
+                        let now = Timestamp::now();
+                        match blocking(|| agent.command(&command, now)) {
+                            Ok(outcome) => {
+                                // Stored before this acknowledgement; a lost ack means a
+                                // re-delivery, which changes nothing and is acked again.
+                                if let Some(id) = outcome.id.clone() {
+                                    let ack = AgentFrame::CommandAck { id, accepted: outcome.accepted, reason: outcome.reason.clone() };
+                                    session.send(&mut agent, &ack).await;
+                                }
+                                if outcome.wipe() {
+                                    tracing::warn!("remote wipe: destroying the local data and the device key");
+                                    wipe(&mut agent, &mut session).await?;
+                                    wiped = true;
+                                    break;
+                                }
+                                match blocking(|| agent.check(now)) {
+                                    Ok(reports) => {
+                                        if session.send_reports(&mut agent, &reports).await {
+                                            next_checkin = Instant::now() + jitter(agent.check_in_interval());
+                                        }
+                                    }
+                                    Err(e) => {
+                                        tracing::error!(error = %format!("{e:#}"), "enforcing after a command failed");
+                                        agent.status.error(format!("after a command: {e:#}"));
+                                    }
+                                }
+                            }
+                            Err(e) => {
+                                tracing::error!(error = %format!("{e:#}"), "cannot store a device command; not acknowledging it");
+                                agent.status.error(format!("storing a command: {e:#}"));
+                            }
+                        }
                     }
                     ServerFrame::ReportAck { seq } => {
                         if let Err(e) = blocking(|| agent.ack(seq)) {
@@ -490,6 +658,12 @@ pub async fn run(dir: StateDir, opts: RunOptions) -> Result<()> {
     }
     if let Some(task) = connecting.take() {
         task.abort();
+    }
+    drop(control_socket);
+    let _ = std::fs::remove_file(dir.path(CONTROL_SOCKET));
+    if wiped {
+        tracing::info!("device wiped");
+        return Ok(());
     }
     agent.status.set_connection(Connection::Disconnected);
     save_status(&agent, &mut saved);

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 
 use redoubt_policy::{Decision, Effective};
 use redoubt_proto::{
-    Capability, CapabilityState, ComplianceReport, DeviceId, NetworkReach, NetworkState, Rule,
-    Timestamp,
+    Capability, CapabilityState, CommandId, ComplianceReport, DeviceEvent, DeviceId, NetworkReach,
+    NetworkState, Rule, Timestamp,
 };
 
 use crate::hardware::Hardware;
@@ -94,7 +94,19 @@ pub fn violations(mode: &Effective, m: &Measurement) -> Vec<String> {
     out
 }
 
-/// The compliance report for a measurement taken under `decision`.
+/// What a report carries besides the measurement: the commands done recently and the
+/// events since the previous report.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReportExtras {
+    /// Ids of the commands carried out recently, oldest first.
+    pub commands_done: Vec<CommandId>,
+    /// Events not reported yet, oldest first.
+    pub events: Vec<DeviceEvent>,
+}
+
+/// The compliance report for a measurement taken under `decision`: the zones it names
+/// and the lock in force come from the decision, so the server judges the report by
+/// the same zones the agent enforced.
 pub fn build_report(
     device_id: &DeviceId,
     seq: u64,
@@ -102,6 +114,7 @@ pub fn build_report(
     m: &Measurement,
     hardware: redoubt_proto::HardwareKind,
     observed_at: Timestamp,
+    extras: ReportExtras,
 ) -> ComplianceReport {
     ComplianceReport {
         device_id: device_id.clone(),
@@ -113,11 +126,36 @@ pub fn build_report(
         hardware,
         observed_at,
         fallback_reason: decision.fallback_reason.clone(),
-        zones: Vec::new(),
-        locked_by: None,
-        commands_done: Vec::new(),
-        events: Vec::new(),
+        zones: decision.zones.clone(),
+        locked_by: decision.locked_by.clone(),
+        commands_done: extras.commands_done,
+        events: readable_events(extras.events),
     }
+}
+
+/// The events whose wire form reads back as what was written. A report the server
+/// cannot read would be refused as a whole, so an event that does not survive the
+/// round trip is left out (and logged) rather than sinking the report. Today this
+/// catches the command events: `DeviceEvent` flattens its kind next to its own `id`,
+/// and `command-done`, `command-refused` and `zone-out` via a command carry an `id`
+/// of their own, so the JSON holds the key twice.
+pub fn readable_events(events: Vec<DeviceEvent>) -> Vec<DeviceEvent> {
+    events
+        .into_iter()
+        .filter(|e| {
+            let back = serde_json::to_vec(e)
+                .ok()
+                .and_then(|bytes| serde_json::from_slice::<DeviceEvent>(&bytes).ok());
+            let ok = back.as_ref() == Some(e);
+            if !ok {
+                tracing::warn!(
+                    event_id = %e.id,
+                    "an event cannot be encoded so that the server reads it back; it is left out of the report"
+                );
+            }
+            ok
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -161,6 +199,49 @@ mod tests {
         let m = measure(&hw);
         assert_eq!(m.capabilities[&Capability::Camera], CapabilityState::Off);
         assert_eq!(m.capabilities[&Capability::Wifi], CapabilityState::Off);
+    }
+
+    #[test]
+    fn reports_keep_only_events_that_read_back() {
+        use redoubt_proto::{DeviceEventKind, Evidence};
+        let zone_in = DeviceEvent {
+            id: "01".into(),
+            at: Timestamp(1),
+            kind: DeviceEventKind::ZoneIn {
+                zone: "lab".parse().unwrap(),
+                evidence: Evidence::Wifi {
+                    bssid: "02:00:00:00:00:01".parse().unwrap(),
+                },
+            },
+        };
+        let refused = DeviceEvent {
+            id: "02".into(),
+            at: Timestamp(2),
+            kind: DeviceEventKind::CodeRefused {
+                reason: "forged".into(),
+            },
+        };
+        let done = DeviceEvent {
+            id: "03".into(),
+            at: Timestamp(3),
+            kind: DeviceEventKind::CommandDone {
+                command: CommandId::from_random([1; 12]),
+                action: "lock".into(),
+            },
+        };
+        let all = vec![zone_in.clone(), refused.clone(), done.clone()];
+        let kept = readable_events(all);
+        // Whatever is kept reads back exactly; zone and code events always are.
+        assert!(kept.starts_with(&[zone_in, refused]));
+        for e in &kept {
+            let bytes = serde_json::to_vec(e).unwrap();
+            assert_eq!(&serde_json::from_slice::<DeviceEvent>(&bytes).unwrap(), e);
+        }
+        let done_reads_back = serde_json::to_vec(&done)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<DeviceEvent>(&b).ok())
+            .is_some();
+        assert_eq!(kept.len(), if done_reads_back { 3 } else { 2 });
     }
 
     #[test]

@@ -13,7 +13,9 @@ use redoubt_proto::{API_PREFIX, EnrollmentUrl, HardwareKind, Timestamp};
 use serde::Serialize;
 
 use crate::hardware::sim::SimHardware;
-use crate::state::{Identity, OUTBOX_DIR, SEQ_FILE, STATUS_FILE, StateDir};
+use crate::state::{
+    Identity, OUTBOX_DIR, SEQ_FILE, STATUS_FILE, StateDir, WIPE_MARKER, ZONES_FILE,
+};
 
 /// The result of a successful enrollment (the `enroll --json` output).
 #[derive(Debug, Clone, Serialize)]
@@ -101,7 +103,7 @@ pub async fn enroll(
     .context("enrollment failed: the server's first policy bundle was refused")?;
 
     // Leftovers of an earlier device in this directory must not be sent as ours.
-    for stale in [SEQ_FILE, STATUS_FILE] {
+    for stale in [SEQ_FILE, STATUS_FILE, ZONES_FILE, WIPE_MARKER] {
         let _ = std::fs::remove_file(dir.path(stale));
     }
     let _ = std::fs::remove_dir_all(dir.path(OUTBOX_DIR));

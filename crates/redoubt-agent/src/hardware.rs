@@ -12,7 +12,9 @@ pub mod sim;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use redoubt_proto::{Capability, CapabilityState, HardwareKind, NetworkReach, NetworkState, Rule};
+use redoubt_proto::{
+    Bssid, Capability, CapabilityState, HardwareKind, NetworkReach, NetworkState, Rule,
+};
 
 /// Why an enforcement call failed. Whatever it says, the caller verifies afterwards:
 /// a success is not a measurement either.
@@ -53,6 +55,13 @@ pub trait Hardware: Send {
 
     /// Reads the real network reach.
     fn verify_network(&self) -> NetworkState;
+
+    /// The Wi-Fi access points visible now (for zones that are entered by sighting).
+    /// `Ok` with an empty list means none was seen; `Err` means the scan could not be
+    /// read (then nothing is concluded). The default sees nothing.
+    fn visible_bssids(&self) -> Result<Vec<Bssid>, HardwareError> {
+        Ok(Vec::new())
+    }
 
     /// Reads every capability.
     fn verify_all(&self) -> BTreeMap<Capability, CapabilityState> {

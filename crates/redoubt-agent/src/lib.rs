@@ -7,20 +7,23 @@
 //! | [`state`] | the state directory: layout, atomic writes, the run lock, identity, key, bundle, seq |
 //! | [`hardware`] | the [`hardware::Hardware`] trait (enforce and verify are separate) and the SIMULATED backend |
 //! | [`enforce`] | applying an effective mode, measuring, honest report building |
-//! | [`agent`] | the agent core: what to enforce now, drift detection, bundle acceptance |
+//! | [`agent`] | the agent core: what to enforce now, drift detection, bundle acceptance, checkpoint codes, device commands |
 //! | [`outbox`] | signed reports on disk until the server acknowledges them |
-//! | [`connection`] | the device WebSocket session and the run loop |
+//! | [`connection`] | the device WebSocket session and the run loop (commands, wipe) |
+//! | [`control`] | the running agent's control socket (`redoubt-agent checkpoint` while `run` runs) |
 //! | [`status`] | the status file the run loop keeps, and the `status` view |
 //! | [`enroll`] | enrollment |
 //! | [`cli`] | command-line parsing and dispatch |
 //!
 //! Invariants: "off" is always a measurement read back from the backend, never an
 //! assumption; a report is on disk before it is sent and deleted only when acknowledged;
-//! a bundle is applied only when it verifies against the pinned organization key.
+//! a bundle is applied only when it verifies against the pinned organization key;
+//! the zone state is written before it is enforced, and an unreadable one means lockdown.
 
 pub mod agent;
 pub mod cli;
 pub mod connection;
+pub mod control;
 pub mod enforce;
 pub mod enroll;
 pub mod hardware;

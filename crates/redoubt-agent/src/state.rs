@@ -9,8 +9,12 @@
 //!   seq                     the last report sequence number used
 //!   outbox/<seq>.json       signed reports not yet acknowledged by the server
 //!   status.json             written by `run`: connection state, last error, refused bundle
+//!   zones.json              the zone and lock state (zones inside, used codes, lock, events to report)
+//!   control.sock            0600, `run` takes checkpoint codes from `redoubt-agent checkpoint` here
+//!   wipe-pending            a remote wipe was accepted and is not finished yet
 //!   agent.lock              `run` holds an exclusive lock on it
 //!   sim-hardware.json       the SIMULATED hardware (only with `--hardware sim`)
+//!   messenger.db*           the messenger's database (written by redoubt-messenger)
 //! ```
 //!
 //! Every file is written to a temporary file, synced, renamed over the old one, and
@@ -25,10 +29,11 @@ use anyhow::{Context, Result, bail};
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
 use ed25519_dalek::{SigningKey, VerifyingKey};
-use redoubt_policy::verify_bundle;
+use redoubt_policy::{ZoneState, verify_bundle};
 use redoubt_proto::envelope::{decode_public_key, encode_public_key};
 use redoubt_proto::{
-    DeviceId, Fingerprint, HardwareKind, PolicyBundle, SignedEnvelope, Timestamp, UserName,
+    CommandId, DeviceId, Fingerprint, HardwareKind, PolicyBundle, SignedEnvelope, Timestamp,
+    UserName,
 };
 use serde::{Deserialize, Serialize};
 
@@ -46,6 +51,15 @@ pub const OUTBOX_DIR: &str = "outbox";
 pub const STATUS_FILE: &str = "status.json";
 /// File name of the run lock.
 pub const LOCK_FILE: &str = "agent.lock";
+/// File name of the zone and lock state.
+pub const ZONES_FILE: &str = "zones.json";
+/// The running agent's control socket.
+pub const CONTROL_SOCKET: &str = "control.sock";
+/// Present while an accepted remote wipe is not finished.
+pub const WIPE_MARKER: &str = "wipe-pending";
+/// The messenger's database (`redoubt-messenger`'s `DB_FILE`) and, by prefix, its
+/// `-wal`, `-shm` and `-journal` companions.
+pub const MESSENGER_DB: &str = "messenger.db";
 
 /// Writes `bytes` to `path` atomically with permissions `mode`: temporary file in
 /// the same directory, `fsync`, rename, `fsync` of the directory.
@@ -312,6 +326,122 @@ impl StateDir {
     }
 }
 
+impl StateDir {
+    /// Reads the zone state. `Ok(None)` when there is none yet (outside every zone,
+    /// unlocked); `Err` when the file is there but unreadable: the caller must fail
+    /// closed and never take that for "outside".
+    pub fn load_zones(&self) -> Result<Option<ZoneState>> {
+        let path = self.path(ZONES_FILE);
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        serde_json::from_str(&text)
+            .map(Some)
+            .with_context(|| format!("{} is corrupt", path.display()))
+    }
+
+    /// Writes the zone state (atomically, before anything is enforced from it).
+    pub fn store_zones(&self, zones: &ZoneState) -> Result<()> {
+        write_json(&self.path(ZONES_FILE), zones)
+    }
+
+    /// The command id of an accepted wipe that is not finished, if any.
+    pub fn wipe_pending(&self) -> Result<Option<String>> {
+        let path = self.path(WIPE_MARKER);
+        match fs::read_to_string(&path) {
+            Ok(t) => Ok(Some(t.trim().to_owned())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    /// Records durably that wipe `id` was accepted, so that a crash before it is
+    /// finished cannot leave the keys behind: `run` finishes it at the next start.
+    pub fn mark_wipe_pending(&self, id: &CommandId) -> Result<()> {
+        write_atomic(&self.path(WIPE_MARKER), format!("{id}\n").as_bytes(), 0o600)
+            .context("recording the pending wipe")
+    }
+
+    /// Wipe, first part: deletes the messenger's database, the outbox, the bundle, the
+    /// zone state, the report counter, the status file, the simulated hardware and
+    /// leftover temporary files. The key, the identity and the wipe marker stay (see
+    /// [`StateDir::destroy_key_and_identity`]). Returns what could not be deleted.
+    pub fn destroy_local_data(&self) -> Vec<String> {
+        let mut failures = Vec::new();
+        let mut remove = |path: PathBuf| {
+            let result = if path.is_dir() {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+            match result {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => failures.push(format!("{}: {e}", path.display())),
+            }
+        };
+        let names: Vec<String> = fs::read_dir(&self.root)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for name in &names {
+            let temporary = name.starts_with('.') && name.ends_with(".tmp");
+            if name.starts_with(MESSENGER_DB) || temporary {
+                remove(self.path(name));
+            }
+        }
+        for name in [
+            OUTBOX_DIR,
+            BUNDLE_FILE,
+            ZONES_FILE,
+            SEQ_FILE,
+            STATUS_FILE,
+            crate::hardware::sim::SIM_FILE,
+            crate::hardware::sim::SIM_LOCK_FILE,
+        ] {
+            remove(self.path(name));
+        }
+        if let Err(e) = sync_dir(&self.root) {
+            failures.push(format!("syncing {}: {e}", self.root.display()));
+        }
+        failures
+    }
+
+    /// Wipe, last part: overwrites the device key with zeros, syncs and deletes it,
+    /// then deletes the identity (the directory is no longer enrolled) and the wipe
+    /// marker.
+    pub fn destroy_key_and_identity(&self) -> Result<()> {
+        let key = self.path(KEY_FILE);
+        match OpenOptions::new().write(true).open(&key) {
+            Ok(mut f) => {
+                let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+                let zeros = vec![0u8; usize::try_from(len).unwrap_or(0).max(1)];
+                f.write_all(&zeros)
+                    .and_then(|()| f.sync_all())
+                    .with_context(|| format!("overwriting {}", key.display()))?;
+                drop(f);
+                fs::remove_file(&key).with_context(|| format!("deleting {}", key.display()))?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("opening {}", key.display())),
+        }
+        for name in [IDENTITY_FILE, WIPE_MARKER] {
+            match fs::remove_file(self.path(name)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("deleting {name}")),
+            }
+        }
+        sync_dir(&self.root).context("syncing the state directory")
+    }
+}
+
 /// Who this device is and whom it trusts, fixed at enrollment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
@@ -446,6 +576,56 @@ mod tests {
         );
         drop(held);
         assert_eq!(dir.probe_lock().unwrap(), LockProbe::Free);
+    }
+
+    #[test]
+    fn zone_state_round_trips_and_a_corrupt_file_is_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(tmp.path());
+        assert_eq!(dir.load_zones().unwrap(), None);
+        dir.store_zones(&ZoneState::default()).unwrap();
+        assert_eq!(dir.load_zones().unwrap(), Some(ZoneState::default()));
+        fs::write(dir.path(ZONES_FILE), b"{\"inside\": [").unwrap();
+        let err = format!("{:#}", dir.load_zones().unwrap_err());
+        assert!(err.contains("zones.json is corrupt"), "{err}");
+    }
+
+    #[test]
+    fn a_wipe_leaves_no_key_material() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(tmp.path());
+        dir.store_identity(&identity()).unwrap();
+        dir.store_key(&SigningKey::from_bytes(&[3; 32])).unwrap();
+        for name in [
+            "messenger.db",
+            "messenger.db-wal",
+            "messenger.db-shm",
+            BUNDLE_FILE,
+            SEQ_FILE,
+            ZONES_FILE,
+            ".zones.json.1.tmp",
+        ] {
+            fs::write(dir.path(name), b"x").unwrap();
+        }
+        fs::create_dir(dir.path(OUTBOX_DIR)).unwrap();
+        fs::write(dir.path(OUTBOX_DIR).join("1.json"), b"x").unwrap();
+        dir.mark_wipe_pending(&CommandId::from_random([1; 12]))
+            .unwrap();
+        assert!(dir.wipe_pending().unwrap().unwrap().starts_with("cmd_"));
+        assert_eq!(dir.destroy_local_data(), Vec::<String>::new());
+        let left = |dir: &StateDir| {
+            let mut names: Vec<String> = fs::read_dir(dir.root())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(left(&dir), [KEY_FILE, IDENTITY_FILE, WIPE_MARKER]);
+        dir.destroy_key_and_identity().unwrap();
+        assert_eq!(left(&dir), Vec::<String>::new());
+        assert!(!dir.is_enrolled());
+        assert_eq!(dir.wipe_pending().unwrap(), None);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The run status file (`status.json`) that `run` keeps up to date, and the
-//! `status` view that combines it with the identity, the held bundle and a fresh
-//! measurement of the hardware.
+//! `status` view that combines it with the identity, the held bundle, the zone state
+//! and a fresh measurement of the hardware.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -8,12 +8,13 @@ use std::fs;
 use std::io;
 
 use anyhow::{Context, Result};
-use redoubt_policy::decide;
 use redoubt_proto::{
-    Capability, CapabilityState, DeviceId, HardwareKind, NetworkState, Timestamp, UserName,
+    Capability, CapabilityState, CommandId, DeviceId, Evidence, HardwareKind, NetworkState,
+    Timestamp, UserName, ZoneName,
 };
 use serde::{Deserialize, Serialize};
 
+use crate::agent::decide_for;
 use crate::enforce::{measure, violations};
 use crate::hardware;
 use crate::outbox::Outbox;
@@ -98,6 +99,28 @@ pub enum ConnectionView {
     NotRunning,
 }
 
+/// A zone the device is inside, as `status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ZoneView {
+    /// The zone.
+    pub zone: ZoneName,
+    /// Since when.
+    pub since: Timestamp,
+    /// How the device knows.
+    pub evidence: Evidence,
+}
+
+impl ZoneView {
+    fn describe(&self) -> String {
+        let how = match &self.evidence {
+            Evidence::Code { checkpoint, .. } => format!("code of checkpoint {checkpoint}"),
+            Evidence::Wifi { bssid } => format!("Wi-Fi access point {bssid}"),
+            Evidence::Command { command } => format!("command {command}"),
+        };
+        format!("{} (since {}, via {how})", self.zone, self.since)
+    }
+}
+
 /// The answer of `status`; its JSON form is the `status --json` output.
 #[derive(Debug, Clone, Serialize)]
 pub struct StatusView {
@@ -119,6 +142,16 @@ pub struct StatusView {
     pub effective_mode: String,
     /// Why the effective mode is the fallback rather than the bundle's.
     pub fallback_reason: Option<String>,
+    /// The secured zones the device is inside.
+    pub zones: Vec<ZoneView>,
+    /// The lock command in force.
+    pub locked_by: Option<CommandId>,
+    /// When that lock was issued.
+    pub locked_at: Option<Timestamp>,
+    /// Why the zone state cannot be read (then the device is in lockdown).
+    pub zone_state_error: Option<String>,
+    /// Zone, code and command events not yet carried by a report.
+    pub pending_events: usize,
     /// Version of the held bundle.
     pub bundle_version: Option<u64>,
     /// Expiry of the held bundle.
@@ -155,7 +188,17 @@ pub fn collect(dir: &StateDir) -> Result<StatusView> {
         Ok(b) => (b.map(|(b, _)| b), None),
         Err(e) => (None, Some(format!("{e:#}"))),
     };
-    let decision = decide(bundle.as_ref(), now);
+    let (zones, zone_state_error) = match dir.load_zones() {
+        Ok(z) => (z.unwrap_or_default(), None),
+        Err(e) => (Default::default(), Some(format!("{e:#}"))),
+    };
+    let decision = decide_for(
+        bundle.as_ref(),
+        bundle_error.as_deref(),
+        &zones,
+        zone_state_error.as_deref(),
+        now,
+    );
     let hw = hardware::open(identity.hardware, dir.root())?;
     let m = measure(&*hw);
     let running = dir.probe_lock()? == LockProbe::Held;
@@ -185,6 +228,19 @@ pub fn collect(dir: &StateDir) -> Result<StatusView> {
         violations: violations(&decision.mode, &m),
         effective_mode: decision.mode.name,
         fallback_reason: decision.fallback_reason,
+        zones: zones
+            .inside()
+            .iter()
+            .map(|(zone, p)| ZoneView {
+                zone: zone.clone(),
+                since: p.since,
+                evidence: p.evidence.clone(),
+            })
+            .collect(),
+        locked_by: zones.lock().map(|l| l.id.clone()),
+        locked_at: zones.lock().map(|l| l.issued_at),
+        zone_state_error,
+        pending_events: zones.unreported_len(),
         bundle_version: bundle.as_ref().map(|b| b.version),
         bundle_expires_at: bundle.as_ref().map(|b| b.expires_at),
         bundle_error,
@@ -221,6 +277,24 @@ impl StatusView {
         let _ = writeln!(s, "connection:      {connection}");
         let _ = writeln!(s, "effective mode:  {}", self.effective_mode);
         let _ = writeln!(s, "fallback reason: {}", or_dash(&self.fallback_reason));
+        if self.zones.is_empty() {
+            let _ = writeln!(s, "zones:           none");
+        }
+        for (i, z) in self.zones.iter().enumerate() {
+            let label = if i == 0 { "zones:" } else { "" };
+            let _ = writeln!(s, "{label:<17}{}", z.describe());
+        }
+        match (&self.locked_by, self.locked_at) {
+            (Some(id), Some(at)) => {
+                let _ = writeln!(s, "lock:            locked by {id} (issued {at})");
+            }
+            _ => {
+                let _ = writeln!(s, "lock:            none");
+            }
+        }
+        if let Some(e) = &self.zone_state_error {
+            let _ = writeln!(s, "zone state:      {e}");
+        }
         match (self.bundle_version, self.bundle_expires_at) {
             (Some(v), Some(exp)) => {
                 let _ = writeln!(s, "bundle:          version {v}, expires {exp}");
@@ -251,6 +325,7 @@ impl StatusView {
             let _ = writeln!(s, "violations:      {}", self.violations.join("; "));
         }
         let _ = writeln!(s, "pending reports: {}", self.pending_reports);
+        let _ = writeln!(s, "pending events:  {}", self.pending_events);
         let _ = writeln!(
             s,
             "last report:     seq {} (acknowledged up to {})",

@@ -1,6 +1,7 @@
 //! The real binary against a small fake server speaking the Redoubt protocol over
 //! TLS pinned to a test CA: enrollment, the authenticated session, reports and
-//! acknowledgements, pushed bundles, drift, offline queueing, revocation, shutdown.
+//! acknowledgements, pushed bundles, drift, offline queueing, revocation, shutdown;
+//! device commands (lock, unlock, refusals) and a remote wipe.
 
 // A test's helpers panic on purpose: the panic is the failure report.
 #![allow(clippy::unwrap_used)]
@@ -12,15 +13,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{BIN, fails, ok, org, signed_bundle};
-use ed25519_dalek::VerifyingKey;
+use ed25519_dalek::{SigningKey, VerifyingKey};
 use futures_util::{SinkExt, StreamExt};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use redoubt_proto::api::{EnrollRequest, EnrollResponse, enroll_proof_message};
 use redoubt_proto::envelope::{decode_public_key, decode_signature, encode_public_key};
 use redoubt_proto::ws::{AgentFrame, ServerFrame, hello_message};
 use redoubt_proto::{
-    Capability, CapabilityState, ComplianceReport, DeviceId, Fingerprint, HardwareKind,
-    SignedEnvelope, Timestamp,
+    Capability, CapabilityState, CommandId, ComplianceReport, DeviceAction, DeviceCommand,
+    DeviceId, Fingerprint, HardwareKind, SignedEnvelope, Timestamp,
 };
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::Value;
@@ -54,10 +55,14 @@ struct Shared {
     sessions: u32,
 }
 
+/// A command acknowledgement as the fake server received it.
+type Ack = (CommandId, bool, Option<String>);
+
 struct FakeServer {
     url: String,
     shared: Arc<Mutex<Shared>>,
     reports: mpsc::UnboundedReceiver<ComplianceReport>,
+    acks: mpsc::UnboundedReceiver<Ack>,
 }
 
 async fn read_head<S: AsyncRead + Unpin>(
@@ -127,6 +132,7 @@ impl FakeServer {
             ..Shared::default()
         }));
         let (report_tx, reports) = mpsc::unbounded_channel();
+        let (ack_tx, acks) = mpsc::unbounded_channel();
         let s = shared.clone();
         tokio::spawn(async move {
             loop {
@@ -137,7 +143,12 @@ impl FakeServer {
                     drop(tcp);
                     continue;
                 }
-                let (acceptor, s, report_tx) = (acceptor.clone(), s.clone(), report_tx.clone());
+                let (acceptor, s, report_tx, ack_tx) = (
+                    acceptor.clone(),
+                    s.clone(),
+                    report_tx.clone(),
+                    ack_tx.clone(),
+                );
                 tokio::spawn(async move {
                     let Ok(mut tls) = acceptor.accept(tcp).await else {
                         return;
@@ -162,7 +173,7 @@ impl FakeServer {
                         );
                         tls.write_all(head.as_bytes()).await.unwrap();
                         let ws = WebSocketStream::from_raw_socket(tls, Role::Server, None).await;
-                        device_session(ws, s, report_tx).await;
+                        device_session(ws, s, report_tx, ack_tx).await;
                     }
                 });
             }
@@ -171,7 +182,16 @@ impl FakeServer {
             url: url.to_string(),
             shared,
             reports,
+            acks,
         }
+    }
+
+    /// Waits for the next command acknowledgement.
+    async fn ack(&mut self, what: &str) -> Ack {
+        tokio::time::timeout(LIMIT, self.acks.recv())
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for a command ack: {what}"))
+            .expect("server alive")
     }
 
     /// Waits for a report matching `pred`, skipping others.
@@ -238,6 +258,7 @@ async fn device_session<S>(
     mut ws: WebSocketStream<S>,
     s: Arc<Mutex<Shared>>,
     reports: mpsc::UnboundedSender<ComplianceReport>,
+    acks: mpsc::UnboundedSender<Ack>,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -299,8 +320,13 @@ async fn device_session<S>(
             m = ws.next() => {
                 let Some(Ok(m)) = m else { return };
                 let Message::Text(t) = m else { continue };
-                let AgentFrame::Report { report } = serde_json::from_str(t.as_str()).unwrap() else {
-                    panic!("unexpected frame")
+                let report = match serde_json::from_str(t.as_str()).unwrap() {
+                    AgentFrame::Report { report } => report,
+                    AgentFrame::CommandAck { id, accepted, reason } => {
+                        acks.send((id, accepted, reason)).ok();
+                        continue;
+                    }
+                    AgentFrame::Hello { .. } => panic!("unexpected hello"),
                 };
                 let r: ComplianceReport = report.verify(ComplianceReport::KIND, &vk).expect("reports are signed by the device key");
                 let ack = {
@@ -531,4 +557,139 @@ async fn enroll_run_report_follow_bundles_survive_outages() {
     let s = status(state).await;
     assert_eq!(s["connection"], "not_running");
     assert!(server.shared.lock().unwrap().sessions >= 2);
+}
+
+/// A command for the fake server's device, signed by `key`, issued now (plus
+/// `later` seconds: a lock and an unlock issued in the same second are ordered
+/// lock-wins).
+fn command(
+    key: &SigningKey,
+    device: &DeviceId,
+    action: DeviceAction,
+    (n, later): (u8, i64),
+    expires_in: i64,
+) -> (CommandId, ServerFrame) {
+    let now = Timestamp::now().plus_secs(later);
+    let c = DeviceCommand {
+        id: CommandId::from_random([n; 12]),
+        device_id: device.clone(),
+        action,
+        issued_at: now,
+        expires_at: now.plus_secs(expires_in),
+    };
+    let frame = ServerFrame::Command {
+        command: SignedEnvelope::sign(DeviceCommand::KIND, &c, key),
+    };
+    (c.id, frame)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_lock_unlock_refusals_and_a_wipe() {
+    let mut server = FakeServer::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("state");
+    let state = root.to_str().unwrap();
+    ok(&cli(&["enroll", &server.url, "--state", state]).await);
+    // What the messenger would have written into the same directory.
+    for name in ["messenger.db", "messenger.db-wal", "messenger.db-shm"] {
+        std::fs::write(root.join(name), b"conversations").unwrap();
+    }
+    let mut agent = tokio::process::Command::new(BIN)
+        .args(["run", "--state", state, "--recheck-ms", "100"])
+        .env("REDOUBT_LOG", "redoubt_agent=debug,warn")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    server
+        .report("secure-site enforced", |r| {
+            r.effective_mode == "secure-site"
+        })
+        .await;
+    let device = DeviceId::from_random([0xab; 12]);
+
+    // Lock: acknowledged, then a report that shows lockdown under this lock.
+    let (lock_id, lock) = command(&org(), &device, DeviceAction::Lock, (1, 0), 600);
+    server.push(Push::Frame(lock.clone()));
+    assert_eq!(server.ack("lock").await, (lock_id.clone(), true, None));
+    let r = server
+        .report("locked", |r| r.commands_done.contains(&lock_id))
+        .await;
+    assert_eq!(r.locked_by.as_ref(), Some(&lock_id));
+    assert_eq!(r.effective_mode, "lockdown");
+    assert_eq!(cap(&r, Capability::Nfc), CapabilityState::Off);
+
+    // Re-delivered: acknowledged again, no new effect.
+    server.push(Push::Frame(lock));
+    assert_eq!(
+        server.ack("lock again").await,
+        (lock_id.clone(), true, None)
+    );
+    let s = status(state).await;
+    assert_eq!(s["locked_by"], lock_id.as_str());
+    assert_eq!(s["effective_mode"], "lockdown");
+
+    // Refused: forged, for another device, expired. The lock stays.
+    let (forged_id, forged) = command(
+        &SigningKey::from_bytes(&[8; 32]),
+        &device,
+        DeviceAction::Unlock,
+        (2, 1),
+        600,
+    );
+    server.push(Push::Frame(forged));
+    let (id, accepted, reason) = server.ack("forged unlock").await;
+    assert_eq!((id, accepted), (forged_id, false));
+    assert!(reason.unwrap().contains("signature"));
+    let (foreign_id, foreign) = command(
+        &org(),
+        &DeviceId::from_random([0xcd; 12]),
+        DeviceAction::Unlock,
+        (3, 1),
+        600,
+    );
+    server.push(Push::Frame(foreign));
+    let (id, accepted, reason) = server.ack("foreign unlock").await;
+    assert_eq!((id, accepted), (foreign_id, false));
+    assert!(reason.unwrap().contains("not for this device"));
+    let (expired_id, expired) = command(&org(), &device, DeviceAction::Unlock, (4, 1), -2);
+    server.push(Push::Frame(expired));
+    let (id, accepted, reason) = server.ack("expired unlock").await;
+    assert_eq!((id, accepted), (expired_id, false));
+    assert!(reason.unwrap().contains("expired"));
+    assert_eq!(status(state).await["locked_by"], lock_id.as_str());
+
+    // Unlock: the lock is lifted and the bundle's mode holds again.
+    let (unlock_id, unlock) = command(&org(), &device, DeviceAction::Unlock, (5, 1), 600);
+    server.push(Push::Frame(unlock));
+    assert_eq!(server.ack("unlock").await, (unlock_id.clone(), true, None));
+    let r = server
+        .report("unlocked", |r| r.commands_done.contains(&unlock_id))
+        .await;
+    assert_eq!(
+        (r.locked_by, r.effective_mode.as_str()),
+        (None, "secure-site")
+    );
+
+    // Wipe: acknowledged, a last signed report, then nothing left but the lock file.
+    wait_status(state, "nothing pending", |s| s["pending_reports"] == 0).await;
+    let (wipe_id, wipe) = command(&org(), &device, DeviceAction::Wipe, (6, 0), 600);
+    server.push(Push::Frame(wipe));
+    assert_eq!(server.ack("wipe").await, (wipe_id.clone(), true, None));
+    let last = server
+        .report("the last report", |r| r.commands_done.contains(&wipe_id))
+        .await;
+    assert_eq!(last.effective_mode, "lockdown");
+    assert!(last.fallback_reason.unwrap().contains("wiped"));
+    let exit = tokio::time::timeout(LIMIT, agent.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+    let left: Vec<String> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["agent.lock"], "{left:?}");
+    let err = fails(&cli(&["status", "--state", state]).await);
+    assert!(err.contains("not an enrolled"), "{err}");
 }

@@ -265,6 +265,54 @@ pub enum DevicesCommand {
         #[arg(value_name = "MODE")]
         mode: ModeName,
     },
+    /// Force the device into lockdown until it is unlocked (a signed command; see
+    /// `devices commands` for its progress).
+    Lock(CommandArgs),
+    /// Lift the device's lock.
+    Unlock(CommandArgs),
+    /// Destroy the device's keys and local data (agent state, messenger store); the
+    /// server then revokes it.
+    Wipe {
+        #[command(flatten)]
+        args: CommandArgs,
+        /// Confirm: a wipe cannot be undone.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Revoke the device at once (also when the phone never comes back): its
+    /// credentials stop working and it is removed from every conversation.
+    Revoke {
+        /// The device id (dev_ + 24 hex digits).
+        #[arg(value_name = "DEVICE")]
+        device: DeviceId,
+    },
+    /// Take the device out of a zone it entered (an operator's signed instruction).
+    ExitZone {
+        #[command(flatten)]
+        args: CommandArgs,
+        /// The zone.
+        #[arg(value_name = "ZONE")]
+        zone: redoubt_proto::ZoneName,
+    },
+    /// The device's commands and where each is: queued, delivered, acknowledged,
+    /// verified, expired or failed.
+    Commands {
+        /// The device id (dev_ + 24 hex digits).
+        #[arg(value_name = "DEVICE")]
+        device: DeviceId,
+    },
+}
+
+/// The device and expiry of a command.
+#[derive(Debug, Args)]
+pub struct CommandArgs {
+    /// The device id (dev_ + 24 hex digits).
+    #[arg(value_name = "DEVICE")]
+    pub device: DeviceId,
+    /// How long the command may wait for the phone (e.g. 1h, 7d; the server's default
+    /// when absent).
+    #[arg(long, value_name = "DURATION", value_parser = parse_ttl)]
+    pub expires_in: Option<Duration>,
 }
 
 /// `redoubt modes ...`

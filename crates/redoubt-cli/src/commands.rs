@@ -6,15 +6,16 @@ use std::path::Path;
 use anyhow::{Context as _, anyhow, bail};
 use redoubt_client::{ClientError, ServerClient};
 use redoubt_proto::api::{
-    CreateEnrollment, DeviceView, EnrollmentCreated, ModeView, SetMode, WhoAmI,
+    CommandView, CreateCommand, CreateEnrollment, DeviceView, EnrollmentCreated, ModeView, SetMode,
+    WhoAmI,
 };
-use redoubt_proto::{API_PREFIX, DeviceId, Mode, ModeName, Timestamp};
+use redoubt_proto::{API_PREFIX, DeviceAction, DeviceId, Mode, ModeName, Timestamp};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::args::{
-    Cli, Command, DevicesCommand, EnrollCommand, EnrollCreate, Global, ModesCommand,
+    Cli, Command, CommandArgs, DevicesCommand, EnrollCommand, EnrollCreate, Global, ModesCommand,
 };
 use crate::{output, qr};
 
@@ -48,6 +49,35 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Devices(DevicesCommand::Show { device }) => {
             let view: Answer<DeviceView> = Api::new(g)?.get(&device_path(&device)).await?;
             view.print(g, |d| output::device(d, Timestamp::now()))
+        }
+        Command::Devices(DevicesCommand::Lock(a)) => send_command(g, &a, DeviceAction::Lock).await,
+        Command::Devices(DevicesCommand::Unlock(a)) => {
+            send_command(g, &a, DeviceAction::Unlock).await
+        }
+        Command::Devices(DevicesCommand::Wipe { args, yes }) => {
+            if !yes {
+                bail!(
+                    "a wipe destroys the keys and data on {} and then revokes it; it cannot be \
+                     undone. Run again with --yes to confirm",
+                    args.device
+                );
+            }
+            send_command(g, &args, DeviceAction::Wipe).await
+        }
+        Command::Devices(DevicesCommand::Revoke { device }) => {
+            let a = CommandArgs {
+                device,
+                expires_in: None,
+            };
+            send_command(g, &a, DeviceAction::Revoke).await
+        }
+        Command::Devices(DevicesCommand::ExitZone { args, zone }) => {
+            send_command(g, &args, DeviceAction::ExitZone { zone }).await
+        }
+        Command::Devices(DevicesCommand::Commands { device }) => {
+            let path = format!("{}/commands", device_path(&device));
+            let list: Answer<Vec<CommandView>> = Api::new(g)?.get(&path).await?;
+            list.print(g, |l| output::command_table(l, Timestamp::now()))
         }
         Command::Devices(DevicesCommand::SetMode { device, mode }) => {
             let path = format!("{}/mode", device_path(&device));
@@ -120,6 +150,16 @@ async fn enroll_create(g: &Global, args: EnrollCreate) -> anyhow::Result<()> {
     output::emit(&text)
 }
 
+async fn send_command(g: &Global, a: &CommandArgs, action: DeviceAction) -> anyhow::Result<()> {
+    let body = CreateCommand {
+        action,
+        expires_in_secs: a.expires_in.map(|d| d.as_secs()),
+    };
+    let path = format!("{}/commands", device_path(&a.device));
+    let view: Answer<CommandView> = Api::new(g)?.post(&path, &body).await?;
+    view.print(g, |c| output::command(c, Timestamp::now()))
+}
+
 fn device_path(id: &DeviceId) -> String {
     format!("devices/{id}")
 }
@@ -159,7 +199,11 @@ pub(crate) struct Answer<T> {
 
 impl<T> Answer<T> {
     /// Prints the raw JSON under `--json`, else the text `render` makes.
-    pub(crate) fn print(&self, g: &Global, render: impl FnOnce(&T) -> String) -> anyhow::Result<()> {
+    pub(crate) fn print(
+        &self,
+        g: &Global,
+        render: impl FnOnce(&T) -> String,
+    ) -> anyhow::Result<()> {
         if g.json {
             print_json(&self.raw)
         } else {

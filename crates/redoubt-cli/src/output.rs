@@ -7,7 +7,7 @@ use std::io::Write as _;
 
 use anyhow::Context as _;
 
-use redoubt_proto::api::{DeviceView, EnrollmentCreated, ModeView, WhoAmI};
+use redoubt_proto::api::{CommandView, DeviceView, EnrollmentCreated, ModeView, WhoAmI, ZoneView};
 use redoubt_proto::{Capability, Rule, Timestamp};
 
 /// Writes `text` to stdout. A reader that went away (`redoubt devices list | head`)
@@ -168,7 +168,35 @@ pub fn device(d: &DeviceView, now: Timestamp) -> String {
         ("id", d.id.to_string()),
         ("user", d.user.to_string()),
         ("effective mode", d.mode.clone()),
+        (
+            "reported mode",
+            d.reported_mode
+                .clone()
+                .unwrap_or_else(|| "not reported yet".into()),
+        ),
         ("assigned mode", d.assigned_mode.to_string()),
+        (
+            "zones",
+            if d.zones.is_empty() {
+                "none".into()
+            } else {
+                d.zones
+                    .iter()
+                    .map(|z| z.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+        ),
+        (
+            "locked",
+            d.locked_by
+                .as_ref()
+                .map_or_else(|| "no".into(), |c| format!("yes ({c})")),
+        ),
+        (
+            "revoked",
+            d.revoked_at.map_or_else(|| "no".into(), |t| when(t, now)),
+        ),
         ("compliance", d.compliance.to_string()),
         ("hardware", d.hardware.to_string()),
         ("connected", if d.connected { "yes" } else { "no" }.into()),
@@ -200,6 +228,117 @@ pub fn device(d: &DeviceView, now: Timestamp) -> String {
         for (cap, state) in &d.capabilities {
             let _ = writeln!(out, "  {:<width$}  {state}", cap.as_str());
         }
+    }
+    out
+}
+
+fn action_label(c: &CommandView) -> String {
+    match &c.action {
+        redoubt_proto::DeviceAction::ExitZone { zone } => format!("exit-zone {zone}"),
+        other => other.name().into(),
+    }
+}
+
+/// One command and its lifecycle.
+pub fn command(c: &CommandView, now: Timestamp) -> String {
+    let opt = |t: Option<Timestamp>| t.map_or_else(|| "-".into(), |t| when(t, now));
+    let mut out = String::new();
+    if c.existing {
+        out.push_str("this request matches a command already standing; nothing new was sent\n");
+    }
+    out.push_str(&fields(&[
+        ("command", c.id.to_string()),
+        ("device", c.device_id.to_string()),
+        ("action", action_label(c)),
+        ("state", c.state.to_string()),
+        (
+            "created",
+            format!("{} by {}", when(c.created_at, now), c.created_by),
+        ),
+        ("expires", when(c.expires_at, now)),
+        ("delivered", opt(c.delivered_at)),
+        ("acknowledged", opt(c.acknowledged_at)),
+        ("verified", opt(c.verified_at)),
+        ("note", c.note.clone().unwrap_or_else(|| "-".into())),
+    ]));
+    out
+}
+
+/// The `devices commands` table.
+pub fn command_table(list: &[CommandView], now: Timestamp) -> String {
+    if list.is_empty() {
+        return "no commands for this device\n".into();
+    }
+    let mut table = Table::new(["COMMAND", "ACTION", "STATE", "CREATED", "BY", "NOTE"]);
+    for c in list {
+        table.row([
+            c.id.to_string(),
+            action_label(c),
+            c.state.to_string(),
+            relative(c.created_at, now),
+            c.created_by.clone(),
+            c.note.clone().unwrap_or_default(),
+        ]);
+    }
+    table.render()
+}
+
+/// The `zones list` table.
+pub fn zone_table(zones: &[ZoneView]) -> String {
+    if zones.is_empty() {
+        return "no zones; define one with `redoubt zones apply FILE.toml`\n".into();
+    }
+    let mut table = Table::new(["ZONE", "MODE", "CHECKPOINTS", "WI-FI BSSIDS", "GATES"]);
+    for z in zones {
+        let d = &z.definition;
+        table.row([
+            d.name.to_string(),
+            d.mode.to_string(),
+            d.checkpoints
+                .iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            d.wifi_bssids.len().to_string(),
+            z.gate_credentials.values().sum::<u64>().to_string(),
+        ]);
+    }
+    table.render()
+}
+
+/// One zone.
+pub fn zone(z: &ZoneView, now: Timestamp) -> String {
+    let d = &z.definition;
+    let mut out = fields(&[
+        ("zone", d.name.to_string()),
+        ("description", d.description.clone()),
+        ("mode inside", d.mode.to_string()),
+        (
+            "wi-fi BSSIDs",
+            if d.wifi_bssids.is_empty() {
+                "none (codes only)".into()
+            } else {
+                d.wifi_bssids
+                    .iter()
+                    .map(|b| b.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+        ),
+        ("updated", when(z.updated_at, now)),
+    ]);
+    out.push_str("\ncheckpoints:\n");
+    for k in &z.checkpoint_keys {
+        let gates = z
+            .gate_credentials
+            .get(k.name.as_str())
+            .copied()
+            .unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "  {}  key {}  gate credentials: {gates}",
+            k.name, k.public_key
+        );
     }
     out
 }
@@ -348,6 +487,10 @@ mod tests {
             hardware: HardwareKind::Sim,
             connected: true,
             enrolled_at: Timestamp(NOW.0 - 3 * 86_400),
+            reported_mode: Some("secure-site".into()),
+            zones: vec!["lab".parse().expect("zone")],
+            locked_by: None,
+            revoked_at: None,
         }
     }
 

@@ -1,17 +1,201 @@
-//! `redoubt zones …` (STUB: being written).
+//! `redoubt zones apply|list|show|code|gate`: secured zones, their checkpoint codes and
+//! the credentials of gate terminals.
+//!
+//! A zone file (TOML) holds one zone:
+//!
+//! ```toml
+//! name = "lab"
+//! description = "Building 4, second floor"
+//! mode = "secure-site"
+//! checkpoints = ["north-gate", "south-gate"]
+//! wifi_bssids = ["02:00:00:00:01:00"]   # optional: their presence means "inside"
+//! ```
 
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
 use clap::Subcommand;
+use redoubt_proto::api::{GateCredentialCreated, IssueCode, IssuedCode, ZoneDefinition, ZoneView};
+use redoubt_proto::{CheckpointName, Direction, Timestamp, ZoneName};
 
 use crate::args::Global;
+use crate::commands::{Answer, Api};
+use crate::{output, qr};
 
 /// `zones` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum ZonesCommand {
-    /// List zones.
+    /// Create or replace a zone from a TOML file; every device's policy then lists it.
+    Apply {
+        /// The zone file.
+        #[arg(value_name = "FILE.toml")]
+        file: PathBuf,
+    },
+    /// List the zones.
     List,
+    /// Show one zone with its checkpoints' public keys.
+    Show {
+        /// The zone.
+        #[arg(value_name = "ZONE")]
+        zone: ZoneName,
+    },
+    /// Print a checkpoint code valid now (what a gate shows as a QR code).
+    Code {
+        /// The zone.
+        #[arg(value_name = "ZONE")]
+        zone: ZoneName,
+        /// `in` (check-in) or `out` (check-out).
+        #[arg(long, value_name = "in|out")]
+        direction: Direction,
+        /// The checkpoint that signs it (the zone's first when absent).
+        #[arg(long, value_name = "NAME")]
+        checkpoint: Option<CheckpointName>,
+        /// Validity in seconds (5–300; the server's default when absent).
+        #[arg(long, value_name = "SECS")]
+        valid_secs: Option<u32>,
+    },
+    /// Create a credential for the gate terminal (tablet) of a checkpoint and print
+    /// the link to open on it, as text and QR code.
+    Gate {
+        /// The zone.
+        #[arg(value_name = "ZONE")]
+        zone: ZoneName,
+        /// The checkpoint.
+        #[arg(value_name = "CHECKPOINT")]
+        checkpoint: CheckpointName,
+    },
+}
+
+/// Reads and checks a zone file.
+pub fn read_zone_file(path: &Path) -> anyhow::Result<ZoneDefinition> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read zone file {}", path.display()))?;
+    let def: ZoneDefinition = toml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("zone file {}: {}", path.display(), e.message()))?;
+    if def.checkpoints.is_empty() {
+        bail!(
+            "zone file {}: zone {} needs at least one checkpoint (checkpoints = [\"main-gate\"])",
+            path.display(),
+            def.name
+        );
+    }
+    Ok(def)
 }
 
 /// Runs a `zones` subcommand.
-pub async fn run(_g: &Global, _cmd: ZonesCommand) -> anyhow::Result<()> {
-    anyhow::bail!("not yet")
+pub async fn run(g: &Global, cmd: ZonesCommand) -> anyhow::Result<()> {
+    let now = Timestamp::now();
+    match cmd {
+        ZonesCommand::Apply { file } => {
+            let def = read_zone_file(&file)?;
+            let path = format!("zones/{}", def.name);
+            let view: Answer<ZoneView> = Api::new(g)?.put(&path, &def).await?;
+            view.print(g, |z| {
+                format!(
+                    "zone {} stored; every device's policy now lists it\n\n{}",
+                    z.definition.name,
+                    output::zone(z, now)
+                )
+            })
+        }
+        ZonesCommand::List => {
+            let zones: Answer<Vec<ZoneView>> = Api::new(g)?.get("zones").await?;
+            zones.print(g, |z| output::zone_table(z))
+        }
+        ZonesCommand::Show { zone } => {
+            let view: Answer<ZoneView> = Api::new(g)?.get(&format!("zones/{zone}")).await?;
+            view.print(g, |z| output::zone(z, now))
+        }
+        ZonesCommand::Code {
+            zone,
+            direction,
+            checkpoint,
+            valid_secs,
+        } => {
+            let body = IssueCode {
+                direction,
+                checkpoint,
+                valid_secs,
+            };
+            let code: Answer<IssuedCode> = Api::new(g)?
+                .post(&format!("zones/{zone}/codes"), &body)
+                .await?;
+            // The bare code on stdout is what scripts pass on (`redoubt-agent checkpoint`).
+            code.print(g, |c| format!("{}\n", c.code))?;
+            if !g.json {
+                let c = &code.value;
+                eprintln!(
+                    "check-{} code of zone {} at checkpoint {}, valid until {}",
+                    c.direction, c.zone, c.checkpoint, c.not_after
+                );
+            }
+            Ok(())
+        }
+        ZonesCommand::Gate { zone, checkpoint } => {
+            let created: Answer<GateCredentialCreated> = Api::new(g)?
+                .post(
+                    &format!("zones/{zone}/checkpoints/{checkpoint}/gate-credentials"),
+                    &serde_json::json!({}),
+                )
+                .await?;
+            if g.json {
+                return crate::commands::print_json(&created.raw);
+            }
+            let url = &created.value.url;
+            let mut text = format!(
+                "gate terminal link for zone {zone}, checkpoint {checkpoint} (open it once on the \
+                 tablet; it holds the credential, keep it like a password):\n{url}\n\n"
+            );
+            text.push_str(&qr::terminal(url)?);
+            output::emit(&text)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+
+    fn file(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("zone.toml");
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn zone_files_are_checked() {
+        let (_d, p) = file(
+            "name = \"lab\"\nmode = \"secure-site\"\ncheckpoints = [\"north-gate\"]\nwifi_bssids = [\"02:00:00:00:01:00\"]\n",
+        );
+        let def = read_zone_file(&p).unwrap();
+        assert_eq!(def.name.as_str(), "lab");
+        assert_eq!(def.wifi_bssids.len(), 1);
+        for (bad, why) in [
+            (
+                "name = \"lab\"\nmode = \"secure-site\"\ncheckpoints = []\n",
+                "at least one checkpoint",
+            ),
+            (
+                "name = \"Lab\"\nmode = \"secure-site\"\ncheckpoints = [\"g\"]\n",
+                "zone name",
+            ),
+            (
+                "name = \"lab\"\nmode = \"secure-site\"\ncheckpoints = [\"g\"]\nwifi_bssids = [\"nope\"]\n",
+                "BSSID",
+            ),
+            (
+                "name = \"lab\"\nmode = \"secure-site\"\ncheckpoints = [\"g\"]\ncolour = 1\n",
+                "unknown field",
+            ),
+        ] {
+            let (_d, p) = file(bad);
+            let e = read_zone_file(&p).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
 }

@@ -1,9 +1,15 @@
 //! Verification of signed policy bundles and the fail-closed decision of what holds.
 
-use ed25519_dalek::VerifyingKey;
-use redoubt_proto::{DeviceId, EnvelopeError, PolicyBundle, SignedEnvelope, Timestamp};
+use std::collections::BTreeSet;
 
-use crate::modes::{Effective, effective, lockdown};
+use ed25519_dalek::VerifyingKey;
+use redoubt_proto::envelope::decode_public_key;
+use redoubt_proto::{
+    CommandId, DeviceId, EnvelopeError, PolicyBundle, SignedEnvelope, Timestamp, ZoneName,
+};
+
+use crate::modes::Effective;
+use crate::zones::{ZoneState, decide_with};
 
 /// Why a bundle was refused. The agent keeps what it had.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,8 +42,9 @@ pub enum BundleError {
 }
 
 /// Checks a signed bundle for this device: the organization's signature, the device
-/// id, a version not lower than `held_version`, the expiry, and that every assigned
-/// mode is present.
+/// id, a version not lower than `held_version`, the expiry, that every assigned mode
+/// is present, and that every zone is usable: listed once, its mode present, each
+/// checkpoint key a valid Ed25519 public key.
 ///
 /// A bundle whose version equals `held_version` is accepted (a re-delivery); the
 /// server never signs two different bundles with one version.
@@ -84,7 +91,35 @@ pub fn verify_bundle(
             bundle.assignments.base_mode
         )));
     }
+    check_zones(&bundle)?;
     Ok(bundle)
+}
+
+fn check_zones(bundle: &PolicyBundle) -> Result<(), BundleError> {
+    let mut seen: BTreeSet<&ZoneName> = BTreeSet::new();
+    for zone in &bundle.zones {
+        if !seen.insert(&zone.name) {
+            return Err(BundleError::Malformed(format!(
+                "zone {} is listed twice",
+                zone.name
+            )));
+        }
+        if !bundle.modes.iter().any(|m| m.name == zone.mode) {
+            return Err(BundleError::Malformed(format!(
+                "zone {} names mode {}, which is not in the bundle",
+                zone.name, zone.mode
+            )));
+        }
+        for checkpoint in &zone.checkpoints {
+            if decode_public_key(&checkpoint.public_key).is_none() {
+                return Err(BundleError::Malformed(format!(
+                    "the key of checkpoint {} in zone {} is not an Ed25519 public key",
+                    checkpoint.name, zone.name
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// What the agent must enforce now.
@@ -96,54 +131,26 @@ pub struct Decision {
     pub bundle_version: u64,
     /// Why this is the fail-closed fallback rather than the bundle's mode.
     pub fallback_reason: Option<String>,
+    /// The zones the phone is inside (their modes are part of `mode`).
+    pub zones: Vec<ZoneName>,
+    /// The lock command in force (then `mode` includes `lockdown`).
+    pub locked_by: Option<CommandId>,
 }
 
 /// Decides the effective mode from the bundle held (already verified when it was
-/// accepted). Without a bundle, or once it has expired, the answer is `lockdown`.
+/// accepted), outside every zone and unlocked. Without a bundle, or once it has
+/// expired, the answer is `lockdown`. The agent uses [`decide_with`] and its zone state.
 pub fn decide(bundle: Option<&PolicyBundle>, now: Timestamp) -> Decision {
-    let Some(bundle) = bundle else {
-        return Decision {
-            mode: effective(&[lockdown()]),
-            bundle_version: 0,
-            fallback_reason: Some("no policy bundle: lockdown".into()),
-        };
-    };
-    if bundle.expires_at <= now {
-        return Decision {
-            mode: effective(&[lockdown()]),
-            bundle_version: bundle.version,
-            fallback_reason: Some(format!(
-                "policy bundle {} expired at {}: lockdown",
-                bundle.version, bundle.expires_at
-            )),
-        };
-    }
-    let active: Vec<_> = bundle
-        .modes
-        .iter()
-        .filter(|m| m.name == bundle.assignments.base_mode)
-        .cloned()
-        .collect();
-    if active.is_empty() {
-        return Decision {
-            mode: effective(&[lockdown()]),
-            bundle_version: bundle.version,
-            fallback_reason: Some("assigned mode missing from bundle: lockdown".into()),
-        };
-    }
-    Decision {
-        mode: effective(&active),
-        bundle_version: bundle.version,
-        fallback_reason: None,
-    }
+    decide_with(bundle, &ZoneState::default(), now)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::modes::{preset, presets};
+    use crate::modes::{effective, preset, presets};
     use ed25519_dalek::SigningKey;
-    use redoubt_proto::Assignments;
+    use redoubt_proto::envelope::encode_public_key;
+    use redoubt_proto::{Assignments, CheckpointKey, ZonePolicy};
 
     const NOW: Timestamp = Timestamp(1_800_000_000);
 
@@ -213,6 +220,47 @@ mod tests {
         ));
     }
 
+    fn zone(name: &str, mode: &str, key: String) -> ZonePolicy {
+        ZonePolicy {
+            name: name.parse().unwrap(),
+            mode: mode.parse().unwrap(),
+            checkpoints: vec![CheckpointKey {
+                name: "gate".parse().unwrap(),
+                public_key: key,
+            }],
+            wifi_bssids: vec![],
+        }
+    }
+
+    #[test]
+    fn refuses_unusable_zones() {
+        let good_key = encode_public_key(&SigningKey::from_bytes(&[5; 32]).verifying_key());
+        let mut b = bundle(1, 5, 60);
+        b.zones = vec![zone("lab", "lockdown", good_key.clone())];
+        assert_eq!(check(&b, &org(), None), Ok(5));
+
+        b.zones = vec![zone("lab", "night-shift", good_key.clone())];
+        let err = check(&b, &org(), None).unwrap_err().to_string();
+        assert!(
+            err.contains("zone lab") && err.contains("night-shift"),
+            "{err}"
+        );
+
+        b.zones = vec![zone("lab", "lockdown", "bm90IGEga2V5".into())];
+        let err = check(&b, &org(), None).unwrap_err().to_string();
+        assert!(
+            err.contains("checkpoint gate") && err.contains("zone lab"),
+            "{err}"
+        );
+
+        b.zones = vec![
+            zone("lab", "lockdown", good_key.clone()),
+            zone("lab", "secure-site", good_key),
+        ];
+        let err = check(&b, &org(), None).unwrap_err().to_string();
+        assert!(err.contains("listed twice"), "{err}");
+    }
+
     #[test]
     fn refuses_a_tampered_payload() {
         let mut env = SignedEnvelope::sign(PolicyBundle::KIND, &bundle(1, 5, 60), &org());
@@ -238,5 +286,6 @@ mod tests {
         assert_eq!(d.mode.name, "lockdown");
         assert!(d.fallback_reason.unwrap().contains("expired"));
         assert_eq!(d.mode, effective(&[preset("lockdown").unwrap()]));
+        assert_eq!((d.zones, d.locked_by), (vec![], None));
     }
 }

@@ -1,18 +1,30 @@
-//! Compliance evaluation: does a report show the effective mode of the newest bundle?
+//! Compliance evaluation: does a report show the effective mode of the newest bundle,
+//! given the zones it says the phone is inside and the lock it names?
 
 use redoubt_proto::{
-    Capability, CapabilityState, ComplianceReport, NetworkReach, NetworkState, Rule,
+    Capability, CapabilityState, ComplianceReport, NetworkReach, NetworkState, PolicyBundle, Rule,
+    Timestamp,
 };
 
 use crate::modes::Effective;
+use crate::zones::expected_mode;
 
-/// Compares a report with what the server expects. Returns the reasons the device is
-/// not compliant; an empty list means compliant.
+/// Judges a report against the newest bundle. What is expected is [`expected_mode`]:
+/// the base mode, the mode of every zone the report says the phone is inside
+/// (`lockdown` for a zone the bundle does not list) and `lockdown` under a lock. Returns
+/// the reasons the device is not compliant; an empty list means compliant.
+pub fn evaluate(bundle: &PolicyBundle, report: &ComplianceReport, now: Timestamp) -> Vec<String> {
+    let expected = expected_mode(bundle, report, now);
+    evaluate_against(&expected, bundle.version, report)
+}
+
+/// Compares a report with an effective mode already decided. Returns the reasons the
+/// device is not compliant; an empty list means compliant.
 ///
 /// A denied capability must be measured `off` (`unknown` does not count); an
 /// `organization-only` network must be measured so; the report must be for the newest
 /// bundle and name the expected effective mode.
-pub fn evaluate(
+pub fn evaluate_against(
     expected: &Effective,
     expected_bundle_version: u64,
     report: &ComplianceReport,
@@ -60,8 +72,10 @@ pub fn evaluate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::modes::{effective, preset};
-    use redoubt_proto::{DeviceId, HardwareKind, Timestamp};
+    use crate::modes::{effective, preset, presets};
+    use redoubt_proto::{
+        Assignments, CheckpointKey, CommandId, DeviceId, HardwareKind, ZonePolicy,
+    };
 
     fn report(
         mode: &str,
@@ -93,7 +107,7 @@ mod tests {
 
     fn check(r: ComplianceReport, expect_reasons: usize) {
         let secure = effective(&[preset("secure-site").unwrap()]);
-        let reasons = evaluate(&secure, 3, &r);
+        let reasons = evaluate_against(&secure, 3, &r);
         assert_eq!(reasons.len(), expect_reasons, "{reasons:?}");
     }
 
@@ -147,6 +161,80 @@ mod tests {
                 NetworkState::OrganizationOnly,
             ),
             2,
+        );
+    }
+
+    fn zoned_bundle(base: &str) -> PolicyBundle {
+        PolicyBundle {
+            device_id: DeviceId::from_random([1; 12]),
+            version: 3,
+            issued_at: Timestamp(0),
+            expires_at: Timestamp(1_000),
+            modes: presets(),
+            assignments: Assignments {
+                base_mode: base.parse().unwrap(),
+            },
+            check_in_interval_secs: 60,
+            organization_endpoints: vec![],
+            zones: vec![ZonePolicy {
+                name: "lab".parse().unwrap(),
+                mode: "secure-site".parse().unwrap(),
+                checkpoints: vec![CheckpointKey {
+                    name: "north-gate".parse().unwrap(),
+                    public_key: String::new(),
+                }],
+                wifi_bssids: vec![],
+            }],
+        }
+    }
+
+    #[test]
+    fn a_report_is_judged_by_its_own_zones_and_lock() {
+        let b = zoned_bundle("standard");
+        let now = Timestamp(500);
+        let secure = |zones: &[&str]| {
+            let mut r = report(
+                "secure-site",
+                3,
+                CapabilityState::Off,
+                NetworkState::OrganizationOnly,
+            );
+            r.zones = zones.iter().map(|z| z.parse().unwrap()).collect();
+            r
+        };
+        // Inside lab: secure-site is what holds.
+        assert_eq!(evaluate(&b, &secure(&["lab"]), now), Vec::<String>::new());
+        assert_eq!(
+            expected_mode(&b, &secure(&["lab"]), now).name,
+            "secure-site"
+        );
+        // Outside every zone, secure-site is not the effective mode (standard is).
+        assert_eq!(evaluate(&b, &secure(&[]), now).len(), 1);
+        // Inside lab but claiming standard: fewer restrictions than required.
+        let mut loose = report("standard", 3, CapabilityState::On, NetworkState::Open);
+        loose.zones = vec!["lab".parse().unwrap()];
+        let reasons = evaluate(&b, &loose, now);
+        assert!(
+            reasons
+                .iter()
+                .any(|r| r.contains("effective mode is secure-site")),
+            "{reasons:?}"
+        );
+        assert!(reasons.len() >= 3, "{reasons:?}");
+        // A zone the bundle does not list: lockdown (fail closed).
+        let r = secure(&["vault"]);
+        assert_eq!(expected_mode(&b, &r, now).name, "lockdown");
+        assert!(!evaluate(&b, &r, now).is_empty());
+        // Locked: lockdown.
+        let mut locked = secure(&["lab"]);
+        locked.locked_by = Some(CommandId::from_random([4; 12]));
+        assert_eq!(expected_mode(&b, &locked, now).name, "lockdown");
+        locked.effective_mode = "lockdown".into();
+        assert_eq!(evaluate(&b, &locked, now), Vec::<String>::new());
+        // An expired bundle: lockdown whatever the report says.
+        assert_eq!(
+            expected_mode(&b, &secure(&["lab"]), Timestamp(1_000)).name,
+            "lockdown"
         );
     }
 }

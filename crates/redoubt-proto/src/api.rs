@@ -193,6 +193,18 @@ pub struct DeviceView {
     pub connected: bool,
     /// When it enrolled.
     pub enrolled_at: Timestamp,
+    /// The effective mode the phone last reported (zones and locks included).
+    #[serde(default)]
+    pub reported_mode: Option<String>,
+    /// The zones the phone last reported being inside.
+    #[serde(default)]
+    pub zones: Vec<crate::zones::ZoneName>,
+    /// The lock command in force on the phone, as last reported.
+    #[serde(default)]
+    pub locked_by: Option<crate::zones::CommandId>,
+    /// When the device was revoked.
+    #[serde(default)]
+    pub revoked_at: Option<Timestamp>,
 }
 
 /// One mode as the console sees it.
@@ -205,4 +217,123 @@ pub struct ModeView {
     pub builtin: bool,
     /// Last change.
     pub updated_at: Timestamp,
+}
+
+/// A zone as an operator defines it (`redoubt zones apply FILE.toml`). Checkpoint keys
+/// are the server's; they are not part of the definition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZoneDefinition {
+    /// The zone's name.
+    pub name: crate::zones::ZoneName,
+    /// Free text for people.
+    #[serde(default)]
+    pub description: String,
+    /// The mode that holds inside.
+    pub mode: ModeName,
+    /// Its checkpoints (at least one).
+    pub checkpoints: Vec<crate::zones::CheckpointName>,
+    /// Access points whose presence means "inside".
+    #[serde(default)]
+    pub wifi_bssids: Vec<crate::zones::Bssid>,
+}
+
+/// A zone as the server shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ZoneView {
+    /// The definition.
+    #[serde(flatten)]
+    pub definition: ZoneDefinition,
+    /// The checkpoints with the public keys their codes verify with.
+    pub checkpoint_keys: Vec<crate::zones::CheckpointKey>,
+    /// Live gate credentials per checkpoint.
+    pub gate_credentials: BTreeMap<String, u64>,
+    /// Last change.
+    pub updated_at: Timestamp,
+}
+
+/// Ask for a checkpoint code (`POST /zones/{zone}/codes`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssueCode {
+    /// In or out.
+    pub direction: crate::zones::Direction,
+    /// Which checkpoint signs it; the zone's first when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<crate::zones::CheckpointName>,
+    /// Validity in seconds (the server's default when absent; 5–300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_secs: Option<u32>,
+}
+
+/// A checkpoint code, encoded and spelled out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssuedCode {
+    /// What the phone's scanner hands to the agent (`RDZ1.…`).
+    pub code: String,
+    /// The zone.
+    pub zone: crate::zones::ZoneName,
+    /// The checkpoint that signed it.
+    pub checkpoint: crate::zones::CheckpointName,
+    /// In or out.
+    pub direction: crate::zones::Direction,
+    /// Valid from.
+    pub not_before: Timestamp,
+    /// Valid until.
+    pub not_after: Timestamp,
+}
+
+/// A new gate-terminal credential (shown once).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GateCredentialCreated {
+    /// The zone.
+    pub zone: crate::zones::ZoneName,
+    /// The checkpoint.
+    pub checkpoint: crate::zones::CheckpointName,
+    /// The URL to open on the gate's tablet; it carries the credential once and the
+    /// server turns it into a cookie.
+    pub url: String,
+}
+
+/// Ask for a device command (`POST /devices/{id}/commands`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateCommand {
+    /// What to do.
+    #[serde(flatten)]
+    pub action: crate::zones::DeviceAction,
+    /// Seconds until the command expires (server default when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_secs: Option<u64>,
+}
+
+/// A command and where it is in its life.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandView {
+    /// Its id.
+    pub id: crate::zones::CommandId,
+    /// The device.
+    pub device_id: DeviceId,
+    /// What it does.
+    #[serde(flatten)]
+    pub action: crate::zones::DeviceAction,
+    /// Where it is.
+    pub state: crate::zones::CommandState,
+    /// Who asked.
+    pub created_by: String,
+    /// When.
+    pub created_at: Timestamp,
+    /// Expiry.
+    pub expires_at: Timestamp,
+    /// Sent to the phone.
+    pub delivered_at: Option<Timestamp>,
+    /// The phone stored it.
+    pub acknowledged_at: Option<Timestamp>,
+    /// The phone's report showed the effect.
+    pub verified_at: Option<Timestamp>,
+    /// Why it failed, or what verified it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// True when the request matched a command already pending (idempotency).
+    #[serde(default)]
+    pub existing: bool,
 }

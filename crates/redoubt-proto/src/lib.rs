@@ -20,8 +20,8 @@ pub use model::*;
 pub use time_fmt::Timestamp;
 pub use zones::{
     AuditEntry, AuditExport, AuditHead, Bssid, CheckpointCode, CheckpointKey, CheckpointName,
-    CommandId, CommandState, DeviceAction, DeviceCommand, DeviceEvent, DeviceEventKind,
-    Direction, Evidence, ZoneName, ZonePolicy,
+    CommandId, CommandState, DeviceAction, DeviceCommand, DeviceEvent, DeviceEventKind, Direction,
+    Evidence, ZoneName, ZonePolicy,
 };
 
 /// Version prefix of every HTTP API path.

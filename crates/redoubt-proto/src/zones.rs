@@ -483,7 +483,7 @@ pub enum Evidence {
     /// An operator's signed `exit-zone` command.
     Command {
         /// The command.
-        id: CommandId,
+        command: CommandId,
     },
 }
 
@@ -515,14 +515,14 @@ pub enum DeviceEventKind {
     /// A command was carried out.
     CommandDone {
         /// The command.
-        id: CommandId,
+        command: CommandId,
         /// Its action's name.
         action: String,
     },
     /// A command was refused (nothing changed).
     CommandRefused {
         /// The command, when it could be read.
-        id: Option<CommandId>,
+        command: Option<CommandId>,
         /// Why.
         reason: String,
     },
@@ -682,5 +682,52 @@ mod tests {
         assert_eq!(j["event"], "zone-in");
         assert_eq!(j["via"], "wifi");
         assert_eq!(serde_json::from_value::<DeviceEvent>(j).unwrap(), e);
+    }
+
+    #[test]
+    fn every_event_kind_round_trips() {
+        let cmd = CommandId::from_random([3; 12]);
+        let kinds = [
+            DeviceEventKind::ZoneIn {
+                zone: "lab".parse().unwrap(),
+                evidence: Evidence::Code {
+                    checkpoint: "main".parse().unwrap(),
+                    nonce: "ab".into(),
+                    not_before: Timestamp(4),
+                },
+            },
+            DeviceEventKind::ZoneOut {
+                zone: "lab".parse().unwrap(),
+                evidence: Evidence::Command {
+                    command: cmd.clone(),
+                },
+            },
+            DeviceEventKind::CodeRefused {
+                reason: "expired".into(),
+            },
+            DeviceEventKind::CommandDone {
+                command: cmd.clone(),
+                action: "wipe".into(),
+            },
+            DeviceEventKind::CommandRefused {
+                command: Some(cmd),
+                reason: "expired".into(),
+            },
+            DeviceEventKind::CommandRefused {
+                command: None,
+                reason: "bad signature".into(),
+            },
+        ];
+        for kind in kinds {
+            let e = DeviceEvent {
+                id: "0a".into(),
+                at: Timestamp(9),
+                kind,
+            };
+            let text = serde_json::to_string(&e).unwrap();
+            let back: DeviceEvent = serde_json::from_str(&text)
+                .unwrap_or_else(|err| panic!("{text} does not read back: {err}"));
+            assert_eq!(back, e);
+        }
     }
 }

@@ -14,6 +14,7 @@ use redoubt_proto::api::{
     enroll_proof_message,
 };
 use redoubt_proto::envelope::{decode_public_key, decode_signature, encode_public_key};
+use redoubt_proto::{CheckpointKey, ZonePolicy};
 use redoubt_proto::{
     Compliance, ComplianceReport, DeviceId, EnrollmentUrl, Mode, ModeName, PolicyBundle,
     SignedEnvelope, Timestamp,
@@ -26,6 +27,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, watch};
 use url::Url;
 
+use crate::audit::Who;
 use crate::config::{Config, MAX_ENROLLMENT_TTL_SECS};
 use crate::error::ServiceError;
 use crate::pki::Keys;
@@ -35,6 +37,10 @@ use crate::pki::Keys;
 pub enum Push {
     /// The device has a newer bundle.
     BundleChanged,
+    /// The device has commands to be sent.
+    CommandsChanged,
+    /// The device was revoked: end the session.
+    Revoked,
 }
 
 /// Connected device sessions, one per device (a new connection replaces the old one).
@@ -155,6 +161,11 @@ pub fn new_token(prefix: &str) -> String {
 }
 
 impl App {
+    /// Signs a new head of the audit log with the organization key.
+    pub fn sign_audit_head(&self, head: &redoubt_proto::AuditHead) -> SignedEnvelope {
+        SignedEnvelope::sign(redoubt_proto::AuditHead::KIND, head, &self.keys.org_signing)
+    }
+
     /// Signs the next bundle for a device and judges its latest report against it.
     pub fn issue_bundle(&self, req: &BundleRequest, now: Timestamp) -> IssuedBundle {
         let bundle = PolicyBundle {
@@ -162,7 +173,15 @@ impl App {
             version: req.version,
             issued_at: now,
             expires_at: now.plus_secs(self.config.bundle_ttl_secs as i64),
-            modes: vec![req.base_mode.clone()],
+            modes: {
+                let mut modes = vec![req.base_mode.clone()];
+                for (_, m) in &req.zones {
+                    if !modes.iter().any(|k| k.name == m.name) {
+                        modes.push(m.clone());
+                    }
+                }
+                modes
+            },
             assignments: redoubt_proto::Assignments {
                 base_mode: req.base_mode.name.clone(),
             },
@@ -173,13 +192,31 @@ impl App {
                 .map(str::to_owned)
                 .into_iter()
                 .collect(),
-            zones: Vec::new(),
+            zones: req
+                .zones
+                .iter()
+                .map(|(z, _)| ZonePolicy {
+                    name: z.name.clone(),
+                    mode: z.mode.clone(),
+                    checkpoints: z
+                        .checkpoints
+                        .iter()
+                        .map(|cp| CheckpointKey {
+                            name: cp.clone(),
+                            public_key: encode_public_key(
+                                &self.keys.checkpoint_key(&z.name, cp).verifying_key(),
+                            ),
+                        })
+                        .collect(),
+                    wifi_bssids: z.wifi_bssids.clone(),
+                })
+                .collect(),
         };
         let envelope = SignedEnvelope::sign(PolicyBundle::KIND, &bundle, &self.keys.org_signing);
         let expected = redoubt_policy::decide(Some(&bundle), now).mode;
         let (compliance, reasons) = match &req.last_report {
             None => (Compliance::Pending, Vec::new()),
-            Some(r) => verdict(redoubt_policy::evaluate(&expected, bundle.version, r)),
+            Some(r) => verdict(redoubt_policy::evaluate(&bundle, r, now)),
         };
         IssuedBundle {
             version: bundle.version,
@@ -205,7 +242,7 @@ impl App {
     /// `POST /enrollments`: a single-use token and its URL.
     pub async fn create_enrollment(
         &self,
-        by: &str,
+        by: &Who,
         req: CreateEnrollment,
     ) -> Result<EnrollmentCreated, ServiceError> {
         let now = Timestamp::now();
@@ -223,23 +260,43 @@ impl App {
         });
         let token = new_token("");
         let expires_at = now.plus_secs(ttl as i64);
+        // The audit entry names who, for whom and which mode; never the token.
+        let audit = by.draft(
+            "enrollment.create",
+            None,
+            serde_json::json!({"user": req.user, "mode": mode, "expires_at": expires_at}),
+        );
         self.store
-            .create_enrollment_token(&hash_token(&token), &req.user, &mode, by, now, expires_at)
+            .create_enrollment_token(
+                &hash_token(&token),
+                &req.user,
+                &mode,
+                &by.actor,
+                now,
+                expires_at,
+                &[audit],
+                &crate::audit::signer(self),
+            )
             .await?;
         let url = EnrollmentUrl {
             server: self.public_url.clone(),
             token,
             ca: self.keys.fingerprint(),
         };
-        tracing::info!(user = %req.user, mode = %mode, by, "enrollment code created");
+        tracing::info!(user = %req.user, mode = %mode, by = %by.actor, "enrollment code created");
         Ok(EnrollmentCreated {
             url: url.to_string(),
             expires_at,
         })
     }
 
-    /// `POST /enroll`: a phone enrolls with a token and its own public key.
-    pub async fn enroll(&self, req: EnrollRequest) -> Result<EnrollResponse, ServiceError> {
+    /// `POST /enroll`: a phone enrolls with a token and its own public key; `source` is
+    /// the client's address (for the audit log).
+    pub async fn enroll(
+        &self,
+        req: EnrollRequest,
+        source: &str,
+    ) -> Result<EnrollResponse, ServiceError> {
         let now = Timestamp::now();
         let key = decode_public_key(&req.device_public_key).ok_or_else(|| {
             ServiceError::BadRequest("device_public_key is not a base64 Ed25519 public key".into())
@@ -259,18 +316,48 @@ impl App {
             public_key: key.to_bytes(),
             hardware: req.hardware,
         };
-        let rec = self
+        let enrolled = self
             .store
-            .enroll_device(&hash_token(&req.token), device, now, |r| {
-                self.issue_bundle(r, now)
-            })
-            .await
-            .map_err(|e| match e {
-                StoreError::Enroll(EnrollRefusal::Invalid) => ServiceError::TokenInvalid,
-                StoreError::Enroll(EnrollRefusal::Used) => ServiceError::TokenUsed,
-                StoreError::Enroll(EnrollRefusal::Expired) => ServiceError::TokenExpired,
-                other => other.into(),
-            })?;
+            .enroll_device(
+                &hash_token(&req.token),
+                device,
+                now,
+                |r| self.issue_bundle(r, now),
+                |rec| {
+                    vec![Who::device(&rec.id, source).draft(
+                        "device.enroll",
+                        Some(&rec.id),
+                        serde_json::json!({
+                            "user": rec.user,
+                            "mode": rec.assigned_mode,
+                            "hardware": rec.hardware,
+                            "bundle_version": rec.bundle_version,
+                        }),
+                    )]
+                },
+                &crate::audit::signer(self),
+            )
+            .await;
+        let rec = match enrolled {
+            Ok(rec) => rec,
+            Err(StoreError::Enroll(refusal)) => {
+                let (reason, err) = match refusal {
+                    EnrollRefusal::Invalid => ("invalid", ServiceError::TokenInvalid),
+                    EnrollRefusal::Used => ("used", ServiceError::TokenUsed),
+                    EnrollRefusal::Expired => ("expired", ServiceError::TokenExpired),
+                };
+                let entry = Who::anonymous(source).draft(
+                    "device.enroll_refused",
+                    None,
+                    serde_json::json!({"reason": reason, "hardware": req.hardware}),
+                );
+                if let Err(e) = crate::audit::record(self, &[entry]).await {
+                    tracing::error!(error = %e, "could not record a refused enrollment in the audit log");
+                }
+                return Err(err);
+            }
+            Err(other) => return Err(other.into()),
+        };
         tracing::info!(device = %rec.id, user = %rec.user, "device enrolled");
         Ok(EnrollResponse {
             device_id: rec.id,
@@ -307,6 +394,14 @@ impl App {
                 .unwrap_or_default(),
             network: d.last_report.as_ref().map(|r| r.network),
             reported_bundle_version: d.last_report.as_ref().map(|r| r.bundle_version),
+            reported_mode: d.last_report.as_ref().map(|r| r.effective_mode.clone()),
+            zones: d
+                .last_report
+                .as_ref()
+                .map(|r| r.zones.clone())
+                .unwrap_or_default(),
+            locked_by: d.last_report.as_ref().and_then(|r| r.locked_by.clone()),
+            revoked_at: d.revoked_at,
             id: d.id,
             user: d.user,
             mode: d.effective_mode,
@@ -347,16 +442,33 @@ impl App {
     /// `PUT /devices/{id}/mode`: assigns a base mode, issues a bundle, pushes it.
     pub async fn set_mode(
         &self,
-        by: &str,
+        by: &Who,
         id: &DeviceId,
         mode: &ModeName,
     ) -> Result<DeviceView, ServiceError> {
         let now = Timestamp::now();
         let rec = self
             .store
-            .set_device_mode(id, mode, |r| self.issue_bundle(r, now))
+            .set_device_mode(
+                id,
+                mode,
+                now,
+                |r| self.issue_bundle(r, now),
+                |before, after| {
+                    vec![by.draft(
+                        "device.mode",
+                        Some(id),
+                        serde_json::json!({
+                            "from": before.assigned_mode,
+                            "to": after.assigned_mode,
+                            "bundle_version": after.bundle_version,
+                        }),
+                    )]
+                },
+                &crate::audit::signer(self),
+            )
             .await?;
-        tracing::info!(device = %id, mode = %mode, by, version = rec.bundle_version, "mode assigned");
+        tracing::info!(device = %id, mode = %mode, by = %by.actor, version = rec.bundle_version, "mode assigned");
         self.hub.notify(id, Push::BundleChanged);
         Ok(self.device_view(rec, now))
     }
@@ -385,7 +497,7 @@ impl App {
     /// of every device assigned to it.
     pub async fn put_mode(
         &self,
-        by: &str,
+        by: &Who,
         name: &ModeName,
         mode: Mode,
     ) -> Result<ModeView, ServiceError> {
@@ -410,9 +522,30 @@ impl App {
         let now = Timestamp::now();
         let touched = self
             .store
-            .put_custom_mode(&mode, now, |r| self.issue_bundle(r, now))
+            .put_custom_mode(
+                &mode,
+                now,
+                |r| self.issue_bundle(r, now),
+                |created, devices| {
+                    vec![by.draft(
+                        if created {
+                            "mode.create"
+                        } else {
+                            "mode.update"
+                        },
+                        None,
+                        serde_json::json!({
+                            "mode": name,
+                            "created": created,
+                            "definition": mode,
+                            "devices_reissued": devices.len(),
+                        }),
+                    )]
+                },
+                &crate::audit::signer(self),
+            )
             .await?;
-        tracing::info!(mode = %name, by, devices = touched.len(), "mode saved");
+        tracing::info!(mode = %name, by = %by.actor, devices = touched.len(), "mode saved");
         for id in &touched {
             self.hub.notify(id, Push::BundleChanged);
         }
@@ -449,20 +582,21 @@ impl App {
             ));
         }
         let now = Timestamp::now();
-        let outcome = self
+        let (outcome, verified) = self
             .store
-            .record_report(&report, envelope, now, |dev| match self.bundle_of(dev) {
-                Ok(bundle) => {
-                    let expected = redoubt_policy::decide(Some(&bundle), now).mode;
-                    verdict(redoubt_policy::evaluate(
-                        &expected,
-                        dev.bundle_version,
-                        &report,
-                    ))
-                }
-                Err(e) => (Compliance::NonCompliant, vec![e.to_string()]),
-            })
+            .record_report(
+                &report,
+                envelope,
+                now,
+                |dev| match self.bundle_of(dev) {
+                    Ok(bundle) => verdict(redoubt_policy::evaluate(&bundle, &report, now)),
+                    Err(e) => (Compliance::NonCompliant, vec![e.to_string()]),
+                },
+                |c, compliance| crate::commands::judge(c, &report, compliance),
+                &|h| self.sign_audit_head(h),
+            )
             .await?;
+        self.after_verified(&verified).await?;
         metrics::counter!("redoubt_reports_total", "outcome" => match outcome {
             ReportOutcome::Stored(c) => c.as_str(),
             ReportOutcome::Duplicate => "duplicate",
@@ -480,11 +614,14 @@ impl App {
     }
 }
 
-/// Creates an admin credential in `store`; returns the token, which is stored hashed.
+/// Creates an admin credential in `store`, recorded in the audit log as done by `by`
+/// (`sign` signs the log's new head); returns the token, which is stored hashed.
 pub async fn create_admin_token(
     store: &Store,
     name: &str,
     role: Role,
+    by: &Who,
+    sign: redoubt_store::HeadSigner<'_>,
 ) -> Result<String, ServiceError> {
     if name.trim().is_empty() || name.len() > 64 {
         return Err(ServiceError::BadRequest(
@@ -492,8 +629,20 @@ pub async fn create_admin_token(
         ));
     }
     let token = new_token("rdt_");
+    let audit = by.draft(
+        "admin_token.create",
+        None,
+        serde_json::json!({"name": name, "role": role}),
+    );
     store
-        .create_admin_token(name, role, &hash_token(&token), Timestamp::now())
+        .create_admin_token(
+            name,
+            role,
+            &hash_token(&token),
+            Timestamp::now(),
+            &[audit],
+            sign,
+        )
         .await?;
     Ok(token)
 }

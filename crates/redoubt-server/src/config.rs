@@ -46,6 +46,10 @@ pub struct RawConfig {
     pub key_package_max_stock: Option<u64>,
     /// Lifetime of a device session (messenger).
     pub device_session_ttl_secs: Option<u64>,
+    /// Validity of a checkpoint code shown by a gate terminal (seconds).
+    pub gate_code_secs: Option<u32>,
+    /// Default lifetime of a device command (lock, wipe, …) before it expires.
+    pub command_ttl_secs: Option<u64>,
 }
 
 /// Names of the keys, for the `REDOUBT_*` environment overlay.
@@ -67,6 +71,8 @@ const KEYS: &[&str] = &[
     "key_package_low_watermark",
     "key_package_max_stock",
     "device_session_ttl_secs",
+    "gate_code_secs",
+    "command_ttl_secs",
 ];
 
 /// The validated configuration.
@@ -106,6 +112,10 @@ pub struct Config {
     pub key_package_max_stock: u64,
     /// Device session lifetime.
     pub device_session_ttl_secs: u64,
+    /// Validity of a gate terminal's checkpoint codes.
+    pub gate_code_secs: u32,
+    /// Default lifetime of a device command.
+    pub command_ttl_secs: u64,
 }
 
 /// Longest enrollment token lifetime accepted.
@@ -196,7 +206,17 @@ impl RawConfig {
             bail!("max_message_bytes must be between 4096 and 67108864");
         }
         let key_package_max_stock = self.key_package_max_stock.unwrap_or(500).max(1);
+        let gate_code_secs = self.gate_code_secs.unwrap_or(30);
+        if !(5..=300).contains(&gate_code_secs) {
+            bail!("gate_code_secs must be between 5 and 300");
+        }
+        let command_ttl_secs = self.command_ttl_secs.unwrap_or(7 * 24 * 3600);
+        if !(60..=90 * 24 * 3600).contains(&command_ttl_secs) {
+            bail!("command_ttl_secs must be between 60 and 7776000");
+        }
         Ok(Config {
+            gate_code_secs,
+            command_ttl_secs,
             message_ttl_secs,
             max_file_bytes: self
                 .max_file_bytes

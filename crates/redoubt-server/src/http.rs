@@ -25,6 +25,7 @@ use redoubt_proto::{BlobId, DeviceId, GroupId, Mode, ModeName, Timestamp};
 use serde::de::DeserializeOwned;
 
 use crate::app::{SharedApp, hash_token};
+use crate::audit::Who;
 use crate::error::ServiceError;
 use crate::messaging::DeviceSession;
 
@@ -249,7 +250,7 @@ impl FromRequestParts<HttpState> for Device {
     }
 }
 
-fn parse_path<T: std::str::FromStr>(s: &str) -> Result<T, ServiceError>
+pub(crate) fn parse_path<T: std::str::FromStr>(s: &str) -> Result<T, ServiceError>
 where
     T::Err: std::fmt::Display,
 {
@@ -282,7 +283,8 @@ async fn enroll(
         metrics::counter!("redoubt_enroll_rate_limited_total").increment(1);
         return Err(ServiceError::RateLimited);
     }
-    Ok((StatusCode::CREATED, Json(s.app.enroll(req).await?)))
+    let source = peer.ip().to_string();
+    Ok((StatusCode::CREATED, Json(s.app.enroll(req, &source).await?)))
 }
 
 async fn whoami(admin: Admin) -> Json<WhoAmI> {
@@ -300,7 +302,7 @@ async fn create_enrollment(
     admin.require(Role::Operator, "create enrollment codes")?;
     Ok((
         StatusCode::CREATED,
-        Json(s.app.create_enrollment(&admin.name, req).await?),
+        Json(s.app.create_enrollment(&Who::admin(&admin), req).await?),
     ))
 }
 
@@ -328,7 +330,9 @@ async fn set_mode(
 ) -> Result<impl IntoResponse, ServiceError> {
     admin.require(Role::Operator, "change a device's mode")?;
     let id: DeviceId = parse_path(&id)?;
-    Ok(Json(s.app.set_mode(&admin.name, &id, &req.mode).await?))
+    Ok(Json(
+        s.app.set_mode(&Who::admin(&admin), &id, &req.mode).await?,
+    ))
 }
 
 async fn list_modes(
@@ -355,7 +359,9 @@ async fn put_mode(
 ) -> Result<impl IntoResponse, ServiceError> {
     admin.require(Role::Officer, "change modes")?;
     let name: ModeName = parse_path(&name)?;
-    Ok(Json(s.app.put_mode(&admin.name, &name, mode).await?))
+    Ok(Json(
+        s.app.put_mode(&Who::admin(&admin), &name, mode).await?,
+    ))
 }
 
 async fn revoke_device(
@@ -365,7 +371,11 @@ async fn revoke_device(
 ) -> Result<impl IntoResponse, ServiceError> {
     admin.require(Role::Operator, "revoke a device")?;
     let id: DeviceId = parse_path(&id)?;
-    Ok(Json(s.app.revoke_device(&admin.name, &id).await?))
+    Ok(Json(
+        s.app
+            .revoke_device_as(&Who::admin(&admin), &admin.name, &id)
+            .await?,
+    ))
 }
 
 async fn device_challenge(

@@ -111,13 +111,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::AdminToken { data, name, role } => {
-            pki::Keys::open_or_create(&data)?;
+            let keys = pki::Keys::open_or_create(&data)?;
             let store = redoubt_store::Store::open_sqlite(&pki::database_path(&data))
                 .await
                 .with_context(|| format!("opening the database in {}", data.display()))?;
-            let token = app::create_admin_token(&store, &name, role)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let token = app::create_admin_token(
+                &store,
+                &name,
+                role,
+                &audit::Who::server_cli(),
+                &audit::sign_with(&keys.org_signing),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
             store.close().await;
             eprintln!("Admin token for {name} ({role}); it is shown only this once:");
             println!("{token}");

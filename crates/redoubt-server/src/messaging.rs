@@ -543,7 +543,14 @@ impl App {
             .ok_or_else(|| ServiceError::NotFound(format!("device {}", s.device)))?;
         let now = Timestamp::now();
         let bundle: Option<PolicyBundle> = self.bundle_of(&dev).ok();
-        let device_mode = redoubt_policy::decide(bundle.as_ref(), now).mode;
+        // What the phone last reported holds (zones and locks included) — when that
+        // report is for the newest bundle; else what the bundle alone says.
+        let device_mode = match (bundle.as_ref(), dev.last_report.as_ref()) {
+            (Some(b), Some(r)) if r.bundle_version == b.version => {
+                redoubt_policy::expected_mode(b, r, now)
+            }
+            (b, _) => redoubt_policy::decide(b, now).mode,
+        };
         let compliance = self.device_view(dev, now).compliance;
         let mut held = Vec::new();
         for (g, clearance) in needing {
@@ -648,23 +655,61 @@ impl App {
             .map_err(|e| ServiceError::Unavailable(format!("reading file {id}: {e}")))
     }
 
-    /// `POST /devices/{id}/revoke`: the device loses its sessions and KeyPackages, and
-    /// the members of each of its groups are asked to remove it.
+    /// Revokes a device on behalf of `by`: an admin's name, recorded in the audit log
+    /// as `admin:NAME` without an address, or a label starting with `server`, recorded
+    /// as `server`. Prefer [`App::revoke_device_as`], which records the address too.
     pub async fn revoke_device(&self, by: &str, id: &DeviceId) -> Result<DeviceView, ServiceError> {
+        let who = if by.starts_with("server") {
+            crate::audit::Who::server()
+        } else {
+            crate::audit::Who {
+                actor: format!("admin:{by}"),
+                source: String::new(),
+            }
+        };
+        self.revoke_device_as(&who, by, id).await
+    }
+
+    /// `POST /devices/{id}/revoke`: the device loses its sessions and KeyPackages, and
+    /// the members of each of its groups are asked to remove it; the audit log records
+    /// `who` did it, and the removal requests give `reason` (e.g. who).
+    pub async fn revoke_device_as(
+        &self,
+        who: &crate::audit::Who,
+        reason: &str,
+        id: &DeviceId,
+    ) -> Result<DeviceView, ServiceError> {
         let now = Timestamp::now();
-        let reason = format!("device revoked by {by}");
+        let reason = format!("device revoked by {reason}");
         let groups = self
             .store
-            .revoke_device(id, now, self.message_expiry(now), |gid| {
-                let req = RemovalRequest {
-                    group_id: gid.clone(),
-                    device_id: id.clone(),
-                    reason: reason.clone(),
-                    issued_at: now,
-                };
-                let env = SignedEnvelope::sign(RemovalRequest::KIND, &req, &self.keys.org_signing);
-                serde_json::to_vec(&env).unwrap_or_default()
-            })
+            .revoke_device(
+                id,
+                now,
+                self.message_expiry(now),
+                |gid| {
+                    let req = RemovalRequest {
+                        group_id: gid.clone(),
+                        device_id: id.clone(),
+                        reason: reason.clone(),
+                        issued_at: now,
+                    };
+                    let env =
+                        SignedEnvelope::sign(RemovalRequest::KIND, &req, &self.keys.org_signing);
+                    serde_json::to_vec(&env).unwrap_or_default()
+                },
+                |groups| {
+                    vec![who.draft(
+                        "device.revoke",
+                        Some(id),
+                        serde_json::json!({
+                            "reason": reason,
+                            "groups": groups.len(),
+                        }),
+                    )]
+                },
+                &crate::audit::signer(self),
+            )
             .await?;
         self.sessions.end_device(id);
         self.doorbells.ring(id, MessengerPush::QueueChanged);
@@ -673,7 +718,7 @@ impl App {
                 self.doorbells.ring(d, MessengerPush::QueueChanged);
             }
         }
-        tracing::info!(device = %id, by, groups = groups.len(), "device revoked");
+        tracing::info!(device = %id, by = %who.actor, groups = groups.len(), "device revoked");
         self.device(id).await
     }
 

@@ -74,6 +74,27 @@ fn read(dir: &Path, name: &str) -> anyhow::Result<String> {
 }
 
 impl Keys {
+    /// The signing key of a zone's checkpoint, derived from the organization key (so
+    /// no further secret is stored): SHA-256 over a domain string, the organization
+    /// key and the two names.
+    pub fn checkpoint_key(
+        &self,
+        zone: &redoubt_proto::ZoneName,
+        checkpoint: &redoubt_proto::CheckpointName,
+    ) -> SigningKey {
+        use sha2::{Digest, Sha256};
+        let mut seed = zeroize::Zeroizing::new(self.org_signing.to_bytes());
+        let mut h = Sha256::new();
+        h.update(b"redoubt-checkpoint-key-v1\0");
+        h.update(seed.as_slice());
+        h.update(zone.as_str().as_bytes());
+        h.update([0]);
+        h.update(checkpoint.as_str().as_bytes());
+        let derived = zeroize::Zeroizing::new(<[u8; 32]>::from(h.finalize()));
+        zeroize::Zeroize::zeroize(&mut *seed);
+        SigningKey::from_bytes(&derived)
+    }
+
     /// Loads the keys, creating the data directory and every missing key on first use.
     pub fn open_or_create(dir: &Path) -> anyhow::Result<Keys> {
         fs::create_dir_all(dir)

@@ -132,6 +132,34 @@ async fn send_bundle(
     Ok(dev)
 }
 
+/// Sends every command the phone has not acknowledged yet and marks them delivered.
+async fn send_commands(
+    app: &SharedApp,
+    socket: &mut WebSocket,
+    id: &DeviceId,
+) -> anyhow::Result<()> {
+    let now = Timestamp::now();
+    let pending = app.store.commands_to_send(id, now).await?;
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let mut sent = Vec::with_capacity(pending.len());
+    for c in pending {
+        send(
+            socket,
+            &ServerFrame::Command {
+                command: c.envelope.clone(),
+            },
+        )
+        .await?;
+        sent.push(c.id);
+    }
+    app.store
+        .mark_delivered(id, &sent, now, &|h| app.sign_audit_head(h))
+        .await?;
+    Ok(())
+}
+
 async fn session(app: SharedApp, mut socket: WebSocket) -> anyhow::Result<()> {
     let Some(device) = authenticate(&app, &mut socket).await? else {
         return Ok(());
@@ -160,6 +188,7 @@ async fn run(
     )
     .await?;
     let mut device = send_bundle(app, socket, id).await?;
+    send_commands(app, socket, id).await?;
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
     loop {
@@ -175,6 +204,11 @@ async fn run(
                     return Ok(());
                 }
                 Some(Push::BundleChanged) => device = send_bundle(app, socket, id).await?,
+                Some(Push::CommandsChanged) => send_commands(app, socket, id).await?,
+                Some(Push::Revoked) => {
+                    refuse(socket, "unauthorized", "this device was revoked").await;
+                    return Ok(());
+                }
             },
             _ = ping.tick() => socket.send(Message::Ping(Vec::new().into())).await?,
             msg = socket.next() => {
@@ -223,8 +257,19 @@ async fn run(
                             send(socket, &ServerFrame::Error { code: api.code, message: api.message, fatal: false }).await?;
                         }
                     },
-                    AgentFrame::CommandAck { id: cmd, .. } => {
-                        tracing::warn!(device = %id, command = %cmd, "command acknowledgements are not handled yet");
+                    AgentFrame::CommandAck { id: cmd, accepted, reason } => {
+                        match app.command_ack(id, &cmd, accepted, reason.as_deref()).await {
+                            Ok(_) => {}
+                            Err(ServiceError::Unavailable(e)) => {
+                                tracing::error!(device = %id, error = %e, "command acknowledgement not stored");
+                                send(socket, &ServerFrame::Error { code: "unavailable".into(), message: "storage unavailable".into(), fatal: true }).await?;
+                                return Ok(());
+                            }
+                            Err(e) => {
+                                let api = e.to_api();
+                                send(socket, &ServerFrame::Error { code: api.code, message: api.message, fatal: false }).await?;
+                            }
+                        }
                     }
                 }
             }

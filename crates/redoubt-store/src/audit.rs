@@ -1,12 +1,17 @@
 //! The tamper-evident audit log: an append-only hash chain whose newest head the
 //! organization key signs in the same transaction as the append.
 //!
-//! STUB: the interface is fixed; the bodies are being written.
+//! Appends run inside a write transaction (`BEGIN IMMEDIATE`), so they are serialized
+//! and the chain has no gaps. The head is one row, overwritten at each append; a new
+//! entry chains to the *signed* head, so entries deleted at the end of the log stay
+//! visible as a gap after the next append, and the store refuses to sign over
+//! entries that lie beyond the signed head (someone added them without the key).
 
+use redoubt_policy::{GENESIS, entry_hash};
 use redoubt_proto::{AuditEntry, AuditHead, DeviceId, SignedEnvelope, Timestamp};
-use sqlx::SqliteConnection;
+use sqlx::{Row, SqliteConnection};
 
-use crate::{Result, Store};
+use crate::{Result, Store, StoreError, corrupt, from_json, to_json};
 
 /// An entry to append: who, from where, what, about which device.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,14 +44,117 @@ pub struct AuditFilter {
     pub limit: Option<u64>,
 }
 
+const ENTRY_COLUMNS: &str = "seq, at, actor, source, action, device_id, detail, prev_hash, hash";
+
+fn entry(r: &sqlx::sqlite::SqliteRow) -> Result<AuditEntry> {
+    let seq = r.try_get::<i64, _>("seq")? as u64;
+    let what = |field: &str| format!("audit entry #{seq} {field}");
+    Ok(AuditEntry {
+        seq,
+        at: Timestamp(r.try_get("at")?),
+        actor: r.try_get("actor")?,
+        source: r.try_get("source")?,
+        action: r.try_get("action")?,
+        device_id: r
+            .try_get::<Option<&str>, _>("device_id")?
+            .map(|s| s.parse().map_err(|e| corrupt(&what("device id"), e)))
+            .transpose()?,
+        detail: from_json(&what("detail"), r.try_get("detail")?)?,
+        prev_hash: r.try_get("prev_hash")?,
+        hash: r.try_get("hash")?,
+    })
+}
+
+/// The `(seq, hash)` the next entry chains to: the signed head's.
+async fn chain_tip(conn: &mut SqliteConnection) -> Result<(u64, String)> {
+    let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
+        .fetch_optional(&mut *conn)
+        .await?;
+    let (seq, hash) = match head {
+        None => (0, GENESIS.to_owned()),
+        Some(r) => (r.try_get::<i64, _>("seq")? as u64, r.try_get("hash")?),
+    };
+    let newest: Option<i64> = sqlx::query_scalar("SELECT max(seq) FROM audit_log")
+        .fetch_one(&mut *conn)
+        .await?;
+    let newest = newest.unwrap_or(0) as u64;
+    if newest > seq {
+        return Err(StoreError::Corrupt(format!(
+            "the audit log holds entry #{newest} but its signed head ends at #{seq}; \
+             refusing to sign over entries added without the organization key \
+             (run `redoubt audit verify`)"
+        )));
+    }
+    Ok((seq, hash))
+}
+
 /// Appends `drafts` in order inside the caller's write transaction and re-signs the head.
+///
+/// Each entry gets the next sequence number and a hash chained to the previous one;
+/// then `sign` signs the new head, which replaces the stored one. Nothing is written
+/// (and nothing signed) when `drafts` is empty.
 pub(crate) async fn append(
-    _conn: &mut SqliteConnection,
-    _drafts: &[AuditDraft],
-    _at: Timestamp,
-    _sign: HeadSigner<'_>,
+    conn: &mut SqliteConnection,
+    drafts: &[AuditDraft],
+    at: Timestamp,
+    sign: HeadSigner<'_>,
 ) -> Result<()> {
+    if drafts.is_empty() {
+        return Ok(());
+    }
+    let (mut seq, mut hash) = chain_tip(conn).await?;
+    for d in drafts {
+        seq += 1;
+        let next = entry_hash(
+            &hash,
+            seq,
+            at,
+            &d.actor,
+            &d.source,
+            &d.action,
+            d.device_id.as_ref(),
+            &d.detail,
+        );
+        sqlx::query(
+            "INSERT INTO audit_log (seq, at, actor, source, action, device_id, detail, prev_hash, hash)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(seq as i64)
+        .bind(at.unix())
+        .bind(&d.actor)
+        .bind(&d.source)
+        .bind(&d.action)
+        .bind(d.device_id.as_ref().map(DeviceId::as_str))
+        .bind(to_json(&d.detail))
+        .bind(&hash)
+        .bind(&next)
+        .execute(&mut *conn)
+        .await?;
+        hash = next;
+    }
+    let envelope = sign(&AuditHead {
+        seq,
+        hash: hash.clone(),
+        signed_at: at,
+    });
+    sqlx::query(
+        "INSERT INTO audit_head (id, seq, hash, envelope) VALUES (1, ?, ?, ?)
+         ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, envelope = excluded.envelope",
+    )
+    .bind(seq as i64)
+    .bind(&hash)
+    .bind(to_json(&envelope))
+    .execute(&mut *conn)
+    .await?;
     Ok(())
+}
+
+async fn head(conn: &mut SqliteConnection) -> Result<Option<SignedEnvelope>> {
+    let envelope: Option<String> =
+        sqlx::query_scalar("SELECT envelope FROM audit_head WHERE id = 1")
+            .fetch_optional(&mut *conn)
+            .await?;
+    envelope.map(|e| from_json("audit head", &e)).transpose()
 }
 
 impl Store {
@@ -64,12 +172,49 @@ impl Store {
     }
 
     /// Entries matching `filter`, oldest first.
-    pub async fn audit_list(&self, _filter: &AuditFilter) -> Result<Vec<AuditEntry>> {
-        Ok(Vec::new())
+    pub async fn audit_list(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>> {
+        let device = filter.device.as_ref().map(DeviceId::as_str);
+        let since = filter.since.map(Timestamp::unix);
+        let limit = filter
+            .limit
+            .map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
+        let after = filter
+            .after_seq
+            .map_or(0, |s| i64::try_from(s).unwrap_or(i64::MAX));
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ENTRY_COLUMNS} FROM audit_log
+             WHERE (? IS NULL OR device_id = ?) AND (? IS NULL OR at >= ?) AND seq > ?
+             ORDER BY seq LIMIT ?"
+        )))
+        .bind(device)
+        .bind(device)
+        .bind(since)
+        .bind(since)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(entry).collect()
     }
 
     /// The signed head, if the log has any entry.
     pub async fn audit_head(&self) -> Result<Option<SignedEnvelope>> {
-        Ok(None)
+        let mut conn = self.pool.acquire().await?;
+        head(&mut conn).await
+    }
+
+    /// Every entry, oldest first, and the signed head, read from one snapshot of the
+    /// database (an append in between cannot make them disagree).
+    pub async fn audit_snapshot(&self) -> Result<(Vec<AuditEntry>, Option<SignedEnvelope>)> {
+        let mut tx = self.pool.begin().await?;
+        let head = head(&mut tx).await?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ENTRY_COLUMNS} FROM audit_log ORDER BY seq"
+        )))
+        .fetch_all(&mut *tx)
+        .await?;
+        let entries = rows.iter().map(entry).collect::<Result<Vec<_>>>()?;
+        tx.commit().await?;
+        Ok((entries, head))
     }
 }

@@ -31,6 +31,8 @@ pub struct BundleRequest {
     pub version: u64,
     /// The assigned base mode's definition.
     pub base_mode: Mode,
+    /// Every zone with the definition of the mode that holds inside it.
+    pub zones: Vec<(redoubt_proto::api::ZoneDefinition, Mode)>,
     /// The latest report, to re-evaluate compliance against the new bundle.
     pub last_report: Option<ComplianceReport>,
 }
@@ -108,6 +110,18 @@ const DEVICE_COLUMNS: &str = "id, user_name, public_key, hardware, assigned_mode
      bundle_version, bundle_envelope, bundle_issued_at, bundle_expires_at, effective_mode, compliance, \
      compliance_reasons, last_report_seq, last_report_at, last_report";
 
+/// The audit action of a device event.
+fn event_action(kind: &redoubt_proto::DeviceEventKind) -> &'static str {
+    use redoubt_proto::DeviceEventKind as K;
+    match kind {
+        K::ZoneIn { .. } => "zone.in",
+        K::ZoneOut { .. } => "zone.out",
+        K::CodeRefused { .. } => "zone.code_refused",
+        K::CommandDone { .. } => "command.done",
+        K::CommandRefused { .. } => "command.refused",
+    }
+}
+
 fn compliance_str(c: Compliance) -> &'static str {
     c.as_str()
 }
@@ -165,7 +179,7 @@ fn device_record(r: &sqlx::sqlite::SqliteRow) -> Result<DeviceRecord> {
     })
 }
 
-async fn load_mode(tx: &mut Transaction<'_, Sqlite>, name: &ModeName) -> Result<Mode> {
+pub(crate) async fn load_mode(tx: &mut Transaction<'_, Sqlite>, name: &ModeName) -> Result<Mode> {
     let def: Option<String> = sqlx::query_scalar("SELECT definition FROM modes WHERE name = ?")
         .bind(name.as_str())
         .fetch_optional(&mut **tx)
@@ -205,6 +219,7 @@ pub(crate) async fn reissue(
         user: dev.user.clone(),
         version: dev.bundle_version + 1,
         base_mode,
+        zones: crate::zones::load_zone_grants(tx).await?,
         last_report: dev.last_report.clone(),
     });
     sqlx::query(
@@ -229,13 +244,17 @@ pub(crate) async fn reissue(
 
 impl Store {
     /// Consumes an enrollment token and enrolls a device with its first bundle, all in
-    /// one transaction: a token can enroll exactly one device, even under races.
+    /// one transaction: a token can enroll exactly one device, even under races. The
+    /// entries `audit` makes from the new device are appended in the same transaction
+    /// (`sign` signs the log's new head).
     pub async fn enroll_device(
         &self,
         token_hash: &[u8; 32],
         device: NewDevice,
         now: Timestamp,
         mut issue: impl FnMut(&BundleRequest) -> IssuedBundle,
+        audit: impl FnOnce(&DeviceRecord) -> Vec<crate::AuditDraft>,
+        sign: crate::HeadSigner<'_>,
     ) -> Result<DeviceRecord> {
         let mut tx = self.write_tx().await?;
         let row = sqlx::query(
@@ -271,6 +290,7 @@ impl Store {
             user: user.clone(),
             version: 1,
             base_mode,
+            zones: crate::zones::load_zone_grants(&mut tx).await?,
             last_report: None,
         });
         let inserted = sqlx::query(
@@ -303,6 +323,7 @@ impl Store {
         }
         inserted?;
         let rec = load_device(&mut tx, &device.id).await?;
+        crate::audit::append(&mut tx, &audit(&rec), now, sign).await?;
         tx.commit().await?;
         Ok(rec)
     }
@@ -328,15 +349,22 @@ impl Store {
         rows.iter().map(device_record).collect()
     }
 
-    /// Assigns a new base mode and issues the next bundle, in one transaction.
+    /// Assigns a new base mode and issues the next bundle, in one transaction, which
+    /// also appends the entries `audit` makes from the device before and after the
+    /// change (`sign` signs the log's new head).
     pub async fn set_device_mode(
         &self,
         id: &DeviceId,
         mode: &ModeName,
+        now: Timestamp,
         mut issue: impl FnMut(&BundleRequest) -> IssuedBundle,
+        audit: impl FnOnce(&DeviceRecord, &DeviceRecord) -> Vec<crate::AuditDraft>,
+        sign: crate::HeadSigner<'_>,
     ) -> Result<DeviceRecord> {
         let mut tx = self.write_tx().await?;
+        let before = load_device(&mut tx, id).await?;
         let rec = reissue(&mut tx, id, Some(mode), &mut issue).await?;
+        crate::audit::append(&mut tx, &audit(&before, &rec), now, sign).await?;
         tx.commit().await?;
         Ok(rec)
     }
@@ -354,19 +382,25 @@ impl Store {
     }
 
     /// Stores a verified report if its sequence number is newer than the newest one,
-    /// with the verdict `evaluate` gives against the device's newest bundle; the write is
-    /// durable when this returns.
+    /// with the verdict `evaluate` gives against the device's newest bundle, and in the
+    /// same transaction: appends to the audit log the events it carries (each event once,
+    /// by id), a change of effective mode or of compliance, and moves the device's
+    /// commands on — acknowledged when the report lists them as done, verified when
+    /// `judge` (given the verdict) says the report shows their effect. The write is
+    /// durable when this returns. Returns the commands verified by this report.
     pub async fn record_report(
         &self,
         report: &ComplianceReport,
         envelope: &SignedEnvelope,
         now: Timestamp,
         evaluate: impl FnOnce(&DeviceRecord) -> (Compliance, Vec<String>),
-    ) -> Result<ReportOutcome> {
+        judge: impl Fn(&crate::CommandRecord, Compliance) -> Option<String>,
+        sign: crate::HeadSigner<'_>,
+    ) -> Result<(ReportOutcome, Vec<crate::CommandRecord>)> {
         let mut tx = self.write_tx().await?;
         let dev = load_device(&mut tx, &report.device_id).await?;
         if dev.last_report_seq.is_some_and(|s| report.seq <= s) {
-            return Ok(ReportOutcome::Duplicate);
+            return Ok((ReportOutcome::Duplicate, Vec::new()));
         }
         let (compliance, reasons) = evaluate(&dev);
         sqlx::query("INSERT INTO reports (device_id, seq, received_at, compliance, envelope) VALUES (?, ?, ?, ?, ?)")
@@ -389,8 +423,94 @@ impl Store {
         .bind(dev.id.as_str())
         .execute(&mut *tx)
         .await?;
+        let actor = format!("device:{}", dev.id);
+        let mut audit = Vec::new();
+        for e in &report.events {
+            let fresh = sqlx::query(
+                "INSERT INTO device_events (device_id, event_id, at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+            )
+            .bind(dev.id.as_str())
+            .bind(&e.id)
+            .bind(now.unix())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            if fresh {
+                audit.push(crate::AuditDraft {
+                    actor: actor.clone(),
+                    source: String::new(),
+                    action: event_action(&e.kind).into(),
+                    device_id: Some(dev.id.clone()),
+                    detail: serde_json::to_value(e).unwrap_or_default(),
+                });
+            }
+        }
+        let previous_mode = dev.last_report.as_ref().map(|r| r.effective_mode.as_str());
+        if previous_mode != Some(report.effective_mode.as_str()) {
+            audit.push(crate::AuditDraft {
+                actor: actor.clone(),
+                source: String::new(),
+                action: "mode.changed".into(),
+                device_id: Some(dev.id.clone()),
+                detail: serde_json::json!({
+                    "from": previous_mode,
+                    "to": report.effective_mode,
+                    "zones": report.zones,
+                    "locked_by": report.locked_by,
+                    "bundle_version": report.bundle_version,
+                    "seq": report.seq,
+                }),
+            });
+        }
+        if dev.compliance != compliance || dev.last_report.is_none() {
+            audit.push(crate::AuditDraft {
+                actor: "server".into(),
+                source: String::new(),
+                action: "compliance.changed".into(),
+                device_id: Some(dev.id.clone()),
+                detail: serde_json::json!({
+                    "from": dev.compliance.as_str(),
+                    "to": compliance.as_str(),
+                    "reasons": reasons,
+                    "seq": report.seq,
+                }),
+            });
+        }
+        crate::audit::append(&mut tx, &audit, now, sign).await?;
+        let mut verified = Vec::new();
+        for c in crate::commands::open_in(&mut tx, &dev.id).await? {
+            let mut c = c;
+            if report.commands_done.contains(&c.id)
+                && c.state != redoubt_proto::CommandState::Acknowledged
+            {
+                c = crate::commands::transition(
+                    &mut tx,
+                    &c,
+                    redoubt_proto::CommandState::Acknowledged,
+                    None,
+                    now,
+                    &actor,
+                    sign,
+                )
+                .await?;
+            }
+            if let Some(note) = judge(&c, compliance) {
+                c = crate::commands::transition(
+                    &mut tx,
+                    &c,
+                    redoubt_proto::CommandState::Verified,
+                    Some(&note),
+                    now,
+                    &actor,
+                    sign,
+                )
+                .await?;
+                verified.push(c);
+            }
+        }
         tx.commit().await?;
-        Ok(ReportOutcome::Stored(compliance))
+        Ok((ReportOutcome::Stored(compliance), verified))
     }
 
     /// Number of reports stored for a device (the history).

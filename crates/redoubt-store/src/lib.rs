@@ -6,10 +6,12 @@
 //! transaction themselves and never see SQL.
 
 mod audit;
+mod commands;
 mod devices;
 mod messaging;
 mod modes;
 mod tokens;
+mod zones;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -22,12 +24,14 @@ use sqlx::sqlite::{
 };
 
 pub use audit::{AuditDraft, AuditFilter, HeadSigner};
+pub use commands::{CommandRecord, NewCommand};
 pub use devices::{BundleRequest, DeviceRecord, IssuedBundle, NewDevice, ReportOutcome};
 pub use messaging::{
     BlobRecord, ClaimedRecord, CommitInput, CommitOutcome, GroupRecord, MessageOutcome, QueuedGroup,
 };
 pub use modes::ModeRecord;
 pub use tokens::{AdminRecord, EnrollRefusal};
+pub use zones::ZoneRecord;
 
 /// Errors of the store. Variants exist where callers branch.
 #[derive(Debug, thiserror::Error)]

@@ -760,13 +760,17 @@ impl Store {
 
     /// Marks a device revoked, drops its KeyPackages, and queues a removal request for
     /// the other members of every group it is in; `sign` makes the request's payload
-    /// for a group. Returns `(group, devices notified)` per group.
+    /// for a group. Returns `(group, devices notified)` per group. The entries `audit`
+    /// makes from those groups are appended in the same transaction (`sign_head` signs
+    /// the log's new head).
     pub async fn revoke_device(
         &self,
         id: &DeviceId,
         now: Timestamp,
         expires_at: Timestamp,
         mut sign: impl FnMut(&GroupId) -> Vec<u8>,
+        audit: impl FnOnce(&[(GroupId, Vec<DeviceId>)]) -> Vec<crate::AuditDraft>,
+        sign_head: crate::HeadSigner<'_>,
     ) -> Result<Vec<(GroupId, Vec<DeviceId>)>> {
         let mut tx = self.write_tx().await?;
         let r = sqlx::query("UPDATE devices SET revoked_at = coalesce(revoked_at, ?) WHERE id = ?")
@@ -820,6 +824,7 @@ impl Store {
             .await?;
             out.push((gid, others));
         }
+        crate::audit::append(&mut tx, &audit(&out), now, sign_head).await?;
         tx.commit().await?;
         Ok(out)
     }

@@ -65,12 +65,16 @@ impl Store {
 
     /// Creates or replaces a custom mode and, in the same transaction, issues a new
     /// bundle (through `issue`) to every live device assigned to it. Built-in presets
-    /// cannot be replaced. Returns the devices that got a new bundle.
+    /// cannot be replaced. Returns the devices that got a new bundle. The entries
+    /// `audit` makes from whether the mode is new and which devices got a bundle are
+    /// appended in the same transaction (`sign` signs the log's new head).
     pub async fn put_custom_mode(
         &self,
         mode: &Mode,
         now: Timestamp,
         mut issue: impl FnMut(&BundleRequest) -> IssuedBundle,
+        audit: impl FnOnce(bool, &[DeviceId]) -> Vec<crate::AuditDraft>,
+        sign: crate::HeadSigner<'_>,
     ) -> Result<Vec<DeviceId>> {
         let mut tx = self.write_tx().await?;
         let builtin: Option<bool> = sqlx::query_scalar("SELECT builtin FROM modes WHERE name = ?")
@@ -104,6 +108,8 @@ impl Store {
             crate::devices::reissue(&mut tx, &id, None, &mut issue).await?;
             touched.push(id);
         }
+        let created = builtin.is_none();
+        crate::audit::append(&mut tx, &audit(created, &touched), now, sign).await?;
         tx.commit().await?;
         Ok(touched)
     }

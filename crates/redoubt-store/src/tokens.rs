@@ -27,14 +27,18 @@ pub enum EnrollRefusal {
 }
 
 impl Store {
-    /// Stores a new admin credential.
+    /// Stores a new admin credential and appends `audit` to the audit log, in one
+    /// transaction (`sign` signs the log's new head).
     pub async fn create_admin_token(
         &self,
         name: &str,
         role: Role,
         token_hash: &[u8; 32],
         now: Timestamp,
+        audit: &[crate::AuditDraft],
+        sign: crate::HeadSigner<'_>,
     ) -> Result<()> {
+        let mut tx = self.write_tx().await?;
         sqlx::query(
             "INSERT INTO admin_tokens (name, role, token_hash, created_at) VALUES (?, ?, ?, ?)",
         )
@@ -42,8 +46,10 @@ impl Store {
         .bind(role.as_str())
         .bind(&token_hash[..])
         .bind(now.unix())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        crate::audit::append(&mut tx, audit, now, sign).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -73,7 +79,9 @@ impl Store {
         Ok(n as u64)
     }
 
-    /// Stores a new single-use enrollment token. The mode must exist.
+    /// Stores a new single-use enrollment token (the mode must exist) and appends
+    /// `audit` to the audit log, in one transaction (`sign` signs the log's new head).
+    #[allow(clippy::too_many_arguments)]
     pub async fn create_enrollment_token(
         &self,
         token_hash: &[u8; 32],
@@ -82,10 +90,13 @@ impl Store {
         created_by: &str,
         now: Timestamp,
         expires_at: Timestamp,
+        audit: &[crate::AuditDraft],
+        sign: crate::HeadSigner<'_>,
     ) -> Result<()> {
+        let mut tx = self.write_tx().await?;
         let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM modes WHERE name = ?")
             .bind(mode.as_str())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *tx)
             .await?;
         if exists.is_none() {
             return Err(StoreError::NotFound(format!("mode {mode}")));
@@ -99,8 +110,10 @@ impl Store {
         .bind(created_by)
         .bind(now.unix())
         .bind(expires_at.unix())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        crate::audit::append(&mut tx, audit, now, sign).await?;
+        tx.commit().await?;
         Ok(())
     }
 }

@@ -71,7 +71,16 @@ async fn token(store: &Store, n: u8, expires: i64) -> [u8; 32] {
     let user: UserName = "alice".parse().unwrap();
     let standard: ModeName = "standard".parse().unwrap();
     store
-        .create_enrollment_token(&hash, &user, &standard, "test", NOW, NOW.plus_secs(expires))
+        .create_enrollment_token(
+            &hash,
+            &user,
+            &standard,
+            "test",
+            NOW,
+            NOW.plus_secs(expires),
+            &[],
+            &sign_head,
+        )
         .await
         .unwrap();
     hash
@@ -111,8 +120,8 @@ async fn a_token_enrolls_exactly_one_device_even_under_a_race() {
     let store = open(tmp.path()).await;
     let hash = token(&store, 1, 60).await;
     let (a, b) = tokio::join!(
-        store.enroll_device(&hash, device(1), NOW, issue),
-        store.enroll_device(&hash, device(2), NOW, issue)
+        store.enroll_device(&hash, device(1), NOW, issue, |_| vec![], &sign_head),
+        store.enroll_device(&hash, device(2), NOW, issue, |_| vec![], &sign_head)
     );
     assert_eq!(a.is_ok() as u8 + b.is_ok() as u8, 1, "{a:?} {b:?}");
     let loser = if a.is_ok() { b } else { a };
@@ -124,11 +133,20 @@ async fn a_token_enrolls_exactly_one_device_even_under_a_race() {
 async fn unknown_and_expired_tokens_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let store = open(tmp.path()).await;
-    let unknown = store.enroll_device(&[9; 32], device(1), NOW, issue).await;
+    let unknown = store
+        .enroll_device(&[9; 32], device(1), NOW, issue, |_| vec![], &sign_head)
+        .await;
     assert_eq!(refusal(unknown.unwrap_err()), EnrollRefusal::Invalid);
     let hash = token(&store, 2, 10).await;
     let late = store
-        .enroll_device(&hash, device(1), NOW.plus_secs(10), issue)
+        .enroll_device(
+            &hash,
+            device(1),
+            NOW.plus_secs(10),
+            issue,
+            |_| vec![],
+            &sign_head,
+        )
         .await;
     assert_eq!(refusal(late.unwrap_err()), EnrollRefusal::Expired);
     assert!(store.list_devices().await.unwrap().is_empty());
@@ -140,13 +158,13 @@ async fn bundle_versions_grow_and_presets_are_protected() {
     let store = open(tmp.path()).await;
     let hash = token(&store, 1, 60).await;
     let dev = store
-        .enroll_device(&hash, device(1), NOW, issue)
+        .enroll_device(&hash, device(1), NOW, issue, |_| vec![], &sign_head)
         .await
         .unwrap();
     assert_eq!(dev.bundle_version, 1);
     let lockdown: ModeName = "lockdown".parse().unwrap();
     let dev = store
-        .set_device_mode(&dev.id, &lockdown, issue)
+        .set_device_mode(&dev.id, &lockdown, NOW, issue, |_, _| vec![], &sign_head)
         .await
         .unwrap();
     assert_eq!(
@@ -155,7 +173,9 @@ async fn bundle_versions_grow_and_presets_are_protected() {
     );
     let missing: ModeName = "missing".parse().unwrap();
     assert!(matches!(
-        store.set_device_mode(&dev.id, &missing, issue).await,
+        store
+            .set_device_mode(&dev.id, &missing, NOW, issue, |_, _| vec![], &sign_head)
+            .await,
         Err(StoreError::NotFound(_))
     ));
     assert_eq!(
@@ -170,23 +190,38 @@ async fn bundle_versions_grow_and_presets_are_protected() {
 
     assert!(matches!(
         store
-            .put_custom_mode(&mode("standard", Rule::Deny), NOW, issue)
+            .put_custom_mode(
+                &mode("standard", Rule::Deny),
+                NOW,
+                issue,
+                |_, _| vec![],
+                &sign_head
+            )
             .await,
         Err(StoreError::Conflict(_))
     ));
     let custom = mode("night", Rule::Deny);
     assert!(
         store
-            .put_custom_mode(&custom, NOW, issue)
+            .put_custom_mode(&custom, NOW, issue, |_, _| vec![], &sign_head)
             .await
             .unwrap()
             .is_empty()
     );
     let night: ModeName = "night".parse().unwrap();
-    store.set_device_mode(&dev.id, &night, issue).await.unwrap();
+    store
+        .set_device_mode(&dev.id, &night, NOW, issue, |_, _| vec![], &sign_head)
+        .await
+        .unwrap();
     // Changing the mode re-issues the bundle of every device assigned to it.
     let touched = store
-        .put_custom_mode(&mode("night", Rule::Allow), NOW, issue)
+        .put_custom_mode(
+            &mode("night", Rule::Allow),
+            NOW,
+            issue,
+            |_, _| vec![],
+            &sign_head,
+        )
         .await
         .unwrap();
     assert_eq!(touched, vec![dev.id.clone()]);
@@ -208,7 +243,7 @@ async fn reports_are_kept_once_in_order_and_survive_reopening() {
         let store = open(tmp.path()).await;
         let hash = token(&store, 1, 60).await;
         let dev = store
-            .enroll_device(&hash, device(1), NOW, issue)
+            .enroll_device(&hash, device(1), NOW, issue, |_| vec![], &sign_head)
             .await
             .unwrap();
         let env = SignedEnvelope {
@@ -219,34 +254,38 @@ async fn reports_are_kept_once_in_order_and_survive_reopening() {
         let ok = |_: &redoubt_store::DeviceRecord| (Compliance::Compliant, vec![]);
         assert_eq!(
             store
-                .record_report(&report(&dev.id, 1), &env, NOW, ok)
+                .record_report(&report(&dev.id, 1), &env, NOW, ok, no_judge, &sign_head)
                 .await
-                .unwrap(),
+                .unwrap()
+                .0,
             ReportOutcome::Stored(Compliance::Compliant)
         );
         assert_eq!(
             store
-                .record_report(&report(&dev.id, 1), &env, NOW, ok)
+                .record_report(&report(&dev.id, 1), &env, NOW, ok, no_judge, &sign_head)
                 .await
-                .unwrap(),
+                .unwrap()
+                .0,
             ReportOutcome::Duplicate
         );
         assert_eq!(
             store
-                .record_report(&report(&dev.id, 3), &env, NOW, ok)
+                .record_report(&report(&dev.id, 3), &env, NOW, ok, no_judge, &sign_head)
                 .await
-                .unwrap(),
+                .unwrap()
+                .0,
             ReportOutcome::Stored(Compliance::Compliant)
         );
         assert_eq!(
             store
-                .record_report(&report(&dev.id, 2), &env, NOW, ok)
+                .record_report(&report(&dev.id, 2), &env, NOW, ok, no_judge, &sign_head)
                 .await
-                .unwrap(),
+                .unwrap()
+                .0,
             ReportOutcome::Duplicate
         );
         store
-            .create_admin_token("root", Role::Owner, &[5; 32], NOW)
+            .create_admin_token("root", Role::Owner, &[5; 32], NOW, &[], &sign_head)
             .await
             .unwrap();
         store.close().await;
@@ -284,7 +323,7 @@ async fn concurrent_reports_from_many_devices_all_land() {
         let hash = token(&store, n, 60).await;
         ids.push(
             store
-                .enroll_device(&hash, device(n), NOW, issue)
+                .enroll_device(&hash, device(n), NOW, issue, |_| vec![], &sign_head)
                 .await
                 .unwrap()
                 .id,
@@ -303,10 +342,16 @@ async fn concurrent_reports_from_many_devices_all_land() {
             let env = env.clone();
             tokio::spawn(async move {
                 store
-                    .record_report(&report(&id, seq), &env, NOW, |_| {
-                        (Compliance::Compliant, vec![])
-                    })
+                    .record_report(
+                        &report(&id, seq),
+                        &env,
+                        NOW,
+                        |_| (Compliance::Compliant, vec![]),
+                        no_judge,
+                        &sign_head,
+                    )
                     .await
+                    .map(|(o, _)| o)
             })
         });
     let results: Vec<_> = futures_join(tasks.collect()).await;
@@ -325,4 +370,16 @@ async fn futures_join<T>(handles: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
         out.push(h.await.unwrap());
     }
     out
+}
+
+fn no_judge(_: &redoubt_store::CommandRecord, _: Compliance) -> Option<String> {
+    None
+}
+
+fn sign_head(head: &redoubt_proto::AuditHead) -> SignedEnvelope {
+    SignedEnvelope {
+        kind: redoubt_proto::AuditHead::KIND.into(),
+        payload: format!("{}:{}", head.seq, head.hash),
+        signature: String::new(),
+    }
 }

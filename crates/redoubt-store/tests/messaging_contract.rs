@@ -30,6 +30,14 @@ fn issue(req: &BundleRequest) -> IssuedBundle {
     }
 }
 
+fn sign_head(head: &redoubt_proto::AuditHead) -> SignedEnvelope {
+    SignedEnvelope {
+        kind: redoubt_proto::AuditHead::KIND.into(),
+        payload: format!("{}:{}", head.seq, head.hash),
+        signature: String::new(),
+    }
+}
+
 async fn open(dir: &std::path::Path) -> Store {
     let store = Store::open_sqlite(&dir.join("t.db")).await.unwrap();
     store
@@ -53,7 +61,16 @@ async fn enroll(store: &Store, n: u8, user: &str) -> DeviceId {
     let user: UserName = user.parse().unwrap();
     let standard: ModeName = "standard".parse().unwrap();
     store
-        .create_enrollment_token(&hash, &user, &standard, "test", NOW, NOW.plus_secs(60))
+        .create_enrollment_token(
+            &hash,
+            &user,
+            &standard,
+            "test",
+            NOW,
+            NOW.plus_secs(60),
+            &[],
+            &sign_head,
+        )
         .await
         .unwrap();
     let dev = NewDevice {
@@ -62,7 +79,7 @@ async fn enroll(store: &Store, n: u8, user: &str) -> DeviceId {
         hardware: HardwareKind::Sim,
     };
     store
-        .enroll_device(&hash, dev, NOW, issue)
+        .enroll_device(&hash, dev, NOW, issue, |_| vec![], &sign_head)
         .await
         .unwrap()
         .id

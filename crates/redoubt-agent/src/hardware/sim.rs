@@ -5,6 +5,7 @@
 //! or a malicious app would change a real phone. A capability marked `stuck` models a
 //! driver that answers "done" and changes nothing, so the agent's read-back is
 //! exercised. A missing or corrupt file reads as `unknown`, never `off`.
+//! `redoubt-agent sim wifi` sets the Wi-Fi access points the phone "sees".
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
@@ -12,7 +13,9 @@ use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use redoubt_proto::{Capability, CapabilityState, HardwareKind, NetworkReach, NetworkState, Rule};
+use redoubt_proto::{
+    Bssid, Capability, CapabilityState, HardwareKind, NetworkReach, NetworkState, Rule,
+};
 use serde::{Deserialize, Serialize};
 
 use super::{Hardware, HardwareError};
@@ -20,7 +23,8 @@ use crate::state::write_atomic;
 
 /// File name of the simulated hardware in the state directory.
 pub const SIM_FILE: &str = "sim-hardware.json";
-const SIM_LOCK_FILE: &str = "sim-hardware.lock";
+/// File name of the simulator's own lock in the state directory.
+pub const SIM_LOCK_FILE: &str = "sim-hardware.lock";
 
 /// A simulated switch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +61,9 @@ pub struct SimState {
     /// Capabilities whose simulated driver accepts enforce calls and changes nothing.
     #[serde(default)]
     pub stuck: BTreeSet<Capability>,
+    /// The Wi-Fi access points the simulated phone sees.
+    #[serde(default)]
+    pub visible_bssids: Vec<Bssid>,
 }
 
 impl SimState {
@@ -71,6 +78,7 @@ impl SimState {
             network: NetworkReach::Open,
             allowed_endpoints: Vec::new(),
             stuck: BTreeSet::new(),
+            visible_bssids: Vec::new(),
         }
     }
 }
@@ -208,6 +216,16 @@ impl SimHardware {
     }
 }
 
+impl SimHardware {
+    /// Sets the Wi-Fi access points the simulated phone sees (none: an empty list).
+    pub fn set_visible(&self, bssids: &[Bssid]) -> Result<(), HardwareError> {
+        let mut list = bssids.to_vec();
+        list.sort();
+        list.dedup();
+        self.update(|s| s.visible_bssids = list)
+    }
+}
+
 impl Hardware for SimHardware {
     fn kind(&self) -> HardwareKind {
         HardwareKind::Sim
@@ -248,6 +266,10 @@ impl Hardware for SimHardware {
                 NetworkReach::OrganizationOnly => endpoints.to_vec(),
             };
         })
+    }
+
+    fn visible_bssids(&self) -> Result<Vec<Bssid>, HardwareError> {
+        self.read().map(|s| s.visible_bssids)
     }
 
     fn verify_network(&self) -> NetworkState {
@@ -333,6 +355,23 @@ mod tests {
         fs::write(hw.path(), serde_json::to_vec(&s).unwrap()).unwrap();
         assert_eq!(hw.verify(Capability::Nfc), CapabilityState::Unknown);
         assert_eq!(hw.verify(Capability::Camera), CapabilityState::On);
+    }
+
+    #[test]
+    fn visible_access_points_are_set_and_read_back() {
+        let (_tmp, hw) = sim();
+        assert!(
+            hw.visible_bssids().is_err(),
+            "no file: the scan cannot be read"
+        );
+        hw.reset().unwrap();
+        assert_eq!(hw.visible_bssids(), Ok(vec![]));
+        let a: Bssid = "02:00:00:00:00:02".parse().unwrap();
+        let b: Bssid = "02:00:00:00:00:01".parse().unwrap();
+        hw.set_visible(&[a.clone(), b.clone(), a.clone()]).unwrap();
+        assert_eq!(hw.visible_bssids(), Ok(vec![b, a]));
+        hw.set_visible(&[]).unwrap();
+        assert_eq!(hw.visible_bssids(), Ok(vec![]));
     }
 
     #[test]

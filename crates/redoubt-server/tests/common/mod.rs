@@ -337,6 +337,7 @@ impl Http {
                 server.fingerprint.parse().unwrap(),
                 &[b"http/1.1"],
             ))
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap();
         Http {
@@ -367,6 +368,30 @@ impl Http {
             }
             let resp = req.send().await.unwrap();
             (resp.status().as_u16(), resp.text().await.unwrap())
+        })
+    }
+}
+
+impl Http {
+    /// A GET with extra headers; returns status, response headers (lowercase names) and body.
+    pub fn get_with(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, Vec<(String, String)>, String) {
+        self.rt.block_on(async {
+            let mut req = self.client.get(format!("{}{path}", self.base));
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            let hs = resp
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+                .collect();
+            (status, hs, resp.text().await.unwrap())
         })
     }
 }

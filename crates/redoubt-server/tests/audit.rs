@@ -1,0 +1,524 @@
+//! The tamper-evident audit log through the real binaries: admin actions and device
+//! enrollment are recorded (who, from where, what), `redoubt audit verify` passes
+//! online and offline on an export, and fails naming the first bad entry when the
+//! database or an export is tampered with, or the organization key is wrong.
+//!
+//! Needs the `redoubt` CLI built (`cargo build -p redoubt-cli`).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::{Http, Server, bin, log_file, signal, stderr, wait_exit};
+use ed25519_dalek::{Signer, SigningKey};
+use redoubt_proto::api::{EnrollRequest, enroll_proof_message};
+use redoubt_proto::envelope::{encode_public_key, encode_signature};
+use redoubt_proto::{EnrollmentUrl, HardwareKind};
+use serde_json::Value;
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn random_key() -> SigningKey {
+    let mut seed = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut seed))
+        .unwrap();
+    SigningKey::from_bytes(&seed)
+}
+
+/// Enrolls a phone the way the agent does (its own key, proof of possession), over
+/// HTTPS; returns the status and body.
+fn try_enroll(server: &Server, url: &str) -> (u16, String) {
+    let url: EnrollmentUrl = url.parse().unwrap();
+    let key = random_key();
+    let public = encode_public_key(&key.verifying_key());
+    let req = EnrollRequest {
+        proof: encode_signature(&key.sign(&enroll_proof_message(&url.token, &public))),
+        token: url.token,
+        device_public_key: public,
+        hardware: HardwareKind::Sim,
+    };
+    Http::new(server).send(
+        "POST",
+        "/api/v1/enroll",
+        None,
+        Some(serde_json::to_vec(&req).unwrap()),
+    )
+}
+
+/// Enrolls a phone; returns the device id.
+fn enroll(server: &Server, url: &str) -> String {
+    let (status, body) = try_enroll(server, url);
+    assert_eq!(status, 201, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    v["device_id"].as_str().unwrap().to_owned()
+}
+
+/// `redoubt ARGS` without any server settings (offline commands).
+fn offline(args: &[&str]) -> Output {
+    Command::new(bin("redoubt"))
+        .args(args)
+        .env_remove("REDOUBT_SERVER")
+        .env_remove("REDOUBT_TOKEN")
+        .env_remove("REDOUBT_CA_FINGERPRINT")
+        .output()
+        .unwrap()
+}
+
+/// Asserts `out` is a failed verification naming `entry` with `words`.
+fn assert_tampered(out: &Output, entry: u64, words: &str) {
+    let text = stdout(out);
+    assert!(
+        !out.status.success(),
+        "verification passed: {text}{}",
+        stderr(out)
+    );
+    let expected = format!("audit log TAMPERED: entry #{entry} {words}");
+    assert!(
+        text.contains(&expected),
+        "expected `{expected}` in: {text}{}",
+        stderr(out)
+    );
+    assert!(
+        stderr(out).contains("failed verification"),
+        "{}",
+        stderr(out)
+    );
+}
+
+fn actions(list: &Value) -> Vec<(String, String)> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap().to_owned(),
+                e["actor"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn entry<'a>(list: &'a Value, action: &str) -> &'a Value {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == action)
+        .unwrap_or_else(|| panic!("no {action} entry in {list}"))
+}
+
+const MODE_FILE: &str = r#"name = "night-shift"
+network = "organization-only"
+
+[capabilities]
+camera = "deny"
+microphone = "allow"
+bluetooth = "deny"
+wifi = "allow"
+cellular_data = "allow"
+location = "deny"
+nfc = "allow"
+usb_data = "deny"
+screenshots = "deny"
+"#;
+
+/// A server restarted on a data directory that already holds an owner token (no new
+/// token, so nothing is appended to the log by starting it).
+struct Restarted {
+    child: Child,
+    url: String,
+    fingerprint: String,
+    log: PathBuf,
+}
+
+impl Restarted {
+    fn start(data: &Path) -> Restarted {
+        let log = data.with_extension("log");
+        let mut child = Command::new(bin("redoubt-server"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(data)
+            .env("REDOUBT_LOG", "debug")
+            .stdout(Stdio::piped())
+            .stderr(log_file(&log))
+            .spawn()
+            .unwrap();
+        let (tx, rx) = mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            // Keep draining after the address is read: the server prints at shutdown.
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                tx.send(line).ok();
+            }
+        });
+        let (mut url, mut fingerprint) = (None, None);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while url.is_none() || fingerprint.is_none() {
+            let line = rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .expect("server did not print its address and fingerprint");
+            if let Some(u) = line.strip_prefix("Redoubt server listening on ") {
+                url = Some(u.trim().to_owned());
+            }
+            if let Some(f) = line.strip_prefix("CA fingerprint: ") {
+                fingerprint = Some(f.trim().to_owned());
+            }
+        }
+        Restarted {
+            child,
+            url: url.unwrap(),
+            fingerprint: fingerprint.unwrap(),
+            log,
+        }
+    }
+
+    fn cli(&self, token: &str, args: &[&str]) -> Output {
+        Command::new(bin("redoubt"))
+            .args(args)
+            .env("REDOUBT_SERVER", &self.url)
+            .env("REDOUBT_TOKEN", token)
+            .env("REDOUBT_CA_FINGERPRINT", &self.fingerprint)
+            .output()
+            .unwrap()
+    }
+
+    fn stop(mut self) {
+        signal(&self.child, "TERM");
+        let status = wait_exit(&mut self.child, Duration::from_secs(20));
+        if !status.success() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let panic: Vec<&str> = log
+                .lines()
+                .skip_while(|l| !l.contains("panicked"))
+                .take(3)
+                .collect();
+            panic!(
+                "server exited with {status} after SIGTERM: {}",
+                panic.join("\n")
+            );
+        }
+    }
+}
+
+impl Drop for Restarted {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// Edits the stopped server's database directly, as someone with access to the file
+/// would (dropping the append-only triggers first).
+fn tamper(data: &Path, statements: &[&str]) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(data.join("redoubt.db"));
+        let pool = sqlx::SqlitePool::connect_with(opts).await.unwrap();
+        let all = [
+            "DROP TRIGGER IF EXISTS audit_log_no_update",
+            "DROP TRIGGER IF EXISTS audit_log_no_delete",
+        ];
+        for sql in all.iter().chain(statements) {
+            sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        pool.close().await;
+    });
+}
+
+#[test]
+fn admin_actions_are_audited_and_tampering_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("server");
+    let server = Server::start(&data, &[]);
+    let auditor = server.admin_token("audrey", "auditor");
+
+    // Admin actions and a device.
+    let alice_url = server.enrollment_url("alice");
+    let token = alice_url.parse::<EnrollmentUrl>().unwrap().token;
+    let _bob_url = server.enrollment_url("bob");
+    let id = enroll(&server, &alice_url);
+    server.cli_json(&["devices", "set-mode", &id, "secure-site"]);
+    let mode_file = tmp.path().join("night.toml");
+    std::fs::write(&mode_file, MODE_FILE).unwrap();
+    server.cli_json(&["modes", "apply", mode_file.to_str().unwrap()]);
+    let (status, body) = Http::new(&server).send(
+        "POST",
+        &format!("/api/v1/devices/{id}/revoke"),
+        Some(&server.owner_token),
+        Some(b"{}".to_vec()),
+    );
+    assert_eq!(status, 200, "{body}");
+    // A used code is refused, and the attempt is recorded too.
+    let (status, body) = try_enroll(&server, &alice_url);
+    assert_eq!(status, 409, "{body}");
+
+    // The auditor reads the log: who, from where, what.
+    let out = server.cli_as(&auditor, &["--json", "audit", "list"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let device_actor = format!("device:{id}");
+    assert_eq!(
+        actions(&list),
+        [
+            ("admin_token.create", "server-cli"),
+            ("admin_token.create", "server-cli"),
+            ("enrollment.create", "admin:test-owner"),
+            ("enrollment.create", "admin:test-owner"),
+            ("device.enroll", device_actor.as_str()),
+            ("device.mode", "admin:test-owner"),
+            ("mode.create", "admin:test-owner"),
+            ("device.revoke", "admin:test-owner"),
+            ("device.enroll_refused", "anonymous"),
+        ]
+        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+    );
+    let seqs: Vec<u64> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, (1..=9).collect::<Vec<_>>());
+    assert_eq!(
+        list[1]["detail"],
+        serde_json::json!({"name": "audrey", "role": "auditor"})
+    );
+    let created = entry(&list, "enrollment.create");
+    assert_eq!(created["source"], "127.0.0.1");
+    assert_eq!(created["detail"]["user"], "alice");
+    assert_eq!(created["detail"]["mode"], "standard");
+    let enrolled = entry(&list, "device.enroll");
+    assert_eq!(enrolled["source"], "127.0.0.1");
+    assert_eq!(enrolled["device_id"], id.as_str());
+    assert_eq!(enrolled["detail"]["user"], "alice");
+    let mode = entry(&list, "device.mode");
+    assert_eq!(mode["device_id"], id.as_str());
+    assert_eq!(mode["source"], "127.0.0.1");
+    assert_eq!(mode["detail"]["from"], "standard");
+    assert_eq!(mode["detail"]["to"], "secure-site");
+    let defined = entry(&list, "mode.create");
+    assert_eq!(defined["detail"]["mode"], "night-shift");
+    assert_eq!(defined["detail"]["created"], true);
+    assert_eq!(entry(&list, "device.revoke")["device_id"], id.as_str());
+    let refused = entry(&list, "device.enroll_refused");
+    assert_eq!(refused["source"], "127.0.0.1");
+    assert_eq!(refused["detail"]["reason"], "used");
+    let text = list.to_string();
+    assert!(
+        !text.contains(&token),
+        "an enrollment token is in the audit log"
+    );
+
+    // Filters and the table.
+    let by_device = server.cli_json(&["audit", "list", "--device", &id]);
+    assert_eq!(
+        actions(&by_device)
+            .into_iter()
+            .map(|(a, _)| a)
+            .collect::<Vec<_>>(),
+        ["device.enroll", "device.mode", "device.revoke"]
+    );
+    let page = server.cli_json(&["audit", "list", "--after", "2", "--limit", "2"]);
+    assert_eq!(page[0]["seq"], 3);
+    assert_eq!(page.as_array().unwrap().len(), 2);
+    let out = server.cli_as(&auditor, &["audit", "list", "--since", "1h"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = stdout(&out);
+    assert!(table.starts_with("SEQ"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains("admin:test-owner") && l.contains("device.mode")),
+        "{table}"
+    );
+
+    // Online verification, by the auditor.
+    let out = server.cli_as(&auditor, &["audit", "verify"]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let last_hash = list[8]["hash"].as_str().unwrap();
+    assert_eq!(
+        stdout(&out).trim(),
+        format!("audit log verified: 9 entries, head seq 9 hash {last_hash}")
+    );
+
+    // Export, then offline verification with the key obtained separately.
+    let key_out = server.cli_as(&auditor, &["audit", "org-key"]);
+    assert!(key_out.status.success(), "{}", stderr(&key_out));
+    let org_key = stdout(&key_out).trim().to_owned();
+    let export = tmp.path().join("audit.json");
+    let out = server.cli_as(&auditor, &["audit", "export", export.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(&format!("organization key: {org_key}")),
+        "{}",
+        stdout(&out)
+    );
+    let again = server.cli_as(&auditor, &["audit", "export", export.to_str().unwrap()]);
+    assert!(!again.status.success());
+    assert!(stderr(&again).contains("--force"), "{}", stderr(&again));
+    let again = server.cli_as(
+        &auditor,
+        &["audit", "export", export.to_str().unwrap(), "--force"],
+    );
+    assert!(again.status.success(), "{}", stderr(&again));
+    let exported = std::fs::read_to_string(&export).unwrap();
+    assert!(!exported.contains(&token));
+
+    let file = export.to_str().unwrap();
+    let out = offline(&["audit", "verify", "--file", file, "--org-key", &org_key]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert!(
+        stdout(&out).starts_with("audit log verified: 9 entries, head seq 9 hash "),
+        "{}",
+        stdout(&out)
+    );
+    // No key: refused, saying what is needed.
+    let out = offline(&["audit", "verify", "--file", file]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--org-key"), "{}", stderr(&out));
+    // Another organization's key.
+    let wrong = encode_public_key(&random_key().verifying_key());
+    let out = offline(&["audit", "verify", "--file", file, "--org-key", &wrong]);
+    assert!(!out.status.success());
+    assert!(
+        stdout(&out).contains("audit log TAMPERED: the signed head is not valid"),
+        "{}",
+        stdout(&out)
+    );
+
+    // Tampered export files.
+    let original: Value = serde_json::from_str(&exported).unwrap();
+    let check_file = |name: &str, edit: &dyn Fn(&mut Vec<Value>), entry: u64, words: &str| {
+        let mut doc = original.clone();
+        edit(doc["entries"].as_array_mut().unwrap());
+        let path = tmp.path().join(name);
+        std::fs::write(&path, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+        let out = offline(&[
+            "audit",
+            "verify",
+            "--file",
+            path.to_str().unwrap(),
+            "--org-key",
+            &org_key,
+        ]);
+        assert_tampered(&out, entry, words);
+    };
+    check_file(
+        "edited.json",
+        &|e| e[2]["detail"]["user"] = "mallory".into(),
+        3,
+        "was edited",
+    );
+    check_file("deleted.json", &|e| drop(e.remove(4)), 5, "is missing");
+    check_file("swapped.json", &|e| e.swap(2, 3), 3, "is out of order");
+    check_file("truncated.json", &|e| drop(e.pop()), 9, "is missing");
+    let owner = server.owner_token.clone();
+    server.stop();
+
+    // Tampered database: one copy of the stopped server's data per case.
+    let pristine = tmp.path().join("pristine");
+    copy_dir(&data, &pristine);
+    // Restarting the copy as it is changes nothing.
+    let s = Restarted::start(&pristine);
+    let out = s.cli(&owner, &["audit", "verify"]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    s.stop();
+    let case = |name: &str, sql: &[&str]| -> Restarted {
+        let dir = tmp.path().join(name);
+        copy_dir(&pristine, &dir);
+        tamper(&dir, sql);
+        Restarted::start(&dir)
+    };
+
+    // An edited row.
+    let s = case(
+        "edited",
+        &[
+            r#"UPDATE audit_log SET detail = '{"user":"mallory","mode":"standard","expires_at":"2030-01-01T00:00:00Z"}' WHERE seq = 3"#,
+        ],
+    );
+    assert_tampered(&s.cli(&owner, &["audit", "verify"]), 3, "was edited");
+    s.stop();
+
+    // A deleted row in the middle.
+    let s = case("deleted", &["DELETE FROM audit_log WHERE seq = 5"]);
+    assert_tampered(&s.cli(&owner, &["audit", "verify"]), 5, "is missing");
+    s.stop();
+
+    // Two rows swapped.
+    let s = case(
+        "swapped",
+        &[
+            "UPDATE audit_log SET seq = -1 WHERE seq = 6",
+            "UPDATE audit_log SET seq = 6 WHERE seq = 7",
+            "UPDATE audit_log SET seq = 7 WHERE seq = -1",
+        ],
+    );
+    assert_tampered(&s.cli(&owner, &["audit", "verify"]), 6, "is out of order");
+    s.stop();
+
+    // The newest row deleted: the signed head still names it.
+    let s = case("newest", &["DELETE FROM audit_log WHERE seq = 9"]);
+    let out = s.cli(&auditor, &["audit", "verify"]);
+    assert_tampered(&out, 9, "is missing: the signed head names entry #9");
+    // The --json verdict names the entry too.
+    let out = s.cli(&auditor, &["--json", "audit", "verify"]);
+    assert!(!out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["verified"], false);
+    assert_eq!(v["entry"], 9);
+    s.stop();
+}
+
+#[test]
+fn a_deleted_newest_entry_stays_visible_after_further_actions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("server");
+    let server = Server::start(&data, &[]);
+    server.enrollment_url("alice");
+    server.enrollment_url("bob");
+    let owner = server.owner_token.clone();
+    server.stop();
+    tamper(&data, &["DELETE FROM audit_log WHERE seq = 3"]);
+    let s = Restarted::start(&data);
+    assert_tampered(&s.cli(&owner, &["audit", "verify"]), 3, "is missing");
+    let out = s.cli(&owner, &["--json", "enroll", "create", "--user", "carol"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = s.cli(&owner, &["--json", "audit", "list"]);
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let seqs: Vec<u64> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [1, 2, 4]);
+    assert_tampered(
+        &s.cli(&owner, &["audit", "verify"]),
+        3,
+        "is missing (deleted): the log goes from #2 to #4",
+    );
+    s.stop();
+}

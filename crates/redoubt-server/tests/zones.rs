@@ -1,0 +1,451 @@
+//! Secured zones, the gate terminal, device commands and the audit trail, through the
+//! real binaries: `redoubt-server`, `redoubt-agent` (SIMULATED hardware) and `redoubt`.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{Agent, Http, Server, chat, random_text, stderr, texts, wait_for};
+use serde_json::Value;
+
+const BSSID: &str = "02:00:00:00:01:00";
+
+fn write_zone(dir: &Path, name: &str, mode: &str, checkpoints: &[&str], bssids: &[&str]) -> String {
+    let quote = |v: &[&str]| {
+        v.iter()
+            .map(|s| format!("\"{s}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "name = \"{name}\"\ndescription = \"test zone\"\nmode = \"{mode}\"\ncheckpoints = [{}]\nwifi_bssids = [{}]\n",
+            quote(checkpoints),
+            quote(bssids)
+        ),
+    )
+    .unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+fn code(server: &Server, zone: &str, direction: &str) -> String {
+    server.cli_json(&["zones", "code", zone, "--direction", direction])["code"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// `redoubt-agent checkpoint CODE`: Ok(stdout) or Err(stderr).
+fn checkpoint(agent: &Agent, code: &str) -> Result<String, String> {
+    let out = agent.cmd(&["checkpoint", code]);
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(stderr(&out))
+    }
+}
+
+fn camera(agent: &Agent) -> String {
+    agent.sim()["capabilities"]["camera"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn wait_device(server: &Server, id: &str, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+    wait_for(what, Duration::from_secs(60), || {
+        let d = server.device(id);
+        f(&d).then_some(d)
+    })
+}
+
+fn wait_command(server: &Server, device: &str, command: &str, state: &str) -> Value {
+    wait_for(
+        &format!("command {command} {state}"),
+        Duration::from_secs(60),
+        || {
+            let list = server.cli_json(&["devices", "commands", device]);
+            list.as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["id"] == command && c["state"] == state)
+                .cloned()
+        },
+    )
+}
+
+fn audit_actions(server: &Server, device: &str) -> Vec<String> {
+    server
+        .cli_json(&["audit", "list", "--device", device])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn offline_check_in_switches_at_once_and_reaches_the_server_later() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("server");
+    let server = Server::start(&data, &[]);
+    let file = write_zone(tmp.path(), "lab", "secure-site", &["north-gate"], &[BSSID]);
+    let zone = server.cli_json(&["zones", "apply", &file]);
+    assert_eq!(zone["checkpoint_keys"].as_array().unwrap().len(), 1);
+    let mut bob = Agent::new(tmp.path().join("bob"));
+    let id = bob.enroll(&server.enrollment_url("bob"));
+    bob.start();
+    wait_device(&server, &id, "bob compliant in standard", |d| {
+        d["compliance"] == "compliant" && d["reported_mode"] == "standard"
+    });
+    assert_eq!(camera(&bob), "on");
+
+    // The server goes away; the gate's code still works, offline.
+    let check_in = code(&server, "lab", "in");
+    let port = server.url.rsplit(':').next().unwrap().to_owned();
+    server.stop();
+    let said = checkpoint(&bob, &check_in).unwrap();
+    assert!(said.contains("lab"), "{said}");
+    assert_eq!(camera(&bob), "off", "camera off at once");
+    let status = bob.status();
+    assert_eq!(status["effective_mode"], "secure-site", "{status}");
+
+    // The same code again is a replay: refused, nothing changes.
+    let replay = checkpoint(&bob, &check_in).unwrap_err();
+    assert!(replay.contains("already used"), "{replay}");
+    // A tampered code is refused.
+    let mut forged = check_in.clone();
+    let last = forged.pop().unwrap();
+    forged.push(if last == 'A' { 'B' } else { 'A' });
+    let e = checkpoint(&bob, &forged).unwrap_err();
+    assert!(e.contains("forged") || e.contains("signature"), "{e}");
+    assert_eq!(bob.status()["effective_mode"], "secure-site");
+
+    // The server comes back: the transition and the report arrive and are audited.
+    let server = Server::start(&data, &[("REDOUBT_LISTEN", &format!("127.0.0.1:{port}"))]);
+    let d = wait_device(&server, &id, "bob reported inside lab", |d| {
+        d["zones"] == serde_json::json!(["lab"])
+            && d["reported_mode"] == "secure-site"
+            && d["compliance"] == "compliant"
+    });
+    assert_eq!(d["capabilities"]["camera"], "off");
+    let actions = audit_actions(&server, &id);
+    for a in ["zone.in", "mode.changed", "zone.code_refused"] {
+        assert!(
+            actions.contains(&a.to_owned()),
+            "{a} missing in {actions:?}"
+        );
+    }
+
+    // A zone created after the phone went offline is not in its bundle yet… but the
+    // agent is online now and gets it; a check-out from a zone it is not in is refused.
+    let annex = write_zone(tmp.path(), "annex", "lockdown", &["door"], &[]);
+    server.cli_json(&["zones", "apply", &annex]);
+    wait_for("annex in bob's bundle", Duration::from_secs(30), || {
+        let s = bob.status();
+        (s["bundle_version"].as_u64().unwrap() >= 3).then_some(())
+    });
+    let e = checkpoint(&bob, &code(&server, "annex", "out")).unwrap_err();
+    assert!(e.contains("not inside zone annex"), "{e}");
+
+    // Check-out with a fresh signed code: back to standard.
+    checkpoint(&bob, &code(&server, "lab", "out")).unwrap();
+    assert_eq!(camera(&bob), "on");
+    wait_device(&server, &id, "bob reported outside", |d| {
+        d["zones"] == serde_json::json!([]) && d["reported_mode"] == "standard"
+    });
+    assert!(audit_actions(&server, &id).contains(&"zone.out".to_owned()));
+    let verified = server.cli_as(&server.owner_token, &["audit", "verify"]);
+    assert!(verified.status.success(), "{}", stderr(&verified));
+}
+
+#[test]
+fn wifi_presence_enters_but_absence_never_exits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server"), &[]);
+    let file = write_zone(tmp.path(), "lab", "secure-site", &["north-gate"], &[BSSID]);
+    server.cli_json(&["zones", "apply", &file]);
+    let mut bob = Agent::new(tmp.path().join("bob"));
+    let id = bob.enroll(&server.enrollment_url("bob"));
+    bob.start();
+    wait_device(&server, &id, "bob compliant", |d| {
+        d["compliance"] == "compliant"
+    });
+
+    let out = bob.cmd(&["sim", "wifi", "02:00:00:00:09:09"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = bob.cmd(&["sim", "wifi", BSSID]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_for("bob inside lab by Wi-Fi", Duration::from_secs(30), || {
+        (bob.status()["effective_mode"] == "secure-site").then_some(())
+    });
+    assert_eq!(camera(&bob), "off");
+    let out = bob.cmd(&["sim", "wifi"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // The agent re-checks every 200 ms; wait for the server to have a report made after
+    // the access point vanished, then check the phone is still inside.
+    let seq = server.device(&id)["last_report_seq"].as_u64().unwrap();
+    bob.sim_set("camera", "on");
+    wait_device(&server, &id, "a report after the AP vanished", |d| {
+        d["last_report_seq"].as_u64().unwrap() > seq + 1
+    });
+    assert_eq!(bob.status()["effective_mode"], "secure-site");
+    assert_eq!(camera(&bob), "off", "the drift was corrected, still inside");
+    let d = server.device(&id);
+    assert_eq!(d["zones"], serde_json::json!(["lab"]));
+}
+
+#[test]
+fn the_gate_page_shows_codes_the_phone_accepts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server"), &[]);
+    let file = write_zone(
+        tmp.path(),
+        "lab",
+        "secure-site",
+        &["north-gate", "south-gate"],
+        &[],
+    );
+    server.cli_json(&["zones", "apply", &file]);
+    let bob = Agent::new(tmp.path().join("bob"));
+    bob.enroll(&server.enrollment_url("bob"));
+
+    let http = Http::new(&server);
+    let (status, _, body) = http.get_with("/gate/lab/north-gate", &[]);
+    assert_eq!(status, 401);
+    assert!(body.contains("no valid credential"));
+    let gate = server.cli_json(&["zones", "gate", "lab", "north-gate"]);
+    let url = gate["url"].as_str().unwrap();
+    let path = &url[url.find("/gate/").unwrap()..];
+    let key = &path[path.find("key=").unwrap() + 4..];
+    // The credential of one checkpoint does not open another.
+    let (status, _, _) = http.get_with(&format!("/gate/lab/south-gate?key={key}"), &[]);
+    assert_eq!(status, 401);
+    let (status, _, _) = http.get_with("/gate/lab/north-gate?key=rgt_forged", &[]);
+    assert_eq!(status, 401);
+    let (status, headers, _) = http.get_with(path, &[]);
+    assert_eq!(status, 303);
+    let cookie = headers
+        .iter()
+        .find(|(k, _)| k == "set-cookie")
+        .map(|(_, v)| v.split(';').next().unwrap().to_owned())
+        .unwrap();
+    assert!(
+        headers
+            .iter()
+            .any(|(k, v)| k == "set-cookie" && v.contains("HttpOnly")),
+        "{headers:?}"
+    );
+    let (status, headers, page) = http.get_with("/gate/lab/north-gate", &[("cookie", &cookie)]);
+    assert_eq!(status, 200);
+    assert!(
+        headers
+            .iter()
+            .any(|(k, v)| k == "cache-control" && v == "no-store")
+    );
+    assert!(page.contains("http-equiv=\"refresh\""));
+    assert_eq!(page.matches("<svg").count(), 2, "two QR codes");
+    let code_of = |page: &str, dir: &str| {
+        let fig = &page[page.find(&format!("data-direction=\"{dir}\"")).unwrap()..];
+        let text = &fig[fig.find("class=\"text\">").unwrap() + 13..];
+        text[..text.find('<').unwrap()].to_owned()
+    };
+    let check_in = code_of(&page, "in");
+    assert!(check_in.starts_with("RDZ1."));
+    checkpoint(&bob, &check_in).unwrap();
+    assert_eq!(bob.status()["effective_mode"], "secure-site");
+    // The JSON endpoint for scripted terminals, with the Gate header.
+    let (status, _, json) = http.get_with(
+        "/gate/lab/north-gate/codes",
+        &[("authorization", &format!("Gate {key}"))],
+    );
+    assert_eq!(status, 200);
+    let codes: Value = serde_json::from_str(&json).unwrap();
+    checkpoint(&bob, codes["out"]["code"].as_str().unwrap()).unwrap();
+    assert_eq!(bob.status()["effective_mode"], "standard");
+    let shown = server.cli_json(&["zones", "show", "lab"]);
+    assert_eq!(shown["gate_credentials"]["north-gate"], 1);
+}
+
+#[test]
+fn lock_is_verified_and_unlock_lifts_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server"), &[]);
+    let mut bob = Agent::new(tmp.path().join("bob"));
+    let id = bob.enroll(&server.enrollment_url("bob"));
+    bob.start();
+    wait_device(&server, &id, "bob compliant", |d| {
+        d["compliance"] == "compliant"
+    });
+
+    let lock = server.cli_json(&["devices", "lock", &id]);
+    let cmd = lock["id"].as_str().unwrap().to_owned();
+    assert_eq!(lock["existing"], false);
+    let done = wait_command(&server, &id, &cmd, "verified");
+    for t in ["delivered_at", "acknowledged_at", "verified_at"] {
+        assert!(done[t].is_string(), "{t} missing: {done}");
+    }
+    let d = server.device(&id);
+    assert_eq!(d["reported_mode"], "lockdown");
+    assert_eq!(d["locked_by"], cmd.as_str());
+    assert_eq!(camera(&bob), "off");
+    // Idempotent: locking again gives the same command.
+    let again = server.cli_json(&["devices", "lock", &id]);
+    assert_eq!(
+        (again["id"].as_str().unwrap(), &again["existing"]),
+        (cmd.as_str(), &Value::Bool(true))
+    );
+    // A restart of the agent keeps the lock.
+    bob.stop();
+    bob.start();
+    wait_for("agent back", Duration::from_secs(30), || {
+        (bob.status()["connection"]["state"] == "connected").then_some(())
+    });
+    assert_eq!(bob.status()["effective_mode"], "lockdown");
+
+    let unlock = server.cli_json(&["devices", "unlock", &id]);
+    let ucmd = unlock["id"].as_str().unwrap().to_owned();
+    wait_command(&server, &id, &ucmd, "verified");
+    let d = server.device(&id);
+    assert_eq!(d["reported_mode"], "standard");
+    assert!(d["locked_by"].is_null());
+    let actions = audit_actions(&server, &id);
+    for a in [
+        "device.lock",
+        "command.delivered",
+        "command.acknowledged",
+        "command.verified",
+        "device.unlock",
+    ] {
+        assert!(
+            actions.contains(&a.to_owned()),
+            "{a} missing in {actions:?}"
+        );
+    }
+    let text = server.cli_as(&server.owner_token, &["devices", "commands", &id]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("verified") && text.contains("lock"), "{text}");
+}
+
+#[test]
+fn wipe_destroys_the_keys_and_the_phone_reads_nothing_after() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server"), &[]);
+    let alice = Agent::new(tmp.path().join("alice"));
+    alice.enroll(&server.enrollment_url("alice"));
+    let mut bob = Agent::new(tmp.path().join("bob"));
+    let id = bob.enroll(&server.enrollment_url("bob"));
+    chat(&bob.state, &["list"]);
+    let gid = chat(&alice.state, &["create", "Ops", "--members", "bob"])["conversation"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let before = random_text("before");
+    chat(&alice.state, &["send", &gid, &before]);
+    assert_eq!(
+        texts(&chat(&bob.state, &["read", &gid])),
+        vec![before.clone()]
+    );
+    // What a thief would keep: a copy of the whole state directory before the wipe.
+    let kept = tmp.path().join("kept");
+    copy_dir(&bob.state, &kept);
+    bob.start();
+    wait_device(&server, &id, "bob compliant", |d| {
+        d["compliance"] == "compliant"
+    });
+
+    let refused = server.cli_as(&server.owner_token, &["devices", "wipe", &id]);
+    assert!(!refused.status.success());
+    assert!(stderr(&refused).contains("--yes"));
+    let wipe = server.cli_json(&["devices", "wipe", &id, "--yes"]);
+    let cmd = wipe["id"].as_str().unwrap().to_owned();
+    wait_command(&server, &id, &cmd, "verified");
+    // The agent exits by itself after the wipe.
+    let mut child = bob.run.take().unwrap();
+    let status = common::wait_exit(&mut child, Duration::from_secs(30));
+    assert!(status.success(), "agent after wipe: {status}");
+    let left: Vec<String> = std::fs::read_dir(&bob.state)
+        .map(|rd| {
+            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    for f in &left {
+        assert!(
+            !f.contains("key") && !f.starts_with("messenger") && f != "identity.json",
+            "key material left after the wipe: {left:?}"
+        );
+    }
+    let d = wait_device(&server, &id, "bob revoked", |d| d["revoked_at"].is_string());
+    assert!(
+        d["compliance_reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("revoked")
+    );
+
+    // Alice's next send removes Bob's device first; what she writes after is
+    // unreadable with anything Bob's phone kept: its old credentials are refused.
+    let after = random_text("after-wipe");
+    chat(&alice.state, &["send", &gid, &after]);
+    let out = common::chat_cmd(&kept, &["read", &gid]).output().unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !shown.contains(&after),
+        "the kept copy read a message sent after the wipe"
+    );
+    assert!(!out.status.success() || !shown.contains(&after));
+    let mut thief = Agent::new(kept.clone());
+    thief.start();
+    let log = kept.with_extension("log");
+    wait_for("the kept identity refused", Duration::from_secs(30), || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("revoked or unknown device")
+            .then_some(())
+    });
+    let actions = audit_actions(&server, &id);
+    for a in ["device.wipe", "command.verified", "device.revoke"] {
+        assert!(actions.iter().any(|x| x == a), "{a} missing in {actions:?}");
+    }
+}
+
+#[test]
+fn revoke_works_when_the_phone_never_comes_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server"), &[]);
+    let mut carol = Agent::new(tmp.path().join("carol"));
+    let id = carol.enroll(&server.enrollment_url("carol"));
+    let v = server.cli_json(&["devices", "revoke", &id]);
+    assert_eq!(v["state"], "verified", "{v}");
+    let again = server.cli_json(&["devices", "revoke", &id]);
+    assert_eq!(again["existing"], true);
+    let lock = server.cli_as(&server.owner_token, &["devices", "lock", &id]);
+    assert!(!lock.status.success());
+    assert!(stderr(&lock).contains("revoked"), "{}", stderr(&lock));
+    carol.start();
+    let log = carol.state.with_extension("log");
+    wait_for("carol refused", Duration::from_secs(30), || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("revoked or unknown device")
+            .then_some(())
+    });
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else if e.file_name() != "agent.lock" {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
