@@ -518,7 +518,11 @@ mod tests {
             "id:             dev_0123456789abcdef01234567\n\
              user:           alice\n\
              effective mode: secure-site\n\
+             reported mode:  secure-site\n\
              assigned mode:  standard\n\
+             zones:          lab\n\
+             locked:         no\n\
+             revoked:        no\n\
              compliance:     non_compliant\n\
              hardware:       sim (SIMULATED)\n\
              connected:      yes\n\

@@ -146,6 +146,9 @@ pub struct App {
     pub doorbells: crate::messaging::Doorbells,
     /// Flips to true when the server shuts down.
     pub shutdown: watch::Receiver<bool>,
+    /// Held while a device command is issued, so that issue times are strictly
+    /// increasing per device (the phone orders lock and unlock by them).
+    pub command_issue: tokio::sync::Mutex<()>,
 }
 
 /// SHA-256 of a secret token, as stored.

@@ -86,7 +86,13 @@ impl App {
         device: &DeviceId,
         req: CreateCommand,
     ) -> Result<CommandView, ServiceError> {
-        let now = Timestamp::now();
+        let _issuing = self.command_issue.lock().await;
+        // Strictly after the device's previous command: the phone decides between a
+        // lock and an unlock by their signed issue times, a tie would keep the lock.
+        let now = match self.store.newest_command_at(device).await? {
+            Some(prev) if prev.0 >= Timestamp::now().0 => Timestamp(prev.0 + 1),
+            _ => Timestamp::now(),
+        };
         let ttl = req.expires_in_secs.unwrap_or(self.config.command_ttl_secs);
         if !(10..=90 * 24 * 3600).contains(&ttl) {
             return Err(ServiceError::BadRequest(

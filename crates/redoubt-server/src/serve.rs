@@ -86,6 +86,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         claim_limiter: RateLimiter::new(config.key_package_claims_per_minute),
         sessions: Default::default(),
         doorbells: Default::default(),
+        command_issue: Default::default(),
         store: store.clone(),
         keys,
         public_url: public_url.clone(),
@@ -114,6 +115,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             loop {
                 if let Err(e) = app.sweep().await {
                     tracing::warn!(error = %e, "sweeping expired messages failed");
+                }
+                if let Err(e) = app.expire_commands().await {
+                    tracing::warn!(error = %e, "expiring overdue device commands failed");
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(every) => {}

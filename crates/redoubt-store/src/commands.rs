@@ -283,6 +283,16 @@ impl Store {
         Ok((c, false))
     }
 
+    /// When the device's newest command was issued, if it has any.
+    pub async fn newest_command_at(&self, device: &DeviceId) -> Result<Option<Timestamp>> {
+        let at: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(created_at) FROM device_commands WHERE device_id = ?")
+                .bind(device.as_str())
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(at.map(Timestamp))
+    }
+
     /// A device's commands, newest first.
     pub async fn list_commands(&self, device: &DeviceId) -> Result<Vec<CommandRecord>> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
