@@ -110,13 +110,6 @@ pub enum Command {
     Modes(ModesCommand),
     /// Show who the admin token belongs to and its role.
     Whoami,
-    /// Revoke a device: it loses its sessions and is removed from its conversations.
-    #[command(name = "revoke")]
-    Revoke {
-        /// The device id.
-        #[arg(value_name = "DEVICE")]
-        device: DeviceId,
-    },
     /// The messenger on a phone: end-to-end encrypted conversations of the device
     /// enrolled in --state (needs no admin credential).
     Chat(ChatArgs),

@@ -31,17 +31,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Chat(args) => crate::chat::run(g.json, args).await,
         Command::Zones(cmd) => crate::zones::run(g, cmd).await,
         Command::Audit(cmd) => crate::audit::run(g, cmd).await,
-        Command::Revoke { device } => {
-            let path = format!("{}/revoke", device_path(&device));
-            let view: Answer<DeviceView> = Api::new(g)?.post(&path, &serde_json::json!({})).await?;
-            view.print(g, |d| {
-                format!(
-                    "revoked {}; its conversations were asked to remove it\n\n{}",
-                    d.id,
-                    output::device(d, Timestamp::now())
-                )
-            })
-        }
         Command::Devices(DevicesCommand::List) => {
             let devices: Answer<Vec<DeviceView>> = Api::new(g)?.get("devices").await?;
             devices.print(g, |d| output::device_table(d, Timestamp::now()))

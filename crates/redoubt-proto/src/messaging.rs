@@ -22,7 +22,7 @@
 //! | `POST /messenger/blobs` | device session | raw bytes → [`BlobStored`] |
 //! | `GET /messenger/blobs/{id}` | device session | → raw bytes |
 //! | `GET /messenger/ws` | device session | WebSocket of [`MessengerPush`] frames |
-//! | `POST /devices/{id}/revoke` | operator (admin) | → `DeviceView` |
+//! | `POST /devices/{id}/commands` `{"action":"revoke"}` | operator (admin) | → `CommandView` (see `commands`) |
 
 use std::fmt;
 

@@ -135,8 +135,8 @@ impl App {
         }
         tracing::info!(device = %device, command = %c.id, action = c.action.name(), by = %admin.name, "command queued");
         let c = if c.action == DeviceAction::Revoke {
-            self.revoke_device(&admin.name, device).await?;
-            self.hub.notify(device, Push::Revoked);
+            self.revoke_device_as(&crate::audit::Who::admin(admin), &admin.name, device)
+                .await?;
             self.store
                 .complete_command(
                     device,

@@ -51,7 +51,6 @@ pub fn router(state: HttpState) -> Router {
         .route("/devices/{id}/mode", put(set_mode))
         .route("/modes", get(list_modes))
         .route("/modes/{name}", get(show_mode).put(put_mode))
-        .route("/devices/{id}/revoke", post(revoke_device))
         .route("/device/challenge", post(device_challenge))
         .route("/device/session", post(device_session));
     // MLS messages (a Welcome for a large group) and files are bigger than admin bodies.
@@ -361,20 +360,6 @@ async fn put_mode(
     let name: ModeName = parse_path(&name)?;
     Ok(Json(
         s.app.put_mode(&Who::admin(&admin), &name, mode).await?,
-    ))
-}
-
-async fn revoke_device(
-    State(s): State<HttpState>,
-    admin: Admin,
-    Path(id): Path<String>,
-) -> Result<impl IntoResponse, ServiceError> {
-    admin.require(Role::Operator, "revoke a device")?;
-    let id: DeviceId = parse_path(&id)?;
-    Ok(Json(
-        s.app
-            .revoke_device_as(&Who::admin(&admin), &admin.name, &id)
-            .await?,
     ))
 }
 

@@ -670,7 +670,7 @@ impl App {
         self.revoke_device_as(&who, by, id).await
     }
 
-    /// `POST /devices/{id}/revoke`: the device loses its sessions and KeyPackages, and
+    /// Revokes a device (the `revoke` command, or after a verified wipe): the device loses its sessions and KeyPackages, and
     /// the members of each of its groups are asked to remove it; the audit log records
     /// `who` did it, and the removal requests give `reason` (e.g. who).
     pub async fn revoke_device_as(
@@ -700,7 +700,7 @@ impl App {
                 },
                 |groups| {
                     vec![who.draft(
-                        "device.revoke",
+                        "device.revoked",
                         Some(id),
                         serde_json::json!({
                             "reason": reason,
@@ -712,6 +712,7 @@ impl App {
             )
             .await?;
         self.sessions.end_device(id);
+        self.hub.notify(id, crate::app::Push::Revoked);
         self.doorbells.ring(id, MessengerPush::QueueChanged);
         for (_, members) in &groups {
             for d in members {

@@ -265,11 +265,11 @@ fn admin_actions_are_audited_and_tampering_is_named() {
     server.cli_json(&["modes", "apply", mode_file.to_str().unwrap()]);
     let (status, body) = Http::new(&server).send(
         "POST",
-        &format!("/api/v1/devices/{id}/revoke"),
+        &format!("/api/v1/devices/{id}/commands"),
         Some(&server.owner_token),
-        Some(b"{}".to_vec()),
+        Some(br#"{"action":"revoke"}"#.to_vec()),
     );
-    assert_eq!(status, 200, "{body}");
+    assert_eq!(status, 201, "{body}");
     // A used code is refused, and the attempt is recorded too.
     let (status, body) = try_enroll(&server, &alice_url);
     assert_eq!(status, 409, "{body}");
@@ -290,6 +290,8 @@ fn admin_actions_are_audited_and_tampering_is_named() {
             ("device.mode", "admin:test-owner"),
             ("mode.create", "admin:test-owner"),
             ("device.revoke", "admin:test-owner"),
+            ("device.revoked", "admin:test-owner"),
+            ("command.verified", "server"),
             ("device.enroll_refused", "anonymous"),
         ]
         .map(|(a, b)| (a.to_owned(), b.to_owned()))
@@ -300,7 +302,7 @@ fn admin_actions_are_audited_and_tampering_is_named() {
         .iter()
         .map(|e| e["seq"].as_u64().unwrap())
         .collect();
-    assert_eq!(seqs, (1..=9).collect::<Vec<_>>());
+    assert_eq!(seqs, (1..=11).collect::<Vec<_>>());
     assert_eq!(
         list[1]["detail"],
         serde_json::json!({"name": "audrey", "role": "auditor"})
@@ -322,6 +324,9 @@ fn admin_actions_are_audited_and_tampering_is_named() {
     assert_eq!(defined["detail"]["mode"], "night-shift");
     assert_eq!(defined["detail"]["created"], true);
     assert_eq!(entry(&list, "device.revoke")["device_id"], id.as_str());
+    let revoked = entry(&list, "device.revoked");
+    assert_eq!(revoked["device_id"], id.as_str());
+    assert_eq!(revoked["source"], "127.0.0.1");
     let refused = entry(&list, "device.enroll_refused");
     assert_eq!(refused["source"], "127.0.0.1");
     assert_eq!(refused["detail"]["reason"], "used");
@@ -338,7 +343,13 @@ fn admin_actions_are_audited_and_tampering_is_named() {
             .into_iter()
             .map(|(a, _)| a)
             .collect::<Vec<_>>(),
-        ["device.enroll", "device.mode", "device.revoke"]
+        [
+            "device.enroll",
+            "device.mode",
+            "device.revoke",
+            "device.revoked",
+            "command.verified"
+        ]
     );
     let page = server.cli_json(&["audit", "list", "--after", "2", "--limit", "2"]);
     assert_eq!(page[0]["seq"], 3);
@@ -357,10 +368,10 @@ fn admin_actions_are_audited_and_tampering_is_named() {
     // Online verification, by the auditor.
     let out = server.cli_as(&auditor, &["audit", "verify"]);
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
-    let last_hash = list[8]["hash"].as_str().unwrap();
+    let last_hash = list[10]["hash"].as_str().unwrap();
     assert_eq!(
         stdout(&out).trim(),
-        format!("audit log verified: 9 entries, head seq 9 hash {last_hash}")
+        format!("audit log verified: 11 entries, head seq 11 hash {last_hash}")
     );
 
     // Export, then offline verification with the key obtained separately.
@@ -390,7 +401,7 @@ fn admin_actions_are_audited_and_tampering_is_named() {
     let out = offline(&["audit", "verify", "--file", file, "--org-key", &org_key]);
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
     assert!(
-        stdout(&out).starts_with("audit log verified: 9 entries, head seq 9 hash "),
+        stdout(&out).starts_with("audit log verified: 11 entries, head seq 11 hash "),
         "{}",
         stdout(&out)
     );
@@ -433,7 +444,7 @@ fn admin_actions_are_audited_and_tampering_is_named() {
     );
     check_file("deleted.json", &|e| drop(e.remove(4)), 5, "is missing");
     check_file("swapped.json", &|e| e.swap(2, 3), 3, "is out of order");
-    check_file("truncated.json", &|e| drop(e.pop()), 9, "is missing");
+    check_file("truncated.json", &|e| drop(e.pop()), 11, "is missing");
     let owner = server.owner_token.clone();
     server.stop();
 
@@ -480,15 +491,15 @@ fn admin_actions_are_audited_and_tampering_is_named() {
     s.stop();
 
     // The newest row deleted: the signed head still names it.
-    let s = case("newest", &["DELETE FROM audit_log WHERE seq = 9"]);
+    let s = case("newest", &["DELETE FROM audit_log WHERE seq = 11"]);
     let out = s.cli(&auditor, &["audit", "verify"]);
-    assert_tampered(&out, 9, "is missing: the signed head names entry #9");
+    assert_tampered(&out, 11, "is missing: the signed head names entry #11");
     // The --json verdict names the entry too.
     let out = s.cli(&auditor, &["--json", "audit", "verify"]);
     assert!(!out.status.success());
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["verified"], false);
-    assert_eq!(v["entry"], 9);
+    assert_eq!(v["entry"], 11);
     s.stop();
 }
 

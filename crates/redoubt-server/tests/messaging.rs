@@ -352,8 +352,12 @@ fn a_revoked_device_is_removed_from_its_conversations_by_the_others() {
     // Carol's phone is lost: the operator revokes it. The server asks the remaining
     // members (in a request signed by the organization) to remove it; the first of them
     // to sync commits the removal.
-    let revoked = server.cli_json(&["revoke", &ids[2]]);
-    assert_eq!(revoked["id"], ids[2].as_str(), "{revoked}");
+    let revoked = server.cli_json(&["devices", "revoke", &ids[2]]);
+    assert_eq!(
+        (&revoked["device_id"], &revoked["state"]),
+        (&serde_json::json!(ids[2]), &serde_json::json!("verified")),
+        "{revoked}"
+    );
     // Bob was offline since he was invited: his Welcome still lists Carol. He joins,
     // and removes her.
     let synced = chat(&bob.state, &["sync"]);

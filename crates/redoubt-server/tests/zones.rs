@@ -422,7 +422,7 @@ fn wipe_destroys_the_keys_and_the_phone_reads_nothing_after() {
             .then_some(())
     });
     let actions = audit_actions(&server, &id);
-    for a in ["device.wipe", "command.verified", "device.revoke"] {
+    for a in ["device.wipe", "command.verified", "device.revoked"] {
         assert!(actions.iter().any(|x| x == a), "{a} missing in {actions:?}");
     }
 }
@@ -448,6 +448,40 @@ fn revoke_works_when_the_phone_never_comes_back() {
             .contains("revoked or unknown device")
             .then_some(())
     });
+}
+
+#[test]
+fn a_command_the_phone_never_fetched_expires_and_is_never_carried_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server"), &[]);
+    let mut dave = Agent::new(tmp.path().join("dave"));
+    let id = dave.enroll(&server.enrollment_url("dave"));
+    // Out of range lifetimes are refused with the range.
+    let out = server.cli_as(
+        &server.owner_token,
+        &["devices", "lock", &id, "--expires-in", "2s"],
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("between 10"), "{}", stderr(&out));
+    // The phone is off while its lock is valid.
+    let lock = server.cli_json(&["devices", "lock", &id, "--expires-in", "10s"]);
+    let cmd = lock["id"].as_str().unwrap().to_owned();
+    assert_eq!(lock["state"], "queued");
+    let expired = wait_command(&server, &id, &cmd, "expired");
+    assert!(expired["delivered_at"].is_null(), "{expired}");
+    // It comes back: the expired lock is not sent, the phone stays in its mode.
+    dave.start();
+    let d = wait_device(&server, &id, "dave reports", |d| {
+        d["compliance"] == "compliant"
+    });
+    assert_eq!(d["reported_mode"], "standard");
+    assert!(d["locked_by"].is_null());
+    assert_eq!(dave.status()["effective_mode"], "standard");
+    assert!(audit_actions(&server, &id).contains(&"command.expired".to_owned()));
+    // A new lock after the expired one is a new command, not the expired one.
+    let again = server.cli_json(&["devices", "lock", &id]);
+    assert_ne!(again["id"], cmd.as_str());
+    wait_command(&server, &id, again["id"].as_str().unwrap(), "verified");
 }
 
 fn copy_dir(from: &Path, to: &Path) {
