@@ -20,7 +20,7 @@ pub struct IdError {
     pub rule: &'static str,
 }
 
-fn id_error(what: &'static str, value: &str, rule: &'static str) -> IdError {
+pub(crate) fn id_error(what: &'static str, value: &str, rule: &'static str) -> IdError {
     IdError {
         what,
         value: value.chars().take(64).collect(),
@@ -70,6 +70,7 @@ macro_rules! string_id {
         }
     };
 }
+pub(crate) use string_id;
 
 string_id!(
     /// A device's identifier, assigned by the server at enrollment: `dev_` + 24 lowercase hex digits.

@@ -15,16 +15,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::ids::{DeviceId, IdError, ModeName};
+use crate::ids::{DeviceId, IdError, ModeName, id_error, string_id};
 use crate::time_fmt::Timestamp;
-
-fn id_error(what: &'static str, value: &str, rule: &'static str) -> IdError {
-    IdError {
-        what,
-        value: value.chars().take(64).collect(),
-        rule,
-    }
-}
 
 fn slug_ok(s: &str) -> bool {
     (1..=48).contains(&s.len())
@@ -33,64 +25,19 @@ fn slug_ok(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
-macro_rules! slug_name {
-    ($(#[$doc:meta])* $name:ident, $what:literal) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-        pub struct $name(String);
+const SLUG_RULE: &str = "use 1-48 characters a-z, 0-9 and '-', starting with a letter";
 
-        impl $name {
-            /// The name as a string slice.
-            pub fn as_str(&self) -> &str {
-                &self.0
-            }
-        }
-
-        impl FromStr for $name {
-            type Err = IdError;
-            fn from_str(s: &str) -> Result<Self, IdError> {
-                if slug_ok(s) {
-                    Ok($name(s.to_owned()))
-                } else {
-                    Err(id_error(
-                        $what,
-                        s,
-                        "use 1-48 characters a-z, 0-9 and '-', starting with a letter",
-                    ))
-                }
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
-            }
-        }
-
-        impl Serialize for $name {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.serialize_str(&self.0)
-            }
-        }
-
-        impl<'de> Deserialize<'de> for $name {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let s = String::deserialize(d)?;
-                s.parse().map_err(serde::de::Error::custom)
-            }
-        }
-    };
-}
-
-slug_name!(
+string_id!(
     /// A secured zone's name: 1–48 characters `a-z`, `0-9`, `-`, starting with a letter.
     ZoneName,
-    "zone name"
+    "zone name",
+    |s| if slug_ok(s) { Ok(()) } else { Err(SLUG_RULE) }
 );
-slug_name!(
+string_id!(
     /// A checkpoint's name within its zone (same rules as a zone name).
     CheckpointName,
-    "checkpoint name"
+    "checkpoint name",
+    |s| if slug_ok(s) { Ok(()) } else { Err(SLUG_RULE) }
 );
 
 /// A Wi-Fi access point's BSSID, normalized to lowercase `aa:bb:cc:dd:ee:ff`.

@@ -8,13 +8,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Command, Output};
 
-use common::{Http, Server, bin, log_file, signal, stderr, wait_exit};
+use common::{Http, Server, bin, stderr};
 use ed25519_dalek::{Signer, SigningKey};
 use redoubt_proto::api::{EnrollRequest, enroll_proof_message};
 use redoubt_proto::envelope::{encode_public_key, encode_signature};
@@ -129,89 +126,6 @@ usb_data = "deny"
 screenshots = "deny"
 "#;
 
-/// A server restarted on a data directory that already holds an owner token (no new
-/// token, so nothing is appended to the log by starting it).
-struct Restarted {
-    child: Child,
-    url: String,
-    fingerprint: String,
-    log: PathBuf,
-}
-
-impl Restarted {
-    fn start(data: &Path) -> Restarted {
-        let log = data.with_extension("log");
-        let mut child = Command::new(bin("redoubt-server"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-            .arg(data)
-            .env("REDOUBT_LOG", "debug")
-            .stdout(Stdio::piped())
-            .stderr(log_file(&log))
-            .spawn()
-            .unwrap();
-        let (tx, rx) = mpsc::channel();
-        let out = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            // Keep draining after the address is read: the server prints at shutdown.
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                tx.send(line).ok();
-            }
-        });
-        let (mut url, mut fingerprint) = (None, None);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while url.is_none() || fingerprint.is_none() {
-            let line = rx
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .expect("server did not print its address and fingerprint");
-            if let Some(u) = line.strip_prefix("Redoubt server listening on ") {
-                url = Some(u.trim().to_owned());
-            }
-            if let Some(f) = line.strip_prefix("CA fingerprint: ") {
-                fingerprint = Some(f.trim().to_owned());
-            }
-        }
-        Restarted {
-            child,
-            url: url.unwrap(),
-            fingerprint: fingerprint.unwrap(),
-            log,
-        }
-    }
-
-    fn cli(&self, token: &str, args: &[&str]) -> Output {
-        Command::new(bin("redoubt"))
-            .args(args)
-            .env("REDOUBT_SERVER", &self.url)
-            .env("REDOUBT_TOKEN", token)
-            .env("REDOUBT_CA_FINGERPRINT", &self.fingerprint)
-            .output()
-            .unwrap()
-    }
-
-    fn stop(mut self) {
-        signal(&self.child, "TERM");
-        let status = wait_exit(&mut self.child, Duration::from_secs(20));
-        if !status.success() {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let panic: Vec<&str> = log
-                .lines()
-                .skip_while(|l| !l.contains("panicked"))
-                .take(3)
-                .collect();
-            panic!(
-                "server exited with {status} after SIGTERM: {}",
-                panic.join("\n")
-            );
-        }
-    }
-}
-
-impl Drop for Restarted {
-    fn drop(&mut self) {
-        self.child.kill().ok();
-        self.child.wait().ok();
-    }
-}
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -452,15 +366,15 @@ fn admin_actions_are_audited_and_tampering_is_named() {
     let pristine = tmp.path().join("pristine");
     copy_dir(&data, &pristine);
     // Restarting the copy as it is changes nothing.
-    let s = Restarted::start(&pristine);
-    let out = s.cli(&owner, &["audit", "verify"]);
+    let s = Server::restart(&pristine, &owner);
+    let out = s.cli_as(&owner, &["audit", "verify"]);
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
     s.stop();
-    let case = |name: &str, sql: &[&str]| -> Restarted {
+    let case = |name: &str, sql: &[&str]| -> Server {
         let dir = tmp.path().join(name);
         copy_dir(&pristine, &dir);
         tamper(&dir, sql);
-        Restarted::start(&dir)
+        Server::restart(&dir, &owner)
     };
 
     // An edited row.
@@ -470,12 +384,12 @@ fn admin_actions_are_audited_and_tampering_is_named() {
             r#"UPDATE audit_log SET detail = '{"user":"mallory","mode":"standard","expires_at":"2030-01-01T00:00:00Z"}' WHERE seq = 3"#,
         ],
     );
-    assert_tampered(&s.cli(&owner, &["audit", "verify"]), 3, "was edited");
+    assert_tampered(&s.cli_as(&owner, &["audit", "verify"]), 3, "was edited");
     s.stop();
 
     // A deleted row in the middle.
     let s = case("deleted", &["DELETE FROM audit_log WHERE seq = 5"]);
-    assert_tampered(&s.cli(&owner, &["audit", "verify"]), 5, "is missing");
+    assert_tampered(&s.cli_as(&owner, &["audit", "verify"]), 5, "is missing");
     s.stop();
 
     // Two rows swapped.
@@ -487,15 +401,15 @@ fn admin_actions_are_audited_and_tampering_is_named() {
             "UPDATE audit_log SET seq = 7 WHERE seq = -1",
         ],
     );
-    assert_tampered(&s.cli(&owner, &["audit", "verify"]), 6, "is out of order");
+    assert_tampered(&s.cli_as(&owner, &["audit", "verify"]), 6, "is out of order");
     s.stop();
 
     // The newest row deleted: the signed head still names it.
     let s = case("newest", &["DELETE FROM audit_log WHERE seq = 11"]);
-    let out = s.cli(&auditor, &["audit", "verify"]);
+    let out = s.cli_as(&auditor, &["audit", "verify"]);
     assert_tampered(&out, 11, "is missing: the signed head names entry #11");
     // The --json verdict names the entry too.
-    let out = s.cli(&auditor, &["--json", "audit", "verify"]);
+    let out = s.cli_as(&auditor, &["--json", "audit", "verify"]);
     assert!(!out.status.success());
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["verified"], false);
@@ -513,11 +427,11 @@ fn a_deleted_newest_entry_stays_visible_after_further_actions() {
     let owner = server.owner_token.clone();
     server.stop();
     tamper(&data, &["DELETE FROM audit_log WHERE seq = 3"]);
-    let s = Restarted::start(&data);
-    assert_tampered(&s.cli(&owner, &["audit", "verify"]), 3, "is missing");
-    let out = s.cli(&owner, &["--json", "enroll", "create", "--user", "carol"]);
+    let s = Server::restart(&data, &owner);
+    assert_tampered(&s.cli_as(&owner, &["audit", "verify"]), 3, "is missing");
+    let out = s.cli_as(&owner, &["--json", "enroll", "create", "--user", "carol"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let out = s.cli(&owner, &["--json", "audit", "list"]);
+    let out = s.cli_as(&owner, &["--json", "audit", "list"]);
     let list: Value = serde_json::from_slice(&out.stdout).unwrap();
     let seqs: Vec<u64> = list
         .as_array()
@@ -527,7 +441,7 @@ fn a_deleted_newest_entry_stays_visible_after_further_actions() {
         .collect();
     assert_eq!(seqs, [1, 2, 4]);
     assert_tampered(
-        &s.cli(&owner, &["audit", "verify"]),
+        &s.cli_as(&owner, &["audit", "verify"]),
         3,
         "is missing (deleted): the log goes from #2 to #4",
     );

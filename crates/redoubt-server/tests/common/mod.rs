@@ -66,6 +66,20 @@ pub struct Server {
 impl Server {
     /// Starts a server on `data` with extra `REDOUBT_*` settings, and an owner token.
     pub fn start(data: &Path, env: &[(&str, &str)]) -> Server {
+        let mut server = Server::launch(data, env);
+        server.owner_token = server.admin_token("test-owner", "owner");
+        server
+    }
+
+    /// Starts a server on a data directory that already holds `owner_token`, creating
+    /// nothing (so starting it appends nothing to the audit log).
+    pub fn restart(data: &Path, owner_token: &str) -> Server {
+        let mut server = Server::launch(data, &[]);
+        server.owner_token = owner_token.to_owned();
+        server
+    }
+
+    fn launch(data: &Path, env: &[(&str, &str)]) -> Server {
         let env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -108,7 +122,7 @@ impl Server {
                 fingerprint = Some(f.trim().to_owned());
             }
         }
-        let mut server = Server {
+        Server {
             child,
             data: data.to_owned(),
             url: url.unwrap(),
@@ -116,9 +130,7 @@ impl Server {
             owner_token: String::new(),
             env,
             stdout: rx,
-        };
-        server.owner_token = server.admin_token("test-owner", "owner");
-        server
+        }
     }
 
     /// Creates an admin token with the offline command.
@@ -182,10 +194,18 @@ impl Server {
     pub fn stop(mut self) {
         signal(&self.child, "TERM");
         let status = wait_exit(&mut self.child, Duration::from_secs(20));
-        assert!(
-            status.success(),
-            "server exited with {status} after SIGTERM"
-        );
+        if !status.success() {
+            let log = std::fs::read_to_string(self.data.with_extension("log")).unwrap_or_default();
+            let panic: Vec<&str> = log
+                .lines()
+                .skip_while(|l| !l.contains("panicked"))
+                .take(3)
+                .collect();
+            panic!(
+                "server exited with {status} after SIGTERM: {}",
+                panic.join("\n")
+            );
+        }
     }
 
     /// Kills the server without warning.
