@@ -126,7 +126,6 @@ usb_data = "deny"
 screenshots = "deny"
 "#;
 
-
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
@@ -401,7 +400,11 @@ fn admin_actions_are_audited_and_tampering_is_named() {
             "UPDATE audit_log SET seq = 7 WHERE seq = -1",
         ],
     );
-    assert_tampered(&s.cli_as(&owner, &["audit", "verify"]), 6, "is out of order");
+    assert_tampered(
+        &s.cli_as(&owner, &["audit", "verify"]),
+        6,
+        "is out of order",
+    );
     s.stop();
 
     // The newest row deleted: the signed head still names it.
