@@ -706,6 +706,14 @@ impl ZoneState {
                     .is_some_and(|p| p.since < cmd.issued_at)
                 {
                     self.inside.remove(zone);
+                    // As after a check-out: the access points in sight now do not take
+                    // the phone straight back in; they must first go out of sight.
+                    if self.last_visible.is_empty() {
+                        self.suppressed.remove(zone);
+                    } else {
+                        self.suppressed
+                            .insert(zone.clone(), self.last_visible.clone());
+                    }
                     self.event(
                         id_gen(),
                         now,

@@ -604,6 +604,13 @@ fn exit_zone_only_undoes_an_entry_made_before_it_was_issued() {
         &e.kind,
         DeviceEventKind::ZoneOut { evidence: Evidence::Command { command }, .. } if *command == exit_vault.id
     )));
+    // The vault's access point still in sight does not take the phone straight back
+    // in; once it went out of sight, seeing it again does.
+    s.observe_wifi(&[bssid(3)], Some(&b), T0.plus_secs(40), &mut next);
+    assert_eq!(s.inside().keys().collect::<Vec<_>>(), [&lab_zone]);
+    s.observe_wifi(&[], Some(&b), T0.plus_secs(50), &mut next);
+    s.observe_wifi(&[bssid(3)], Some(&b), T0.plus_secs(60), &mut next);
+    assert!(s.inside().contains_key(&name::<ZoneName>("vault")));
 }
 
 #[test]
@@ -943,6 +950,11 @@ impl Oracle {
             DeviceAction::ExitZone { zone } => {
                 if self.inside.get(zone).is_some_and(|e| e.since < c.issued_at) {
                     self.inside.remove(zone);
+                    if self.visible.is_empty() {
+                        self.suppressed.remove(zone);
+                    } else {
+                        self.suppressed.insert(zone.clone(), self.visible.clone());
+                    }
                 }
             }
             DeviceAction::Wipe | DeviceAction::Revoke => {}
