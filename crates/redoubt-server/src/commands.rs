@@ -7,7 +7,7 @@
 //! from the phone shows the effect: lockdown under the lock, the lock lifted, the zone
 //! left, the final report of a wipe). Not acknowledged by its expiry → **expired**;
 //! refused by the phone → **failed**. `revoke` acts on the server alone and is verified
-//! at once. A request that matches a command already standing returns that command.
+//! at once; a wipe that expires unacknowledged revokes the device too. A request that matches a command already standing returns that command.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -177,6 +177,12 @@ impl App {
             .await?
         {
             tracing::warn!(device = %c.device_id, command = %c.id, action = c.action.name(), "command expired before the phone acknowledged it");
+            // A lost phone that never came back for its wipe must not keep working
+            // credentials: the server does its part of the wipe.
+            if c.action == DeviceAction::Wipe {
+                self.revoke_device("server (wipe expired unacknowledged)", &c.device_id)
+                    .await?;
+            }
         }
         Ok(())
     }

@@ -463,12 +463,28 @@ fn a_command_the_phone_never_fetched_expires_and_is_never_carried_out() {
     );
     assert!(!out.status.success());
     assert!(stderr(&out).contains("between 10"), "{}", stderr(&out));
-    // The phone is off while its lock is valid.
+    // The phone is off while its lock is valid; another phone never comes back for
+    // its wipe.
+    let mut erin = Agent::new(tmp.path().join("erin"));
+    let lost = erin.enroll(&server.enrollment_url("erin"));
     let lock = server.cli_json(&["devices", "lock", &id, "--expires-in", "10s"]);
+    let wipe = server.cli_json(&["devices", "wipe", &lost, "--yes", "--expires-in", "10s"]);
     let cmd = lock["id"].as_str().unwrap().to_owned();
     assert_eq!(lock["state"], "queued");
     let expired = wait_command(&server, &id, &cmd, "expired");
     assert!(expired["delivered_at"].is_null(), "{expired}");
+    // The wipe that expired unacknowledged leaves the server's part done: revoked.
+    wait_command(&server, &lost, wipe["id"].as_str().unwrap(), "expired");
+    assert!(server.device(&lost)["revoked_at"].is_string());
+    assert!(audit_actions(&server, &lost).contains(&"device.revoked".to_owned()));
+    erin.start();
+    let log = erin.state.with_extension("log");
+    wait_for("erin refused", Duration::from_secs(30), || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("revoked or unknown device")
+            .then_some(())
+    });
     // It comes back: the expired lock is not sent, the phone stays in its mode.
     dave.start();
     let d = wait_device(&server, &id, "dave reports", |d| {
