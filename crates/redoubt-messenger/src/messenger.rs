@@ -196,9 +196,12 @@ fn member_devices(group: &MlsGroup) -> Vec<(LeafNodeIndex, MemberCertificate)> {
 /// a partial file is removed.
 fn write_new(dest: &Path, data: &[u8]) -> Result<()> {
     use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    // Received files are for this person only: owner-readable, like the state dir.
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
+        .mode(0o600)
         .open(dest)
         .with_context(|| format!("creating {}", dest.display()))?;
     if let Err(e) = f.write_all(data).and_then(|()| f.sync_all()) {

@@ -98,6 +98,11 @@ fn a_group_talks_end_to_end_and_the_server_never_sees_the_text() {
     );
     assert_eq!(out["size"], content.len() as u64);
     assert_eq!(std::fs::read(&saved).unwrap(), content);
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&saved).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "a received file is for its owner only");
+    }
     // Saving never overwrites; a text message is not a file; big files are refused
     // on the phone with the limit named.
     let again = common::chat_cmd(
