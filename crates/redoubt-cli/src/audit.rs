@@ -20,7 +20,7 @@ use serde_json::json;
 
 use crate::args::Global;
 use crate::commands::{Answer, Api, print_json};
-use crate::output;
+use crate::output::{self, clean};
 
 /// The most entries the server returns per request.
 const PAGE: u64 = 10_000;
@@ -187,17 +187,6 @@ async fn list(
         eprintln!("showing {shown} entries; the next ones with --after {last}");
     }
     entries.print(g, |e| table(e))
-}
-
-/// Replaces control and bidirectional-override characters, so that text from the log
-/// cannot move the cursor, recolor the terminal or reorder what is shown.
-pub(crate) fn clean(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            let bidi = matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
-            if c.is_control() || bidi { '\u{fffd}' } else { c }
-        })
-        .collect()
 }
 
 /// The `audit list` table.

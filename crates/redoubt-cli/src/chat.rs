@@ -11,6 +11,7 @@ use redoubt_proto::GroupId;
 use serde_json::json;
 
 use crate::args::{ChatArgs, ChatCommand};
+use crate::output::{clean, clean_multiline};
 
 fn print_json(v: &serde_json::Value) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
@@ -21,9 +22,11 @@ fn message_line(m: &MessageView) -> String {
     let what = match &m.file {
         Some(f) => format!(
             "[file {} ({} bytes); save-file {} PATH]",
-            f.name, f.size, m.id
+            clean(&f.name),
+            f.size,
+            m.id
         ),
-        None => m.text.clone(),
+        None => clean_multiline(&m.text),
     };
     let status = if m.outgoing {
         format!(
@@ -44,7 +47,7 @@ fn held_note(c: &ConversationView) -> Option<String> {
         format!(
             "{} message(s) held by the server: {}",
             c.held,
-            c.held_reason.as_deref().unwrap_or("clearance not met")
+            clean(c.held_reason.as_deref().unwrap_or("clearance not met"))
         )
     })
 }
@@ -128,7 +131,7 @@ pub async fn run(json_out: bool, args: ChatArgs) -> anyhow::Result<()> {
             } else {
                 println!(
                     "saved {} ({} bytes) to {}",
-                    file.name,
+                    clean(&file.name),
                     file.size,
                     path.display()
                 );
@@ -150,7 +153,7 @@ pub async fn run(json_out: bool, args: ChatArgs) -> anyhow::Result<()> {
             } else {
                 println!(
                     "# {} ({})  members: {}",
-                    conv.name,
+                    clean(&conv.name),
                     conv.id,
                     conv.members
                         .iter()
@@ -202,7 +205,7 @@ pub async fn run(json_out: bool, args: ChatArgs) -> anyhow::Result<()> {
                         .as_ref()
                         .map(|m| format!(" [clearance {m}]"))
                         .unwrap_or_default();
-                    println!("{}  {}{clearance}  ({})", c.id, c.name, c.status);
+                    println!("{}  {}{clearance}  ({})", c.id, clean(&c.name), c.status);
                     if let Some(note) = held_note(c) {
                         println!("    {note}");
                     }
@@ -217,7 +220,7 @@ pub async fn run(json_out: bool, args: ChatArgs) -> anyhow::Result<()> {
             } else {
                 println!("applied {} item(s)", report.processed);
                 for r in &report.refused {
-                    println!("  refused: {r}");
+                    println!("  refused: {}", clean(&r.to_string()));
                 }
                 Ok(())
             }
@@ -271,5 +274,38 @@ async fn listen(m: &Messenger, json_out: bool) -> anyhow::Result<()> {
             _ = &mut stop => return Ok(()),
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use redoubt_messenger::MessageView;
+
+    use super::message_line;
+
+    #[test]
+    fn message_text_cannot_drive_the_terminal() {
+        let m = MessageView {
+            local_id: 1,
+            id: "00".into(),
+            from_user: "mallory".parse().expect("user"),
+            from_device: "dev_0123456789abcdef01234567".parse().expect("device"),
+            sent_at: redoubt_proto::Timestamp(1_790_000_000),
+            text: "hi\u{1b}[2J\u{202e}olleh\nsecond line".into(),
+            file: None,
+            outgoing: false,
+            status: "received".into(),
+            delivered_to: 0,
+            read_by: 0,
+        };
+        let line = message_line(&m);
+        assert!(
+            !line.contains('\u{1b}') && !line.contains('\u{202e}'),
+            "{line:?}"
+        );
+        assert!(
+            line.ends_with("hi\u{fffd}[2J\u{fffd}olleh\nsecond line"),
+            "{line:?}"
+        );
     }
 }

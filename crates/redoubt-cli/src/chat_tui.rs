@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::output::{clean, clean_multiline};
 use anyhow::{Context as _, bail};
 use crossterm::event::{
     DisableBracketedPaste, EnableBracketedPaste, Event, EventStream, KeyCode, KeyEvent,
@@ -653,26 +654,6 @@ fn str_width(s: &str) -> usize {
 fn char_width(c: char) -> usize {
     let mut buf = [0u8; 4];
     str_width(c.encode_utf8(&mut buf))
-}
-
-/// `s` with control characters (escape sequences, line breaks) made harmless.
-fn clean(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
-        .collect()
-}
-
-/// Like [`clean`], but keeps line breaks and turns tabs into spaces.
-fn clean_multiline(s: &str) -> String {
-    s.chars()
-        .filter(|&c| c != '\r')
-        .map(|c| match c {
-            '\n' => '\n',
-            '\t' => ' ',
-            c if c.is_control() => '\u{fffd}',
-            c => c,
-        })
-        .collect()
 }
 
 /// `HH:MM` for today (UTC), `YYYY-MM-DD HH:MM` otherwise.

@@ -416,6 +416,34 @@ pub fn mode(view: &ModeView, now: Timestamp) -> String {
     format!("{}\n{}", fields(&pairs), table.render())
 }
 
+/// Whether `c` must not reach a terminal as it is: a control character (escape
+/// sequences, cursor moves) or a bidirectional override (reorders what is shown).
+fn unsafe_char(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Text from the network or the log with every unsafe character replaced by U+FFFD,
+/// so that it cannot move the cursor, recolor the terminal or reorder what is shown.
+pub(crate) fn clean(s: &str) -> String {
+    s.chars()
+        .map(|c| if unsafe_char(c) { '\u{fffd}' } else { c })
+        .collect()
+}
+
+/// Like [`clean`], but keeps line breaks and turns tabs into spaces.
+pub(crate) fn clean_multiline(s: &str) -> String {
+    s.chars()
+        .filter(|&c| c != '\r')
+        .map(|c| match c {
+            '\n' => '\n',
+            '\t' => ' ',
+            c if unsafe_char(c) => '\u{fffd}',
+            c => c,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
