@@ -4,110 +4,16 @@
 //! (and none when they fail), and a tampered tail is not signed over.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::sync::Arc;
 
-use ed25519_dalek::SigningKey;
-use redoubt_policy::{AuditError, GENESIS, recompute_hash, verify_log};
-use redoubt_proto::{
-    AuditEntry, AuditHead, Compliance, DeviceId, HardwareKind, Mode, ModeName, NetworkReach, Rule,
-    SignedEnvelope, Timestamp, UserName,
-};
-use redoubt_store::{
-    AuditDraft, AuditFilter, BundleRequest, IssuedBundle, NewDevice, Store, StoreError,
-};
+use redoubt_policy::{AuditError, GENESIS, recompute_hash};
+use redoubt_proto::{AuditEntry, AuditHead, DeviceId, HardwareKind, ModeName, Rule};
+use redoubt_store::{AuditFilter, NewDevice, StoreError};
 use serde_json::json;
 
-const NOW: Timestamp = Timestamp(1_800_000_000);
-
-fn org_key() -> SigningKey {
-    SigningKey::from_bytes(&[42; 32])
-}
-
-fn sign(head: &AuditHead) -> SignedEnvelope {
-    SignedEnvelope::sign(AuditHead::KIND, head, &org_key())
-}
-
-fn draft(action: &str, device: Option<u8>, detail: serde_json::Value) -> AuditDraft {
-    AuditDraft {
-        actor: "admin:alice".into(),
-        source: "192.0.2.7".into(),
-        action: action.into(),
-        device_id: device.map(dev_id),
-        detail,
-    }
-}
-
-fn dev_id(n: u8) -> DeviceId {
-    DeviceId::from_random([n; 12])
-}
-
-fn mode(name: &str, rule: Rule) -> Mode {
-    Mode {
-        name: name.parse().unwrap(),
-        description: String::new(),
-        network: NetworkReach::Open,
-        capabilities: redoubt_proto::CapabilityRules::all(rule),
-        app_allowlist: None,
-    }
-}
-
-fn issue(req: &BundleRequest) -> IssuedBundle {
-    IssuedBundle {
-        version: req.version,
-        envelope: SignedEnvelope {
-            kind: "test".into(),
-            payload: String::new(),
-            signature: String::new(),
-        },
-        payload_json: "{}".into(),
-        issued_at: NOW,
-        expires_at: NOW.plus_secs(3600),
-        effective_mode: req.base_mode.name.to_string(),
-        compliance: Compliance::Pending,
-        reasons: vec![],
-    }
-}
-
-async fn open(dir: &std::path::Path) -> Store {
-    let store = Store::open_sqlite(&dir.join("t.db")).await.unwrap();
-    store
-        .install_builtin_modes(
-            &[mode("standard", Rule::Allow), mode("lockdown", Rule::Deny)],
-            NOW,
-        )
-        .await
-        .unwrap();
-    store
-}
-
-/// A second connection to the database file, as someone editing it by hand would
-/// open it, with the append-only triggers dropped.
-async fn tamper(dir: &std::path::Path, sql: &[&str]) {
-    let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(dir.join("t.db"));
-    let pool = sqlx::SqlitePool::connect_with(opts).await.unwrap();
-    for s in [
-        "DROP TRIGGER IF EXISTS audit_log_no_update",
-        "DROP TRIGGER IF EXISTS audit_log_no_delete",
-    ]
-    .iter()
-    .chain(sql)
-    {
-        sqlx::query(sqlx::AssertSqlSafe(s.to_string()))
-            .execute(&pool)
-            .await
-            .unwrap();
-    }
-    pool.close().await;
-}
-
-async fn all(store: &Store) -> Vec<AuditEntry> {
-    store.audit_list(&AuditFilter::default()).await.unwrap()
-}
-
-async fn verify(store: &Store) -> Result<redoubt_policy::VerifiedLog, AuditError> {
-    let head = store.audit_head().await.unwrap().expect("a signed head");
-    verify_log(&all(store).await, &head, &org_key().verifying_key())
-}
+use common::*;
 
 fn seqs(entries: &[AuditEntry]) -> Vec<u64> {
     entries.iter().map(|e| e.seq).collect()
@@ -307,49 +213,6 @@ async fn concurrent_appends_from_many_tasks_form_a_gapless_chain_that_verifies()
     let v = verify(&store).await.unwrap();
     assert_eq!(v.entries, expected);
     assert_eq!(v.head.seq, expected);
-}
-
-async fn enrolled(store: &Store, n: u8) -> DeviceId {
-    let user: UserName = "carol".parse().unwrap();
-    let standard: ModeName = "standard".parse().unwrap();
-    store
-        .create_enrollment_token(
-            &[n; 32],
-            &user,
-            &standard,
-            "alice",
-            NOW,
-            NOW.plus_secs(60),
-            &[draft("enrollment.create", None, json!({"user": "carol"}))],
-            &sign,
-        )
-        .await
-        .unwrap();
-    let dev = NewDevice {
-        id: dev_id(n),
-        public_key: [n; 32],
-        hardware: HardwareKind::Sim,
-    };
-    store
-        .enroll_device(
-            &[n; 32],
-            dev,
-            NOW,
-            issue,
-            |rec| {
-                vec![AuditDraft {
-                    actor: format!("device:{}", rec.id),
-                    source: "198.51.100.1".into(),
-                    action: "device.enroll".into(),
-                    device_id: Some(rec.id.clone()),
-                    detail: json!({"user": rec.user, "mode": rec.assigned_mode}),
-                }]
-            },
-            &sign,
-        )
-        .await
-        .unwrap()
-        .id
 }
 
 #[tokio::test]
