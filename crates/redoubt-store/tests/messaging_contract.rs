@@ -4,57 +4,12 @@
 //! reopening, acknowledged items leave, sends are deduplicated.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::{NOW, issue, open, sign};
 use redoubt_proto::messaging::ItemKind;
-use redoubt_proto::{
-    Compliance, DeviceId, GroupId, HardwareKind, Mode, ModeName, NetworkReach, Rule,
-    SignedEnvelope, Timestamp, UserName,
-};
-use redoubt_store::{BundleRequest, CommitInput, CommitOutcome, IssuedBundle, NewDevice, Store};
-
-const NOW: Timestamp = Timestamp(1_800_000_000);
-
-fn issue(req: &BundleRequest) -> IssuedBundle {
-    IssuedBundle {
-        version: req.version,
-        envelope: SignedEnvelope {
-            kind: "test".into(),
-            payload: String::new(),
-            signature: String::new(),
-        },
-        payload_json: "{}".into(),
-        issued_at: NOW,
-        expires_at: NOW.plus_secs(3600),
-        effective_mode: req.base_mode.name.to_string(),
-        compliance: Compliance::Pending,
-        reasons: vec![],
-    }
-}
-
-fn sign_head(head: &redoubt_proto::AuditHead) -> SignedEnvelope {
-    SignedEnvelope {
-        kind: redoubt_proto::AuditHead::KIND.into(),
-        payload: format!("{}:{}", head.seq, head.hash),
-        signature: String::new(),
-    }
-}
-
-async fn open(dir: &std::path::Path) -> Store {
-    let store = Store::open_sqlite(&dir.join("t.db")).await.unwrap();
-    store
-        .install_builtin_modes(
-            &[Mode {
-                name: "standard".parse().unwrap(),
-                description: String::new(),
-                network: NetworkReach::Open,
-                capabilities: redoubt_proto::CapabilityRules::all(Rule::Allow),
-                app_allowlist: None,
-            }],
-            NOW,
-        )
-        .await
-        .unwrap();
-    store
-}
+use redoubt_proto::{DeviceId, GroupId, HardwareKind, ModeName, UserName};
+use redoubt_store::{CommitInput, CommitOutcome, NewDevice, Store};
 
 async fn enroll(store: &Store, n: u8, user: &str) -> DeviceId {
     let hash = [n; 32];
@@ -69,7 +24,7 @@ async fn enroll(store: &Store, n: u8, user: &str) -> DeviceId {
             NOW,
             NOW.plus_secs(60),
             &[],
-            &sign_head,
+            &sign,
         )
         .await
         .unwrap();
@@ -79,7 +34,7 @@ async fn enroll(store: &Store, n: u8, user: &str) -> DeviceId {
         hardware: HardwareKind::Sim,
     };
     store
-        .enroll_device(&hash, dev, NOW, issue, |_| vec![], &sign_head)
+        .enroll_device(&hash, dev, NOW, issue, |_| vec![], &sign)
         .await
         .unwrap()
         .id
