@@ -1,12 +1,14 @@
 //! The hardware backend contract: [`Hardware`], where enforcing and verifying are
 //! separate operations and verification answers `off`, `on` or `unknown`.
 //!
-//! Only the SIMULATED backend ([`sim::SimHardware`]) exists today. The contract is
+//! Only the SIMULATED backend ([`sim::SimHardware`]) can be selected today; [`linux`]
+//! holds the measured parts of the mainline-Linux backend as they are built. The contract is
 //! shaped for the ones to come: a mainline-Linux backend (rfkill, sysfs, nftables)
 //! and a Sailfish/Aurora backend over D-Bus (ConnMan, ofono, MCE, sailjaild). Those
 //! talk to slow or blocking services, so the methods are synchronous and the run
 //! loop calls them off the async executor's hot path.
 
+pub mod linux;
 pub mod sim;
 
 use std::collections::BTreeMap;
