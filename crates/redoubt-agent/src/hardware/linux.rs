@@ -4,4 +4,5 @@
 //! backend is assembled from these parts once all capabilities have them.
 
 pub mod media;
+pub mod netfilter;
 pub mod rfkill;
