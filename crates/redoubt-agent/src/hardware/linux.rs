@@ -3,6 +3,7 @@
 //! tests point them at fake trees. Not yet selectable with `--hardware linux`: the
 //! backend is assembled from these parts once all capabilities have them.
 
+pub mod binding;
 pub mod media;
 pub mod netfilter;
 pub mod rfkill;
