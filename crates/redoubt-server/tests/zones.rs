@@ -84,6 +84,17 @@ fn wait_command(server: &Server, device: &str, command: &str, state: &str) -> Va
     }
 }
 
+/// Waits until the agent on `state` logs that the server refused it as revoked.
+fn wait_refused_as_revoked(state: &Path, what: &str) {
+    let log = state.with_extension("log");
+    wait_for(what, Duration::from_secs(30), || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("revoked or unknown device")
+            .then_some(())
+    });
+}
+
 fn audit_actions(server: &Server, device: &str) -> Vec<String> {
     server
         .cli_json(&["audit", "list", "--device", device])
@@ -414,13 +425,7 @@ fn wipe_destroys_the_keys_and_the_phone_reads_nothing_after() {
     assert!(!out.status.success() || !shown.contains(&after));
     let mut thief = Agent::new(kept.clone());
     thief.start();
-    let log = kept.with_extension("log");
-    wait_for("the kept identity refused", Duration::from_secs(30), || {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .contains("revoked or unknown device")
-            .then_some(())
-    });
+    wait_refused_as_revoked(&kept, "the kept identity refused");
     let actions = audit_actions(&server, &id);
     for a in ["device.wipe", "command.verified", "device.revoked"] {
         assert!(actions.iter().any(|x| x == a), "{a} missing in {actions:?}");
@@ -441,13 +446,7 @@ fn revoke_works_when_the_phone_never_comes_back() {
     assert!(!lock.status.success());
     assert!(stderr(&lock).contains("revoked"), "{}", stderr(&lock));
     carol.start();
-    let log = carol.state.with_extension("log");
-    wait_for("carol refused", Duration::from_secs(30), || {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .contains("revoked or unknown device")
-            .then_some(())
-    });
+    wait_refused_as_revoked(&carol.state, "carol refused");
 }
 
 #[test]
@@ -478,13 +477,7 @@ fn a_command_the_phone_never_fetched_expires_and_is_never_carried_out() {
     assert!(server.device(&lost)["revoked_at"].is_string());
     assert!(audit_actions(&server, &lost).contains(&"device.revoked".to_owned()));
     erin.start();
-    let log = erin.state.with_extension("log");
-    wait_for("erin refused", Duration::from_secs(30), || {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .contains("revoked or unknown device")
-            .then_some(())
-    });
+    wait_refused_as_revoked(&erin.state, "erin refused");
     // It comes back: the expired lock is not sent, the phone stays in its mode.
     dave.start();
     let d = wait_device(&server, &id, "dave reports", |d| {

@@ -3,27 +3,17 @@
 //! and durability across reopening.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::{NOW, mode, open};
 use redoubt_proto::api::Role;
 use redoubt_proto::{
-    Capability, CapabilityRules, CapabilityState, Compliance, ComplianceReport, DeviceId,
-    HardwareKind, Mode, ModeName, NetworkReach, NetworkState, Rule, SignedEnvelope, Timestamp,
-    UserName,
+    Capability, CapabilityState, Compliance, ComplianceReport, DeviceId, HardwareKind, ModeName,
+    NetworkState, Rule, SignedEnvelope, UserName,
 };
 use redoubt_store::{
     BundleRequest, EnrollRefusal, IssuedBundle, NewDevice, ReportOutcome, Store, StoreError,
 };
-
-const NOW: Timestamp = Timestamp(1_800_000_000);
-
-fn mode(name: &str, rule: Rule) -> Mode {
-    Mode {
-        name: name.parse().unwrap(),
-        description: String::new(),
-        network: NetworkReach::Open,
-        capabilities: CapabilityRules::all(rule),
-        app_allowlist: None,
-    }
-}
 
 fn issue(req: &BundleRequest) -> IssuedBundle {
     IssuedBundle {
@@ -44,18 +34,6 @@ fn issue(req: &BundleRequest) -> IssuedBundle {
         },
         reasons: vec![],
     }
-}
-
-async fn open(dir: &std::path::Path) -> Store {
-    let store = Store::open_sqlite(&dir.join("t.db")).await.unwrap();
-    store
-        .install_builtin_modes(
-            &[mode("standard", Rule::Allow), mode("lockdown", Rule::Deny)],
-            NOW,
-        )
-        .await
-        .unwrap();
-    store
 }
 
 fn device(n: u8) -> NewDevice {
