@@ -35,6 +35,10 @@ pub enum HardwareError {
     },
 }
 
+/// What a hardware watcher calls when something changed: cheap, callable from any
+/// thread, any number of times (the run loop coalesces wake-ups).
+pub type Wake = std::sync::Arc<dyn Fn() + Send + Sync>;
+
 /// One way of switching capabilities on the phone and reading their real state back.
 pub trait Hardware: Send {
     /// Which backend this is (reports carry it; `sim` is labelled SIMULATED everywhere).
@@ -65,6 +69,15 @@ pub trait Hardware: Send {
         Ok(Vec::new())
     }
 
+    /// Starts watching the hardware for changes made behind the agent's back (a radio
+    /// switched on, a device plugged in) and calls `wake` after each, so that the run
+    /// loop re-checks at once instead of at its next periodic re-check. Returns false
+    /// when this backend has nothing to watch (the periodic re-check still runs).
+    fn watch(&self, wake: Wake) -> Result<bool, HardwareError> {
+        let _ = wake;
+        Ok(false)
+    }
+
     /// Reads every capability.
     fn verify_all(&self) -> BTreeMap<Capability, CapabilityState> {
         Capability::ALL
@@ -80,6 +93,9 @@ pub fn open(kind: HardwareKind, state_dir: &Path) -> anyhow::Result<Box<dyn Hard
         HardwareKind::Sim => Ok(Box::new(sim::SimHardware::new(state_dir))),
         HardwareKind::Linux => {
             anyhow::bail!("the linux hardware backend is not implemented in this build")
+        }
+        HardwareKind::Sailfish => {
+            anyhow::bail!("the sailfish hardware backend is not implemented in this build")
         }
     }
 }

@@ -289,6 +289,8 @@ pub enum HardwareKind {
     Sim,
     /// Mainline Linux kernel interfaces.
     Linux,
+    /// Sailfish OS / Aurora OS services over the system D-Bus, plus the kernel checks.
+    Sailfish,
 }
 
 impl HardwareKind {
@@ -303,6 +305,7 @@ impl fmt::Display for HardwareKind {
         f.write_str(match self {
             HardwareKind::Sim => "sim (SIMULATED)",
             HardwareKind::Linux => "linux",
+            HardwareKind::Sailfish => "sailfish",
         })
     }
 }

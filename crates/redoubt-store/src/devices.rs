@@ -139,6 +139,7 @@ fn hardware_str(h: HardwareKind) -> &'static str {
     match h {
         HardwareKind::Sim => "sim",
         HardwareKind::Linux => "linux",
+        HardwareKind::Sailfish => "sailfish",
     }
 }
 
@@ -147,6 +148,7 @@ fn device_record(r: &sqlx::sqlite::SqliteRow) -> Result<DeviceRecord> {
     let hardware = match r.try_get::<&str, _>("hardware")? {
         "sim" => HardwareKind::Sim,
         "linux" => HardwareKind::Linux,
+        "sailfish" => HardwareKind::Sailfish,
         other => return Err(crate::corrupt("hardware", other)),
     };
     Ok(DeviceRecord {
