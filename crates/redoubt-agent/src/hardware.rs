@@ -1,12 +1,10 @@
 //! The hardware backend contract: [`Hardware`], where enforcing and verifying are
 //! separate operations and verification answers `off`, `on` or `unknown`.
 //!
-//! Only the SIMULATED backend ([`sim::SimHardware`]) can be selected today; [`linux`]
-//! holds the measured parts of the mainline-Linux backend as they are built. The contract is
-//! shaped for the ones to come: a mainline-Linux backend (rfkill, sysfs, nftables)
-//! and a Sailfish/Aurora backend over D-Bus (ConnMan, ofono, MCE, sailjaild). Those
-//! talk to slow or blocking services, so the methods are synchronous and the run
-//! loop calls them off the async executor's hot path.
+//! Backends: [`sim`] (SIMULATED, a file in the state directory), [`linux`] (mainline
+//! kernel interfaces: rfkill, sysfs driver bindings, ALSA, nftables). They talk to the
+//! kernel or to slow services, so the methods are synchronous and the run loop calls
+//! them off the async executor's hot path.
 
 pub mod linux;
 pub mod sim;
@@ -91,9 +89,7 @@ pub trait Hardware: Send {
 pub fn open(kind: HardwareKind, state_dir: &Path) -> anyhow::Result<Box<dyn Hardware>> {
     match kind {
         HardwareKind::Sim => Ok(Box::new(sim::SimHardware::new(state_dir))),
-        HardwareKind::Linux => {
-            anyhow::bail!("the linux hardware backend is not implemented in this build")
-        }
+        HardwareKind::Linux => Ok(Box::new(linux::LinuxHardware::new(state_dir))),
         HardwareKind::Sailfish => {
             anyhow::bail!("the sailfish hardware backend is not implemented in this build")
         }

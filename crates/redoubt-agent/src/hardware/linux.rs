@@ -2,10 +2,14 @@
 //! `/sys`, `/dev` and `/proc`, whose roots are parameters ([`Roots`]) so that tests
 //! point them at fake trees.
 
+pub mod backend;
 pub mod binding;
 pub mod media;
 pub mod netfilter;
 pub mod rfkill;
+pub mod watch;
+
+pub use backend::LinuxHardware;
 
 use std::path::{Path, PathBuf};
 

@@ -69,6 +69,13 @@ pub fn class_bindings(sys: &Path, class: &str) -> Result<Vec<Binding>, BindingEr
     Ok(found.into_iter().collect())
 }
 
+impl BindingError {
+    /// The OS error number behind it (`EBUSY`: already bound, `ENODEV`: no such device).
+    pub fn raw_os_error(&self) -> Option<i32> {
+        self.source.raw_os_error()
+    }
+}
+
 fn write_attr(path: &Path, value: &str) -> Result<(), BindingError> {
     fs::write(path, value).map_err(|source| BindingError {
         what: format!("writing {value:?} to {}", path.display()),

@@ -198,6 +198,124 @@ pub fn measured_reach(loaded: &LoadedReach, expected: &[IpAddr]) -> NetworkState
     }
 }
 
+/// The nftables table that cuts mobile data (family `inet`).
+pub const CELLULAR_TABLE: &str = "redoubt_cellular";
+
+/// Interface names that are mobile-data links on the phones we know, whatever sysfs
+/// says: `wwan*` (the kernel's WWAN framework, `qmi_wwan`, `cdc_mbim`), `rmnet*`
+/// (Qualcomm), `ccmni*` (MediaTek).
+pub const WWAN_PATTERNS: [&str; 3] = ["wwan*", "rmnet*", "ccmni*"];
+
+/// Whether the nftables interface `pattern` (a name, or a prefix ending in `*`)
+/// matches `ifname`.
+pub fn pattern_covers(pattern: &str, ifname: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => ifname.starts_with(prefix),
+        None => pattern == ifname,
+    }
+}
+
+/// The `nft -f` script that drops all traffic on the mobile-data interfaces: the
+/// [`WWAN_PATTERNS`] and the `named` ones (interfaces sysfs calls `wwan`), both ways.
+/// It runs before ordinary filter chains (priority -10) and accepts everything else,
+/// so it is independent of the reach table.
+pub fn cellular_ruleset(named: &[String]) -> String {
+    let mut names: BTreeSet<String> = WWAN_PATTERNS.iter().map(|p| (*p).to_owned()).collect();
+    names.extend(
+        named
+            .iter()
+            .filter(|n| {
+                n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            })
+            .filter(|n| !n.is_empty() && n.len() < 16)
+            .cloned(),
+    );
+    let set = names
+        .iter()
+        .map(|n| format!("\"{n}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "table inet {CELLULAR_TABLE}\ndelete table inet {CELLULAR_TABLE}\ntable inet {CELLULAR_TABLE} {{\n  chain output {{\n    type filter hook output priority -10; policy accept;\n    oifname {{ {set} }} drop\n  }}\n  chain input {{\n    type filter hook input priority -10; policy accept;\n    iifname {{ {set} }} drop\n  }}\n}}\n"
+    )
+}
+
+/// The `nft -f` script that removes the mobile-data table.
+pub fn open_cellular_ruleset() -> String {
+    format!("table inet {CELLULAR_TABLE}\ndelete table inet {CELLULAR_TABLE}\n")
+}
+
+fn names(right: &Value) -> Option<Vec<String>> {
+    match right {
+        Value::String(s) => Some(vec![s.clone()]),
+        Value::Object(o) => o
+            .get("set")?
+            .as_array()?
+            .iter()
+            .map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        _ => None,
+    }
+}
+
+/// Reads `nft -j list table inet redoubt_cellular` output: the interface names and
+/// patterns whose traffic is dropped in *both* directions. Only the rules
+/// [`cellular_ruleset`] writes count; any other rule in the table is ignored, so an
+/// `accept` added by someone else cannot make a name count as dropped.
+pub fn parse_cellular_listing(json: &str) -> Result<BTreeSet<String>, ListingError> {
+    let doc: Value = serde_json::from_str(json).map_err(|e| ListingError(e.to_string()))?;
+    let items = doc
+        .get("nftables")
+        .and_then(Value::as_array)
+        .ok_or_else(|| ListingError("no `nftables` array".into()))?;
+    let ours = |o: &Value| {
+        o.get("family").and_then(Value::as_str) == Some("inet")
+            && (o.get("table").or(o.get("name")).and_then(Value::as_str) == Some(CELLULAR_TABLE))
+    };
+    let mut hooked = BTreeSet::new();
+    let mut out_names = BTreeSet::new();
+    let mut in_names = BTreeSet::new();
+    for item in items {
+        if let Some(c) = item.get("chain").filter(|c| ours(c)) {
+            let name = c.get("name").and_then(Value::as_str);
+            let hook = c.get("hook").and_then(Value::as_str);
+            if name.is_some()
+                && name == hook
+                && c.get("type").and_then(Value::as_str) == Some("filter")
+            {
+                hooked.insert(name.unwrap_or_default().to_owned());
+            }
+        } else if let Some(rule) = item.get("rule").filter(|r| ours(r)) {
+            let expr = rule
+                .get("expr")
+                .and_then(Value::as_array)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            let [m, verdict] = expr else { continue };
+            if verdict.get("drop").is_none() {
+                continue;
+            }
+            let Some(m) = m.get("match").filter(|m| is_eq(m)) else {
+                continue;
+            };
+            let key = m.pointer("/left/meta/key").and_then(Value::as_str);
+            let Some(listed) = m.get("right").and_then(names) else {
+                continue;
+            };
+            match (rule.get("chain").and_then(Value::as_str), key) {
+                (Some("output"), Some("oifname")) => out_names.extend(listed),
+                (Some("input"), Some("iifname")) => in_names.extend(listed),
+                _ => {}
+            }
+        }
+    }
+    if !(hooked.contains("output") && hooked.contains("input")) {
+        return Ok(BTreeSet::new());
+    }
+    Ok(out_names.intersection(&in_names).cloned().collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,5 +412,37 @@ mod tests {
         // Garbage is an error (the caller reports unknown).
         assert!(parse_listing("not json").is_err());
         assert!(parse_listing("{}").is_err());
+    }
+
+    /// `nft -j list table inet redoubt_cellular` (nftables 1.0.6) after loading
+    /// `cellular_ruleset(&["qmi0"])`.
+    const CELLULAR: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"table": {"family": "inet", "name": "redoubt_cellular", "handle": 2}}, {"chain": {"family": "inet", "table": "redoubt_cellular", "name": "output", "handle": 1, "type": "filter", "hook": "output", "prio": -10, "policy": "accept"}}, {"chain": {"family": "inet", "table": "redoubt_cellular", "name": "input", "handle": 2, "type": "filter", "hook": "input", "prio": -10, "policy": "accept"}}, {"rule": {"family": "inet", "table": "redoubt_cellular", "chain": "output", "handle": 4, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": {"set": ["ccmni*", "qmi0", "rmnet*", "wwan*"]}}}, {"drop": null}]}}, {"rule": {"family": "inet", "table": "redoubt_cellular", "chain": "input", "handle": 6, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": {"set": ["ccmni*", "qmi0", "rmnet*", "wwan*"]}}}, {"drop": null}]}}]}"#;
+
+    #[test]
+    fn the_cellular_table_drops_named_and_patterned_interfaces_both_ways() {
+        let script = cellular_ruleset(&["qmi0".into(), "bad name\"".into()]);
+        assert!(
+            script.contains(r#"oifname { "ccmni*", "qmi0", "rmnet*", "wwan*" } drop"#),
+            "{script}"
+        );
+        assert!(!script.contains("bad name"));
+        let dropped = parse_cellular_listing(CELLULAR).unwrap();
+        assert_eq!(
+            dropped.into_iter().collect::<Vec<_>>(),
+            ["ccmni*", "qmi0", "rmnet*", "wwan*"]
+        );
+        assert!(pattern_covers("wwan*", "wwan0"));
+        assert!(pattern_covers("qmi0", "qmi0"));
+        assert!(!pattern_covers("qmi0", "qmi01"));
+        assert!(!pattern_covers("rmnet*", "wlan0"));
+    }
+
+    #[test]
+    fn a_cellular_table_missing_a_direction_drops_nothing() {
+        let one_way = CELLULAR.replace(r#""iifname""#, r#""oifname""#);
+        assert!(parse_cellular_listing(&one_way).unwrap().is_empty());
+        let accepting = CELLULAR.replace(r#"{"drop": null}"#, r#"{"accept": null}"#);
+        assert!(parse_cellular_listing(&accepting).unwrap().is_empty());
+        assert!(parse_cellular_listing("not json").is_err());
     }
 }

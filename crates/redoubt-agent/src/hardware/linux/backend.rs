@@ -1,0 +1,515 @@
+//! [`LinuxHardware`]: the backend for mainline-Linux phones (postmarketOS, Mobian),
+//! assembled from the kernel parts of this module.
+//!
+//! | capability | enforced by | verified by |
+//! |---|---|---|
+//! | wifi, bluetooth, nfc, location (gps) | a `CHANGE_ALL` event per radio type on `/dev/rfkill` (also the default for radios registered later) | `/sys/class/rfkill/*/{type,soft,hard}`; no switch of the type = `unknown` |
+//! | cellular data | rfkill `wwan` and an nftables table dropping traffic on mobile-data interfaces | rfkill `wwan`, or the read-back table covering every mobile-data interface present |
+//! | camera | unbinding the driver of every `/sys/class/video4linux` device | that class empty and no process holding `/dev/video*`, `/dev/media*` |
+//! | microphone | unbinding the driver of every sound card that has a capture PCM — **the whole card, playback too**: ALSA has no per-direction switch the kernel enforces | no `/proc/asound/card*/pcm*c` left |
+//! | network reach | an nftables table letting out only the organization's addresses and loopback | the table read back (`nft -j`) |
+//! | USB data, screenshots | not through kernel interfaces | always `unknown` |
+//!
+//! What was unbound is kept in `linux-hardware.json` in the state directory (written
+//! before the unbind), so that `Allow` — after a restart too — rebinds exactly that.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsString;
+use std::fs;
+use std::io::Write;
+use std::net::{IpAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+
+use redoubt_proto::{Capability, CapabilityState, HardwareKind, NetworkReach, NetworkState, Rule};
+use serde::{Deserialize, Serialize};
+
+use super::binding::{self, Binding};
+use super::netfilter::{self, CELLULAR_TABLE, REACH_TABLE};
+use super::rfkill::{self, RadioType};
+use super::{Roots, media, watch};
+use crate::hardware::{Hardware, HardwareError, Wake};
+use crate::state::write_json;
+
+/// File name of what the backend changed, in the state directory.
+pub const LINUX_STATE_FILE: &str = "linux-hardware.json";
+
+/// What the backend changed and must be able to undo.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinuxState {
+    /// Driver bindings the agent removed, per capability (camera, microphone).
+    #[serde(default)]
+    pub unbound: BTreeMap<Capability, BTreeSet<Binding>>,
+    /// The addresses the loaded reach table lets through.
+    #[serde(default)]
+    pub reach_allowed: Vec<IpAddr>,
+}
+
+/// The radio type behind a capability, for those switched through rfkill.
+pub fn radio_of(cap: Capability) -> Option<RadioType> {
+    match cap {
+        Capability::Wifi => Some(RadioType::Wlan),
+        Capability::Bluetooth => Some(RadioType::Bluetooth),
+        Capability::CellularData => Some(RadioType::Wwan),
+        Capability::Location => Some(RadioType::Gps),
+        Capability::Nfc => Some(RadioType::Nfc),
+        _ => None,
+    }
+}
+
+/// The mainline-Linux backend.
+#[derive(Debug)]
+pub struct LinuxHardware {
+    roots: Roots,
+    state_path: PathBuf,
+    nft: Vec<OsString>,
+    /// Serializes changes of the state file (the watcher does not write, but `probe`
+    /// and tests may share one backend between threads).
+    state_lock: Mutex<()>,
+}
+
+fn unavailable(what: impl std::fmt::Display) -> HardwareError {
+    HardwareError::Unavailable(what.to_string())
+}
+
+fn refused(cap: impl std::fmt::Display, reason: impl std::fmt::Display) -> HardwareError {
+    HardwareError::Refused {
+        what: cap.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+impl LinuxHardware {
+    /// The backend on this phone's kernel (`/sys`, `/dev`, `/proc`, `nft` from `PATH`).
+    pub fn new(state_dir: &Path) -> Self {
+        Self::with(Roots::system(), state_dir, vec!["nft".into()])
+    }
+
+    /// The backend on other roots and with another `nft` command line (the program and
+    /// leading arguments, e.g. `ip netns exec NS nft`); for tests.
+    pub fn with(roots: Roots, state_dir: &Path, nft: Vec<OsString>) -> Self {
+        LinuxHardware {
+            roots,
+            state_path: state_dir.join(LINUX_STATE_FILE),
+            nft,
+            state_lock: Mutex::new(()),
+        }
+    }
+
+    /// The kernel roots this backend reads.
+    pub fn roots(&self) -> &Roots {
+        &self.roots
+    }
+
+    /// What the backend changed, as stored. A missing file is nothing changed; an
+    /// unreadable one is an error (its bindings could not be restored otherwise).
+    pub fn load_state(&self) -> Result<LinuxState, HardwareError> {
+        match fs::read(&self.state_path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                unavailable(format!(
+                    "{} is unreadable ({e}); move it away to start over",
+                    self.state_path.display()
+                ))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(LinuxState::default()),
+            Err(e) => Err(unavailable(format!(
+                "reading {}: {e}",
+                self.state_path.display()
+            ))),
+        }
+    }
+
+    fn store_state(&self, state: &LinuxState) -> Result<(), HardwareError> {
+        write_json(&self.state_path, state).map_err(|e| unavailable(format!("{e:#}")))
+    }
+
+    fn update_state<T>(&self, f: impl FnOnce(&mut LinuxState) -> T) -> Result<T, HardwareError> {
+        let _guard = self.state_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = self.load_state()?;
+        let out = f(&mut state);
+        self.store_state(&state)?;
+        Ok(out)
+    }
+
+    /// Runs `nft ARGS`, feeding `script` on stdin when given; the stdout on success.
+    fn nft(&self, args: &[&str], script: Option<&str>) -> Result<String, NftError> {
+        let (program, lead) = self
+            .nft
+            .split_first()
+            .ok_or_else(|| NftError::NotRunnable("no nft command configured".into()))?;
+        let mut cmd = Command::new(program);
+        cmd.args(lead)
+            .args(args)
+            .stdin(if script.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(|e| {
+            NftError::NotRunnable(format!("cannot run {}: {e}", program.to_string_lossy()))
+        })?;
+        if let (Some(script), Some(mut stdin)) = (script, child.stdin.take()) {
+            stdin
+                .write_all(script.as_bytes())
+                .map_err(|e| NftError::Failed(format!("writing the rule set to nft: {e}")))?;
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(|e| NftError::NotRunnable(format!("waiting for nft: {e}")))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let first = stderr.lines().next().unwrap_or("").trim().to_owned();
+            if first.contains("No such file or directory") {
+                Err(NftError::NoTable)
+            } else {
+                Err(NftError::Failed(format!("nft {}: {first}", args.join(" "))))
+            }
+        }
+    }
+
+    fn load_rules(&self, what: &str, script: &str) -> Result<(), HardwareError> {
+        self.nft(&["-f", "-"], Some(script))
+            .map(drop)
+            .map_err(|e| match e {
+                NftError::NotRunnable(m) => unavailable(m),
+                other => refused(what, other),
+            })
+    }
+
+    /// The table `name` as read back, `None` when it is not loaded.
+    fn read_table(&self, name: &str) -> Result<Option<String>, NftError> {
+        match self.nft(&["-j", "list", "table", "inet", name], None) {
+            Ok(json) => Ok(Some(json)),
+            Err(NftError::NoTable) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Network interfaces that carry mobile data: those sysfs types as `wwan`, and
+    /// those named like one.
+    pub fn wwan_interfaces(&self) -> Option<Vec<String>> {
+        let dir = self.roots.sys.join("class/net");
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some(Vec::new()),
+            Err(_) => return None,
+        };
+        let mut out = Vec::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let typed = fs::read_to_string(entry.path().join("uevent"))
+                .map(|u| u.lines().any(|l| l.trim() == "DEVTYPE=wwan"))
+                .unwrap_or(false);
+            let named = netfilter::WWAN_PATTERNS
+                .iter()
+                .any(|p| netfilter::pattern_covers(p, &name));
+            if typed || named {
+                out.push(name);
+            }
+        }
+        out.sort();
+        Some(out)
+    }
+
+    /// Whether the loaded mobile-data table drops every mobile-data interface present.
+    fn cellular_dropped(&self) -> bool {
+        let Some(ifaces) = self.wwan_interfaces() else {
+            return false;
+        };
+        let Ok(Some(json)) = self.read_table(CELLULAR_TABLE) else {
+            return false;
+        };
+        let Ok(dropped) = netfilter::parse_cellular_listing(&json) else {
+            return false;
+        };
+        let covers_patterns = netfilter::WWAN_PATTERNS
+            .iter()
+            .all(|p| dropped.contains(*p));
+        covers_patterns
+            && ifaces
+                .iter()
+                .all(|i| dropped.iter().any(|p| netfilter::pattern_covers(p, i)))
+    }
+
+    /// The capture-capable sound cards' driver bindings: cards with a `pcm*c` in
+    /// `/proc/asound`, found through `/sys/class/sound/cardN/device`. A capture card
+    /// without a driver link cannot be unbound and is returned in the second list.
+    pub fn capture_card_bindings(&self) -> Result<(Vec<Binding>, Vec<String>), HardwareError> {
+        let subs = media::capture_substreams(&self.roots.proc)
+            .ok_or_else(|| unavailable("/proc/asound is unreadable"))?;
+        let cards: BTreeSet<&str> = subs
+            .iter()
+            .filter_map(|s| s.name.split('/').next())
+            .collect();
+        let mut found = BTreeSet::new();
+        let mut stuck = Vec::new();
+        for card in cards {
+            let device =
+                fs::canonicalize(self.roots.sys.join("class/sound").join(card).join("device"));
+            let driver = device
+                .as_ref()
+                .ok()
+                .and_then(|d| fs::canonicalize(d.join("driver")).ok());
+            match (device, driver) {
+                (Ok(device), Some(driver)) => {
+                    if let Some(name) = device.file_name() {
+                        found.insert(Binding {
+                            driver,
+                            device: name.to_string_lossy().into_owned(),
+                        });
+                    }
+                }
+                _ => stuck.push(card.to_owned()),
+            }
+        }
+        Ok((found.into_iter().collect(), stuck))
+    }
+
+    /// The bindings that turn `cap` on (camera, microphone).
+    fn bindings_of(&self, cap: Capability) -> Result<(Vec<Binding>, Vec<String>), HardwareError> {
+        match cap {
+            Capability::Camera => binding::class_bindings(&self.roots.sys, "video4linux")
+                .map(|b| (b, Vec::new()))
+                .map_err(unavailable),
+            Capability::Microphone => self.capture_card_bindings(),
+            _ => Ok((Vec::new(), Vec::new())),
+        }
+    }
+
+    fn unbind_all(&self, cap: Capability) -> Result<(), HardwareError> {
+        let (found, stuck) = self.bindings_of(cap)?;
+        // Recorded before the unbind: a crash in between leaves a binding to restore
+        // that is still bound, which rebinding later tolerates.
+        self.update_state(|s| {
+            s.unbound
+                .entry(cap)
+                .or_default()
+                .extend(found.iter().cloned());
+        })?;
+        let mut errors: Vec<String> = stuck
+            .iter()
+            .map(|c| format!("{c} has no driver that can be unbound"))
+            .collect();
+        for b in &found {
+            if let Err(e) = binding::unbind(b) {
+                errors.push(e.to_string());
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(refused(cap, errors.join("; ")))
+        }
+    }
+
+    fn rebind_all(&self, cap: Capability) -> Result<(), HardwareError> {
+        let held = self
+            .load_state()?
+            .unbound
+            .get(&cap)
+            .cloned()
+            .unwrap_or_default();
+        let mut kept = BTreeSet::new();
+        let mut errors = Vec::new();
+        for b in held {
+            match binding::rebind(&b) {
+                Ok(()) => {}
+                Err(e) => match e.raw_os_error() {
+                    // Already bound again (EBUSY), or the device is gone (ENODEV):
+                    // nothing left to restore.
+                    Some(16) | Some(19) => {}
+                    _ => {
+                        errors.push(e.to_string());
+                        kept.insert(b);
+                    }
+                },
+            }
+        }
+        self.update_state(|s| {
+            if kept.is_empty() {
+                s.unbound.remove(&cap);
+            } else {
+                s.unbound.insert(cap, kept);
+            }
+        })?;
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(refused(cap, errors.join("; ")))
+        }
+    }
+
+    fn set_radio(&self, cap: Capability, t: RadioType, block: bool) -> Result<(), HardwareError> {
+        let dev = self.roots.rfkill_dev();
+        rfkill::set_all(&dev, t, block).map_err(|e| {
+            if dev.exists() {
+                refused(cap, e)
+            } else {
+                unavailable(e)
+            }
+        })
+    }
+
+    fn set_cellular(&self, block: bool) -> Result<(), HardwareError> {
+        let radio = self.set_radio(Capability::CellularData, RadioType::Wwan, block);
+        let table = if block {
+            let named = self.wwan_interfaces().unwrap_or_default();
+            self.load_rules("cellular_data", &netfilter::cellular_ruleset(&named))
+        } else {
+            self.load_rules("cellular_data", &netfilter::open_cellular_ruleset())
+        };
+        // Either way of cutting mobile data is enough; verify decides what holds.
+        match (radio, table) {
+            (Ok(()), _) | (_, Ok(())) => Ok(()),
+            (Err(a), Err(b)) => Err(refused("cellular_data", format!("{a}; {b}"))),
+        }
+    }
+
+    /// Resolves the organization's endpoints to addresses; a name that does not resolve
+    /// now keeps the addresses loaded before (DNS may be cut by the reach table itself).
+    fn resolve(endpoints: &[String], before: &[IpAddr]) -> (Vec<IpAddr>, Vec<String>) {
+        let mut out = BTreeSet::new();
+        let mut unresolved = Vec::new();
+        for e in endpoints {
+            let host = e.trim_start_matches('[').trim_end_matches(']');
+            if let Ok(ip) = host.parse::<IpAddr>() {
+                out.insert(ip);
+                continue;
+            }
+            match (host, 443).to_socket_addrs() {
+                Ok(addrs) => out.extend(addrs.map(|a| a.ip())),
+                Err(_) => unresolved.push(e.clone()),
+            }
+        }
+        if !unresolved.is_empty() {
+            out.extend(before.iter().copied());
+        }
+        (out.into_iter().collect(), unresolved)
+    }
+}
+
+/// Why running `nft` failed.
+#[derive(Debug, thiserror::Error)]
+enum NftError {
+    /// `nft` could not be started (not installed, no permission).
+    #[error("{0}")]
+    NotRunnable(String),
+    /// The table asked for is not loaded.
+    #[error("the table is not loaded")]
+    NoTable,
+    /// `nft` ran and refused.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl Hardware for LinuxHardware {
+    fn kind(&self) -> HardwareKind {
+        HardwareKind::Linux
+    }
+
+    fn enforce(&mut self, cap: Capability, rule: Rule) -> Result<(), HardwareError> {
+        let deny = rule == Rule::Deny;
+        match cap {
+            Capability::CellularData => self.set_cellular(deny),
+            Capability::Camera | Capability::Microphone => {
+                if deny {
+                    self.unbind_all(cap)
+                } else {
+                    self.rebind_all(cap)
+                }
+            }
+            Capability::UsbData | Capability::Screenshots => {
+                if deny {
+                    Err(unavailable(format!(
+                        "{cap} cannot be switched off through kernel interfaces"
+                    )))
+                } else {
+                    Ok(())
+                }
+            }
+            other => match radio_of(other) {
+                Some(t) => self.set_radio(other, t, deny),
+                None => Err(unavailable(format!("{other} has no kernel switch"))),
+            },
+        }
+    }
+
+    fn verify(&self, cap: Capability) -> CapabilityState {
+        let r = &self.roots;
+        match cap {
+            Capability::Camera => media::camera_state(&r.sys, &r.proc, &r.dev),
+            Capability::Microphone => media::microphone_state(&r.proc),
+            Capability::CellularData => match rfkill::state(&r.sys, RadioType::Wwan) {
+                CapabilityState::Off => CapabilityState::Off,
+                _ if self.cellular_dropped() => CapabilityState::Off,
+                measured => measured,
+            },
+            Capability::UsbData | Capability::Screenshots => CapabilityState::Unknown,
+            other => match radio_of(other) {
+                Some(t) => rfkill::state(&r.sys, t),
+                None => CapabilityState::Unknown,
+            },
+        }
+    }
+
+    fn enforce_network(
+        &mut self,
+        reach: NetworkReach,
+        endpoints: &[String],
+    ) -> Result<(), HardwareError> {
+        match reach {
+            NetworkReach::Open => {
+                self.load_rules("network", &netfilter::open_ruleset())?;
+                self.update_state(|s| s.reach_allowed.clear())
+            }
+            NetworkReach::OrganizationOnly => {
+                let before = self.load_state()?.reach_allowed;
+                let (allowed, unresolved) = Self::resolve(endpoints, &before);
+                // The table is recorded first: verify then never accepts an address the
+                // loaded table does not hold, and never misses one it does.
+                self.update_state(|s| {
+                    s.reach_allowed = allowed.clone();
+                })?;
+                self.load_rules("network", &netfilter::reach_ruleset(&allowed))?;
+                if unresolved.is_empty() {
+                    Ok(())
+                } else {
+                    Err(refused(
+                        "network",
+                        format!(
+                            "cannot resolve {}; kept the addresses loaded before",
+                            unresolved.join(", ")
+                        ),
+                    ))
+                }
+            }
+        }
+    }
+
+    fn verify_network(&self) -> NetworkState {
+        let Ok(state) = self.load_state() else {
+            return NetworkState::Unknown;
+        };
+        match self.read_table(REACH_TABLE) {
+            Ok(None) => NetworkState::Open,
+            Ok(Some(json)) => match netfilter::parse_listing(&json) {
+                Ok(loaded) => netfilter::measured_reach(&loaded, &state.reach_allowed),
+                Err(_) => NetworkState::Unknown,
+            },
+            Err(_) => NetworkState::Unknown,
+        }
+    }
+
+    fn watch(&self, wake: Wake) -> Result<bool, HardwareError> {
+        watch::start(&self.roots, wake)
+    }
+}
+
+#[cfg(test)]
+mod tests;
