@@ -263,6 +263,19 @@ impl Agent {
         })
     }
 
+    /// Starts the backend's watcher (see [`Hardware::watch`]); `wake` is called on
+    /// every change it sees. False when the backend has nothing to watch or could not
+    /// start it (logged): the periodic re-check still runs.
+    pub fn watch_hardware(&self, wake: crate::hardware::Wake) -> bool {
+        match self.hw.watch(wake) {
+            Ok(watching) => watching,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch the hardware; relying on the periodic re-check");
+                false
+            }
+        }
+    }
+
     /// Who this device is.
     pub fn identity(&self) -> &Identity {
         &self.identity

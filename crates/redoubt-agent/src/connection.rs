@@ -29,7 +29,7 @@ use redoubt_proto::envelope::encode_signature;
 use redoubt_proto::ws::{AgentFrame, ServerFrame, hello_message};
 use redoubt_proto::{DeviceId, Timestamp};
 use tokio::net::UnixListener;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior, sleep_until, timeout};
 use tokio_tungstenite::tungstenite::Message;
@@ -45,6 +45,8 @@ pub const WS_PATH: &str = "/api/v1/device/ws";
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 const SEND_TIMEOUT: Duration = Duration::from_secs(15);
 const PING_EVERY: Duration = Duration::from_secs(20);
+/// How long the wake-ups of the hardware watcher are gathered before one re-check.
+const WATCH_SETTLE: Duration = Duration::from_millis(100);
 /// Without any frame from the server for this long, the session is presumed dead.
 const IDLE_LIMIT: Duration = Duration::from_secs(60);
 const BACKOFF_START: Duration = Duration::from_millis(500);
@@ -401,6 +403,13 @@ pub async fn run(dir: StateDir, opts: RunOptions) -> Result<()> {
 
     let mut recheck = tokio::time::interval(opts.recheck);
     recheck.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // The backend's watcher wakes the loop on a change behind the agent's back; the
+    // wake-ups of one burst (a driver probing, our own rfkill writes) are gathered for
+    // `WATCH_SETTLE` and then re-checked once, so the re-check rate stays bounded.
+    let hw_changed = Arc::new(Notify::new());
+    let notify = hw_changed.clone();
+    blocking(|| agent.watch_hardware(Arc::new(move || notify.notify_one())));
+    let mut settle_until: Option<Instant> = None;
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut session = Session {
@@ -457,6 +466,13 @@ pub async fn run(dir: StateDir, opts: RunOptions) -> Result<()> {
                         let _ = call.reply.send(ControlResponse::failed(format!("{e:#}")));
                     }
                 }
+            }
+            () = hw_changed.notified(), if settle_until.is_none() => {
+                settle_until = Some(Instant::now() + WATCH_SETTLE);
+            }
+            () = sleep_until(settle_until.unwrap_or_else(Instant::now)), if settle_until.is_some() => {
+                settle_until = None;
+                recheck.reset_immediately();
             }
             _ = recheck.tick() => {
                 match blocking(|| agent.check(Timestamp::now())) {
