@@ -1,5 +1,6 @@
 //! Command-line parsing (clap) and dispatch of `redoubt-agent` subcommands:
-//! `enroll`, `run`, `status`, `checkpoint`, `sim set|show|reset|wifi`, `bundle import`.
+//! `enroll`, `run`, `status`, `checkpoint`, `probe`, `sim set|show|reset|wifi`,
+//! `bundle import`.
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -15,6 +16,7 @@ use crate::agent::{Agent, BundleOutcome, CheckpointOutcome};
 use crate::connection::{RunOptions, run};
 use crate::control;
 use crate::enroll::enroll;
+use crate::hardware::linux::Roots;
 use crate::hardware::sim::{SimChange, SimHardware};
 use crate::hardware::{Hardware, HardwareError};
 use crate::state::{LockProbe, StateDir};
@@ -42,13 +44,36 @@ pub struct StateArg {
 pub enum HardwareArg {
     /// SIMULATED hardware whose state lives in a file of the state directory.
     Sim,
+    /// Mainline Linux kernel interfaces (postmarketOS, Mobian): rfkill, sysfs, ALSA, nftables.
+    Linux,
+    /// Sailfish OS / Aurora OS: ConnMan, oFono, sailjaild and MCE over the system D-Bus,
+    /// plus the kernel checks.
+    Sailfish,
+    /// Probe this device and pick (`redoubt-agent probe` shows what it finds).
+    Auto,
 }
 
-impl From<HardwareArg> for HardwareKind {
-    fn from(h: HardwareArg) -> Self {
-        match h {
+impl HardwareArg {
+    /// The backend this choice means on this device.
+    pub fn resolve(self) -> Result<HardwareKind> {
+        Ok(match self {
             HardwareArg::Sim => HardwareKind::Sim,
-        }
+            HardwareArg::Linux => HardwareKind::Linux,
+            HardwareArg::Sailfish => HardwareKind::Sailfish,
+            HardwareArg::Auto => {
+                let p = crate::hardware::probe::probe(&Roots::system());
+                match p.choice {
+                    Some(kind) => {
+                        tracing::info!(hardware = %kind, reason = %p.reason, "hardware probed");
+                        kind
+                    }
+                    None => bail!(
+                        "no supported hardware found ({}); `--hardware sim` enrolls a SIMULATED phone",
+                        p.reason
+                    ),
+                }
+            }
+        })
     }
 }
 
@@ -103,6 +128,13 @@ pub enum Command {
         /// The code from the gate's QR code (`RDZ1.…`), or `-` to read it from stdin.
         code: String,
         /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show what this device offers: the backend `--hardware auto` picks and, per
+    /// capability, whether the agent can switch it off and measure it. Changes nothing.
+    Probe {
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
@@ -237,7 +269,7 @@ pub async fn dispatch(command: Command) -> Result<()> {
                 url
             };
             let url: EnrollmentUrl = url.parse()?;
-            let done = enroll(&url, &StateDir::new(state.state), hardware.into()).await?;
+            let done = enroll(&url, &StateDir::new(state.state), hardware.resolve()?).await?;
             if json {
                 print_json(&done)?;
             } else {
@@ -289,9 +321,57 @@ pub async fn dispatch(command: Command) -> Result<()> {
                 Ok(())
             }
         }
+        Command::Probe { json } => {
+            let p = crate::hardware::probe::probe(&Roots::system());
+            if json {
+                print_json(&p)
+            } else {
+                print!("{}", probe_text(&p));
+                Ok(())
+            }
+        }
         Command::Sim(cmd) => sim(cmd),
         Command::Bundle(BundleCommand::Import { state, file }) => import_bundle(state.state, &file),
     }
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
+/// The human form of a probe.
+fn probe_text(p: &crate::hardware::probe::Probe) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let choice = p
+        .choice
+        .map(|k| k.to_string())
+        .unwrap_or_else(|| "none".into());
+    let _ = writeln!(out, "backend (--hardware auto): {choice} — {}", p.reason);
+    let _ = writeln!(
+        out,
+        "{:<14} {:<8} {:<7} how",
+        "capability", "enforce", "verify"
+    );
+    for (cap, c) in &p.capabilities {
+        let _ = writeln!(
+            out,
+            "{:<14} {:<8} {:<7} {}",
+            cap.as_str(),
+            yes_no(c.enforce),
+            yes_no(c.verify),
+            c.how
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{:<14} {:<8} {:<7} {}",
+        "network",
+        yes_no(p.network.enforce),
+        yes_no(p.network.verify),
+        p.network.how
+    );
+    out
 }
 
 /// Applies a checkpoint code: through the running agent when `run` holds the state

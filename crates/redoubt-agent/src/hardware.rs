@@ -7,6 +7,7 @@
 //! them off the async executor's hot path.
 
 pub mod linux;
+pub mod probe;
 pub mod sim;
 
 use std::collections::BTreeMap;

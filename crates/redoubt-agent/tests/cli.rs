@@ -194,3 +194,27 @@ fn run_refuses_a_directory_that_is_not_enrolled() {
     ]));
     assert!(err.contains("not an enrolled"), "{err}");
 }
+
+#[test]
+fn probe_reads_this_machine_and_changes_nothing() {
+    let json: Value = serde_json::from_str(&ok(&agent(&["probe", "--json"]))).unwrap();
+    // The test machine is a Linux machine with sysfs mounted.
+    assert_eq!(json["choice"], "linux", "{json}");
+    let caps = json["capabilities"].as_object().unwrap();
+    assert_eq!(caps.len(), 9, "{json}");
+    for (cap, c) in caps {
+        assert!(
+            c["how"].as_str().is_some_and(|h| !h.is_empty()),
+            "{cap}: {c}"
+        );
+    }
+    // USB data and screenshots have no kernel interface: never claimed.
+    assert_eq!(caps["usb_data"]["verify"], false);
+    assert_eq!(caps["screenshots"]["enforce"], false);
+    let text = ok(&agent(&["probe"]));
+    assert!(
+        text.starts_with("backend (--hardware auto): linux"),
+        "{text}"
+    );
+    assert!(text.contains("network"), "{text}");
+}

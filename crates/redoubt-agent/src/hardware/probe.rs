@@ -1,0 +1,307 @@
+//! What this device offers: which backend fits (`--hardware auto`) and, per
+//! capability, whether the agent can switch it and whether it can measure it
+//! (`redoubt-agent probe`). Probing reads; it changes nothing.
+
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use redoubt_proto::{Capability, HardwareKind};
+use serde::Serialize;
+
+use super::linux::{LinuxHardware, Roots, binding, media, rfkill};
+
+/// What the kernel exposes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KernelProbe {
+    /// `/dev/rfkill` opens for writing (radios can be switched).
+    pub rfkill_control: bool,
+    /// rfkill switches per sysfs type name (`wlan`, `bluetooth`, `wwan`, `gps`, `nfc`, …).
+    pub radios: BTreeMap<String, usize>,
+    /// Devices in `/sys/class/video4linux`.
+    pub cameras: Vec<String>,
+    /// Drivers the cameras hang off (what unbinding detaches), as `driver:device`.
+    pub camera_drivers: Vec<String>,
+    /// Sound cards with a capture PCM (`card0`, …).
+    pub capture_cards: Vec<String>,
+    /// Their drivers, as `driver:device`.
+    pub capture_drivers: Vec<String>,
+    /// Capture cards with no driver the agent could unbind.
+    pub capture_cards_stuck: Vec<String>,
+    /// Network interfaces that carry mobile data.
+    pub wwan_interfaces: Vec<String>,
+    /// Why `nft` cannot run or list the rule set; `None` when it can.
+    pub nftables_error: Option<String>,
+}
+
+/// What the agent can do about one capability here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CapabilityProbe {
+    /// The agent can switch it off (and on again).
+    pub enforce: bool,
+    /// The agent can measure it; when false it is reported `unknown`.
+    pub verify: bool,
+    /// How, or why not.
+    pub how: String,
+}
+
+/// The probe's answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct Probe {
+    /// The backend `--hardware auto` picks, if any.
+    pub choice: Option<HardwareKind>,
+    /// Why that one.
+    pub reason: String,
+    /// The kernel interfaces.
+    pub kernel: KernelProbe,
+    /// Per capability, for the chosen backend (the linux one when none fits).
+    pub capabilities: BTreeMap<Capability, CapabilityProbe>,
+    /// Network reach: can the agent restrict it and read the restriction back.
+    pub network: CapabilityProbe,
+}
+
+fn driver_names(bindings: &[binding::Binding]) -> Vec<String> {
+    bindings
+        .iter()
+        .map(|b| {
+            let driver = b
+                .driver
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            format!("{driver}:{}", b.device)
+        })
+        .collect()
+}
+
+fn nft_usable(nft: &str) -> Result<(), String> {
+    match Command::new(nft)
+        .args(["list", "tables"])
+        .stdin(Stdio::null())
+        .output()
+    {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => Err(String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .next()
+            .unwrap_or("nft failed")
+            .trim()
+            .to_owned()),
+        Err(e) => Err(format!("cannot run {nft}: {e}")),
+    }
+}
+
+/// Reads what the kernel under `roots` exposes; `nft` is the nftables program.
+pub fn kernel(roots: &Roots, nft: &str) -> KernelProbe {
+    let hw = LinuxHardware::with(roots.clone(), Path::new("/nonexistent"), vec![nft.into()]);
+    let mut radios = BTreeMap::new();
+    for r in rfkill::list(&roots.sys).unwrap_or_default() {
+        *radios.entry(r.type_name).or_insert(0) += 1;
+    }
+    let cameras = media::video_devices(&roots.sys).unwrap_or_default();
+    let camera_bindings = binding::class_bindings(&roots.sys, "video4linux").unwrap_or_default();
+    let (capture_bindings, stuck) = hw.capture_card_bindings().unwrap_or_default();
+    let mut capture_cards: Vec<String> = media::capture_substreams(&roots.proc)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|s| s.name.split('/').next().map(str::to_owned))
+        .collect();
+    capture_cards.dedup();
+    KernelProbe {
+        rfkill_control: OpenOptions::new()
+            .write(true)
+            .open(roots.rfkill_dev())
+            .is_ok(),
+        radios,
+        cameras,
+        camera_drivers: driver_names(&camera_bindings),
+        capture_cards,
+        capture_drivers: driver_names(&capture_bindings),
+        capture_cards_stuck: stuck,
+        wwan_interfaces: hw.wwan_interfaces().unwrap_or_default(),
+        nftables_error: nft_usable(nft).err(),
+    }
+}
+
+/// What the linux backend can do with what `k` found.
+pub fn linux_capabilities(k: &KernelProbe) -> BTreeMap<Capability, CapabilityProbe> {
+    let mut out = BTreeMap::new();
+    let nft = k.nftables_error.is_none();
+    for cap in Capability::ALL {
+        let p = match cap {
+            Capability::Camera => {
+                let unbindable = k.camera_drivers.len();
+                CapabilityProbe {
+                    enforce: k.cameras.is_empty() || unbindable > 0,
+                    verify: true,
+                    how: if k.cameras.is_empty() {
+                        "no V4L2 camera present (off means none listed and none held open; a camera the kernel does not list, e.g. behind a vendor HAL, is invisible here)".into()
+                    } else {
+                        format!(
+                            "{} V4L2 device(s); unbinding {}",
+                            k.cameras.len(),
+                            k.camera_drivers.join(", ")
+                        )
+                    },
+                }
+            }
+            Capability::Microphone => CapabilityProbe {
+                enforce: k.capture_cards_stuck.is_empty(),
+                verify: true,
+                how: if k.capture_cards.is_empty() {
+                    "no ALSA capture device present".into()
+                } else if !k.capture_cards_stuck.is_empty() {
+                    format!(
+                        "cannot unbind {} (no driver link)",
+                        k.capture_cards_stuck.join(", ")
+                    )
+                } else {
+                    format!(
+                        "unbinding the whole sound card ({}): playback goes too, ALSA cannot cut capture alone",
+                        k.capture_drivers.join(", ")
+                    )
+                },
+            },
+            Capability::UsbData | Capability::Screenshots => CapabilityProbe {
+                enforce: false,
+                verify: false,
+                how: "no kernel interface for this; reported unknown".into(),
+            },
+            Capability::CellularData => {
+                let radios = k.radios.get("wwan").copied().unwrap_or(0);
+                CapabilityProbe {
+                    enforce: k.rfkill_control || nft,
+                    verify: radios > 0 || nft,
+                    how: format!(
+                        "rfkill wwan ({radios} switch(es)){}; mobile-data interfaces: {}",
+                        if nft {
+                            " and an nftables drop on mobile-data interfaces"
+                        } else {
+                            ", no nftables"
+                        },
+                        if k.wwan_interfaces.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            k.wwan_interfaces.join(", ")
+                        }
+                    ),
+                }
+            }
+            radio => {
+                let t = super::linux::backend::radio_of(radio)
+                    .map(rfkill::RadioType::sysfs_name)
+                    .unwrap_or("?");
+                let n = k.radios.get(t).copied().unwrap_or(0);
+                CapabilityProbe {
+                    enforce: k.rfkill_control,
+                    verify: n > 0,
+                    how: match (n, k.rfkill_control) {
+                        (0, true) => format!(
+                            "no rfkill {t} switch now: blocked for when one appears, measured unknown"
+                        ),
+                        (0, false) => format!("no rfkill {t} switch and no /dev/rfkill control"),
+                        (n, true) => format!("rfkill {t} ({n} switch(es))"),
+                        (n, false) => format!(
+                            "rfkill {t} ({n} switch(es)) readable, but /dev/rfkill cannot be written (not root?)"
+                        ),
+                    },
+                }
+            }
+        };
+        out.insert(cap, p);
+    }
+    out
+}
+
+/// The network row for the linux backend.
+pub fn linux_network(k: &KernelProbe) -> CapabilityProbe {
+    match &k.nftables_error {
+        None => CapabilityProbe {
+            enforce: true,
+            verify: true,
+            how: "nftables table inet redoubt_reach, read back with nft -j".into(),
+        },
+        Some(e) => CapabilityProbe {
+            enforce: false,
+            verify: false,
+            how: format!("nftables unusable: {e}"),
+        },
+    }
+}
+
+/// Probes this device: the kernel under `roots`, and picks a backend.
+pub fn probe(roots: &Roots) -> Probe {
+    let kernel = kernel(roots, "nft");
+    let sysfs = roots.sys.join("class").is_dir();
+    let (choice, reason) = if sysfs {
+        (
+            Some(HardwareKind::Linux),
+            "sysfs is mounted: mainline kernel interfaces".to_owned(),
+        )
+    } else {
+        (
+            None,
+            format!(
+                "no {} : not a Linux device",
+                roots.sys.join("class").display()
+            ),
+        )
+    };
+    Probe {
+        choice,
+        reason,
+        capabilities: linux_capabilities(&kernel),
+        network: linux_network(&kernel),
+        kernel,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+    use std::os::unix::fs::symlink;
+
+    use super::*;
+
+    #[test]
+    fn a_fake_phone_is_probed_without_changing_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let roots = Roots::under(tmp.path());
+        let r = roots.sys.join("class/rfkill/rfkill0");
+        fs::create_dir_all(&r).unwrap();
+        fs::write(r.join("type"), "bluetooth\n").unwrap();
+        fs::write(r.join("soft"), "0\n").unwrap();
+        fs::write(r.join("hard"), "0\n").unwrap();
+        fs::create_dir_all(&roots.dev).unwrap();
+        fs::write(roots.rfkill_dev(), []).unwrap();
+        let dev = roots.sys.join("devices/platform/cam.0");
+        let drv = roots.sys.join("bus/platform/drivers/cam");
+        fs::create_dir_all(&dev).unwrap();
+        fs::create_dir_all(&drv).unwrap();
+        symlink(&drv, dev.join("driver")).unwrap();
+        let v = roots.sys.join("class/video4linux/video0");
+        fs::create_dir_all(&v).unwrap();
+        symlink(&dev, v.join("device")).unwrap();
+        let sub = roots.proc.join("asound/card0/pcm0c/sub0");
+        fs::create_dir_all(&sub).unwrap();
+        fs::write(sub.join("status"), "closed\n").unwrap();
+
+        let p = probe(&roots);
+        assert_eq!(p.choice, Some(HardwareKind::Linux));
+        assert_eq!(p.kernel.radios.get("bluetooth"), Some(&1));
+        assert_eq!(p.kernel.camera_drivers, ["cam:cam.0"]);
+        assert_eq!(p.kernel.capture_cards_stuck, ["card0"]);
+        let caps = &p.capabilities;
+        assert!(caps[&Capability::Bluetooth].enforce && caps[&Capability::Bluetooth].verify);
+        assert!(caps[&Capability::Wifi].enforce && !caps[&Capability::Wifi].verify);
+        assert!(caps[&Capability::Camera].enforce);
+        assert!(!caps[&Capability::Microphone].enforce);
+        assert!(!caps[&Capability::Screenshots].verify);
+        // Nothing was written.
+        assert_eq!(fs::read(roots.rfkill_dev()).unwrap(), Vec::<u8>::new());
+
+        let none = probe(&Roots::under(&tmp.path().join("empty")));
+        assert_eq!(none.choice, None);
+    }
+}
