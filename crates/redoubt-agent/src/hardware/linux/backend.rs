@@ -10,8 +10,9 @@
 //! | network reach | an nftables table letting out only the organization's addresses and loopback | the table read back (`nft -j`) |
 //! | USB data, screenshots | not through kernel interfaces | always `unknown` |
 //!
-//! What was unbound is kept in `linux-hardware.json` in the state directory (written
-//! before the unbind), so that `Allow` — after a restart too — rebinds exactly that.
+//! What was unbound or blocked is kept in `linux-hardware.json` in the state directory
+//! (written before the change), so that `Allow` — after a restart too — rebinds and
+//! unblocks exactly that: a radio the person switched off stays off when a mode ends.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
@@ -45,6 +46,10 @@ pub struct LinuxState {
     /// The addresses the loaded reach table lets through.
     #[serde(default)]
     pub reach_allowed: Vec<IpAddr>,
+    /// Radios the agent blocked: `Allow` unblocks only these, so a radio the person
+    /// switched off stays off when a mode ends.
+    #[serde(default)]
+    pub blocked_radios: BTreeSet<Capability>,
 }
 
 /// The radio type behind a capability, for those switched through rfkill.
@@ -346,6 +351,14 @@ impl LinuxHardware {
     }
 
     fn set_radio(&self, cap: Capability, t: RadioType, block: bool) -> Result<(), HardwareError> {
+        if block {
+            // Recorded first: a crash after the write still lets `Allow` undo it.
+            self.update_state(|s| {
+                s.blocked_radios.insert(cap);
+            })?;
+        } else if !self.load_state()?.blocked_radios.contains(&cap) {
+            return Ok(());
+        }
         let dev = self.roots.rfkill_dev();
         rfkill::set_all(&dev, t, block).map_err(|e| {
             if dev.exists() {
@@ -353,7 +366,13 @@ impl LinuxHardware {
             } else {
                 unavailable(e)
             }
-        })
+        })?;
+        if !block {
+            self.update_state(|s| {
+                s.blocked_radios.remove(&cap);
+            })?;
+        }
+        Ok(())
     }
 
     fn set_cellular(&self, block: bool) -> Result<(), HardwareError> {

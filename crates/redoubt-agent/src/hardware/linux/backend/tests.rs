@@ -119,10 +119,25 @@ fn radios_are_blocked_by_type_and_measured_from_sysfs() {
     t.radio(3, "nfc", 0, 1);
     assert_eq!(hw.verify(Capability::Nfc), CapabilityState::Off);
 
+    // Allowing a radio the agent never blocked leaves it as the person set it.
+    hw.enforce(Capability::Wifi, Rule::Allow).unwrap();
+    assert_eq!(fs::read(t.roots.rfkill_dev()).unwrap(), Vec::<u8>::new());
+
+    // The block survives a restart of the agent; Allow then undoes it.
+    drop(hw);
+    let mut hw = t.hw();
     hw.enforce(Capability::Bluetooth, Rule::Allow).unwrap();
+    assert_eq!(
+        fs::read(t.roots.rfkill_dev()).unwrap(),
+        [0, 0, 0, 0, 2, 3, 0, 0]
+    );
     t.kernel_applies_rfkill();
     // rfkill2 stays hard-blocked; rfkill1 is back, so bluetooth is on.
     assert_eq!(hw.verify(Capability::Bluetooth), CapabilityState::On);
+    assert!(hw.load_state().unwrap().blocked_radios.is_empty());
+    // Once undone, allowing again writes nothing.
+    hw.enforce(Capability::Bluetooth, Rule::Allow).unwrap();
+    assert_eq!(fs::read(t.roots.rfkill_dev()).unwrap(), Vec::<u8>::new());
 }
 
 #[test]
