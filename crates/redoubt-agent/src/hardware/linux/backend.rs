@@ -46,6 +46,9 @@ pub struct LinuxState {
     /// The addresses the loaded reach table lets through.
     #[serde(default)]
     pub reach_allowed: Vec<IpAddr>,
+    /// The endpoints (names or addresses) they were resolved from.
+    #[serde(default)]
+    pub reach_endpoints: Vec<String>,
     /// Radios the agent blocked: `Allow` unblocks only these, so a radio the person
     /// switched off stays off when a mode ends.
     #[serde(default)]
@@ -485,15 +488,30 @@ impl Hardware for LinuxHardware {
         match reach {
             NetworkReach::Open => {
                 self.load_rules("network", &netfilter::open_ruleset())?;
-                self.update_state(|s| s.reach_allowed.clear())
+                self.update_state(|s| {
+                    s.reach_allowed.clear();
+                    s.reach_endpoints.clear();
+                })
             }
             NetworkReach::OrganizationOnly => {
-                let before = self.load_state()?.reach_allowed;
-                let (allowed, unresolved) = Self::resolve(endpoints, &before);
+                let held = self.load_state()?;
+                // The same endpoints as loaded before keep their addresses: resolving
+                // again under the reach table would wait on a resolver it cuts off.
+                let (allowed, unresolved) =
+                    if held.reach_endpoints == endpoints && !held.reach_allowed.is_empty() {
+                        (held.reach_allowed.clone(), Vec::new())
+                    } else {
+                        Self::resolve(endpoints, &held.reach_allowed)
+                    };
                 // The table is recorded first: verify then never accepts an address the
                 // loaded table does not hold, and never misses one it does.
                 self.update_state(|s| {
                     s.reach_allowed = allowed.clone();
+                    s.reach_endpoints = if unresolved.is_empty() {
+                        endpoints.to_vec()
+                    } else {
+                        Vec::new()
+                    };
                 })?;
                 self.load_rules("network", &netfilter::reach_ruleset(&allowed))?;
                 if unresolved.is_empty() {
