@@ -6,11 +6,14 @@
 //! - `cargo xtask bench messaging …` measures end-to-end messaging between N simulated
 //!   devices (messages/s, latency, server memory) and the cost of MLS operations in
 //!   groups of 10/100/1000 members (see [`messaging`]).
+//! - `cargo xtask vm-test [--timeout SECS]` proves the agent's `linux` backend against a
+//!   real kernel under qemu (see [`vm`]).
 
 mod common;
 mod compliance;
 mod messaging;
 mod mls_cost;
+mod vm;
 
 use anyhow::bail;
 
@@ -29,9 +32,11 @@ fn main() -> anyhow::Result<()> {
             tokio::runtime::Runtime::new()?.block_on(compliance::bench_compliance(devices, rounds))
         }
         ["bench", "messaging", rest @ ..] => messaging::main(rest),
+        ["vm-test", rest @ ..] => vm::main(rest),
         _ => {
             eprintln!("usage: cargo xtask bench compliance [--devices N] [--rounds R]");
             eprintln!("       {}", messaging::USAGE);
+            eprintln!("       {}", vm::USAGE);
             bail!("unknown task {args:?}")
         }
     }
