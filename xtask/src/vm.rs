@@ -242,7 +242,7 @@ fn require_static(path: &Path, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// An installed kernel: its image and its modules.
+/// An installed kernel: its version (the name of its `/lib/modules` directory) and image.
 struct Kernel {
     version: String,
     image: PathBuf,
