@@ -6,6 +6,7 @@
 //! - `cargo xtask bench messaging …` measures end-to-end messaging between N simulated
 //!   devices (messages/s, latency, server memory) and the cost of MLS operations in
 //!   groups of 10/100/1000 members (see [`messaging`]).
+//! - `cargo xtask test` runs every test: `cargo test --workspace`, then `vm-test`.
 //! - `cargo xtask vm-test [--timeout SECS]` proves the agent's `linux` backend against a
 //!   real kernel under qemu (see [`vm`]).
 
@@ -33,11 +34,26 @@ fn main() -> anyhow::Result<()> {
         }
         ["bench", "messaging", rest @ ..] => messaging::main(rest),
         ["vm-test", rest @ ..] => vm::main(rest),
+        ["test"] => test_all(),
         _ => {
-            eprintln!("usage: cargo xtask bench compliance [--devices N] [--rounds R]");
+            eprintln!("usage: cargo xtask test");
+            eprintln!("       cargo xtask bench compliance [--devices N] [--rounds R]");
             eprintln!("       {}", messaging::USAGE);
             eprintln!("       {}", vm::USAGE);
             bail!("unknown task {args:?}")
         }
     }
+}
+
+/// Every test: the workspace's (unit, integration, D-Bus), then the VM test.
+fn test_all() -> anyhow::Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .args(["test", "--workspace"])
+        .current_dir(common::workspace_root())
+        .status()?;
+    if !status.success() {
+        bail!("cargo test --workspace failed ({status})");
+    }
+    vm::main(&[])
 }
