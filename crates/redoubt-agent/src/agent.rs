@@ -193,6 +193,8 @@ pub struct Agent {
     last_seq: u64,
     applied: Option<Decision>,
     last_reported: Option<Measurement>,
+    /// The enforcement errors logged last (logged again only when they change).
+    last_enforce_errors: Option<String>,
     /// What `status.json` says.
     pub status: RunStatus,
 }
@@ -259,6 +261,7 @@ impl Agent {
             last_seq,
             applied: None,
             last_reported: None,
+            last_enforce_errors: None,
             status: RunStatus::default(),
         })
     }
@@ -396,12 +399,21 @@ impl Agent {
     fn enforce(&mut self, decision: &Decision, scope: Scope) {
         let endpoints = self.endpoints();
         let errors = apply(&mut *self.hw, &decision.mode, &endpoints, scope);
-        if !errors.is_empty() {
-            let joined = errors.join("; ");
+        if errors.is_empty() {
+            self.last_enforce_errors = None;
+            return;
+        }
+        let joined = errors.join("; ");
+        // A capability the hardware cannot switch fails at every repair; say so once
+        // per change of what failed, not every re-check.
+        if self.last_enforce_errors.as_deref() != Some(joined.as_str()) {
             tracing::warn!(mode = %decision.mode.name, errors = %joined, "the hardware did not accept every change; reporting what it measures");
             self.status
                 .error(format!("enforcing {}: {joined}", decision.mode.name));
+        } else {
+            tracing::debug!(mode = %decision.mode.name, errors = %joined, "the hardware still refuses");
         }
+        self.last_enforce_errors = Some(joined);
     }
 
     /// Signs a report of `m`, stores it in the outbox and advances the counter.
@@ -507,7 +519,7 @@ impl Agent {
             tracing::warn!(violations = %broken.join("; "), "restrictions drifted; reporting and re-applying");
             out.push(self.report(&decision, &m, now)?);
         }
-        self.enforce(&decision, Scope::Restrictions);
+        self.enforce(&decision, Scope::Repair(&m));
         let after = measure(&*self.hw);
         if self.last_reported.as_ref() != Some(&after) {
             out.push(self.report(&decision, &after, now)?);

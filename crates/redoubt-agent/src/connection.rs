@@ -47,6 +47,8 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(15);
 const PING_EVERY: Duration = Duration::from_secs(20);
 /// How long the wake-ups of the hardware watcher are gathered before one re-check.
 const WATCH_SETTLE: Duration = Duration::from_millis(100);
+/// The shortest time between two re-checks the watcher causes.
+const WATCH_MIN_GAP: Duration = Duration::from_millis(400);
 /// Without any frame from the server for this long, the session is presumed dead.
 const IDLE_LIMIT: Duration = Duration::from_secs(60);
 const BACKOFF_START: Duration = Duration::from_millis(500);
@@ -410,6 +412,9 @@ pub async fn run(dir: StateDir, opts: RunOptions) -> Result<()> {
     let notify = hw_changed.clone();
     blocking(|| agent.watch_hardware(Arc::new(move || notify.notify_one())));
     let mut settle_until: Option<Instant> = None;
+    let mut last_watch_check = Instant::now()
+        .checked_sub(WATCH_MIN_GAP)
+        .unwrap_or_else(Instant::now);
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut session = Session {
@@ -468,10 +473,14 @@ pub async fn run(dir: StateDir, opts: RunOptions) -> Result<()> {
                 }
             }
             () = hw_changed.notified(), if settle_until.is_none() => {
-                settle_until = Some(Instant::now() + WATCH_SETTLE);
+                // Gather the burst; and however often the hardware changes (a driver
+                // that ignores what we write and reports every attempt), re-check at
+                // most every WATCH_MIN_GAP.
+                settle_until = Some((Instant::now() + WATCH_SETTLE).max(last_watch_check + WATCH_MIN_GAP));
             }
             () = sleep_until(settle_until.unwrap_or_else(Instant::now)), if settle_until.is_some() => {
                 settle_until = None;
+                last_watch_check = Instant::now();
                 recheck.reset_immediately();
             }
             _ = recheck.tick() => {

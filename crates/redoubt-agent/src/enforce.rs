@@ -33,13 +33,16 @@ pub fn measure(hw: &dyn Hardware) -> Measurement {
 
 /// How much of a mode to (re-)apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scope {
+pub enum Scope<'a> {
     /// Every rule: denied capabilities off, allowed ones on, the network reach.
     /// Used when a mode starts to hold (start-up, new bundle, fallback).
     Full,
-    /// Only the restrictions: denied capabilities off and an organization-only
-    /// network. Used to repair drift without undoing what the user switched off.
-    Restrictions,
+    /// Only the restrictions this measurement shows are not in force: denied
+    /// capabilities not measured `off`, and an organization-only network not measured
+    /// so. Used to repair drift without undoing what the user switched off, and
+    /// without rewriting what holds (on real hardware a rewrite is itself a change
+    /// the watcher sees).
+    Repair(&'a Measurement),
 }
 
 /// Asks the hardware to enforce `mode`. Returns the errors the backend gave (the
@@ -48,21 +51,29 @@ pub fn apply(
     hw: &mut dyn Hardware,
     mode: &Effective,
     endpoints: &[String],
-    scope: Scope,
+    scope: Scope<'_>,
 ) -> Vec<String> {
     let mut errors = Vec::new();
     for cap in Capability::ALL {
         let rule = mode.capabilities.get(cap);
-        if scope == Scope::Restrictions && rule == Rule::Allow {
+        if let Scope::Repair(m) = scope
+            && (rule == Rule::Allow
+                || m.capabilities.get(&cap).copied() == Some(CapabilityState::Off))
+        {
             continue;
         }
         if let Err(e) = hw.enforce(cap, rule) {
             errors.push(format!("{cap}: {e}"));
         }
     }
-    if (scope == Scope::Full || mode.network == NetworkReach::OrganizationOnly)
-        && let Err(e) = hw.enforce_network(mode.network, endpoints)
-    {
+    let network = match scope {
+        Scope::Full => true,
+        Scope::Repair(m) => {
+            mode.network == NetworkReach::OrganizationOnly
+                && m.network != NetworkState::OrganizationOnly
+        }
+    };
+    if network && let Err(e) = hw.enforce_network(mode.network, endpoints) {
         errors.push(format!("network: {e}"));
     }
     errors
@@ -195,7 +206,8 @@ mod tests {
             violations(&secure_site(), &measure(&hw)),
             vec!["camera must be off but is on"]
         );
-        apply(&mut hw, &secure_site(), &[], Scope::Restrictions);
+        let drifted = measure(&hw);
+        apply(&mut hw, &secure_site(), &[], Scope::Repair(&drifted));
         let m = measure(&hw);
         assert_eq!(m.capabilities[&Capability::Camera], CapabilityState::Off);
         assert_eq!(m.capabilities[&Capability::Wifi], CapabilityState::Off);
