@@ -213,6 +213,74 @@ mod tests {
         assert_eq!(m.capabilities[&Capability::Wifi], CapabilityState::Off);
     }
 
+    /// Records the enforce calls it passes on.
+    struct Recording {
+        inner: SimHardware,
+        calls: Vec<(Capability, Rule)>,
+        network_calls: usize,
+    }
+
+    impl Hardware for Recording {
+        fn kind(&self) -> redoubt_proto::HardwareKind {
+            self.inner.kind()
+        }
+        fn enforce(
+            &mut self,
+            cap: Capability,
+            rule: Rule,
+        ) -> Result<(), crate::hardware::HardwareError> {
+            self.calls.push((cap, rule));
+            self.inner.enforce(cap, rule)
+        }
+        fn verify(&self, cap: Capability) -> CapabilityState {
+            self.inner.verify(cap)
+        }
+        fn enforce_network(
+            &mut self,
+            reach: NetworkReach,
+            endpoints: &[String],
+        ) -> Result<(), crate::hardware::HardwareError> {
+            self.network_calls += 1;
+            self.inner.enforce_network(reach, endpoints)
+        }
+        fn verify_network(&self) -> NetworkState {
+            self.inner.verify_network()
+        }
+    }
+
+    #[test]
+    fn a_repair_rewrites_only_what_is_not_in_force() {
+        let tmp = tempfile::tempdir().unwrap();
+        let inner = SimHardware::new(tmp.path());
+        inner.reset().unwrap();
+        let mut hw = Recording {
+            inner,
+            calls: Vec::new(),
+            network_calls: 0,
+        };
+        apply(&mut hw, &secure_site(), &[], Scope::Full);
+        assert_eq!(hw.calls.len(), Capability::ALL.len());
+        assert_eq!(hw.network_calls, 1);
+        hw.calls.clear();
+        hw.network_calls = 0;
+
+        // Everything holds: a repair writes nothing (on real hardware a rewrite is a
+        // change the watcher would see, and wake the agent again).
+        let m = measure(&hw);
+        apply(&mut hw, &secure_site(), &[], Scope::Repair(&m));
+        assert_eq!(hw.calls, Vec::new());
+        assert_eq!(hw.network_calls, 0);
+
+        // The camera drifted on: only the camera is rewritten.
+        hw.inner
+            .set(SimChange::Capability(Capability::Camera, Switch::On), false)
+            .unwrap();
+        let m = measure(&hw);
+        apply(&mut hw, &secure_site(), &[], Scope::Repair(&m));
+        assert_eq!(hw.calls, vec![(Capability::Camera, Rule::Deny)]);
+        assert_eq!(hw.network_calls, 0);
+    }
+
     #[test]
     fn reports_keep_only_events_that_read_back() {
         use redoubt_proto::{DeviceEventKind, Evidence};
