@@ -231,6 +231,10 @@ wait_for 20000 "a capture pcm in /proc/asound" capture_present
 all_soft wlan 0 || fail "wlan starts blocked"
 all_soft bluetooth 0 || fail "bluetooth starts blocked"
 show_state
+echo "-- redoubt-agent probe:"
+run_logged $AGENT probe || fail "probe failed"
+grep -q "^backend (--hardware auto): linux" /tmp/out || fail "probe does not pick linux"
+grep -q "^camera  *yes  *yes .*vivid:vivid.0" /tmp/out || fail "probe does not see vivid"
 step_done
 
 step 2 "secure-site: the kernel state the mode asks for"
