@@ -8,6 +8,7 @@
 
 pub mod linux;
 pub mod probe;
+pub mod sailfish;
 pub mod sim;
 
 use std::collections::BTreeMap;
@@ -91,8 +92,6 @@ pub fn open(kind: HardwareKind, state_dir: &Path) -> anyhow::Result<Box<dyn Hard
     match kind {
         HardwareKind::Sim => Ok(Box::new(sim::SimHardware::new(state_dir))),
         HardwareKind::Linux => Ok(Box::new(linux::LinuxHardware::new(state_dir))),
-        HardwareKind::Sailfish => {
-            anyhow::bail!("the sailfish hardware backend is not implemented in this build")
-        }
+        HardwareKind::Sailfish => sailfish::open(state_dir),
     }
 }

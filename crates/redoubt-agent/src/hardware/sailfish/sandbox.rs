@@ -1,0 +1,404 @@
+//! Sandboxed applications running now, found under the proc root, and stopping them.
+//!
+//! Sailjail launches an application as `sailjail -p APP.desktop /usr/bin/APP` (also
+//! `-d APP`, `--desktop=APP`, or no option: then the desktop file is named after the
+//! binary). The launcher asks sailjaild for the granted permissions and then *execs*
+//! `/usr/bin/firejail … --profile=/etc/sailjail/permissions/PERM.permission … --
+//! /usr/bin/APP`, which forks the sandboxed application and stays as its parent. So a
+//! running sandbox names, in its own command line, every permission it was started
+//! with: that is what the backend measures and what it stops when a permission is
+//! revoked (a revocation only applies at the next launch). A `sailjail` process still
+//! present is a launch in progress (typically waiting on the permission prompt).
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+/// What a process is, as far as sandboxing goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Launch {
+    /// The `sailjail` launcher of `app`, before it execs firejail.
+    Sailjail {
+        /// The application (desktop file name without `.desktop`).
+        app: String,
+    },
+    /// A firejail sandbox started by sailjail.
+    Firejail {
+        /// The application, when the command line names it.
+        app: Option<String>,
+        /// The sailjail permissions it was started with (`Camera`, `Audio`, …).
+        permissions: BTreeSet<String>,
+    },
+}
+
+/// One process of interest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Process {
+    /// Its id.
+    pub pid: u32,
+    /// Its parent, when `stat` is readable.
+    pub ppid: Option<u32>,
+    /// Its real user id, when `status` is readable.
+    pub uid: Option<u32>,
+    /// What it is; `None` for any other process.
+    pub launch: Option<Launch>,
+}
+
+fn basename(s: &str) -> &str {
+    s.rsplit('/').next().unwrap_or(s)
+}
+
+/// The application name sailjaild uses for a desktop file name or path.
+pub fn app_name(desktop: &str) -> String {
+    let base = basename(desktop);
+    base.strip_suffix(".desktop").unwrap_or(base).to_owned()
+}
+
+/// sailjail's short options that take an argument (`getopt` string `+hVvqd:p:s:a:o:t:m:`).
+const SHORT_WITH_ARG: &[char] = &['d', 'p', 's', 'a', 'o', 't', 'm'];
+/// Its long options that take an argument (`--profile` is in its usage text).
+const LONG_WITH_ARG: &[&str] = &[
+    "desktop",
+    "profile",
+    "section",
+    "app",
+    "output",
+    "trace",
+    "match-exec",
+];
+
+fn parse_sailjail(args: &[String]) -> Option<Launch> {
+    let mut desktop: Option<String> = None;
+    let mut i = 0;
+    while i < args.len() {
+        let a = args[i].as_str();
+        if a == "--" {
+            i += 1;
+            break;
+        }
+        if let Some(long) = a.strip_prefix("--") {
+            let (name, inline) = match long.split_once('=') {
+                Some((n, v)) => (n, Some(v.to_owned())),
+                None => (long, None),
+            };
+            if LONG_WITH_ARG.contains(&name) {
+                let value = match inline {
+                    Some(v) => Some(v),
+                    None => {
+                        i += 1;
+                        args.get(i).cloned()
+                    }
+                };
+                if matches!(name, "desktop" | "profile") {
+                    desktop = value;
+                }
+            }
+            i += 1;
+            continue;
+        }
+        if let Some(short) = a.strip_prefix('-').filter(|s| !s.is_empty()) {
+            // Clustered flags, the last of which may take an argument (`-vp X`, `-pX`).
+            for (at, c) in short.char_indices() {
+                if SHORT_WITH_ARG.contains(&c) {
+                    let rest = &short[at + c.len_utf8()..];
+                    let value = if rest.is_empty() {
+                        i += 1;
+                        args.get(i).cloned()
+                    } else {
+                        Some(rest.to_owned())
+                    };
+                    if matches!(c, 'd' | 'p') {
+                        desktop = value;
+                    }
+                    break;
+                }
+            }
+            i += 1;
+            continue;
+        }
+        // POSIX rules: the first operand ends the options.
+        break;
+    }
+    let app = match desktop {
+        Some(d) => app_name(&d),
+        None => app_name(args.get(i)?),
+    };
+    (!app.is_empty()).then_some(Launch::Sailjail { app })
+}
+
+fn parse_firejail(args: &[String]) -> Option<Launch> {
+    let mut permissions = BTreeSet::new();
+    let mut desktop = None;
+    let mut binary = None;
+    let mut from_sailjail = false;
+    for (i, a) in args.iter().enumerate() {
+        if a == "--" {
+            binary = args.get(i + 1).map(|b| app_name(b));
+            break;
+        }
+        if let Some(profile) = a.strip_prefix("--profile=") {
+            if let Some(perm) = basename(profile).strip_suffix(".permission") {
+                from_sailjail = true;
+                permissions.insert(perm.to_owned());
+            }
+        } else if let Some(path) = a.strip_prefix("--whitelist=")
+            && path.ends_with(".desktop")
+        {
+            desktop = Some(app_name(path));
+        }
+    }
+    from_sailjail.then_some(Launch::Firejail {
+        app: desktop.or(binary),
+        permissions,
+    })
+}
+
+/// Classifies a command line (`argv`, as `/proc/PID/cmdline` holds it).
+pub fn parse_cmdline(argv: &[String]) -> Option<Launch> {
+    let (first, rest) = argv.split_first()?;
+    match basename(first) {
+        "sailjail" => parse_sailjail(rest),
+        "firejail" => parse_firejail(rest),
+        _ => None,
+    }
+}
+
+/// The parent pid from a `/proc/PID/stat` line (the field after the command name,
+/// which may itself hold spaces and parentheses).
+pub fn parse_ppid(stat: &str) -> Option<u32> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The real uid from `/proc/PID/status`.
+pub fn parse_uid(status: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Reads every process under `proc`. A process that exits meanwhile is skipped; any
+/// other unreadable command line makes the whole scan fail (a sandbox could hide there).
+pub fn scan(proc: &Path) -> io::Result<Vec<Process>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(proc)? {
+        let entry = entry?;
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let dir = entry.path();
+        let raw = match fs::read(dir.join("cmdline")) {
+            Ok(raw) => raw,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) if e.raw_os_error() == Some(3) => continue, // ESRCH: exited
+            Err(e) => return Err(e),
+        };
+        let argv: Vec<String> = raw
+            .split(|b| *b == 0)
+            .filter(|s| !s.is_empty())
+            .map(|s| String::from_utf8_lossy(s).into_owned())
+            .collect();
+        out.push(Process {
+            pid,
+            ppid: fs::read_to_string(dir.join("stat"))
+                .ok()
+                .and_then(|s| parse_ppid(&s)),
+            uid: fs::read_to_string(dir.join("status"))
+                .ok()
+                .and_then(|s| parse_uid(&s)),
+            launch: parse_cmdline(&argv),
+        });
+    }
+    out.sort_by_key(|p| p.pid);
+    Ok(out)
+}
+
+/// Sandboxes started with any of `permissions`.
+pub fn holding<'a>(procs: &'a [Process], permissions: &[&str]) -> Vec<&'a Process> {
+    procs
+        .iter()
+        .filter(|p| {
+            matches!(&p.launch, Some(Launch::Firejail { permissions: held, .. })
+                if permissions.iter().any(|w| held.contains(*w)))
+        })
+        .collect()
+}
+
+/// Launches in progress of any of `apps`.
+pub fn launching<'a>(procs: &'a [Process], apps: &BTreeSet<String>) -> Vec<&'a Process> {
+    procs
+        .iter()
+        .filter(|p| matches!(&p.launch, Some(Launch::Sailjail { app }) if apps.contains(app)))
+        .collect()
+}
+
+/// `roots` and every process below them (the sandboxed application under firejail).
+pub fn with_descendants(procs: &[Process], roots: &[u32]) -> Vec<u32> {
+    let mut found: BTreeSet<u32> = roots.iter().copied().collect();
+    loop {
+        let before = found.len();
+        for p in procs {
+            if p.ppid.is_some_and(|pp| found.contains(&pp)) {
+                found.insert(p.pid);
+            }
+        }
+        if found.len() == before {
+            return found.into_iter().collect();
+        }
+    }
+}
+
+/// Sends SIGTERM to `pids` (with `kill`, which needs no extra privilege code here).
+/// A process that is already gone is not an error.
+pub fn terminate(pids: &[u32]) -> Result<(), String> {
+    if pids.is_empty() {
+        return Ok(());
+    }
+    let out = Command::new("kill")
+        .arg("-TERM")
+        .args(pids.iter().map(u32::to_string))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| format!("running kill: {e}"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let real: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.contains("No such process"))
+        .collect();
+    if real.is_empty() {
+        Ok(())
+    } else {
+        Err(real.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(s: &str) -> Vec<String> {
+        s.split(' ').map(str::to_owned).collect()
+    }
+
+    fn sailjail(app: &str) -> Option<Launch> {
+        Some(Launch::Sailjail { app: app.into() })
+    }
+
+    #[test]
+    fn sailjail_launches_name_their_application() {
+        for (cmd, app) in [
+            (
+                "/usr/bin/sailjail -p harbour-cam.desktop /usr/bin/harbour-cam",
+                "harbour-cam",
+            ),
+            (
+                "sailjail -pharbour-cam.desktop /usr/bin/harbour-cam",
+                "harbour-cam",
+            ),
+            ("sailjail -v -d org.foo.bar -- /usr/bin/bar", "org.foo.bar"),
+            (
+                "sailjail --desktop=org.foo.bar /usr/bin/bar -p x",
+                "org.foo.bar",
+            ),
+            ("sailjail --desktop org.foo.bar /usr/bin/bar", "org.foo.bar"),
+            (
+                "sailjail --profile=/usr/share/applications/a.b.desktop /usr/bin/b",
+                "a.b",
+            ),
+            (
+                "sailjail -o syslog -- /usr/bin/jolla-camera",
+                "jolla-camera",
+            ),
+            (
+                "sailjail -vqp voicecall-ui.desktop /usr/bin/voicecall-ui",
+                "voicecall-ui",
+            ),
+        ] {
+            assert_eq!(parse_cmdline(&argv(cmd)), sailjail(app), "{cmd}");
+        }
+        assert_eq!(parse_cmdline(&argv("sailjail -p")), None);
+        assert_eq!(parse_cmdline(&argv("/usr/bin/harbour-cam -p x")), None);
+    }
+
+    #[test]
+    fn firejail_sandboxes_name_their_permissions() {
+        let cmd = "/usr/bin/firejail --quiet --template=OrganizationName:org.foo \
+                   --private-bin=harbour-cam --whitelist=/usr/share/harbour-cam \
+                   --whitelist=/usr/share/applications/harbour-cam.desktop \
+                   --profile=/etc/sailjail/permissions/harbour-cam.profile \
+                   --profile=/etc/sailjail/permissions/Camera.permission \
+                   --profile=/etc/sailjail/permissions/Audio.permission \
+                   --profile=/etc/sailjail/permissions/Base.permission -- /usr/bin/harbour-cam";
+        let args: Vec<String> = cmd.split_whitespace().map(str::to_owned).collect();
+        let Some(Launch::Firejail { app, permissions }) = parse_cmdline(&args) else {
+            panic!("not recognised");
+        };
+        assert_eq!(app.as_deref(), Some("harbour-cam"));
+        assert_eq!(
+            permissions.into_iter().collect::<Vec<_>>(),
+            ["Audio", "Base", "Camera"]
+        );
+        // A firejail that sailjail did not start (no permission profiles) is not ours.
+        assert_eq!(
+            parse_cmdline(&argv("firejail --private /usr/bin/firefox")),
+            None
+        );
+    }
+
+    #[test]
+    fn stat_and_status_fields() {
+        assert_eq!(parse_ppid("42 (a (b) c) S 7 42 42 0"), Some(7));
+        assert_eq!(parse_ppid("garbage"), None);
+        assert_eq!(
+            parse_uid("Name:\tx\nUid:\t100000\t100000\t100000\t100000\n"),
+            Some(100000)
+        );
+    }
+
+    #[test]
+    fn scan_reads_a_proc_tree_and_finds_holders_and_children() {
+        let tmp = tempfile::tempdir().unwrap();
+        let proc = tmp.path();
+        let put = |pid: u32, cmd: &str, ppid: u32| {
+            let dir = proc.join(pid.to_string());
+            fs::create_dir_all(&dir).unwrap();
+            fs::write(dir.join("cmdline"), cmd.replace(' ', "\0") + "\0").unwrap();
+            fs::write(dir.join("stat"), format!("{pid} (x) S {ppid} 0 0")).unwrap();
+        };
+        put(
+            10,
+            "/usr/bin/firejail --profile=/etc/sailjail/permissions/Camera.permission -- /usr/bin/cam",
+            1,
+        );
+        put(11, "/usr/bin/cam", 10);
+        put(12, "/usr/bin/other", 1);
+        put(
+            13,
+            "/usr/bin/firejail --profile=/etc/sailjail/permissions/Location.permission -- /usr/bin/map",
+            1,
+        );
+        put(14, "/usr/bin/sailjail -p cam.desktop /usr/bin/cam", 1);
+        fs::create_dir_all(proc.join("self")).unwrap();
+        let procs = scan(proc).unwrap();
+        assert_eq!(procs.len(), 5);
+        let cam: Vec<u32> = holding(&procs, &["Camera"]).iter().map(|p| p.pid).collect();
+        assert_eq!(cam, [10]);
+        assert_eq!(with_descendants(&procs, &cam), [10, 11]);
+        let apps = BTreeSet::from(["cam".to_owned()]);
+        assert_eq!(launching(&procs, &apps)[0].pid, 14);
+        assert!(holding(&procs, &["Microphone"]).is_empty());
+    }
+}
