@@ -72,6 +72,14 @@ pub async fn enroll(
     dir.create()?;
     let _lock = dir.lock()?;
     refuse_if_enrolled(dir)?;
+    // A backend that cannot start here (no system bus for `sailfish`) would leave an
+    // enrolled phone that enforces nothing: find out before the single-use code is spent.
+    if hardware != HardwareKind::Sim {
+        drop(
+            crate::hardware::open(hardware, dir.root())
+                .with_context(|| format!("the {hardware} hardware backend cannot start on this device; enrollment not attempted"))?,
+        );
+    }
 
     // The device key is created here and never leaves this machine; only its public
     // half and a proof of possession are sent.

@@ -218,3 +218,34 @@ fn probe_reads_this_machine_and_changes_nothing() {
     );
     assert!(text.contains("network"), "{text}");
 }
+
+#[test]
+fn enrolling_with_a_backend_that_cannot_start_spends_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("s");
+    // Nothing listens on this port: had the agent tried, the error would say so.
+    let url = "redoubt://enroll?server=https%3A%2F%2F127.0.0.1%3A9&token=abc&ca=sha256%3A0000000000000000000000000000000000000000000000000000000000000000";
+    let out = std::process::Command::new(common::BIN)
+        .args([
+            "enroll",
+            url,
+            "--state",
+            state.to_str().unwrap(),
+            "--hardware",
+            "sailfish",
+        ])
+        .env(
+            "DBUS_SYSTEM_BUS_ADDRESS",
+            format!("unix:path={}", tmp.path().join("no-bus").display()),
+        )
+        .output()
+        .unwrap();
+    let err = fails(&out);
+    assert!(
+        err.contains(
+            "the sailfish hardware backend cannot start on this device; enrollment not attempted"
+        ),
+        "{err}"
+    );
+    assert!(!state.join("identity.json").exists());
+}

@@ -321,13 +321,19 @@ fn the_kernel_saying_on_wins_over_the_service() {
     check(&hw, &[(Camera, Off)]);
     fs::create_dir_all(rig.roots.sys.join("class/video4linux/video0")).unwrap();
     check(&hw, &[(Camera, On)]);
-    // A capture PCM keeps the microphone on.
+    // A capture device that is open (someone records) keeps the microphone on; one
+    // that is present but closed does not (the card stays: it carries calls).
     hw.enforce(Microphone, Deny).unwrap();
     check(&hw, &[(Microphone, Off)]);
     let pcm = rig.roots.proc.join("asound/card0/pcm0c/sub0");
     fs::create_dir_all(&pcm).unwrap();
     fs::write(pcm.join("status"), "closed\n").unwrap();
+    check(&hw, &[(Microphone, Off)]);
+    fs::write(pcm.join("status"), "state: RUNNING\nowner_pid   : 4242\n").unwrap();
     check(&hw, &[(Microphone, On)]);
+    // Unreadable: unknown.
+    fs::remove_file(pcm.join("status")).unwrap();
+    check(&hw, &[(Microphone, Unknown)]);
 }
 
 #[test]
@@ -479,4 +485,41 @@ fn probe_names_the_services_that_run() {
     drop(rig);
     let p = sailfish::probe(gone.to_str());
     assert!(!p.bus && !p.connman && p.error.is_some(), "{p:?}");
+}
+
+#[test]
+fn the_agent_probe_picks_sailfish_where_its_services_answer() {
+    let rig = rig();
+    let out = Command::new(env!("CARGO_BIN_EXE_redoubt-agent"))
+        .args(["probe", "--json"])
+        .env("DBUS_SYSTEM_BUS_ADDRESS", rig.bus.address())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let p: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(p["choice"], "sailfish", "{p}");
+    let caps = &p["capabilities"];
+    for cap in [
+        "wifi",
+        "bluetooth",
+        "camera",
+        "microphone",
+        "location",
+        "cellular_data",
+        "nfc",
+    ] {
+        assert_eq!(caps[cap]["enforce"], true, "{cap}: {p}");
+    }
+    assert_eq!(caps["usb_data"]["verify"], false);
+    assert!(
+        caps["microphone"]["how"]
+            .as_str()
+            .is_some_and(|h| h.contains("without all audio")),
+        "the limitation is said: {p}"
+    );
+    assert_eq!(p["network"]["enforce"], false);
 }

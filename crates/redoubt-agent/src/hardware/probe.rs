@@ -11,6 +11,7 @@ use redoubt_proto::{Capability, HardwareKind};
 use serde::Serialize;
 
 use super::linux::{LinuxHardware, Roots, binding, media, rfkill};
+use super::sailfish::{self, BusProbe};
 
 /// What the kernel exposes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -55,6 +56,8 @@ pub struct Probe {
     pub reason: String,
     /// The kernel interfaces.
     pub kernel: KernelProbe,
+    /// The Sailfish OS / Aurora OS services on the system bus.
+    pub sailfish: BusProbe,
     /// Per capability, for the chosen backend (the linux one when none fits).
     pub capabilities: BTreeMap<Capability, CapabilityProbe>,
     /// Network reach: can the agent restrict it and read the restriction back.
@@ -230,30 +233,113 @@ pub fn linux_network(k: &KernelProbe) -> CapabilityProbe {
     }
 }
 
-/// Probes this device: the kernel under `roots`, and picks a backend.
+/// What the sailfish backend can do with the services `b` found (and the kernel `k`).
+pub fn sailfish_capabilities(
+    b: &BusProbe,
+    k: &KernelProbe,
+) -> BTreeMap<Capability, CapabilityProbe> {
+    let limits = sailfish::limitations();
+    let mut out = BTreeMap::new();
+    for cap in Capability::ALL {
+        let tech = sailfish::technology_of(cap);
+        let has_tech = tech.is_some_and(|t| b.connman && b.technologies.iter().any(|x| x == t));
+        let (able, how) = match cap {
+            Capability::Wifi | Capability::Bluetooth => (
+                has_tech,
+                format!("ConnMan technology {} Powered", tech.unwrap_or("?")),
+            ),
+            Capability::Location => (
+                has_tech && b.sailjaild,
+                "ConnMan technology gps Powered and the sailjail Location permission".to_owned(),
+            ),
+            Capability::CellularData => (
+                b.ofono,
+                "oFono ConnectionManager Powered on every modem, and ConnMan cellular".to_owned(),
+            ),
+            Capability::Camera => (
+                b.sailjaild,
+                "sailjail Camera permission; running sandboxes holding it stopped".to_owned(),
+            ),
+            Capability::Microphone => (
+                b.sailjaild,
+                format!(
+                    "sailjail Microphone and Audio permissions; capture devices open in /proc/asound ({} card(s) with capture)",
+                    k.capture_cards.len()
+                ),
+            ),
+            Capability::Nfc => (b.mce, "MCE radio state NFC bit".to_owned()),
+            _ => (
+                false,
+                "no Sailfish interface is driven for this; reported unknown".to_owned(),
+            ),
+        };
+        let notes: Vec<&str> = limits
+            .iter()
+            .filter(|(c, _)| *c == cap)
+            .map(|(_, n)| *n)
+            .collect();
+        let how = if notes.is_empty() {
+            how
+        } else {
+            format!("{how}. {}", notes.join(". "))
+        };
+        out.insert(
+            cap,
+            CapabilityProbe {
+                enforce: able,
+                verify: able,
+                how,
+            },
+        );
+    }
+    out
+}
+
+/// Probes this device: the kernel under `roots` and the system bus, and picks a
+/// backend: `sailfish` where its services answer, else `linux` where sysfs is mounted.
 pub fn probe(roots: &Roots) -> Probe {
     let kernel = kernel(roots, "nft");
+    let bus = sailfish::probe(None);
     let sysfs = roots.sys.join("class").is_dir();
-    let (choice, reason) = if sysfs {
+    let (choice, reason) = if bus.is_sailfish() {
+        (
+            Some(HardwareKind::Sailfish),
+            "Sailfish OS / Aurora OS services answer on the system bus".to_owned(),
+        )
+    } else if sysfs {
         (
             Some(HardwareKind::Linux),
-            "sysfs is mounted: mainline kernel interfaces".to_owned(),
+            "sysfs is mounted and no Sailfish services answer: mainline kernel interfaces"
+                .to_owned(),
         )
     } else {
         (
             None,
             format!(
-                "no {} : not a Linux device",
+                "no {} and no Sailfish services: not a Linux device",
                 roots.sys.join("class").display()
             ),
         )
     };
+    let (capabilities, network) = if choice == Some(HardwareKind::Sailfish) {
+        (
+            sailfish_capabilities(&bus, &kernel),
+            CapabilityProbe {
+                enforce: false,
+                verify: false,
+                how: "not restricted on Sailfish (ConnMan manages the packet filter)".into(),
+            },
+        )
+    } else {
+        (linux_capabilities(&kernel), linux_network(&kernel))
+    };
     Probe {
         choice,
         reason,
-        capabilities: linux_capabilities(&kernel),
-        network: linux_network(&kernel),
+        capabilities,
+        network,
         kernel,
+        sailfish: bus,
     }
 }
 

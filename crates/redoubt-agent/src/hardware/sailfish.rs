@@ -9,7 +9,7 @@
 //! | location | ConnMan technology `gps` powered off **and** the sailjail `Location` permission revoked from every app | both: `gps` not powered, no app granted `Location`, no sandbox running with it; rfkill `gps` |
 //! | cellular data | ConnMan technology `cellular` powered off **and** oFono `ConnectionManager.Powered` = false on every modem | [`measure::cellular`]: oFono's `Powered`/`Attached` of every ConnectionManager and ConnMan's `cellular`; rfkill `wwan` |
 //! | camera | sailjail `Camera` revoked from every app of the device users, running sandboxes holding it stopped | no app granted `Camera`, no sandbox running with it; `/sys/class/video4linux` and `/dev/video*` holders when that class exists |
-//! | microphone | sailjail `Microphone` **and `Audio`** revoked (see [`limitations`]), sandboxes holding either stopped | no app granted either, none running with either; capture PCMs in `/proc/asound` when it exists |
+//! | microphone | sailjail `Microphone` **and `Audio`** revoked (see [`limitations`]), sandboxes holding either stopped | no app granted either, none running with either; and where `/proc/asound` exists, no capture device open (the card is not unbound: it carries calls; a call in progress measures `on`) |
 //! | nfc | MCE radio bit NFC (`req_radio_states_change`) | MCE's NFC bit; rfkill `nfc` |
 //! | usb data, screenshots | no Sailfish interface is driven | always `unknown` |
 //! | network reach | not restricted by this backend | always `unknown` |
@@ -107,8 +107,10 @@ pub fn limitations() -> Vec<(Capability, &'static str)> {
         ),
         (
             Capability::Microphone,
-            "a sound card with a capture device in /proc/asound keeps the microphone \
-             measured on: this backend does not unbind the card (that would also end calls)",
+            "the sound card is not unbound (on these phones it also carries calls): off \
+             means no sandboxed app holds Microphone or Audio and no capture device in \
+             /proc/asound is open; a system process outside sailjail could still open one, \
+             and a voice call in progress measures on",
         ),
         (
             Capability::Camera,
@@ -482,12 +484,13 @@ impl SailfishHardware {
             .then(|| media::camera_state(&r.sys, &r.proc, &r.dev))
     }
 
-    /// The kernel's word on the microphone: `None` without `/proc/asound`.
+    /// The kernel's word on the microphone: `None` without `/proc/asound`; otherwise
+    /// whether a capture device is open now (the card itself stays: it carries calls).
     fn kernel_microphone(&self) -> Option<CapabilityState> {
         let proc = &self.roots.proc;
         proc.join("asound")
             .exists()
-            .then(|| media::microphone_state(proc))
+            .then(|| media::capture_open_state(proc))
     }
 
     fn technology(&self, kind: &'static str) -> Technology {

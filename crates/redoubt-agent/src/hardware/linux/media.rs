@@ -130,6 +130,19 @@ pub fn microphone_state(proc: &Path) -> CapabilityState {
     }
 }
 
+/// Whether anything records now: `on` when a capture substream is open, `off` when
+/// every one is `closed` (or there is none), `unknown` when `/proc/asound` is
+/// unreadable. Weaker than [`microphone_state`]: a closed capture device can be opened
+/// at any moment; for backends that cannot remove the device (Sailfish, where the card
+/// also carries calls) and revoke access to it by other means.
+pub fn capture_open_state(proc: &Path) -> CapabilityState {
+    match capture_substreams(proc) {
+        Some(subs) if subs.iter().all(|s| s.status == "closed") => CapabilityState::Off,
+        Some(_) => CapabilityState::On,
+        None => CapabilityState::Unknown,
+    }
+}
+
 /// The capture substreams open now (recording), for reports and `probe`.
 pub fn recording_now(proc: &Path) -> Vec<CaptureSub> {
     capture_substreams(proc)
