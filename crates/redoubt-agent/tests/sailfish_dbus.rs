@@ -521,5 +521,33 @@ fn the_agent_probe_picks_sailfish_where_its_services_answer() {
             .is_some_and(|h| h.contains("without all audio")),
         "the limitation is said: {p}"
     );
-    assert_eq!(p["network"]["enforce"], false);
+    // Network reach goes through nftables where `nft` runs (it does on the test machine).
+    assert_eq!(p["network"]["enforce"], true, "{p}");
+}
+
+#[test]
+fn a_v4l2_camera_the_kernel_shows_is_unbound_too() {
+    use std::os::unix::fs::symlink;
+    let rig = rig();
+    let dev = rig.roots.sys.join("devices/platform/cam.0");
+    let drv = rig.roots.sys.join("bus/platform/drivers/cam");
+    fs::create_dir_all(&dev).unwrap();
+    fs::create_dir_all(&drv).unwrap();
+    fs::write(drv.join("bind"), "").unwrap();
+    fs::write(drv.join("unbind"), "").unwrap();
+    symlink(&drv, dev.join("driver")).unwrap();
+    let video = rig.roots.sys.join("class/video4linux/video0");
+    fs::create_dir_all(&video).unwrap();
+    symlink(&dev, video.join("device")).unwrap();
+
+    let mut hw = rig.open();
+    hw.enforce(Camera, Deny).unwrap();
+    assert_eq!(fs::read_to_string(drv.join("unbind")).unwrap(), "cam.0");
+    // Revoked in sailjail, but the kernel still lists the device: on.
+    check(&hw, &[(Camera, On)]);
+    // The kernel drops the unbound device: off.
+    fs::remove_dir_all(&video).unwrap();
+    check(&hw, &[(Camera, Off)]);
+    hw.enforce(Camera, Allow).unwrap();
+    assert_eq!(fs::read_to_string(drv.join("bind")).unwrap(), "cam.0");
 }

@@ -322,14 +322,7 @@ pub fn probe(roots: &Roots) -> Probe {
         )
     };
     let (capabilities, network) = if choice == Some(HardwareKind::Sailfish) {
-        (
-            sailfish_capabilities(&bus, &kernel),
-            CapabilityProbe {
-                enforce: false,
-                verify: false,
-                how: "not restricted on Sailfish (ConnMan manages the packet filter)".into(),
-            },
-        )
+        (sailfish_capabilities(&bus, &kernel), linux_network(&kernel))
     } else {
         (linux_capabilities(&kernel), linux_network(&kernel))
     };

@@ -8,11 +8,11 @@
 //! | wifi, bluetooth | ConnMan technology `wifi` / `bluetooth`: `Powered` = false | `Powered` read back (no such technology = `unknown`); rfkill `wlan` / `bluetooth` when the kernel has such a switch |
 //! | location | ConnMan technology `gps` powered off **and** the sailjail `Location` permission revoked from every app | both: `gps` not powered, no app granted `Location`, no sandbox running with it; rfkill `gps` |
 //! | cellular data | ConnMan technology `cellular` powered off **and** oFono `ConnectionManager.Powered` = false on every modem | [`measure::cellular`]: oFono's `Powered`/`Attached` of every ConnectionManager and ConnMan's `cellular`; rfkill `wwan` |
-//! | camera | sailjail `Camera` revoked from every app of the device users, running sandboxes holding it stopped | no app granted `Camera`, no sandbox running with it; `/sys/class/video4linux` and `/dev/video*` holders when that class exists |
+//! | camera | sailjail `Camera` revoked from every app of the device users, running sandboxes holding it stopped; V4L2 cameras, where the kernel shows them, unbound as on a mainline phone | no app granted `Camera`, no sandbox running with it; `/sys/class/video4linux` and `/dev/video*` holders when that class exists |
 //! | microphone | sailjail `Microphone` **and `Audio`** revoked (see [`limitations`]), sandboxes holding either stopped | no app granted either, none running with either; and where `/proc/asound` exists, no capture device open (the card is not unbound: it carries calls; a call in progress measures `on`) |
 //! | nfc | MCE radio bit NFC (`req_radio_states_change`) | MCE's NFC bit; rfkill `nfc` |
 //! | usb data, screenshots | no Sailfish interface is driven | always `unknown` |
-//! | network reach | not restricted by this backend | always `unknown` |
+//! | network reach | the linux backend's nftables table, where `nft` runs | read back with `nft -j`; without `nft`: `unknown` |
 //!
 //! What the backend changed is kept in [`state::SAILFISH_STATE_FILE`] (recorded before
 //! the change), so `Allow` restores exactly that. The backend never sets ConnMan's
@@ -51,8 +51,8 @@ use self::proxies::{
     strings_prop,
 };
 use self::state::{Revocation, StateFile};
-use super::linux::rfkill::{self, RadioType};
-use super::linux::{Roots, media};
+use super::linux::rfkill;
+use super::linux::{LinuxHardware, Roots, media};
 use crate::hardware::{Hardware, HardwareError, Wake};
 
 /// The Sailfish device owner's uid.
@@ -84,18 +84,6 @@ pub fn technology_of(cap: Capability) -> Option<&'static str> {
     }
 }
 
-/// The rfkill type the kernel may show for a capability.
-pub fn radio_of(cap: Capability) -> Option<RadioType> {
-    match cap {
-        Capability::Wifi => Some(RadioType::Wlan),
-        Capability::Bluetooth => Some(RadioType::Bluetooth),
-        Capability::CellularData => Some(RadioType::Wwan),
-        Capability::Location => Some(RadioType::Gps),
-        Capability::Nfc => Some(RadioType::Nfc),
-        _ => None,
-    }
-}
-
 /// What this backend cannot do, per capability (`redoubt-agent probe` prints it).
 pub fn limitations() -> Vec<(Capability, &'static str)> {
     vec![
@@ -116,7 +104,7 @@ pub fn limitations() -> Vec<(Capability, &'static str)> {
             Capability::Camera,
             "sailjail governs sandboxed apps only: apps that opted out of sandboxing and \
              Android apps (AppSupport) are not restricted; a V4L2 camera, where the kernel \
-             shows one, keeps the camera measured on",
+             shows one, is unbound and must be gone for the camera to measure off",
         ),
         (
             Capability::Camera,
@@ -409,6 +397,9 @@ const WATCH_RULES: &[&str] = &[
 #[derive(Debug)]
 pub struct SailfishHardware {
     bus: BusThread,
+    /// The linux backend on the same kernel, for what the kernel exposes on this phone:
+    /// V4L2 cameras (unbound as on mainline phones) and nftables (network reach).
+    kernel: LinuxHardware,
     roots: Roots,
     state: StateFile,
     users: Vec<u32>,
@@ -416,12 +407,14 @@ pub struct SailfishHardware {
 
 /// Opens the backend on the system bus and this phone's kernel, as a [`Hardware`].
 pub fn open(state_dir: &Path) -> anyhow::Result<Box<dyn Hardware>> {
-    let hw = SailfishHardware::start(Target::System, Roots::system(), state_dir)?;
+    let hw = SailfishHardware::start(Target::System, Roots::system(), state_dir)?
+        .with_nft(vec!["nft".into()]);
     Ok(Box::new(hw))
 }
 
 /// Opens the backend on the bus at `address` and the kernel tree at `roots` (tests: a
-/// private `dbus-daemon` and a fake tree).
+/// private `dbus-daemon` and a fake tree). No `nft` command is set (network reach
+/// measures `unknown`) until [`SailfishHardware::with_nft`] names one.
 pub fn open_at(address: &str, roots: Roots, state_dir: &Path) -> anyhow::Result<SailfishHardware> {
     SailfishHardware::start(Target::Address(address.to_owned()), roots, state_dir)
 }
@@ -430,10 +423,17 @@ impl SailfishHardware {
     fn start(target: Target, roots: Roots, state_dir: &Path) -> anyhow::Result<Self> {
         Ok(SailfishHardware {
             bus: BusThread::start(target)?,
+            kernel: LinuxHardware::with(roots.clone(), state_dir, Vec::new()),
             roots,
             state: StateFile::in_dir(state_dir),
             users: vec![DEFAULT_USER],
         })
+    }
+
+    /// Uses this `nft` command line (program and leading arguments) for network reach.
+    pub fn with_nft(mut self, nft: Vec<std::ffi::OsString>) -> Self {
+        self.kernel = LinuxHardware::with(self.roots.clone(), self.state.dir(), nft);
+        self
     }
 
     /// Acts for these users (instead of the default, [`DEFAULT_USER`]); users of the
@@ -464,7 +464,7 @@ impl SailfishHardware {
 
     /// The kernel's word on a radio: `None` when it has no switch of that type.
     fn kernel_radio(&self, cap: Capability) -> Option<CapabilityState> {
-        let t = radio_of(cap)?;
+        let t = super::linux::backend::radio_of(cap)?;
         match rfkill::list(&self.roots.sys) {
             Ok(radios) if radios.iter().any(|r| r.radio_type == Some(t)) => {
                 Some(rfkill::state_of(&radios, t))
@@ -813,7 +813,27 @@ impl Hardware for SailfishHardware {
                 }
                 combine(cap, errors)
             }
-            Capability::Camera | Capability::Microphone => {
+            Capability::Camera => {
+                let mut errors = Vec::new();
+                let jail = if deny {
+                    self.revoke(cap)
+                } else {
+                    self.restore(cap)
+                };
+                if let Err(e) = jail {
+                    errors.push(e);
+                }
+                // Where the kernel shows V4L2 cameras, they are unbound as on a
+                // mainline phone (and bound back on Allow): no app outside sailjail
+                // reaches them either.
+                if self.roots.sys.join("class/video4linux").exists()
+                    && let Err(e) = self.kernel.enforce(cap, rule)
+                {
+                    errors.push(e);
+                }
+                combine(cap, errors)
+            }
+            Capability::Microphone => {
                 if deny {
                     self.revoke(cap)
                 } else {
@@ -854,26 +874,19 @@ impl Hardware for SailfishHardware {
         with_kernel(dbus, kernel)
     }
 
-    /// Network reach is not restricted by this backend: Sailfish's ConnMan manages the
-    /// packet filter itself, and the linux backend's nftables tables are not applied
-    /// here. `Open` asks for nothing and succeeds; `OrganizationOnly` is refused as
-    /// unavailable.
+    /// Network reach through the kernel's nftables, as on a mainline phone, where `nft`
+    /// runs (Sailfish's ConnMan keeps its own iptables rules; a drop in any nftables
+    /// base chain is final whatever they say). Without `nft`: refused and `unknown`.
     fn enforce_network(
         &mut self,
         reach: NetworkReach,
-        _endpoints: &[String],
+        endpoints: &[String],
     ) -> Result<(), HardwareError> {
-        match reach {
-            NetworkReach::Open => Ok(()),
-            NetworkReach::OrganizationOnly => Err(unavailable(
-                "the sailfish backend does not restrict network reach",
-            )),
-        }
+        self.kernel.enforce_network(reach, endpoints)
     }
 
-    /// Always `unknown`: nothing here measures the reach (see `enforce_network`).
     fn verify_network(&self) -> NetworkState {
-        NetworkState::Unknown
+        self.kernel.verify_network()
     }
 
     fn watch(&self, wake: Wake) -> Result<bool, HardwareError> {

@@ -79,7 +79,12 @@ fn unavailable(what: impl std::fmt::Display) -> HardwareError {
 }
 
 impl StateFile {
-    /// The state file of a state directory.
+    /// The state directory the file lives in.
+    pub fn dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+
+    /// The state file in `state_dir`.
     pub fn in_dir(state_dir: &Path) -> Self {
         StateFile {
             path: state_dir.join(SAILFISH_STATE_FILE),
