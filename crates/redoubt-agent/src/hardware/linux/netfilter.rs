@@ -43,7 +43,7 @@ pub fn reach_ruleset(allowed: &[IpAddr]) -> String {
         }
     }
     out.push_str(
-        "  }\n  chain input {\n    type filter hook input priority 0; policy drop;\n    iifname \"lo\" accept\n    ct state established,related accept\n  }\n}\n",
+        "  }\n  chain input {\n    type filter hook input priority 0; policy drop;\n    iifname \"lo\" accept\n    ct state established,related accept\n  }\n  chain forward {\n    type filter hook forward priority 0; policy drop;\n  }\n}\n",
     );
     out
 }
@@ -62,6 +62,9 @@ pub struct LoadedReach {
     pub output_drops: bool,
     /// The input chain hooks `input` with policy `drop`.
     pub input_drops: bool,
+    /// The forward chain hooks `forward` with policy `drop` (nothing routed through
+    /// the phone: tethering, containers).
+    pub forward_drops: bool,
     /// Destination addresses the output chain accepts.
     pub allowed: BTreeSet<IpAddr>,
     /// Rules this module did not write (any of them may open the network).
@@ -123,6 +126,7 @@ pub fn parse_listing(json: &str) -> Result<LoadedReach, ListingError> {
             ) {
                 (Some("output"), Some("output")) => r.output_drops = drops,
                 (Some("input"), Some("input")) => r.input_drops = drops,
+                (Some("forward"), Some("forward")) => r.forward_drops = drops,
                 _ => r.foreign_rules += 1,
             }
         } else if let Some(rule) = item.get("rule").filter(|c| ours(c)) {
@@ -162,10 +166,11 @@ pub fn parse_listing(json: &str) -> Result<LoadedReach, ListingError> {
                             .and_then(Value::as_str)
                             == Some("iifname")
                         && right.and_then(Value::as_str) == Some("lo"))
-                        || (left
-                            .and_then(|l| l.pointer("/ct/key"))
-                            .and_then(Value::as_str)
-                            == Some("state")
+                        || (matches!(m.get("op").and_then(Value::as_str), Some("in" | "=="))
+                            && left
+                                .and_then(|l| l.pointer("/ct/key"))
+                                .and_then(Value::as_str)
+                                == Some("state")
                             && right.and_then(Value::as_array).is_some_and(|s| {
                                 s.iter()
                                     .all(|v| matches!(v.as_str(), Some("established" | "related")))
@@ -181,14 +186,15 @@ pub fn parse_listing(json: &str) -> Result<LoadedReach, ListingError> {
     Ok(r)
 }
 
-/// The measured reach: `organization-only` when the table drops by default in both
-/// directions, holds no rule this module did not write, and accepts no address outside
+/// The measured reach: `organization-only` when the table drops by default in every
+/// direction (out, in, forwarded), holds no rule this module did not write, and accepts no address outside
 /// `expected`; `open` otherwise.
 pub fn measured_reach(loaded: &LoadedReach, expected: &[IpAddr]) -> NetworkState {
     let expected: BTreeSet<IpAddr> = expected.iter().copied().collect();
     if loaded.present
         && loaded.output_drops
         && loaded.input_drops
+        && loaded.forward_drops
         && loaded.foreign_rules == 0
         && loaded.allowed.is_subset(&expected)
     {
@@ -203,8 +209,8 @@ pub const CELLULAR_TABLE: &str = "redoubt_cellular";
 
 /// Interface names that are mobile-data links on the phones we know, whatever sysfs
 /// says: `wwan*` (the kernel's WWAN framework, `qmi_wwan`, `cdc_mbim`), `rmnet*`
-/// (Qualcomm), `ccmni*` (MediaTek).
-pub const WWAN_PATTERNS: [&str; 3] = ["wwan*", "rmnet*", "ccmni*"];
+/// (Qualcomm), `ccmni*` (MediaTek), `ppp*` (modems driven over PPP).
+pub const WWAN_PATTERNS: [&str; 4] = ["wwan*", "rmnet*", "ccmni*", "ppp*"];
 
 /// Whether the nftables interface `pattern` (a name, or a prefix ending in `*`)
 /// matches `ifname`.
@@ -216,7 +222,8 @@ pub fn pattern_covers(pattern: &str, ifname: &str) -> bool {
 }
 
 /// The `nft -f` script that drops all traffic on the mobile-data interfaces: the
-/// [`WWAN_PATTERNS`] and the `named` ones (interfaces sysfs calls `wwan`), both ways.
+/// [`WWAN_PATTERNS`] and the `named` ones (interfaces sysfs calls `wwan`), both ways,
+/// and routed traffic (tethering, containers) in or out of them.
 /// It runs before ordinary filter chains (priority -10) and accepts everything else,
 /// so it is independent of the reach table.
 pub fn cellular_ruleset(named: &[String]) -> String {
@@ -237,7 +244,7 @@ pub fn cellular_ruleset(named: &[String]) -> String {
         .collect::<Vec<_>>()
         .join(", ");
     format!(
-        "table inet {CELLULAR_TABLE}\ndelete table inet {CELLULAR_TABLE}\ntable inet {CELLULAR_TABLE} {{\n  chain output {{\n    type filter hook output priority -10; policy accept;\n    oifname {{ {set} }} drop\n  }}\n  chain input {{\n    type filter hook input priority -10; policy accept;\n    iifname {{ {set} }} drop\n  }}\n}}\n"
+        "table inet {CELLULAR_TABLE}\ndelete table inet {CELLULAR_TABLE}\ntable inet {CELLULAR_TABLE} {{\n  chain output {{\n    type filter hook output priority -10; policy accept;\n    oifname {{ {set} }} drop\n  }}\n  chain input {{\n    type filter hook input priority -10; policy accept;\n    iifname {{ {set} }} drop\n  }}\n  chain forward {{\n    type filter hook forward priority -10; policy accept;\n    oifname {{ {set} }} drop\n    iifname {{ {set} }} drop\n  }}\n}}\n"
     )
 }
 
@@ -260,9 +267,10 @@ fn names(right: &Value) -> Option<Vec<String>> {
 }
 
 /// Reads `nft -j list table inet redoubt_cellular` output: the interface names and
-/// patterns whose traffic is dropped in *both* directions. Only the rules
-/// [`cellular_ruleset`] writes count; any other rule in the table is ignored, so an
-/// `accept` added by someone else cannot make a name count as dropped.
+/// patterns whose traffic is dropped in every direction (out, in, forwarded out,
+/// forwarded in). The table must hold exactly what [`cellular_ruleset`] writes: any other
+/// rule or chain in it (an `accept` inserted before the drop would let traffic through)
+/// means nothing counts as dropped.
 pub fn parse_cellular_listing(json: &str) -> Result<BTreeSet<String>, ListingError> {
     let doc: Value = serde_json::from_str(json).map_err(|e| ListingError(e.to_string()))?;
     let items = doc
@@ -273,47 +281,71 @@ pub fn parse_cellular_listing(json: &str) -> Result<BTreeSet<String>, ListingErr
         o.get("family").and_then(Value::as_str) == Some("inet")
             && (o.get("table").or(o.get("name")).and_then(Value::as_str) == Some(CELLULAR_TABLE))
     };
+    let nothing = Ok(BTreeSet::new());
     let mut hooked = BTreeSet::new();
-    let mut out_names = BTreeSet::new();
-    let mut in_names = BTreeSet::new();
+    // (chain, direction key) → names dropped.
+    let mut dropped: std::collections::BTreeMap<(String, String), BTreeSet<String>> =
+        Default::default();
     for item in items {
         if let Some(c) = item.get("chain").filter(|c| ours(c)) {
-            let name = c.get("name").and_then(Value::as_str);
-            let hook = c.get("hook").and_then(Value::as_str);
-            if name.is_some()
-                && name == hook
-                && c.get("type").and_then(Value::as_str) == Some("filter")
-            {
-                hooked.insert(name.unwrap_or_default().to_owned());
+            let name = c.get("name").and_then(Value::as_str).unwrap_or_default();
+            let known = matches!(name, "output" | "input" | "forward")
+                && c.get("hook").and_then(Value::as_str) == Some(name)
+                && c.get("type").and_then(Value::as_str) == Some("filter");
+            if !known {
+                return nothing;
             }
+            hooked.insert(name.to_owned());
         } else if let Some(rule) = item.get("rule").filter(|r| ours(r)) {
             let expr = rule
                 .get("expr")
                 .and_then(Value::as_array)
                 .map(Vec::as_slice)
                 .unwrap_or_default();
-            let [m, verdict] = expr else { continue };
-            if verdict.get("drop").is_none() {
-                continue;
-            }
+            let [m, verdict] = expr else { return nothing };
             let Some(m) = m.get("match").filter(|m| is_eq(m)) else {
-                continue;
+                return nothing;
             };
             let key = m.pointer("/left/meta/key").and_then(Value::as_str);
-            let Some(listed) = m.get("right").and_then(names) else {
-                continue;
+            let chain = rule.get("chain").and_then(Value::as_str);
+            let (Some(listed), Some(key), Some(chain), true) = (
+                m.get("right").and_then(names),
+                key,
+                chain,
+                verdict.get("drop").is_some(),
+            ) else {
+                return nothing;
             };
-            match (rule.get("chain").and_then(Value::as_str), key) {
-                (Some("output"), Some("oifname")) => out_names.extend(listed),
-                (Some("input"), Some("iifname")) => in_names.extend(listed),
-                _ => {}
+            let fits = matches!(
+                (chain, key),
+                ("output", "oifname") | ("input", "iifname") | ("forward", "oifname" | "iifname")
+            );
+            if !fits {
+                return nothing;
             }
+            dropped
+                .entry((chain.to_owned(), key.to_owned()))
+                .or_default()
+                .extend(listed);
         }
     }
-    if !(hooked.contains("output") && hooked.contains("input")) {
-        return Ok(BTreeSet::new());
+    let needed = [
+        ("output", "oifname"),
+        ("input", "iifname"),
+        ("forward", "oifname"),
+        ("forward", "iifname"),
+    ];
+    if hooked.len() != 3 {
+        return nothing;
     }
-    Ok(out_names.intersection(&in_names).cloned().collect())
+    let mut sets = needed.iter().map(|(c, k)| {
+        dropped
+            .get(&((*c).to_owned(), (*k).to_owned()))
+            .cloned()
+            .unwrap_or_default()
+    });
+    let first = sets.next().unwrap_or_default();
+    Ok(sets.fold(first, |acc, s| acc.intersection(&s).cloned().collect()))
 }
 
 #[cfg(test)]
@@ -322,7 +354,7 @@ mod tests {
 
     /// What `nft -j list table inet redoubt_reach` printed (nftables 1.0.6) after
     /// loading `reach_ruleset` for 10.1.2.3, 192.0.2.10 and 2001:db8::1.
-    const LOADED: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"table": {"family": "inet", "name": "redoubt_reach", "handle": 1}}, {"chain": {"family": "inet", "table": "redoubt_reach", "name": "output", "handle": 1, "type": "filter", "hook": "output", "prio": 0, "policy": "drop"}}, {"chain": {"family": "inet", "table": "redoubt_reach", "name": "input", "handle": 2, "type": "filter", "hook": "input", "prio": 0, "policy": "drop"}}, {"rule": {"family": "inet", "table": "redoubt_reach", "chain": "output", "handle": 3, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "lo"}}, {"accept": null}]}}, {"rule": {"family": "inet", "table": "redoubt_reach", "chain": "output", "handle": 5, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": {"set": ["10.1.2.3", "192.0.2.10"]}}}, {"accept": null}]}}, {"rule": {"family": "inet", "table": "redoubt_reach", "chain": "output", "handle": 6, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "daddr"}}, "right": "2001:db8::1"}}, {"accept": null}]}}, {"rule": {"family": "inet", "table": "redoubt_reach", "chain": "input", "handle": 7, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "lo"}}, {"accept": null}]}}, {"rule": {"family": "inet", "table": "redoubt_reach", "chain": "input", "handle": 8, "expr": [{"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}, {"accept": null}]}}]}"#;
+    const LOADED: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"table": {"family": "inet", "name": "redoubt_reach", "handle": 2}}, {"chain": {"family": "inet", "table": "redoubt_reach", "name": "output", "handle": 1, "type": "filter", "hook": "output", "prio": 0, "policy": "drop"}}, {"chain": {"family": "inet", "table": "redoubt_reach", "name": "input", "handle": 2, "type": "filter", "hook": "input", "prio": 0, "policy": "drop"}}, {"chain": {"family": "inet", "table": "redoubt_reach", "name": "forward", "handle": 3, "type": "filter", "hook": "forward", "prio": 0, "policy": "drop"}}, {"rule": {"family": "inet", "table": "redoubt_reach", "chain": "output", "handle": 4, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "lo"}}, {"accept": null}]}}, {"rule": {"family": "inet", "table": "redoubt_reach", "chain": "output", "handle": 6, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": {"set": ["10.1.2.3", "192.0.2.10"]}}}, {"accept": null}]}}, {"rule": {"family": "inet", "table": "redoubt_reach", "chain": "output", "handle": 7, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "daddr"}}, "right": "2001:db8::1"}}, {"accept": null}]}}, {"rule": {"family": "inet", "table": "redoubt_reach", "chain": "input", "handle": 8, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "lo"}}, {"accept": null}]}}, {"rule": {"family": "inet", "table": "redoubt_reach", "chain": "input", "handle": 9, "expr": [{"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}, {"accept": null}]}}]}"#;
 
     fn addrs(list: &[&str]) -> Vec<IpAddr> {
         list.iter().map(|a| a.parse().unwrap()).collect()
@@ -402,6 +434,28 @@ mod tests {
         let parsed = parse_listing(&extra).unwrap();
         assert_eq!(parsed.foreign_rules, 1);
         assert_eq!(measured_reach(&parsed, &expected), NetworkState::Open);
+        // Forwarded traffic (tethering, containers) let through.
+        let forwarding = LOADED.replacen(
+            r#""hook": "forward", "prio": 0, "policy": "drop""#,
+            r#""hook": "forward", "prio": 0, "policy": "accept""#,
+            1,
+        );
+        assert_ne!(forwarding, LOADED);
+        assert_eq!(
+            measured_reach(&parse_listing(&forwarding).unwrap(), &expected),
+            NetworkState::Open
+        );
+        // `ct state != established accept` looks like ours but accepts new connections.
+        let negated = LOADED.replacen(
+            r#"{"op": "in", "left": {"ct": {"key": "state"}}"#,
+            r#"{"op": "!=", "left": {"ct": {"key": "state"}}"#,
+            1,
+        );
+        assert_ne!(negated, LOADED);
+        assert_eq!(
+            measured_reach(&parse_listing(&negated).unwrap(), &expected),
+            NetworkState::Open
+        );
         // No table at all.
         let empty =
             r#"{"nftables": [{"metainfo": {"version": "1.0.6", "json_schema_version": 1}}]}"#;
@@ -414,22 +468,22 @@ mod tests {
         assert!(parse_listing("{}").is_err());
     }
 
-    /// `nft -j list table inet redoubt_cellular` (nftables 1.0.6) after loading
-    /// `cellular_ruleset(&["qmi0"])`.
-    const CELLULAR: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"table": {"family": "inet", "name": "redoubt_cellular", "handle": 2}}, {"chain": {"family": "inet", "table": "redoubt_cellular", "name": "output", "handle": 1, "type": "filter", "hook": "output", "prio": -10, "policy": "accept"}}, {"chain": {"family": "inet", "table": "redoubt_cellular", "name": "input", "handle": 2, "type": "filter", "hook": "input", "prio": -10, "policy": "accept"}}, {"rule": {"family": "inet", "table": "redoubt_cellular", "chain": "output", "handle": 4, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": {"set": ["ccmni*", "qmi0", "rmnet*", "wwan*"]}}}, {"drop": null}]}}, {"rule": {"family": "inet", "table": "redoubt_cellular", "chain": "input", "handle": 6, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": {"set": ["ccmni*", "qmi0", "rmnet*", "wwan*"]}}}, {"drop": null}]}}]}"#;
+    /// `nft -j list table inet redoubt_cellular` (nftables 1.0.6, in a network
+    /// namespace) after loading `cellular_ruleset(&["qmi0"])`.
+    const CELLULAR: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"table": {"family": "inet", "name": "redoubt_cellular", "handle": 4}}, {"chain": {"family": "inet", "table": "redoubt_cellular", "name": "output", "handle": 1, "type": "filter", "hook": "output", "prio": -10, "policy": "accept"}}, {"chain": {"family": "inet", "table": "redoubt_cellular", "name": "input", "handle": 2, "type": "filter", "hook": "input", "prio": -10, "policy": "accept"}}, {"chain": {"family": "inet", "table": "redoubt_cellular", "name": "forward", "handle": 3, "type": "filter", "hook": "forward", "prio": -10, "policy": "accept"}}, {"rule": {"family": "inet", "table": "redoubt_cellular", "chain": "output", "handle": 5, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": {"set": ["ccmni*", "ppp*", "qmi0", "rmnet*", "wwan*"]}}}, {"drop": null}]}}, {"rule": {"family": "inet", "table": "redoubt_cellular", "chain": "input", "handle": 7, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": {"set": ["ccmni*", "ppp*", "qmi0", "rmnet*", "wwan*"]}}}, {"drop": null}]}}, {"rule": {"family": "inet", "table": "redoubt_cellular", "chain": "forward", "handle": 9, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": {"set": ["ccmni*", "ppp*", "qmi0", "rmnet*", "wwan*"]}}}, {"drop": null}]}}, {"rule": {"family": "inet", "table": "redoubt_cellular", "chain": "forward", "handle": 11, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": {"set": ["ccmni*", "ppp*", "qmi0", "rmnet*", "wwan*"]}}}, {"drop": null}]}}]}"#;
 
     #[test]
     fn the_cellular_table_drops_named_and_patterned_interfaces_both_ways() {
         let script = cellular_ruleset(&["qmi0".into(), "bad name\"".into()]);
         assert!(
-            script.contains(r#"oifname { "ccmni*", "qmi0", "rmnet*", "wwan*" } drop"#),
+            script.contains(r#"oifname { "ccmni*", "ppp*", "qmi0", "rmnet*", "wwan*" } drop"#),
             "{script}"
         );
         assert!(!script.contains("bad name"));
         let dropped = parse_cellular_listing(CELLULAR).unwrap();
         assert_eq!(
             dropped.into_iter().collect::<Vec<_>>(),
-            ["ccmni*", "qmi0", "rmnet*", "wwan*"]
+            ["ccmni*", "ppp*", "qmi0", "rmnet*", "wwan*"]
         );
         assert!(pattern_covers("wwan*", "wwan0"));
         assert!(pattern_covers("qmi0", "qmi0"));
@@ -443,6 +497,28 @@ mod tests {
         assert!(parse_cellular_listing(&one_way).unwrap().is_empty());
         let accepting = CELLULAR.replace(r#"{"drop": null}"#, r#"{"accept": null}"#);
         assert!(parse_cellular_listing(&accepting).unwrap().is_empty());
+        // A rule inserted in front of the drop (what `nft insert rule … accept` adds).
+        let inserted = CELLULAR.replace(
+            r#"{"rule": {"family": "inet", "table": "redoubt_cellular", "chain": "output", "handle": 5"#,
+            r#"{"rule": {"family": "inet", "table": "redoubt_cellular", "chain": "output", "handle": 12, "expr": [{"accept": null}]}}, {"rule": {"family": "inet", "table": "redoubt_cellular", "chain": "output", "handle": 5"#,
+        );
+        assert_ne!(inserted, CELLULAR);
+        assert!(parse_cellular_listing(&inserted).unwrap().is_empty());
+        // Without the forward chain, routed traffic (tethering) is not covered.
+        let no_forward: Value = {
+            let mut doc: Value = serde_json::from_str(CELLULAR).unwrap();
+            let items = doc["nftables"].as_array_mut().unwrap();
+            items.retain(|i| {
+                i.pointer("/chain/name").and_then(Value::as_str) != Some("forward")
+                    && i.pointer("/rule/chain").and_then(Value::as_str) != Some("forward")
+            });
+            doc
+        };
+        assert!(
+            parse_cellular_listing(&no_forward.to_string())
+                .unwrap()
+                .is_empty()
+        );
         assert!(parse_cellular_listing("not json").is_err());
     }
 }
