@@ -20,10 +20,14 @@ pub struct KernelProbe {
     pub rfkill_control: bool,
     /// rfkill switches per sysfs type name (`wlan`, `bluetooth`, `wwan`, `gps`, `nfc`, …).
     pub radios: BTreeMap<String, usize>,
+    /// `/sys/class/video4linux` exists (without it cameras are not measurable).
+    pub v4l2: bool,
     /// Devices in `/sys/class/video4linux`.
     pub cameras: Vec<String>,
     /// Drivers the cameras hang off (what unbinding detaches), as `driver:device`.
     pub camera_drivers: Vec<String>,
+    /// `/proc/asound` exists (without it capture is not measurable).
+    pub alsa: bool,
     /// Sound cards with a capture PCM (`card0`, …).
     pub capture_cards: Vec<String>,
     /// Their drivers, as `driver:device`.
@@ -117,8 +121,10 @@ pub fn kernel(roots: &Roots, nft: &str) -> KernelProbe {
             .open(roots.rfkill_dev())
             .is_ok(),
         radios,
+        v4l2: roots.sys.join("class/video4linux").is_dir(),
         cameras,
         camera_drivers: driver_names(&camera_bindings),
+        alsa: roots.proc.join("asound").is_dir(),
         capture_cards,
         capture_drivers: driver_names(&capture_bindings),
         capture_cards_stuck: stuck,
@@ -137,8 +143,10 @@ pub fn linux_capabilities(k: &KernelProbe) -> BTreeMap<Capability, CapabilityPro
                 let unbindable = k.camera_drivers.len();
                 CapabilityProbe {
                     enforce: k.cameras.is_empty() || unbindable > 0,
-                    verify: true,
-                    how: if k.cameras.is_empty() {
+                    verify: k.v4l2,
+                    how: if !k.v4l2 {
+                        "no video4linux class: the kernel shows no camera (V4L2 not loaded, or a camera behind a vendor HAL); measured unknown".into()
+                    } else if k.cameras.is_empty() {
                         "no V4L2 camera present (off means none listed and none held open; a camera the kernel does not list, e.g. behind a vendor HAL, is invisible here)".into()
                     } else {
                         format!(
@@ -151,8 +159,10 @@ pub fn linux_capabilities(k: &KernelProbe) -> BTreeMap<Capability, CapabilityPro
             }
             Capability::Microphone => CapabilityProbe {
                 enforce: k.capture_cards_stuck.is_empty(),
-                verify: true,
-                how: if k.capture_cards.is_empty() {
+                verify: k.alsa,
+                how: if !k.alsa {
+                    "no /proc/asound: no ALSA here; measured unknown".into()
+                } else if k.capture_cards.is_empty() {
                     "no ALSA capture device present".into()
                 } else if !k.capture_cards_stuck.is_empty() {
                     format!(

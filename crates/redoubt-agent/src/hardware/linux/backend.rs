@@ -133,11 +133,45 @@ impl LinuxHardware {
         write_json(&self.state_path, state).map_err(|e| unavailable(format!("{e:#}")))
     }
 
+    /// Changes the stored state (written only when `f` changed it). A state file that
+    /// does not parse is moved aside (`….corrupt`, for the operator) and the change goes
+    /// on from an empty record: enforcing a restriction must not depend on it, and
+    /// over-restricting is the safe side (what it recorded cannot be undone by `Allow`
+    /// then; a reboot rebinds and unblocks everything).
     fn update_state<T>(&self, f: impl FnOnce(&mut LinuxState) -> T) -> Result<T, HardwareError> {
         let _guard = self.state_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let mut state = self.load_state()?;
+        let (mut state, stored) = match fs::read(&self.state_path) {
+            Ok(bytes) => match serde_json::from_slice::<LinuxState>(&bytes) {
+                Ok(state) => (state.clone(), Some(state)),
+                Err(e) => {
+                    let aside = self.state_path.with_extension("json.corrupt");
+                    tracing::error!(
+                        file = %self.state_path.display(),
+                        moved_to = %aside.display(),
+                        error = %e,
+                        "the linux backend's record is unreadable; moved aside, starting a new one"
+                    );
+                    fs::rename(&self.state_path, &aside).map_err(|e| {
+                        unavailable(format!(
+                            "moving the unreadable {} aside: {e}",
+                            self.state_path.display()
+                        ))
+                    })?;
+                    (LinuxState::default(), None)
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (LinuxState::default(), None),
+            Err(e) => {
+                return Err(unavailable(format!(
+                    "reading {}: {e}",
+                    self.state_path.display()
+                )));
+            }
+        };
         let out = f(&mut state);
-        self.store_state(&state)?;
+        if stored.as_ref() != Some(&state) {
+            self.store_state(&state)?;
+        }
         Ok(out)
     }
 
@@ -355,9 +389,14 @@ impl LinuxHardware {
 
     fn set_radio(&self, cap: Capability, t: RadioType, block: bool) -> Result<(), HardwareError> {
         if block {
-            // Recorded first: a crash after the write still lets `Allow` undo it.
+            // Recorded first (a crash after the write still lets `Allow` undo it), and
+            // only when the agent changes something: a type the person already has
+            // switched off is not the agent's to switch back on.
+            let already_off = rfkill::state(&self.roots.sys, t) == CapabilityState::Off;
             self.update_state(|s| {
-                s.blocked_radios.insert(cap);
+                if !already_off {
+                    s.blocked_radios.insert(cap);
+                }
             })?;
         } else if !self.load_state()?.blocked_radios.contains(&cap) {
             return Ok(());

@@ -33,9 +33,15 @@ fn entries(dir: &Path) -> Option<Vec<(String, PathBuf)>> {
     }
 }
 
-/// The V4L2 devices sysfs lists (`video0`, `v4l-subdev1`, …), or `None` if unreadable.
+/// The V4L2 devices sysfs lists (`video0`, `v4l-subdev1`, …), or `None` if unreadable
+/// or absent: without the `video4linux` class (V4L2 not loaded, or a kernel that shows
+/// cameras another way) the kernel says nothing about cameras, which is not "none".
 pub fn video_devices(sys: &Path) -> Option<Vec<String>> {
-    entries(&sys.join("class/video4linux")).map(|v| v.into_iter().map(|(n, _)| n).collect())
+    let dir = sys.join("class/video4linux");
+    if !dir.is_dir() {
+        return None;
+    }
+    entries(&dir).map(|v| v.into_iter().map(|(n, _)| n).collect())
 }
 
 fn is_camera_node(target: &Path, dev: &Path) -> bool {
@@ -95,8 +101,12 @@ pub struct CaptureSub {
     pub status: String,
 }
 
-/// Every capture substream under `proc/asound`, or `None` if unreadable.
+/// Every capture substream under `proc/asound`, or `None` if unreadable or absent
+/// (no ALSA, or procfs without it: nothing is known about capture then).
 pub fn capture_substreams(proc: &Path) -> Option<Vec<CaptureSub>> {
+    if !proc.join("asound").is_dir() {
+        return None;
+    }
     let mut subs = Vec::new();
     for (card, card_path) in entries(&proc.join("asound"))? {
         if !card.starts_with("card") || card[4..].parse::<u32>().is_err() {
@@ -192,6 +202,12 @@ mod tests {
     #[test]
     fn camera_is_off_only_with_no_device_and_no_holder() {
         let t = tree();
+        // No video4linux class: the kernel says nothing about cameras.
+        assert_eq!(
+            camera_state(&t.sys, &t.proc, &t.dev),
+            CapabilityState::Unknown
+        );
+        fs::create_dir_all(t.sys.join("class/video4linux")).unwrap();
         assert_eq!(camera_state(&t.sys, &t.proc, &t.dev), CapabilityState::Off);
         // A listed device.
         fs::create_dir_all(t.sys.join("class/video4linux/video0")).unwrap();
@@ -235,6 +251,10 @@ mod tests {
     #[test]
     fn microphone_follows_the_capture_pcms() {
         let t = tree();
+        // No /proc/asound (no ALSA, or hidden): nothing is known.
+        assert_eq!(microphone_state(&t.proc), CapabilityState::Unknown);
+        assert_eq!(capture_open_state(&t.proc), CapabilityState::Unknown);
+        fs::create_dir_all(t.proc.join("asound")).unwrap();
         assert_eq!(microphone_state(&t.proc), CapabilityState::Off);
         // Playback only: still off.
         capture(&t, 0, "pcm0p", 0, "closed\n");

@@ -168,8 +168,14 @@ fn cameras_are_unbound_recorded_and_rebound_after_a_restart() {
     assert_eq!(held.unbound[&Capability::Camera].len(), 1, "{held:?}");
     // Still listed until the kernel drops the devices.
     assert_eq!(hw.verify(Capability::Camera), CapabilityState::On);
-    fs::remove_dir_all(t.roots.sys.join("class/video4linux")).unwrap();
+    for dev in ["video0", "v4l-subdev0"] {
+        fs::remove_dir_all(t.roots.sys.join("class/video4linux").join(dev)).unwrap();
+    }
     assert_eq!(hw.verify(Capability::Camera), CapabilityState::Off);
+    // Without the class at all the kernel says nothing: unknown, not off.
+    fs::remove_dir(t.roots.sys.join("class/video4linux")).unwrap();
+    assert_eq!(hw.verify(Capability::Camera), CapabilityState::Unknown);
+    fs::create_dir(t.roots.sys.join("class/video4linux")).unwrap();
 
     // A process that kept a camera node open keeps the camera on.
     let fd = t.roots.proc.join("4242/fd");
@@ -242,16 +248,39 @@ fn capture_cards_are_unbound_whole_and_a_card_without_driver_is_refused() {
 }
 
 #[test]
-fn a_corrupt_state_file_refuses_to_forget_what_it_unbound() {
+fn a_corrupt_state_file_is_set_aside_and_enforcement_goes_on() {
     let t = Tree::new();
-    t.bound("video4linux", "video0", "vivid.0", "vivid");
+    let vivid = t.bound("video4linux", "video0", "vivid.0", "vivid");
     fs::write(t.state.join(LINUX_STATE_FILE), "{not json").unwrap();
     let mut hw = t.hw();
-    let err = hw.enforce(Capability::Camera, Rule::Deny).unwrap_err();
-    assert!(err.to_string().contains("unreadable"), "{err}");
-    // Measuring does not depend on it.
-    assert_eq!(hw.verify(Capability::Camera), CapabilityState::On);
+    // Unreadable for the network read-back (it names the addresses to expect).
     assert_eq!(hw.verify_network(), NetworkState::Unknown);
+    // Restricting does not depend on the record: the camera is unbound all the same.
+    hw.enforce(Capability::Camera, Rule::Deny).unwrap();
+    assert_eq!(fs::read_to_string(vivid.join("unbind")).unwrap(), "vivid.0");
+    assert_eq!(
+        fs::read_to_string(t.state.join("linux-hardware.json.corrupt")).unwrap(),
+        "{not json",
+        "kept for the operator"
+    );
+    assert_eq!(
+        hw.load_state().unwrap().unbound[&Capability::Camera].len(),
+        1
+    );
+}
+
+#[test]
+fn a_radio_the_person_switched_off_stays_off_after_the_mode() {
+    let t = Tree::new();
+    t.radio(0, "bluetooth", 1, 0);
+    let mut hw = t.hw();
+    hw.enforce(Capability::Bluetooth, Rule::Deny).unwrap();
+    t.kernel_applies_rfkill();
+    assert_eq!(hw.verify(Capability::Bluetooth), CapabilityState::Off);
+    assert!(hw.load_state().unwrap().blocked_radios.is_empty());
+    hw.enforce(Capability::Bluetooth, Rule::Allow).unwrap();
+    assert_eq!(fs::read(t.roots.rfkill_dev()).unwrap(), Vec::<u8>::new());
+    assert_eq!(hw.verify(Capability::Bluetooth), CapabilityState::Off);
 }
 
 #[test]
