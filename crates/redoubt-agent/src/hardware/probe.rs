@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use redoubt_proto::{Capability, HardwareKind};
 use serde::Serialize;
@@ -83,11 +83,9 @@ fn driver_names(bindings: &[binding::Binding]) -> Vec<String> {
 }
 
 fn nft_usable(nft: &str) -> Result<(), String> {
-    match Command::new(nft)
-        .args(["list", "tables"])
-        .stdin(Stdio::null())
-        .output()
-    {
+    let mut cmd = Command::new(nft);
+    cmd.args(["list", "tables"]);
+    match super::linux::run_bounded(cmd, None, std::time::Duration::from_secs(10)) {
         Ok(out) if out.status.success() => Ok(()),
         Ok(out) => Err(String::from_utf8_lossy(&out.stderr)
             .lines()

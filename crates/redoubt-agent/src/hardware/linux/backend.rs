@@ -17,10 +17,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::fs;
-use std::io::Write;
 use std::net::{IpAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Mutex;
 
 use redoubt_proto::{Capability, CapabilityState, HardwareKind, NetworkReach, NetworkState, Rule};
@@ -32,6 +31,9 @@ use super::rfkill::{self, RadioType};
 use super::{Roots, media, watch};
 use crate::hardware::{Hardware, HardwareError, Wake};
 use crate::state::write_json;
+
+/// How long `nft` may take before it is killed and the call fails.
+const NFT_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// File name of what the backend changed, in the state directory.
 pub const LINUX_STATE_FILE: &str = "linux-hardware.json";
@@ -182,26 +184,10 @@ impl LinuxHardware {
             .split_first()
             .ok_or_else(|| NftError::NotRunnable("no nft command configured".into()))?;
         let mut cmd = Command::new(program);
-        cmd.args(lead)
-            .args(args)
-            .stdin(if script.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().map_err(|e| {
-            NftError::NotRunnable(format!("cannot run {}: {e}", program.to_string_lossy()))
+        cmd.args(lead).args(args);
+        let out = super::run_bounded(cmd, script, NFT_LIMIT).map_err(|e| {
+            NftError::NotRunnable(format!("running {}: {e}", program.to_string_lossy()))
         })?;
-        if let (Some(script), Some(mut stdin)) = (script, child.stdin.take()) {
-            stdin
-                .write_all(script.as_bytes())
-                .map_err(|e| NftError::Failed(format!("writing the rule set to nft: {e}")))?;
-        }
-        let out = child
-            .wait_with_output()
-            .map_err(|e| NftError::NotRunnable(format!("waiting for nft: {e}")))?;
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         } else {
