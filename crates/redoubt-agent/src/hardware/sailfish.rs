@@ -824,11 +824,9 @@ impl Hardware for SailfishHardware {
                     errors.push(e);
                 }
                 // Where the kernel shows V4L2 cameras, they are unbound as on a
-                // mainline phone (and bound back on Allow): no app outside sailjail
-                // reaches them either.
-                if self.roots.sys.join("class/video4linux").exists()
-                    && let Err(e) = self.kernel.enforce(cap, rule)
-                {
+                // mainline phone (and what was unbound is bound back on Allow, whatever
+                // the kernel shows now): no app outside sailjail reaches them either.
+                if let Err(e) = self.kernel.enforce(cap, rule) {
                     errors.push(e);
                 }
                 combine(cap, errors)

@@ -144,8 +144,12 @@ impl BusThread {
         let (tx, rx) = std_mpsc::sync_channel::<Result<T, BusError>>(1);
         let job: Job = Box::new(move |conn| {
             Box::pin(async move {
+                // Bounded here too: a job whose caller gave up is dropped (its D-Bus
+                // calls cancelled) instead of piling up behind a hung service.
                 let out = match conn {
-                    Ok(c) => Ok(f(c).await),
+                    Ok(c) => tokio::time::timeout(timeout, f(c))
+                        .await
+                        .map_err(|_| BusError::Timeout(timeout)),
                     Err(e) => Err(BusError::NoBus(e)),
                 };
                 let _ = tx.send(out);
