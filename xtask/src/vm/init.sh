@@ -203,7 +203,9 @@ check_mode() {
             ;;
         microphone)
             if [ "$want" = off ]; then
+                # Gone, not merely idle: a closed capture device can record at any moment.
                 capture_closed || fail "$1: a capture pcm is open: $(cat /proc/asound/card*/pcm*c/sub*/status)"
+                ! capture_present || fail "$1: capture devices remain: $(ls -d /proc/asound/card*/pcm*c | tr '\n' ' ')"
             else
                 capture_present || fail "$1: no capture pcm in /proc/asound"
             fi
@@ -212,6 +214,16 @@ check_mode() {
         esac
     done <"/vm/expect/$1"
     [ "$checked" = 4 ] || fail "/vm/expect/$1 holds $checked expectations, not 4"
+    # The agent's own measurement must say the same as the kernel.
+    run_logged $AGENT status --state $STATE --json >/dev/null || fail "$1: redoubt-agent status failed"
+    while read -r what want; do
+        case "$what" in
+        wlan) cap=wifi state=$([ "$want" = 1 ] && echo off || echo on) ;;
+        bluetooth) cap=bluetooth state=$([ "$want" = 1 ] && echo off || echo on) ;;
+        *) cap=$what state=$want ;;
+        esac
+        grep -q "\"$cap\": \"$state\"" /tmp/out || fail "$1: the agent measures $cap as $(grep "\"$cap\":" /tmp/out), not $state"
+    done <"/vm/expect/$1"
 }
 
 echo "== vm-test guest up ($(uname -r), $(now_ms) ms since boot)"
@@ -253,24 +265,27 @@ show_state
 step_done
 
 step 4 "watcher: the running agent repairs changes at once (re-check period 1 h)"
-REDOUBT_LOG=info $AGENT run --state $STATE --recheck-ms 3600000 >/tmp/agent.log 2>&1 &
+# The watcher logs what it sees at debug level: the log proves which events it saw.
+REDOUBT_LOG=info,redoubt_agent::hardware::linux::watch=debug $AGENT run --state $STATE --recheck-ms 3600000 >/tmp/agent.log 2>&1 &
 AGENT_PID=$!
 agent_checked() {
     kill -0 "$AGENT_PID" 2>/dev/null || fail "redoubt-agent run exited early"
-    grep -q "enforcing mode" /tmp/agent.log
+    grep -q "report queued" /tmp/agent.log
 }
-wait_for 30000 "the running agent's first check (log line 'enforcing mode')" agent_checked
+wait_for 30000 "the running agent's first report (log line 'report queued')" agent_checked
 echo "-- agent did its first check after ${WAITED} ms"
 rfkill_change_all bluetooth 0 || fail "cannot write an unblock event to /dev/rfkill"
 wait_for 1000 "bluetooth soft-blocked again after an unblock behind the agent's back" all_soft bluetooth 1
 echo "-- bluetooth re-blocked ${WAITED} ms after the unblock"
-if echo vivid.0 >/sys/bus/platform/drivers/vivid/bind; then
-    echo "-- vivid.0 bound again behind the agent's back"
-else
-    echo "-- the kernel refused to bind vivid.0 again"
-fi
+# Only our unblock makes a bluetooth (type 2) change event (op 2) with soft=0 here.
+grep -q "rfkill event index=[0-9]* radio_type=2 op=2 soft=0" /tmp/agent.log ||
+    fail "the agent's rfkill watcher did not see the unblock"
+echo vivid.0 >/sys/bus/platform/drivers/vivid/bind || fail "the kernel refused to bind vivid.0 again"
+echo "-- vivid.0 bound again behind the agent's back"
 wait_for 1000 "/sys/class/video4linux empty again after a rebind" video_empty
 echo "-- camera gone again ${WAITED} ms after the rebind"
+grep -q "device change seen uevent=bind@/devices/platform/vivid.0" /tmp/agent.log ||
+    fail "the agent's uevent watcher did not see the rebind"
 check_mode secure-site
 kill -TERM "$AGENT_PID"
 agent_gone() {

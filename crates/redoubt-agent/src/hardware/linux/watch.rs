@@ -57,7 +57,10 @@ fn watch_uevents(fd: OwnedFd, wake: Wake) {
     loop {
         match rustix::net::recv(&fd, &mut buf[..], RecvFlags::empty()) {
             Ok((n, _)) => {
-                if relevant_uevent(&buf[..n]) {
+                let msg = &buf[..n];
+                if relevant_uevent(msg) {
+                    let header = msg.split(|b| *b == 0).next().unwrap_or_default();
+                    tracing::debug!(uevent = %String::from_utf8_lossy(header), "device change seen");
                     wake();
                 }
             }
@@ -83,7 +86,19 @@ fn watch_rfkill(mut dev: File, wake: Wake) {
                 );
                 return;
             }
-            Ok(_) => wake(),
+            Ok(n) => {
+                if let [a, b, c, d, radio_type, op, soft, hard, ..] = buf[..n] {
+                    tracing::debug!(
+                        index = u32::from_ne_bytes([a, b, c, d]),
+                        radio_type,
+                        op,
+                        soft,
+                        hard,
+                        "rfkill event"
+                    );
+                }
+                wake();
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => {
                 tracing::warn!(error = %e, "the rfkill watcher stopped; radio changes are found at the periodic re-check");
