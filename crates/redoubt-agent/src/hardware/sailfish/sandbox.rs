@@ -14,7 +14,6 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::io;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 /// What a process is, as far as sandboxing goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -256,32 +255,24 @@ pub fn with_descendants(procs: &[Process], roots: &[u32]) -> Vec<u32> {
     }
 }
 
-/// Sends SIGTERM to `pids` (with `kill`, which needs no extra privilege code here).
-/// A process that is already gone is not an error.
+/// Sends SIGTERM to `pids`. A process that is already gone is not an error.
 pub fn terminate(pids: &[u32]) -> Result<(), String> {
-    if pids.is_empty() {
-        return Ok(());
+    use rustix::process::{Pid, Signal, kill_process};
+    let mut errors = Vec::new();
+    for &pid in pids {
+        let Some(p) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
+            errors.push(format!("{pid} is not a process id"));
+            continue;
+        };
+        match kill_process(p, Signal::TERM) {
+            Ok(()) | Err(rustix::io::Errno::SRCH) => {}
+            Err(e) => errors.push(format!("stopping {pid}: {e}")),
+        }
     }
-    let out = Command::new("kill")
-        .arg("-TERM")
-        .args(pids.iter().map(u32::to_string))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-        .map_err(|e| format!("running kill: {e}"))?;
-    if out.status.success() {
-        return Ok(());
-    }
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let real: Vec<&str> = stderr
-        .lines()
-        .filter(|l| !l.contains("No such process"))
-        .collect();
-    if real.is_empty() {
+    if errors.is_empty() {
         Ok(())
     } else {
-        Err(real.join("; "))
+        Err(errors.join("; "))
     }
 }
 
