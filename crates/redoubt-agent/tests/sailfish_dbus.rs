@@ -551,3 +551,25 @@ fn a_v4l2_camera_the_kernel_shows_is_unbound_too() {
     hw.enforce(Camera, Allow).unwrap();
     assert_eq!(fs::read_to_string(drv.join("bind")).unwrap(), "cam.0");
 }
+
+#[test]
+fn while_android_appsupport_runs_sailjail_proves_nothing() {
+    let rig = rig();
+    let mut hw = rig.open();
+    for cap in [Camera, Microphone, Location] {
+        hw.enforce(cap, Deny).unwrap();
+    }
+    check(&hw, &[(Camera, Off), (Microphone, Off), (Location, Off)]);
+    // Android's system server, seen from the host (the container shares the kernel).
+    rig.fake_process(4711, &["system_server"]);
+    check(
+        &hw,
+        &[
+            (Camera, Unknown),
+            (Microphone, Unknown),
+            (Location, Unknown),
+        ],
+    );
+    fs::remove_dir_all(rig.roots.proc.join("4711")).unwrap();
+    check(&hw, &[(Camera, Off), (Microphone, Off), (Location, Off)]);
+}

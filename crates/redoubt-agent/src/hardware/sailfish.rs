@@ -102,9 +102,10 @@ pub fn limitations() -> Vec<(Capability, &'static str)> {
         ),
         (
             Capability::Camera,
-            "sailjail governs sandboxed apps only: apps that opted out of sandboxing and \
-             Android apps (AppSupport) are not restricted; a V4L2 camera, where the kernel \
-             shows one, is unbound and must be gone for the camera to measure off",
+            "sailjail governs sandboxed apps only: apps that opted out of sandboxing are not \
+             restricted, nor is Android AppSupport, so while AppSupport runs camera, \
+             microphone and location measure unknown; a V4L2 camera, where the kernel shows \
+             one, is unbound and must be gone for the camera to measure off",
         ),
         (
             Capability::Camera,
@@ -863,6 +864,18 @@ impl Hardware for SailfishHardware {
             Capability::Camera | Capability::Microphone => self.sailjail_state(cap),
             Capability::Nfc => self.verify_nfc(),
             Capability::UsbData | Capability::Screenshots => return CapabilityState::Unknown,
+        };
+        // Sailjail does not govern Android AppSupport: while it runs, a revoked
+        // permission proves nothing about camera, microphone or location.
+        let dbus = match (cap, dbus) {
+            (
+                Capability::Camera | Capability::Microphone | Capability::Location,
+                CapabilityState::Off,
+            ) => match sandbox::scan(&self.roots.proc) {
+                Ok(procs) if !sandbox::android_running(&procs) => CapabilityState::Off,
+                _ => CapabilityState::Unknown,
+            },
+            (_, other) => other,
         };
         let kernel = match cap {
             Capability::Camera => self.kernel_camera(),

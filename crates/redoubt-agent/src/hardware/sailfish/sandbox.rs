@@ -43,6 +43,9 @@ pub struct Process {
     pub uid: Option<u32>,
     /// What it is; `None` for any other process.
     pub launch: Option<Launch>,
+    /// Part of Android AppSupport (the `aliendalvik` LXC container, or Android's own
+    /// `system_server` seen from the host): apps in it are not governed by sailjail.
+    pub android: bool,
 }
 
 fn basename(s: &str) -> &str {
@@ -213,11 +216,23 @@ pub fn scan(proc: &Path) -> io::Result<Vec<Process>> {
             uid: fs::read_to_string(dir.join("status"))
                 .ok()
                 .and_then(|s| parse_uid(&s)),
+            android: is_android(&argv),
             launch: parse_cmdline(&argv),
         });
     }
     out.sort_by_key(|p| p.pid);
     Ok(out)
+}
+
+/// Whether a command line belongs to Android AppSupport.
+pub fn is_android(argv: &[String]) -> bool {
+    argv.first().is_some_and(|a| basename(a) == "system_server")
+        || argv.iter().any(|a| a.contains("aliendalvik"))
+}
+
+/// Whether Android AppSupport runs (any of its processes is visible).
+pub fn android_running(procs: &[Process]) -> bool {
+    procs.iter().any(|p| p.android)
 }
 
 /// Sandboxes started with any of `permissions`.
