@@ -51,6 +51,9 @@ pub struct LinuxState {
     /// The endpoints (names or addresses) they were resolved from.
     #[serde(default)]
     pub reach_endpoints: Vec<String>,
+    /// When they were resolved (Unix seconds).
+    #[serde(default)]
+    pub reach_resolved_at: u64,
     /// Radios the agent blocked: `Allow` unblocks only these, so a radio the person
     /// switched off stays off when a mode ends.
     #[serde(default)]
@@ -429,9 +432,9 @@ impl LinuxHardware {
                 out.insert(ip);
                 continue;
             }
-            match (host, 443).to_socket_addrs() {
-                Ok(addrs) => out.extend(addrs.map(|a| a.ip())),
-                Err(_) => unresolved.push(e.clone()),
+            match resolve_bounded(host) {
+                Some(addrs) if !addrs.is_empty() => out.extend(addrs),
+                _ => unresolved.push(e.clone()),
             }
         }
         if !unresolved.is_empty() {
@@ -439,6 +442,37 @@ impl LinuxHardware {
         }
         (out.into_iter().collect(), unresolved)
     }
+}
+
+/// How long resolved endpoint addresses are reused before the next apply resolves
+/// them again (a server that moved is found again).
+const REACH_REFRESH_SECS: u64 = 3600;
+/// How long one name may take to resolve (a resolver cut off by the reach table would
+/// otherwise hold the agent's loop for the resolver's whole retry schedule).
+const RESOLVE_LIMIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The addresses of `host`, or `None` when it does not resolve within [`RESOLVE_LIMIT`]
+/// (the lookup thread finishes on its own later).
+fn resolve_bounded(host: &str) -> Option<Vec<IpAddr>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let name = host.to_owned();
+    std::thread::Builder::new()
+        .name("resolve".into())
+        .spawn(move || {
+            let found = (name.as_str(), 443)
+                .to_socket_addrs()
+                .map(|a| a.map(|s| s.ip()).collect::<Vec<_>>());
+            let _ = tx.send(found);
+        })
+        .ok()?;
+    rx.recv_timeout(RESOLVE_LIMIT).ok()?.ok()
 }
 
 /// Why running `nft` failed.
@@ -516,14 +550,17 @@ impl Hardware for LinuxHardware {
                 self.update_state(|s| {
                     s.reach_allowed.clear();
                     s.reach_endpoints.clear();
+                    s.reach_resolved_at = 0;
                 })
             }
             NetworkReach::OrganizationOnly => {
                 let held = self.load_state()?;
                 // The same endpoints as loaded before keep their addresses: resolving
                 // again under the reach table would wait on a resolver it cuts off.
+                let fresh = unix_now().saturating_sub(held.reach_resolved_at) < REACH_REFRESH_SECS;
                 let (allowed, unresolved) =
-                    if held.reach_endpoints == endpoints && !held.reach_allowed.is_empty() {
+                    if held.reach_endpoints == endpoints && !held.reach_allowed.is_empty() && fresh
+                    {
                         (held.reach_allowed.clone(), Vec::new())
                     } else {
                         Self::resolve(endpoints, &held.reach_allowed)
@@ -532,11 +569,14 @@ impl Hardware for LinuxHardware {
                 // loaded table does not hold, and never misses one it does.
                 self.update_state(|s| {
                     s.reach_allowed = allowed.clone();
-                    s.reach_endpoints = if unresolved.is_empty() {
-                        endpoints.to_vec()
+                    if unresolved.is_empty() {
+                        if s.reach_endpoints != endpoints || !fresh {
+                            s.reach_resolved_at = unix_now();
+                        }
+                        s.reach_endpoints = endpoints.to_vec();
                     } else {
-                        Vec::new()
-                    };
+                        s.reach_endpoints = Vec::new();
+                    }
                 })?;
                 self.load_rules("network", &netfilter::reach_ruleset(&allowed))?;
                 if unresolved.is_empty() {

@@ -383,6 +383,30 @@ fn organization_only_is_loaded_into_nftables_and_read_back() {
         .unwrap();
     assert_eq!(hw.verify_network(), NetworkState::Open);
 
+    // Unchanged endpoints reuse their addresses while fresh (no lookup under the
+    // table), and are looked up again once stale.
+    let endpoints = vec!["10.1.2.3".to_owned()];
+    hw.update_state(|s| {
+        s.reach_endpoints = endpoints.clone();
+        s.reach_allowed = vec!["10.9.9.9".parse().unwrap()];
+        s.reach_resolved_at = unix_now();
+    })
+    .unwrap();
+    hw.enforce_network(NetworkReach::OrganizationOnly, &endpoints)
+        .unwrap();
+    assert_eq!(
+        hw.load_state().unwrap().reach_allowed,
+        ["10.9.9.9".parse::<IpAddr>().unwrap()]
+    );
+    hw.update_state(|s| s.reach_resolved_at = unix_now() - REACH_REFRESH_SECS - 1)
+        .unwrap();
+    hw.enforce_network(NetworkReach::OrganizationOnly, &endpoints)
+        .unwrap();
+    let held = hw.load_state().unwrap();
+    assert_eq!(held.reach_allowed, ["10.1.2.3".parse::<IpAddr>().unwrap()]);
+    assert!(unix_now() - held.reach_resolved_at < 60);
+    assert_eq!(hw.verify_network(), NetworkState::OrganizationOnly);
+
     hw.enforce_network(NetworkReach::Open, &[]).unwrap();
     assert_eq!(hw.verify_network(), NetworkState::Open);
 }
