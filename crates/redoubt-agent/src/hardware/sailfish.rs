@@ -557,7 +557,15 @@ impl SailfishHardware {
         if !pids.is_empty() {
             tracing::info!(capability = %cap, ?pids, "stopping sandboxed apps holding a revoked permission");
         }
-        sandbox::terminate(&pids).map_err(|e| refused(cap, format!("stopping apps: {e}")))
+        let targets: Vec<(u32, Option<u64>)> = pids
+            .iter()
+            .map(|pid| {
+                let start = procs.iter().find(|p| p.pid == *pid).and_then(|p| p.start);
+                (*pid, start)
+            })
+            .collect();
+        sandbox::terminate(&self.roots.proc, &targets)
+            .map_err(|e| refused(cap, format!("stopping apps: {e}")))
     }
 
     fn revoke(&self, cap: Capability) -> Result<(), HardwareError> {

@@ -39,6 +39,9 @@ pub struct Process {
     pub pid: u32,
     /// Its parent, when `stat` is readable.
     pub ppid: Option<u32>,
+    /// When it started (clock ticks after boot, `stat` field 22): with the pid, what
+    /// tells it apart from a later process that reuses the pid.
+    pub start: Option<u64>,
     /// Its real user id, when `status` is readable.
     pub uid: Option<u32>,
     /// What it is; `None` for any other process.
@@ -174,6 +177,12 @@ pub fn parse_ppid(stat: &str) -> Option<u32> {
     after.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// The start time (field 22) from `/proc/PID/stat`.
+pub fn parse_start(stat: &str) -> Option<u64> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
 /// The real uid from `/proc/PID/status`.
 pub fn parse_uid(status: &str) -> Option<u32> {
     status
@@ -208,11 +217,11 @@ pub fn scan(proc: &Path) -> io::Result<Vec<Process>> {
             .filter(|s| !s.is_empty())
             .map(|s| String::from_utf8_lossy(s).into_owned())
             .collect();
+        let stat = fs::read_to_string(dir.join("stat")).ok();
         out.push(Process {
             pid,
-            ppid: fs::read_to_string(dir.join("stat"))
-                .ok()
-                .and_then(|s| parse_ppid(&s)),
+            ppid: stat.as_deref().and_then(parse_ppid),
+            start: stat.as_deref().and_then(parse_start),
             uid: fs::read_to_string(dir.join("status"))
                 .ok()
                 .and_then(|s| parse_uid(&s)),
@@ -270,16 +279,35 @@ pub fn with_descendants(procs: &[Process], roots: &[u32]) -> Vec<u32> {
     }
 }
 
-/// Sends SIGTERM to `pids`. A process that is already gone is not an error.
-pub fn terminate(pids: &[u32]) -> Result<(), String> {
-    use rustix::process::{Pid, Signal, kill_process};
+/// Sends SIGTERM to each of `procs` (pid and start time from a scan of `proc`), through
+/// a pidfd opened and checked against the start time read again under `proc`: a pid
+/// reused by another process since the scan is not signalled. A process that is
+/// already gone is not an error.
+pub fn terminate(proc: &Path, procs: &[(u32, Option<u64>)]) -> Result<(), String> {
+    use rustix::process::{Pid, PidfdFlags, Signal, kill_process, pidfd_open, pidfd_send_signal};
     let mut errors = Vec::new();
-    for &pid in pids {
+    for &(pid, start) in procs {
         let Some(p) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
             errors.push(format!("{pid} is not a process id"));
             continue;
         };
-        match kill_process(p, Signal::TERM) {
+        let sent = match pidfd_open(p, PidfdFlags::empty()) {
+            Ok(fd) => {
+                // The pidfd pins this process; its start time says whether it is the
+                // one that was scanned.
+                let now = fs::read_to_string(proc.join(pid.to_string()).join("stat"))
+                    .ok()
+                    .and_then(|s| parse_start(&s));
+                if now != start {
+                    continue;
+                }
+                pidfd_send_signal(&fd, Signal::TERM)
+            }
+            // Kernels before 5.3 have no pidfd: signal by pid.
+            Err(rustix::io::Errno::NOSYS) => kill_process(p, Signal::TERM),
+            Err(e) => Err(e),
+        };
+        match sent {
             Ok(()) | Err(rustix::io::Errno::SRCH) => {}
             Err(e) => errors.push(format!("stopping {pid}: {e}")),
         }
@@ -406,5 +434,45 @@ mod tests {
         let apps = BTreeSet::from(["cam".to_owned()]);
         assert_eq!(launching(&procs, &apps)[0].pid, 14);
         assert!(holding(&procs, &["Microphone"]).is_empty());
+    }
+
+    #[test]
+    fn the_start_time_is_field_22_even_with_spaces_in_the_name() {
+        let stat =
+            "4242 (a (b) c) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 12345 67";
+        assert_eq!(parse_start(stat), Some(987_654));
+        assert_eq!(parse_ppid(stat), Some(1));
+        let own = fs::read_to_string("/proc/self/stat").unwrap();
+        assert!(parse_start(&own).is_some());
+    }
+
+    #[test]
+    fn a_pid_whose_start_time_changed_is_not_signalled() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let real = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let start = parse_start(&real);
+        // The fake proc root shows another start time: the pid was reused.
+        let dir = tmp.path().join(pid.to_string());
+        fs::create_dir_all(&dir).unwrap();
+        let other = real.replacen(
+            &format!(" {} ", start.unwrap()),
+            &format!(" {} ", start.unwrap() + 1),
+            1,
+        );
+        fs::write(dir.join("stat"), &other).unwrap();
+        terminate(tmp.path(), &[(pid, start)]).unwrap();
+        assert!(child.try_wait().unwrap().is_none(), "not signalled");
+        // The same process: signalled.
+        fs::write(dir.join("stat"), &real).unwrap();
+        terminate(tmp.path(), &[(pid, start)]).unwrap();
+        let status = child.wait().unwrap();
+        assert!(!status.success(), "stopped by SIGTERM: {status:?}");
+        // Gone by now: not an error.
+        terminate(tmp.path(), &[(pid, start)]).unwrap();
     }
 }
