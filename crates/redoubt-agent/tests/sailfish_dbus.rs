@@ -573,3 +573,27 @@ fn while_android_appsupport_runs_sailjail_proves_nothing() {
     fs::remove_dir_all(rig.roots.proc.join("4711")).unwrap();
     check(&hw, &[(Camera, Off), (Microphone, Off), (Location, Off)]);
 }
+
+#[test]
+fn a_bus_that_does_not_answer_is_not_taken_for_mainline_linux() {
+    let tmp = tempfile::tempdir().unwrap();
+    let socket = tmp.path().join("hung-bus");
+    // Accepts connections (the kernel queues them) and never speaks.
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let address = format!("unix:path={}", socket.display());
+    let p = sailfish::probe(Some(&address));
+    assert!(p.hung && !p.bus && !p.is_sailfish(), "{p:?}");
+    let out = Command::new(env!("CARGO_BIN_EXE_redoubt-agent"))
+        .args(["probe", "--json"])
+        .env("DBUS_SYSTEM_BUS_ADDRESS", &address)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["choice"], serde_json::Value::Null, "{v}");
+    assert!(
+        v["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("name the backend with --hardware")),
+        "{v}"
+    );
+}

@@ -309,7 +309,15 @@ pub fn probe(roots: &Roots) -> Probe {
     let kernel = kernel(roots, "nft");
     let bus = sailfish::probe(None);
     let sysfs = roots.sys.join("class").is_dir();
-    let (choice, reason) = if bus.is_sailfish() {
+    let (choice, reason) = if bus.hung {
+        (
+            None,
+            format!(
+                "the system bus does not answer ({}): Sailfish cannot be told from mainline Linux; name the backend with --hardware",
+                bus.error.as_deref().unwrap_or("no answer")
+            ),
+        )
+    } else if bus.is_sailfish() {
         (
             Some(HardwareKind::Sailfish),
             "Sailfish OS / Aurora OS services answer on the system bus".to_owned(),

@@ -949,6 +949,9 @@ pub struct BusProbe {
     pub technologies: Vec<String>,
     /// Why the bus could not be probed, when it could not.
     pub error: Option<String>,
+    /// The bus exists but did not answer in time (connecting, or asking for names):
+    /// whether this is Sailfish cannot be told.
+    pub hung: bool,
 }
 
 impl BusProbe {
@@ -963,6 +966,7 @@ async fn probe_bus(target: Target) -> BusProbe {
         Ok(c) => c,
         Err(e) => {
             return BusProbe {
+                hung: e.starts_with(bus::CONNECT_TIMED_OUT),
                 error: Some(e),
                 ..BusProbe::default()
             };
@@ -1030,6 +1034,7 @@ pub fn probe(address: Option<&str>) -> BusProbe {
     let wait = bus::CONNECT_TIMEOUT + bus::METHOD_TIMEOUT + Duration::from_secs(1);
     rx.recv_timeout(wait).unwrap_or_else(|_| BusProbe {
         error: Some(format!("no answer from the bus within {wait:?}")),
+        hung: true,
         ..BusProbe::default()
     })
 }

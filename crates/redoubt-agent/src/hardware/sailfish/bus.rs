@@ -24,6 +24,9 @@ pub const METHOD_TIMEOUT: Duration = Duration::from_secs(3);
 pub const JOB_TIMEOUT: Duration = Duration::from_secs(8);
 /// How long connecting to the bus may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How a connection attempt that hung is described (the start of its error).
+pub const CONNECT_TIMED_OUT: &str = "connecting took more than";
 /// Jobs waiting for the D-Bus thread at most; more are refused.
 pub const QUEUE: usize = 32;
 
@@ -68,7 +71,7 @@ pub async fn connect(target: &Target) -> Result<Connection, String> {
     {
         Ok(Ok(conn)) => Ok(conn),
         Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("connecting took more than {CONNECT_TIMEOUT:?}")),
+        Err(_) => Err(format!("{CONNECT_TIMED_OUT} {CONNECT_TIMEOUT:?}")),
     }
 }
 
