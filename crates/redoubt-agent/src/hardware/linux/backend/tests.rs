@@ -326,6 +326,41 @@ impl Netns {
             .collect()
     }
 
+    /// Runs `COMMAND…` inside the namespace; whether it succeeded.
+    fn exec(&self, command: &[&str]) -> bool {
+        Command::new("ip")
+            .args(["netns", "exec", &self.0])
+            .args(command)
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    }
+
+    /// Two linked interfaces: `v0` (10.0.0.1/16) and `wwan0` (100.64.0.1/16), both up,
+    /// so that packets to those networks leave through them.
+    fn with_links(self) -> Self {
+        for cmd in [
+            "ip link set lo up",
+            "ip link add v0 type veth peer name wwan0",
+            "ip addr add 10.0.0.1/16 dev v0",
+            "ip addr add 100.64.0.1/16 dev wwan0",
+            "ip link set v0 up",
+            "ip link set wwan0 up",
+        ] {
+            assert!(
+                self.exec(&cmd.split(' ').collect::<Vec<_>>()),
+                "in the test namespace: {cmd}"
+            );
+        }
+        self
+    }
+
+    /// Whether a UDP datagram to `addr` leaves (a drop in an output chain makes the
+    /// send itself fail with EPERM).
+    fn can_send(&self, addr: &str) -> bool {
+        self.exec(&["bash", "-c", &format!("echo x > /dev/udp/{addr}/9")])
+    }
+
     fn run_nft(&self, args: &[&str]) {
         let out = Command::new("ip")
             .args(["netns", "exec", &self.0, "nft"])
@@ -357,18 +392,24 @@ fn rand_suffix() -> u32 {
 #[test]
 fn organization_only_is_loaded_into_nftables_and_read_back() {
     let t = Tree::new();
-    let ns = Netns::new();
+    let ns = Netns::new().with_links();
     let mut hw = LinuxHardware::with(t.roots.clone(), &t.state, ns.nft());
     assert_eq!(hw.verify_network(), NetworkState::Open);
+    assert!(ns.can_send("10.0.9.9") && ns.can_send("10.0.1.1"));
 
     hw.enforce_network(
         NetworkReach::OrganizationOnly,
-        &["10.1.2.3".into(), "2001:db8::1".into(), "localhost".into()],
+        &["10.0.1.1".into(), "2001:db8::1".into(), "localhost".into()],
     )
     .unwrap();
     assert_eq!(hw.verify_network(), NetworkState::OrganizationOnly);
+    // Traffic, not only the read-back: the organization's address and loopback pass,
+    // anything else is dropped.
+    assert!(ns.can_send("10.0.1.1"), "an organization endpoint");
+    assert!(ns.can_send("127.0.0.1"), "loopback");
+    assert!(!ns.can_send("10.0.9.9"), "any other address");
     let held = hw.load_state().unwrap();
-    assert!(held.reach_allowed.contains(&"10.1.2.3".parse().unwrap()));
+    assert!(held.reach_allowed.contains(&"10.0.1.1".parse().unwrap()));
 
     // A rule added behind the agent's back opens the network: measured open.
     ns.run_nft(&["add", "rule", "inet", REACH_TABLE, "output", "accept"]);
@@ -409,12 +450,13 @@ fn organization_only_is_loaded_into_nftables_and_read_back() {
 
     hw.enforce_network(NetworkReach::Open, &[]).unwrap();
     assert_eq!(hw.verify_network(), NetworkState::Open);
+    assert!(ns.can_send("10.0.9.9"), "open again");
 }
 
 #[test]
 fn cellular_data_is_cut_by_rfkill_or_by_dropping_mobile_data_interfaces() {
     let t = Tree::new();
-    let ns = Netns::new();
+    let ns = Netns::new().with_links();
     // A modem interface sysfs types as wwan but named unlike one.
     let iface = t.roots.sys.join("class/net/qmi0");
     fs::create_dir_all(&iface).unwrap();
@@ -427,8 +469,12 @@ fn cellular_data_is_cut_by_rfkill_or_by_dropping_mobile_data_interfaces() {
         CapabilityState::Unknown
     );
 
+    assert!(ns.can_send("100.64.9.9"));
     hw.enforce(Capability::CellularData, Rule::Deny).unwrap();
     assert_eq!(hw.verify(Capability::CellularData), CapabilityState::Off);
+    // Traffic: nothing leaves through the mobile-data interface; other links still work.
+    assert!(!ns.can_send("100.64.9.9"), "through wwan0");
+    assert!(ns.can_send("10.0.9.9"), "through v0");
 
     // A mobile-data interface the table does not cover: not off any more.
     let other = t.roots.sys.join("class/net/mbim7");
@@ -446,6 +492,7 @@ fn cellular_data_is_cut_by_rfkill_or_by_dropping_mobile_data_interfaces() {
         hw.verify(Capability::CellularData),
         CapabilityState::Unknown
     );
+    assert!(ns.can_send("100.64.9.9"), "mobile data back");
 
     // With a wwan rfkill switch, its state decides when the table is not loaded.
     fs::write(t.roots.rfkill_dev(), []).unwrap();
