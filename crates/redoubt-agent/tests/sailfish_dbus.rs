@@ -597,3 +597,37 @@ fn a_bus_that_does_not_answer_is_not_taken_for_mainline_linux() {
         "{v}"
     );
 }
+
+#[test]
+fn the_watcher_subscribes_again_after_the_bus_restarts() {
+    let mut rig = rig();
+    let hw = rig.open();
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let tx = std::sync::Mutex::new(tx);
+    let wake: Wake = Arc::new(move || {
+        let _ = tx.lock().unwrap().send(());
+    });
+    assert!(hw.watch(wake).unwrap());
+    // The system bus restarts: every connection is lost; the services come back.
+    rig.bus.restart().unwrap();
+    rig.services = Services::start(rig.bus.address(), phone(), &ALL).unwrap();
+    // The lost connection itself wakes the agent.
+    rx.recv_timeout(Duration::from_secs(5))
+        .expect("no wake-up when the bus connection was lost");
+    // Then the watcher subscribes again on a new connection: a change is seen again.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut powered = true;
+    loop {
+        while rx.try_recv().is_ok() {}
+        powered = !powered;
+        rig.services.set_powered("wifi", powered).unwrap();
+        if rx.recv_timeout(Duration::from_millis(500)).is_ok() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no wake-up from a property change after the bus restarted"
+        );
+    }
+    drop(hw);
+}

@@ -394,6 +394,53 @@ const WATCH_RULES: &[&str] = &[
     "type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',member='NameOwnerChanged',arg0='com.nokia.mce'",
 ];
 
+/// How long to wait before subscribing again after the bus connection was lost.
+const RESUBSCRIBE_AFTER: Duration = Duration::from_secs(2);
+
+/// One stream per [`WATCH_RULES`] entry on `conn`.
+async fn subscribe(conn: &Connection) -> zbus::Result<Vec<zbus::MessageStream>> {
+    let mut streams = Vec::new();
+    for rule in WATCH_RULES {
+        streams.push(zbus::MessageStream::for_match_rule(*rule, conn, None).await?);
+    }
+    Ok(streams)
+}
+
+/// Calls `wake` for every signal of `streams`; when they end (the connection closed),
+/// wakes once more and subscribes again on a new connection, until the backend is gone.
+async fn follow(streams: Vec<zbus::MessageStream>, handle: bus::BusHandle, wake: Wake) {
+    let mut all = futures_util::stream::select_all(streams);
+    while all.next().await.is_some() {
+        wake();
+    }
+    wake();
+    resubscribe(handle, wake);
+}
+
+fn resubscribe(handle: bus::BusHandle, wake: Wake) {
+    let again = handle.clone();
+    let submitted = handle.spawn(move |conn| async move {
+        tokio::time::sleep(RESUBSCRIBE_AFTER).await;
+        let streams = match conn {
+            Ok(conn) => subscribe(&conn).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        };
+        match streams {
+            Ok(streams) => {
+                tracing::info!("D-Bus signals subscribed again after the bus connection was lost");
+                follow(streams, again, wake).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot subscribe to D-Bus signals yet; retrying");
+                resubscribe(again, wake);
+            }
+        }
+    });
+    if !submitted {
+        tracing::debug!("the sailfish backend is gone; its D-Bus watcher stops");
+    }
+}
+
 /// The Sailfish OS / Aurora OS backend.
 #[derive(Debug)]
 pub struct SailfishHardware {
@@ -909,20 +956,18 @@ impl Hardware for SailfishHardware {
     }
 
     fn watch(&self, wake: Wake) -> Result<bool, HardwareError> {
+        // What the kernel shows (rfkill events, V4L2 hot-plug) is watched as on a
+        // mainline phone; a failure there leaves the D-Bus signals.
+        if let Err(e) = self.kernel.watch(wake.clone()) {
+            tracing::warn!(error = %e, "not watching kernel events");
+        }
+        // The first subscription is made before returning, so no signal after this
+        // call is missed; later ones follow a reconnection of the bus.
+        let handle = self.bus.handle();
         self.bus
             .call(move |conn| async move {
-                let mut streams = Vec::new();
-                for rule in WATCH_RULES {
-                    streams.push(zbus::MessageStream::for_match_rule(*rule, &conn, None).await?);
-                }
-                for mut stream in streams {
-                    let wake = wake.clone();
-                    tokio::spawn(async move {
-                        while stream.next().await.is_some() {
-                            wake();
-                        }
-                    });
-                }
+                let streams = subscribe(&conn).await?;
+                tokio::spawn(follow(streams, handle, wake));
                 Ok::<(), zbus::Error>(())
             })
             .map_err(bus_error)?

@@ -26,8 +26,29 @@ impl Bus {
     /// Starts the daemon and reads the address it listens on.
     pub fn start() -> Result<Bus> {
         let dir = tempfile::tempdir()?;
-        let socket = dir.path().join("bus.sock");
-        let config = dir.path().join("bus.conf");
+        let (child, address) = Self::spawn_daemon(dir.path())?;
+        Ok(Bus {
+            child,
+            address,
+            _dir: dir,
+        })
+    }
+
+    /// Stops the daemon and starts a new one at the same address (every client loses
+    /// its connection, as when the system bus restarts).
+    pub fn restart(&mut self) -> Result<()> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(self._dir.path().join("bus.sock"));
+        let (child, address) = Self::spawn_daemon(self._dir.path())?;
+        self.child = child;
+        self.address = address;
+        Ok(())
+    }
+
+    fn spawn_daemon(dir: &std::path::Path) -> Result<(Child, String)> {
+        let socket = dir.join("bus.sock");
+        let config = dir.join("bus.conf");
         std::fs::write(
             &config,
             format!(
@@ -68,17 +89,15 @@ impl Bus {
         BufReader::new(stdout)
             .read_line(&mut line)
             .context("reading the bus address")?;
-        let address = line.trim().to_owned();
+        // Without the daemon's guid, as a system bus address is given: a client may then
+        // reconnect to a restarted daemon at the same path.
+        let address = line.trim().split(",guid=").next().unwrap_or("").to_owned();
         if address.is_empty() {
             let _ = child.kill();
             let _ = child.wait();
             bail!("dbus-daemon printed no address (bad configuration?)");
         }
-        Ok(Bus {
-            child,
-            address,
-            _dir: dir,
-        })
+        Ok((child, address))
     }
 
     /// The address clients connect to.

@@ -75,6 +75,28 @@ pub async fn connect(target: &Target) -> Result<Connection, String> {
     }
 }
 
+/// Submits jobs to the D-Bus thread without waiting (see [`BusThread::handle`]).
+#[derive(Debug, Clone)]
+pub struct BusHandle {
+    jobs: mpsc::WeakSender<Job>,
+}
+
+impl BusHandle {
+    /// Runs `f` on the D-Bus thread with the connection (reopened first if it closed),
+    /// or the reason there is none. False when the backend is gone or the queue is full.
+    pub fn spawn<F, Fut>(&self, f: F) -> bool
+    where
+        F: FnOnce(Result<Connection, String>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let Some(jobs) = self.jobs.upgrade() else {
+            return false;
+        };
+        let job: Job = Box::new(move |conn| Box::pin(f(conn)));
+        jobs.try_send(job).is_ok()
+    }
+}
+
 /// The handle of the D-Bus thread; dropping it ends the thread (and its watchers).
 #[derive(Debug)]
 pub struct BusThread {
@@ -166,6 +188,15 @@ impl BusThread {
             Ok(out) => out,
             Err(std_mpsc::RecvTimeoutError::Timeout) => Err(BusError::Timeout(timeout)),
             Err(std_mpsc::RecvTimeoutError::Disconnected) => Err(BusError::Busy("job dropped")),
+        }
+    }
+
+    /// A handle that submits jobs without waiting for them, for work that lives on the
+    /// D-Bus thread (signal subscriptions). It does not keep the thread alive: once the
+    /// backend is dropped, its submissions fail.
+    pub fn handle(&self) -> BusHandle {
+        BusHandle {
+            jobs: self.jobs.downgrade(),
         }
     }
 
