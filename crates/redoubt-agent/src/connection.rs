@@ -48,7 +48,7 @@ const PING_EVERY: Duration = Duration::from_secs(20);
 /// How long the wake-ups of the hardware watcher are gathered before one re-check.
 const WATCH_SETTLE: Duration = Duration::from_millis(100);
 /// The shortest time between two re-checks the watcher causes.
-const WATCH_MIN_GAP: Duration = Duration::from_millis(400);
+const WATCH_MIN_GAP: Duration = Duration::from_millis(250);
 /// Without any frame from the server for this long, the session is presumed dead.
 const IDLE_LIMIT: Duration = Duration::from_secs(60);
 const BACKOFF_START: Duration = Duration::from_millis(500);

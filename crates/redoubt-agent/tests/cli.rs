@@ -223,7 +223,7 @@ fn probe_reads_this_machine_and_changes_nothing() {
     // USB data and screenshots have no kernel interface: never claimed.
     assert_eq!(caps["usb_data"]["verify"], false);
     assert_eq!(caps["screenshots"]["enforce"], false);
-    let text = ok(&agent(&["probe"]));
+    let text = ok(&probe(&["probe"]));
     assert!(
         text.starts_with("backend (--hardware auto): linux"),
         "{text}"

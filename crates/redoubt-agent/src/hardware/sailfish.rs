@@ -10,7 +10,7 @@
 //! | cellular data | ConnMan technology `cellular` powered off **and** oFono `ConnectionManager.Powered` = false on every modem | [`measure::cellular`]: oFono's `Powered`/`Attached` of every ConnectionManager and ConnMan's `cellular`; rfkill `wwan` |
 //! | camera | sailjail `Camera` revoked from every app of the device users, running sandboxes holding it stopped; V4L2 cameras, where the kernel shows them, unbound as on a mainline phone | no app granted `Camera`, no sandbox running with it; `/sys/class/video4linux` and `/dev/video*` holders when that class exists |
 //! | microphone | sailjail `Microphone` **and `Audio`** revoked (see [`limitations`]), sandboxes holding either stopped | no app granted either, none running with either; and where `/proc/asound` exists, no capture device open (the card is not unbound: it carries calls; a call in progress measures `on`) |
-//! | nfc | MCE radio bit NFC (`req_radio_states_change`) | MCE's NFC bit; rfkill `nfc` |
+//! | nfc | MCE radio bit NFC (`req_radio_states_change`) | MCE's NFC bit **and** rfkill `nfc` (the bit alone is a setting: without the switch, `unknown`) |
 //! | usb data, screenshots | no Sailfish interface is driven | always `unknown` |
 //! | network reach | the linux backend's nftables table, where `nft` runs | read back with `nft -j`; without `nft`: `unknown` |
 //!
@@ -121,7 +121,8 @@ pub fn limitations() -> Vec<(Capability, &'static str)> {
         (
             Capability::Nfc,
             "switched through MCE's NFC radio bit; the NFC chip follows it only where the \
-             device's nfcd honours MCE",
+             device's nfcd honours MCE, so off is measured only where the kernel has an nfc \
+             rfkill switch that confirms it (otherwise unknown)",
         ),
         (
             Capability::UsbData,
@@ -937,6 +938,11 @@ impl Hardware for SailfishHardware {
             Capability::Microphone => self.kernel_microphone(),
             other => self.kernel_radio(other),
         };
+        // MCE's NFC bit is a setting, not a reading of the chip (nfcd may not follow
+        // it): off only where the kernel's nfc switch confirms it.
+        if cap == Capability::Nfc && kernel.is_none() && dbus == CapabilityState::Off {
+            return CapabilityState::Unknown;
+        }
         with_kernel(dbus, kernel)
     }
 

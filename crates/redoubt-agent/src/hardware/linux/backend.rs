@@ -231,7 +231,7 @@ impl LinuxHardware {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some(Vec::new()),
             Err(_) => return None,
         };
-        let mut out = Vec::new();
+        let mut all = Vec::new();
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             let typed = fs::read_to_string(entry.path().join("uevent"))
@@ -240,12 +240,40 @@ impl LinuxHardware {
             let named = netfilter::WWAN_PATTERNS
                 .iter()
                 .any(|p| netfilter::pattern_covers(p, &name));
-            if typed || named {
-                out.push(name);
+            // `lower_X` entries name the devices this one is stacked on (a QMAP/MBIM
+            // multiplexed link over the modem's device).
+            let lower: Vec<String> = fs::read_dir(entry.path())
+                .map(|d| {
+                    d.flatten()
+                        .filter_map(|e| {
+                            e.file_name()
+                                .to_str()
+                                .and_then(|n| n.strip_prefix("lower_"))
+                                .map(str::to_owned)
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            all.push((name, typed || named, lower));
+        }
+        // A link stacked on a mobile-data link carries mobile data too (any depth).
+        let mut mobile: BTreeSet<String> = all
+            .iter()
+            .filter(|(_, m, _)| *m)
+            .map(|(n, _, _)| n.clone())
+            .collect();
+        loop {
+            let before = mobile.len();
+            for (name, _, lower) in &all {
+                if lower.iter().any(|l| mobile.contains(l)) {
+                    mobile.insert(name.clone());
+                }
+            }
+            if mobile.len() == before {
+                break;
             }
         }
-        out.sort();
-        Some(out)
+        Some(mobile.into_iter().collect())
     }
 
     /// Whether the loaded mobile-data table drops every mobile-data interface present.
@@ -381,7 +409,12 @@ impl LinuxHardware {
             // Recorded first (a crash after the write still lets `Allow` undo it), and
             // only when the agent changes something: a type the person already has
             // switched off is not the agent's to switch back on.
-            let already_off = rfkill::state(&self.roots.sys, t) == CapabilityState::Off;
+            // Soft-blocked by the person (a hard block is a switch that may go back
+            // on, and the agent's soft block would then stay behind).
+            let already_off = rfkill::list(&self.roots.sys).is_ok_and(|radios| {
+                let mut of_type = radios.iter().filter(|r| r.radio_type == Some(t)).peekable();
+                of_type.peek().is_some() && of_type.all(|r| r.soft)
+            });
             self.update_state(|s| {
                 if !already_off {
                     s.blocked_radios.insert(cap);
@@ -569,14 +602,13 @@ impl Hardware for LinuxHardware {
                 // loaded table does not hold, and never misses one it does.
                 self.update_state(|s| {
                     s.reach_allowed = allowed.clone();
-                    if unresolved.is_empty() {
-                        if s.reach_endpoints != endpoints || !fresh {
-                            s.reach_resolved_at = unix_now();
-                        }
-                        s.reach_endpoints = endpoints.to_vec();
-                    } else {
-                        s.reach_endpoints = Vec::new();
+                    // A failed lookup keeps the addresses known before and is tried
+                    // again at the next refresh, not at every apply (each would wait on
+                    // a resolver the table may cut off).
+                    if s.reach_endpoints != endpoints || !fresh {
+                        s.reach_resolved_at = unix_now();
                     }
+                    s.reach_endpoints = endpoints.to_vec();
                 })?;
                 self.load_rules("network", &netfilter::reach_ruleset(&allowed))?;
                 if unresolved.is_empty() {

@@ -284,6 +284,43 @@ fn a_radio_the_person_switched_off_stays_off_after_the_mode() {
 }
 
 #[test]
+fn a_hard_blocked_radio_is_still_the_agents_to_unblock_when_it_soft_blocked_it() {
+    let t = Tree::new();
+    // A kill switch is on now; it may go off during the mode.
+    t.radio(0, "wlan", 0, 1);
+    let mut hw = t.hw();
+    hw.enforce(Capability::Wifi, Rule::Deny).unwrap();
+    t.kernel_applies_rfkill();
+    assert!(
+        hw.load_state()
+            .unwrap()
+            .blocked_radios
+            .contains(&Capability::Wifi)
+    );
+    hw.enforce(Capability::Wifi, Rule::Allow).unwrap();
+    assert_eq!(
+        fs::read(t.roots.rfkill_dev()).unwrap(),
+        [0, 0, 0, 0, 1, 3, 0, 0]
+    );
+}
+
+#[test]
+fn links_stacked_on_a_modem_link_are_mobile_data_too() {
+    let t = Tree::new();
+    let net = t.roots.sys.join("class/net");
+    for name in ["wwan0", "qmimux0", "qmimux0.1", "wlan0"] {
+        fs::create_dir_all(net.join(name)).unwrap();
+    }
+    // qmimux0 sits on wwan0, qmimux0.1 on qmimux0 (sysfs `lower_*` entries).
+    symlink(net.join("wwan0"), net.join("qmimux0/lower_wwan0")).unwrap();
+    symlink(net.join("qmimux0"), net.join("qmimux0.1/lower_qmimux0")).unwrap();
+    assert_eq!(
+        t.hw().wwan_interfaces().unwrap(),
+        ["qmimux0", "qmimux0.1", "wwan0"]
+    );
+}
+
+#[test]
 fn what_the_kernel_cannot_switch_is_unknown() {
     let t = Tree::new();
     let mut hw = t.hw();
