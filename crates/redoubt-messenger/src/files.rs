@@ -41,6 +41,14 @@ pub enum FileError {
     /// It decrypts but is not the file the sender hashed.
     #[error("the downloaded file does not match the sender's hash")]
     HashMismatch,
+    /// The blob's length is not what the message announced (checked before decrypting).
+    #[error("the downloaded file is {got} bytes, not the {expected} its message announced")]
+    WrongSize {
+        /// Bytes downloaded.
+        got: u64,
+        /// Bytes the message implies (plaintext size + the tag).
+        expected: u64,
+    },
 }
 
 /// SHA-256 of `data`, hex.
@@ -78,7 +86,15 @@ pub fn open(
     key: &[u8],
     nonce: &[u8],
     sha256: &str,
+    size: u64,
 ) -> Result<Vec<u8>, FileError> {
+    let expected = size.saturating_add(TAG_BYTES);
+    if ciphertext.len() as u64 != expected {
+        return Err(FileError::WrongSize {
+            got: ciphertext.len() as u64,
+            expected,
+        });
+    }
     let key: [u8; 32] = key.try_into().map_err(|_| FileError::BadKey)?;
     let nonce: [u8; 12] = nonce.try_into().map_err(|_| FileError::BadKey)?;
     let plaintext = Aes256Gcm::new(&key.into())
@@ -105,36 +121,57 @@ mod tests {
     fn sealed_files_open_only_with_their_key_and_untampered() {
         let data = b"the plan for tuesday".to_vec();
         let s = seal(&data).unwrap();
-        assert_eq!(s.ciphertext.len() as u64, data.len() as u64 + TAG_BYTES);
+        let n = data.len() as u64;
+        assert_eq!(s.ciphertext.len() as u64, n + TAG_BYTES);
         assert!(!s.ciphertext.windows(8).any(|w| w == b"the plan"));
         assert_eq!(
-            open(&s.ciphertext, &s.key, &s.nonce, &s.sha256),
+            open(&s.ciphertext, &s.key, &s.nonce, &s.sha256, n),
             Ok(data.clone())
         );
 
         let other = seal(&data).unwrap();
         assert_ne!(other.key, s.key, "every file gets a fresh key");
         assert_eq!(
-            open(&s.ciphertext, &other.key, &s.nonce, &s.sha256),
+            open(&s.ciphertext, &other.key, &s.nonce, &s.sha256, n),
             Err(FileError::Tampered)
         );
         let mut flipped = s.ciphertext.clone();
         flipped[3] ^= 1;
         assert_eq!(
-            open(&flipped, &s.key, &s.nonce, &s.sha256),
+            open(&flipped, &s.key, &s.nonce, &s.sha256, n),
             Err(FileError::Tampered)
         );
         assert_eq!(
-            open(&s.ciphertext, &s.key, &s.nonce, &sha256_hex(b"other")),
+            open(&s.ciphertext, &s.key, &s.nonce, &sha256_hex(b"other"), n),
             Err(FileError::HashMismatch)
         );
         assert_eq!(
-            open(&s.ciphertext, &s.key[..16], &s.nonce, &s.sha256),
+            open(&s.ciphertext, &s.key[..16], &s.nonce, &s.sha256, n),
             Err(FileError::BadKey)
         );
+        // A blob of another length is refused before any decryption.
+        let mut longer = s.ciphertext.clone();
+        longer.push(0);
+        assert_eq!(
+            open(&longer, &s.key, &s.nonce, &s.sha256, n),
+            Err(FileError::WrongSize {
+                got: n + TAG_BYTES + 1,
+                expected: n + TAG_BYTES
+            })
+        );
+        assert!(matches!(
+            open(&s.ciphertext, &s.key, &s.nonce, &s.sha256, n + 1),
+            Err(FileError::WrongSize { .. })
+        ));
         let empty = seal(b"").unwrap();
         assert_eq!(
-            open(&empty.ciphertext, &empty.key, &empty.nonce, &empty.sha256),
+            open(
+                &empty.ciphertext,
+                &empty.key,
+                &empty.nonce,
+                &empty.sha256,
+                0
+            ),
             Ok(vec![])
         );
     }

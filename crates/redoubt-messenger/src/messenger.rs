@@ -36,6 +36,12 @@ use crate::testpoint;
 pub const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
 /// Past epochs whose secrets are kept, so messages that cross a commit still decrypt.
 pub const PAST_EPOCHS: usize = 5;
+
+/// Whether a message encrypted at `epoch` can no longer be read by the members once the
+/// group is at `current` (they keep the keys of [`PAST_EPOCHS`] past epochs).
+pub fn too_old_to_send(epoch: u64, current: u64) -> bool {
+    current.saturating_sub(epoch) > PAST_EPOCHS as u64
+}
 /// One-time KeyPackages uploaded at a time.
 pub const KEY_PACKAGE_BATCH: usize = 40;
 /// Conversations larger than this send no delivery receipts (their cost grows with the
@@ -819,7 +825,13 @@ impl Messenger {
             .get_bytes(&format!("/blobs/{}", file.blob_id))
             .await
             .with_context(|| format!("downloading {}", file.name))?;
-        let plaintext = files::open(&ciphertext, &file.key.0, &file.nonce.0, &file.sha256)?;
+        let plaintext = files::open(
+            &ciphertext,
+            &file.key.0,
+            &file.nonce.0,
+            &file.sha256,
+            file.size,
+        )?;
         let dest = dest.to_owned();
         tokio::task::spawn_blocking(move || write_new(&dest, &plaintext)).await??;
         Ok(FileView {
@@ -926,18 +938,36 @@ impl Messenger {
                 message: B64(r.try_get("payload")?),
                 client_id: client_id.clone(),
             };
-            let sent: Result<redoubt_proto::messaging::MessageAccepted, ClientError> = self
-                .net
-                .post(&format!("/groups/{gid}/messages"), &post)
-                .await;
-            let status = match sent {
-                Ok(_) => "sent",
-                Err(ClientError::Api { status, .. })
-                    if (400..500).contains(&status) && status != 429 =>
-                {
-                    "failed"
+            let current = {
+                let group: GroupId = gid.parse()?;
+                let tx = self.db.begin().await?;
+                MlsGroup::load(tx.state(), &mls_group_id(&group))?.map(|g| g.epoch().as_u64())
+            };
+            let status = if current.is_some_and(|c| too_old_to_send(post.epoch, c)) {
+                // The others keep keys for PAST_EPOCHS epochs only: posted now it could
+                // not be read. Marked failed, so the person sees it and can send again.
+                tracing::warn!(
+                    group = %gid,
+                    message = %client_id,
+                    epoch = post.epoch,
+                    current = current.unwrap_or_default(),
+                    "a queued message is too many epochs old to be read; marked failed"
+                );
+                "failed"
+            } else {
+                let sent: Result<redoubt_proto::messaging::MessageAccepted, ClientError> = self
+                    .net
+                    .post(&format!("/groups/{gid}/messages"), &post)
+                    .await;
+                match sent {
+                    Ok(_) => "sent",
+                    Err(ClientError::Api { status, .. })
+                        if (400..500).contains(&status) && status != 429 =>
+                    {
+                        "failed"
+                    }
+                    Err(e) => return Err(e.into()),
                 }
-                Err(e) => return Err(e.into()),
             };
             testpoint::point("message-after-post").await;
             let mut tx = self.db.begin().await?;
@@ -1556,5 +1586,23 @@ impl Messenger {
     /// The server connection (for the push channel).
     pub fn net(&self) -> &Net {
         &self.net
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_more_than_past_epochs_old_is_not_sent() {
+        let past = PAST_EPOCHS as u64;
+        assert!(!too_old_to_send(7, 7));
+        assert!(
+            !too_old_to_send(7, 7 + past),
+            "the oldest epoch members still keep"
+        );
+        assert!(too_old_to_send(7, 8 + past));
+        // A message from an epoch the device has not reached (cannot happen) is not old.
+        assert!(!too_old_to_send(9, 7));
     }
 }
