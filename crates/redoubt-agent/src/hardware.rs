@@ -8,6 +8,7 @@
 
 pub mod linux;
 pub mod probe;
+pub mod record;
 pub mod sailfish;
 pub mod sim;
 
@@ -33,6 +34,34 @@ pub enum HardwareError {
         /// What the backend said.
         reason: String,
     },
+}
+
+/// [`HardwareError::Unavailable`] saying `what`.
+pub(crate) fn unavailable(what: impl std::fmt::Display) -> HardwareError {
+    HardwareError::Unavailable(what.to_string())
+}
+
+/// [`HardwareError::Refused`] for `what` (a capability, `network`), saying `reason`.
+pub(crate) fn refused(
+    what: impl std::fmt::Display,
+    reason: impl std::fmt::Display,
+) -> HardwareError {
+    HardwareError::Refused {
+        what: what.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// `Ok` when nothing failed, otherwise one refusal for `what` naming every failure.
+pub(crate) fn refused_if(
+    what: impl std::fmt::Display,
+    errors: &[String],
+) -> Result<(), HardwareError> {
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(refused(what, errors.join("; ")))
+    }
 }
 
 /// What a hardware watcher calls when something changed: cheap, callable from any

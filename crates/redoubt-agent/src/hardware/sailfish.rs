@@ -53,7 +53,7 @@ use self::proxies::{
 use self::state::{Revocation, StateFile};
 use super::linux::rfkill;
 use super::linux::{LinuxHardware, Roots, media};
-use crate::hardware::{Hardware, HardwareError, Wake};
+use crate::hardware::{Hardware, HardwareError, Wake, refused, refused_if, unavailable};
 
 /// The Sailfish device owner's uid.
 pub const DEFAULT_USER: u32 = 100_000;
@@ -133,17 +133,6 @@ pub fn limitations() -> Vec<(Capability, &'static str)> {
             "Sailfish has no interface to forbid screenshots: always unknown",
         ),
     ]
-}
-
-fn unavailable(what: impl std::fmt::Display) -> HardwareError {
-    HardwareError::Unavailable(what.to_string())
-}
-
-fn refused(cap: Capability, reason: impl std::fmt::Display) -> HardwareError {
-    HardwareError::Refused {
-        what: cap.to_string(),
-        reason: reason.to_string(),
-    }
 }
 
 /// Folds several failures of one enforcement into one error.
@@ -474,7 +463,7 @@ impl SailfishHardware {
             bus: BusThread::start(target)?,
             kernel: LinuxHardware::with(roots.clone(), state_dir, Vec::new()),
             roots,
-            state: StateFile::in_dir(state_dir),
+            state: state::state_file(state_dir),
             users: vec![DEFAULT_USER],
         })
     }
@@ -690,11 +679,7 @@ impl SailfishHardware {
                 s.revoked.insert(cap, kept);
             }
         })?;
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(refused(cap, errors.join("; ")))
-        }
+        refused_if(cap, &errors)
     }
 
     /// Powers a ConnMan technology off (recording it when it was on) or back on (only

@@ -18,9 +18,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::fs;
 use std::net::{IpAddr, ToSocketAddrs};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::sync::Mutex;
 
 use redoubt_proto::{Capability, CapabilityState, HardwareKind, NetworkReach, NetworkState, Rule};
 use serde::{Deserialize, Serialize};
@@ -29,8 +28,8 @@ use super::binding::{self, Binding};
 use super::netfilter::{self, CELLULAR_TABLE, REACH_TABLE};
 use super::rfkill::{self, RadioType};
 use super::{Roots, media, watch};
-use crate::hardware::{Hardware, HardwareError, Wake};
-use crate::state::write_json;
+use crate::hardware::record::Record;
+use crate::hardware::{Hardware, HardwareError, Wake, refused, refused_if, unavailable};
 
 /// How long `nft` may take before it is killed and the call fails.
 const NFT_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -76,22 +75,8 @@ pub fn radio_of(cap: Capability) -> Option<RadioType> {
 #[derive(Debug)]
 pub struct LinuxHardware {
     roots: Roots,
-    state_path: PathBuf,
+    record: Record<LinuxState>,
     nft: Vec<OsString>,
-    /// Serializes changes of the state file (the watcher does not write, but `probe`
-    /// and tests may share one backend between threads).
-    state_lock: Mutex<()>,
-}
-
-fn unavailable(what: impl std::fmt::Display) -> HardwareError {
-    HardwareError::Unavailable(what.to_string())
-}
-
-fn refused(cap: impl std::fmt::Display, reason: impl std::fmt::Display) -> HardwareError {
-    HardwareError::Refused {
-        what: cap.to_string(),
-        reason: reason.to_string(),
-    }
 }
 
 impl LinuxHardware {
@@ -105,9 +90,8 @@ impl LinuxHardware {
     pub fn with(roots: Roots, state_dir: &Path, nft: Vec<OsString>) -> Self {
         LinuxHardware {
             roots,
-            state_path: state_dir.join(LINUX_STATE_FILE),
+            record: Record::in_dir(state_dir, LINUX_STATE_FILE),
             nft,
-            state_lock: Mutex::new(()),
         }
     }
 
@@ -117,67 +101,13 @@ impl LinuxHardware {
     }
 
     /// What the backend changed, as stored. A missing file is nothing changed; an
-    /// unreadable one is an error (its bindings could not be restored otherwise).
+    /// unreadable one is an error (see [`Record`]).
     pub fn load_state(&self) -> Result<LinuxState, HardwareError> {
-        match fs::read(&self.state_path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                unavailable(format!(
-                    "{} is unreadable ({e}); move it away to start over",
-                    self.state_path.display()
-                ))
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(LinuxState::default()),
-            Err(e) => Err(unavailable(format!(
-                "reading {}: {e}",
-                self.state_path.display()
-            ))),
-        }
+        self.record.load()
     }
 
-    fn store_state(&self, state: &LinuxState) -> Result<(), HardwareError> {
-        write_json(&self.state_path, state).map_err(|e| unavailable(format!("{e:#}")))
-    }
-
-    /// Changes the stored state (written only when `f` changed it). A state file that
-    /// does not parse is moved aside (`….corrupt`, for the operator) and the change goes
-    /// on from an empty record: enforcing a restriction must not depend on it, and
-    /// over-restricting is the safe side (what it recorded cannot be undone by `Allow`
-    /// then; a reboot rebinds and unblocks everything).
     fn update_state<T>(&self, f: impl FnOnce(&mut LinuxState) -> T) -> Result<T, HardwareError> {
-        let _guard = self.state_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let (mut state, stored) = match fs::read(&self.state_path) {
-            Ok(bytes) => match serde_json::from_slice::<LinuxState>(&bytes) {
-                Ok(state) => (state.clone(), Some(state)),
-                Err(e) => {
-                    let aside = self.state_path.with_extension("json.corrupt");
-                    tracing::error!(
-                        file = %self.state_path.display(),
-                        moved_to = %aside.display(),
-                        error = %e,
-                        "the linux backend's record is unreadable; moved aside, starting a new one"
-                    );
-                    fs::rename(&self.state_path, &aside).map_err(|e| {
-                        unavailable(format!(
-                            "moving the unreadable {} aside: {e}",
-                            self.state_path.display()
-                        ))
-                    })?;
-                    (LinuxState::default(), None)
-                }
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (LinuxState::default(), None),
-            Err(e) => {
-                return Err(unavailable(format!(
-                    "reading {}: {e}",
-                    self.state_path.display()
-                )));
-            }
-        };
-        let out = f(&mut state);
-        if stored.as_ref() != Some(&state) {
-            self.store_state(&state)?;
-        }
-        Ok(out)
+        self.record.update(f)
     }
 
     /// Runs `nft ARGS`, feeding `script` on stdin when given; the stdout on success.
@@ -360,11 +290,7 @@ impl LinuxHardware {
                 errors.push(e.to_string());
             }
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(refused(cap, errors.join("; ")))
-        }
+        refused_if(cap, &errors)
     }
 
     fn rebind_all(&self, cap: Capability) -> Result<(), HardwareError> {
@@ -397,11 +323,7 @@ impl LinuxHardware {
                 s.unbound.insert(cap, kept);
             }
         })?;
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(refused(cap, errors.join("; ")))
-        }
+        refused_if(cap, &errors)
     }
 
     fn set_radio(&self, cap: Capability, t: RadioType, block: bool) -> Result<(), HardwareError> {

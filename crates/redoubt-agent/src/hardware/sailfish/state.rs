@@ -5,15 +5,12 @@
 //! ungranted, a radio the person had switched off stays off.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs;
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::path::Path;
 
 use redoubt_proto::Capability;
 use serde::{Deserialize, Serialize};
 
-use crate::hardware::HardwareError;
-use crate::state::write_atomic;
+use crate::hardware::record::Record;
 
 /// File name of the backend's state, in the agent's state directory.
 pub const SAILFISH_STATE_FILE: &str = "sailfish-hardware.json";
@@ -67,68 +64,24 @@ impl SailfishState {
     }
 }
 
-/// The state file and the lock that serializes its read-modify-write cycles.
-#[derive(Debug)]
-pub struct StateFile {
-    path: PathBuf,
-    lock: Mutex<()>,
-}
+/// The sailfish backend's record file.
+pub type StateFile = Record<SailfishState>;
 
-fn unavailable(what: impl std::fmt::Display) -> HardwareError {
-    HardwareError::Unavailable(what.to_string())
-}
-
-impl StateFile {
-    /// The state directory the file lives in.
-    pub fn dir(&self) -> &Path {
-        self.path.parent().unwrap_or(Path::new("."))
-    }
-
-    /// The state file in `state_dir`.
-    pub fn in_dir(state_dir: &Path) -> Self {
-        StateFile {
-            path: state_dir.join(SAILFISH_STATE_FILE),
-            lock: Mutex::new(()),
-        }
-    }
-
-    /// The stored state; a missing file is nothing changed, an unreadable one an error
-    /// (what it holds could not be undone otherwise).
-    pub fn load(&self) -> Result<SailfishState, HardwareError> {
-        match fs::read(&self.path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                unavailable(format!(
-                    "{} is unreadable ({e}); move it away to start over",
-                    self.path.display()
-                ))
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(SailfishState::default()),
-            Err(e) => Err(unavailable(format!("reading {}: {e}", self.path.display()))),
-        }
-    }
-
-    /// Changes the stored state with `f` (atomically: temporary file, fsync, rename).
-    pub fn update<T>(&self, f: impl FnOnce(&mut SailfishState) -> T) -> Result<T, HardwareError> {
-        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        let mut state = self.load()?;
-        let out = f(&mut state);
-        let mut bytes = serde_json::to_vec_pretty(&state)
-            .map_err(|e| unavailable(format!("serializing the state: {e}")))?;
-        bytes.push(b'\n');
-        write_atomic(&self.path, &bytes, 0o600)
-            .map_err(|e| unavailable(format!("writing {}: {e}", self.path.display())))?;
-        Ok(out)
-    }
+/// The record in `state_dir`.
+pub fn state_file(state_dir: &Path) -> StateFile {
+    Record::in_dir(state_dir, SAILFISH_STATE_FILE)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use super::*;
 
     #[test]
     fn records_merge_and_survive_a_reload() {
         let tmp = tempfile::tempdir().unwrap();
-        let file = StateFile::in_dir(tmp.path());
+        let file = state_file(tmp.path());
         assert_eq!(file.load().unwrap(), SailfishState::default());
         let perms = |p: &[&str]| p.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
         file.update(|s| {
@@ -138,7 +91,7 @@ mod tests {
             s.powered_off.insert("wifi".into());
         })
         .unwrap();
-        let again = StateFile::in_dir(tmp.path()).load().unwrap();
+        let again = state_file(tmp.path()).load().unwrap();
         let mic = &again.revoked[&Capability::Microphone];
         assert_eq!(mic.len(), 2);
         assert_eq!(mic[0].app, "a");

@@ -3,6 +3,7 @@
 //! against the real nftables in a network namespace of its own.
 
 use std::os::unix::fs::symlink;
+use std::path::PathBuf;
 use std::process::Command;
 
 use super::*;
