@@ -605,6 +605,15 @@ impl SailfishHardware {
             .map_err(|e| refused(cap, format!("stopping apps: {e}")))
     }
 
+    /// Revokes (`deny`) or gives back `cap`'s sailjail permissions.
+    fn jail(&self, cap: Capability, deny: bool) -> Result<(), HardwareError> {
+        if deny {
+            self.revoke(cap)
+        } else {
+            self.restore(cap)
+        }
+    }
+
     fn revoke(&self, cap: Capability) -> Result<(), HardwareError> {
         let wanted = permissions_of(cap);
         let users = self.users();
@@ -825,72 +834,31 @@ impl Hardware for SailfishHardware {
 
     fn enforce(&mut self, cap: Capability, rule: Rule) -> Result<(), HardwareError> {
         let deny = rule == Rule::Deny;
-        match cap {
+        // Every way a capability is switched is tried; the failures are reported together.
+        let results = match cap {
             Capability::Wifi | Capability::Bluetooth => {
-                let kind = technology_of(cap).unwrap_or_default();
-                self.set_technology(cap, kind, deny, true)
+                vec![self.set_technology(cap, technology_of(cap).unwrap_or_default(), deny, true)]
             }
-            Capability::Location => {
-                let mut errors = Vec::new();
-                if let Err(e) = self.set_technology(cap, "gps", deny, true) {
-                    errors.push(e);
-                }
-                let jail = if deny {
-                    self.revoke(cap)
-                } else {
-                    self.restore(cap)
-                };
-                if let Err(e) = jail {
-                    errors.push(e);
-                }
-                combine(cap, errors)
-            }
-            Capability::CellularData => {
-                let mut errors = Vec::new();
-                if let Err(e) = self.set_technology(cap, "cellular", deny, false) {
-                    errors.push(e);
-                }
-                if let Err(e) = self.set_modems(deny) {
-                    errors.push(e);
-                }
-                combine(cap, errors)
-            }
-            Capability::Camera => {
-                let mut errors = Vec::new();
-                let jail = if deny {
-                    self.revoke(cap)
-                } else {
-                    self.restore(cap)
-                };
-                if let Err(e) = jail {
-                    errors.push(e);
-                }
-                // Where the kernel shows V4L2 cameras, they are unbound as on a
-                // mainline phone (and what was unbound is bound back on Allow, whatever
-                // the kernel shows now): no app outside sailjail reaches them either.
-                if let Err(e) = self.kernel.enforce(cap, rule) {
-                    errors.push(e);
-                }
-                combine(cap, errors)
-            }
-            Capability::Microphone => {
-                if deny {
-                    self.revoke(cap)
-                } else {
-                    self.restore(cap)
-                }
-            }
-            Capability::Nfc => self.set_nfc(deny),
-            Capability::UsbData | Capability::Screenshots => {
-                if deny {
-                    Err(unavailable(format!(
-                        "{cap} cannot be switched off through Sailfish interfaces"
-                    )))
-                } else {
-                    Ok(())
-                }
-            }
-        }
+            Capability::Location => vec![
+                self.set_technology(cap, "gps", deny, true),
+                self.jail(cap, deny),
+            ],
+            Capability::CellularData => vec![
+                self.set_technology(cap, "cellular", deny, false),
+                self.set_modems(deny),
+            ],
+            // Where the kernel shows V4L2 cameras, they are unbound as on a mainline
+            // phone (and what was unbound is bound back on Allow, whatever the kernel
+            // shows now): no app outside sailjail reaches them either.
+            Capability::Camera => vec![self.jail(cap, deny), self.kernel.enforce(cap, rule)],
+            Capability::Microphone => vec![self.jail(cap, deny)],
+            Capability::Nfc => vec![self.set_nfc(deny)],
+            Capability::UsbData | Capability::Screenshots if deny => vec![Err(unavailable(
+                format!("{cap} cannot be switched off through Sailfish interfaces"),
+            ))],
+            Capability::UsbData | Capability::Screenshots => Vec::new(),
+        };
+        combine(cap, results.into_iter().filter_map(Result::err).collect())
     }
 
     fn verify(&self, cap: Capability) -> CapabilityState {
