@@ -4,13 +4,12 @@
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
-use std::path::Path;
 use std::process::Command;
 
 use redoubt_proto::{Capability, HardwareKind};
 use serde::Serialize;
 
-use super::linux::{LinuxHardware, Roots, binding, media, rfkill};
+use super::linux::{Roots, backend, binding, media, rfkill};
 use super::sailfish::{self, BusProbe};
 
 /// What the kernel exposes.
@@ -99,14 +98,13 @@ fn nft_usable(nft: &str) -> Result<(), String> {
 
 /// Reads what the kernel under `roots` exposes; `nft` is the nftables program.
 pub fn kernel(roots: &Roots, nft: &str) -> KernelProbe {
-    let hw = LinuxHardware::with(roots.clone(), Path::new("/nonexistent"), vec![nft.into()]);
     let mut radios = BTreeMap::new();
     for r in rfkill::list(&roots.sys).unwrap_or_default() {
         *radios.entry(r.type_name).or_insert(0) += 1;
     }
     let cameras = media::video_devices(&roots.sys).unwrap_or_default();
     let camera_bindings = binding::class_bindings(&roots.sys, "video4linux").unwrap_or_default();
-    let (capture_bindings, stuck) = hw.capture_card_bindings().unwrap_or_default();
+    let (capture_bindings, stuck) = backend::capture_card_bindings(roots).unwrap_or_default();
     let mut capture_cards: Vec<String> = media::capture_substreams(&roots.proc)
         .unwrap_or_default()
         .into_iter()
@@ -126,7 +124,7 @@ pub fn kernel(roots: &Roots, nft: &str) -> KernelProbe {
         capture_cards,
         capture_drivers: driver_names(&capture_bindings),
         capture_cards_stuck: stuck,
-        wwan_interfaces: hw.wwan_interfaces().unwrap_or_default(),
+        wwan_interfaces: backend::wwan_interfaces(roots).unwrap_or_default(),
         nftables_error: nft_usable(nft).err(),
     }
 }
@@ -200,7 +198,7 @@ pub fn linux_capabilities(k: &KernelProbe) -> BTreeMap<Capability, CapabilityPro
                 }
             }
             radio => {
-                let t = super::linux::backend::radio_of(radio)
+                let t = backend::radio_of(radio)
                     .map(rfkill::RadioType::sysfs_name)
                     .unwrap_or("?");
                 let n = k.radios.get(t).copied().unwrap_or(0);

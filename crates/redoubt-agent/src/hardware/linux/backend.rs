@@ -71,6 +71,93 @@ pub fn radio_of(cap: Capability) -> Option<RadioType> {
     }
 }
 
+/// Network interfaces that carry mobile data: those sysfs types as `wwan`, and
+/// those named like one.
+pub fn wwan_interfaces(roots: &Roots) -> Option<Vec<String>> {
+    let dir = roots.sys.join("class/net");
+    let entries = match fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some(Vec::new()),
+        Err(_) => return None,
+    };
+    let mut all = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let typed = fs::read_to_string(entry.path().join("uevent"))
+            .map(|u| u.lines().any(|l| l.trim() == "DEVTYPE=wwan"))
+            .unwrap_or(false);
+        let named = netfilter::WWAN_PATTERNS
+            .iter()
+            .any(|p| netfilter::pattern_covers(p, &name));
+        // `lower_X` entries name the devices this one is stacked on (a QMAP/MBIM
+        // multiplexed link over the modem's device).
+        let lower: Vec<String> = fs::read_dir(entry.path())
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| {
+                        e.file_name()
+                            .to_str()
+                            .and_then(|n| n.strip_prefix("lower_"))
+                            .map(str::to_owned)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        all.push((name, typed || named, lower));
+    }
+    // A link stacked on a mobile-data link carries mobile data too (any depth).
+    let mut mobile: BTreeSet<String> = all
+        .iter()
+        .filter(|(_, m, _)| *m)
+        .map(|(n, _, _)| n.clone())
+        .collect();
+    loop {
+        let before = mobile.len();
+        for (name, _, lower) in &all {
+            if lower.iter().any(|l| mobile.contains(l)) {
+                mobile.insert(name.clone());
+            }
+        }
+        if mobile.len() == before {
+            break;
+        }
+    }
+    Some(mobile.into_iter().collect())
+}
+
+/// The capture-capable sound cards' driver bindings: cards with a `pcm*c` in
+/// `/proc/asound`, found through `/sys/class/sound/cardN/device`. A capture card
+/// without a driver link cannot be unbound and is returned in the second list.
+pub fn capture_card_bindings(roots: &Roots) -> Result<(Vec<Binding>, Vec<String>), HardwareError> {
+    let subs = media::capture_substreams(&roots.proc)
+        .ok_or_else(|| unavailable("/proc/asound is unreadable"))?;
+    let cards: BTreeSet<&str> = subs
+        .iter()
+        .filter_map(|s| s.name.split('/').next())
+        .collect();
+    let mut found = BTreeSet::new();
+    let mut stuck = Vec::new();
+    for card in cards {
+        let device = fs::canonicalize(roots.sys.join("class/sound").join(card).join("device"));
+        let driver = device
+            .as_ref()
+            .ok()
+            .and_then(|d| fs::canonicalize(d.join("driver")).ok());
+        match (device, driver) {
+            (Ok(device), Some(driver)) => {
+                if let Some(name) = device.file_name() {
+                    found.insert(Binding {
+                        driver,
+                        device: name.to_string_lossy().into_owned(),
+                    });
+                }
+            }
+            _ => stuck.push(card.to_owned()),
+        }
+    }
+    Ok((found.into_iter().collect(), stuck))
+}
+
 /// The mainline-Linux backend.
 #[derive(Debug)]
 pub struct LinuxHardware {
@@ -152,63 +239,9 @@ impl LinuxHardware {
         }
     }
 
-    /// Network interfaces that carry mobile data: those sysfs types as `wwan`, and
-    /// those named like one.
-    pub fn wwan_interfaces(&self) -> Option<Vec<String>> {
-        let dir = self.roots.sys.join("class/net");
-        let entries = match fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some(Vec::new()),
-            Err(_) => return None,
-        };
-        let mut all = Vec::new();
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let typed = fs::read_to_string(entry.path().join("uevent"))
-                .map(|u| u.lines().any(|l| l.trim() == "DEVTYPE=wwan"))
-                .unwrap_or(false);
-            let named = netfilter::WWAN_PATTERNS
-                .iter()
-                .any(|p| netfilter::pattern_covers(p, &name));
-            // `lower_X` entries name the devices this one is stacked on (a QMAP/MBIM
-            // multiplexed link over the modem's device).
-            let lower: Vec<String> = fs::read_dir(entry.path())
-                .map(|d| {
-                    d.flatten()
-                        .filter_map(|e| {
-                            e.file_name()
-                                .to_str()
-                                .and_then(|n| n.strip_prefix("lower_"))
-                                .map(str::to_owned)
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            all.push((name, typed || named, lower));
-        }
-        // A link stacked on a mobile-data link carries mobile data too (any depth).
-        let mut mobile: BTreeSet<String> = all
-            .iter()
-            .filter(|(_, m, _)| *m)
-            .map(|(n, _, _)| n.clone())
-            .collect();
-        loop {
-            let before = mobile.len();
-            for (name, _, lower) in &all {
-                if lower.iter().any(|l| mobile.contains(l)) {
-                    mobile.insert(name.clone());
-                }
-            }
-            if mobile.len() == before {
-                break;
-            }
-        }
-        Some(mobile.into_iter().collect())
-    }
-
     /// Whether the loaded mobile-data table drops every mobile-data interface present.
     fn cellular_dropped(&self) -> bool {
-        let Some(ifaces) = self.wwan_interfaces() else {
+        let Some(ifaces) = wwan_interfaces(&self.roots) else {
             return false;
         };
         let Ok(Some(json)) = self.read_table(CELLULAR_TABLE) else {
@@ -226,47 +259,13 @@ impl LinuxHardware {
                 .all(|i| dropped.iter().any(|p| netfilter::pattern_covers(p, i)))
     }
 
-    /// The capture-capable sound cards' driver bindings: cards with a `pcm*c` in
-    /// `/proc/asound`, found through `/sys/class/sound/cardN/device`. A capture card
-    /// without a driver link cannot be unbound and is returned in the second list.
-    pub fn capture_card_bindings(&self) -> Result<(Vec<Binding>, Vec<String>), HardwareError> {
-        let subs = media::capture_substreams(&self.roots.proc)
-            .ok_or_else(|| unavailable("/proc/asound is unreadable"))?;
-        let cards: BTreeSet<&str> = subs
-            .iter()
-            .filter_map(|s| s.name.split('/').next())
-            .collect();
-        let mut found = BTreeSet::new();
-        let mut stuck = Vec::new();
-        for card in cards {
-            let device =
-                fs::canonicalize(self.roots.sys.join("class/sound").join(card).join("device"));
-            let driver = device
-                .as_ref()
-                .ok()
-                .and_then(|d| fs::canonicalize(d.join("driver")).ok());
-            match (device, driver) {
-                (Ok(device), Some(driver)) => {
-                    if let Some(name) = device.file_name() {
-                        found.insert(Binding {
-                            driver,
-                            device: name.to_string_lossy().into_owned(),
-                        });
-                    }
-                }
-                _ => stuck.push(card.to_owned()),
-            }
-        }
-        Ok((found.into_iter().collect(), stuck))
-    }
-
     /// The bindings that turn `cap` on (camera, microphone).
     fn bindings_of(&self, cap: Capability) -> Result<(Vec<Binding>, Vec<String>), HardwareError> {
         match cap {
             Capability::Camera => binding::class_bindings(&self.roots.sys, "video4linux")
                 .map(|b| (b, Vec::new()))
                 .map_err(unavailable),
-            Capability::Microphone => self.capture_card_bindings(),
+            Capability::Microphone => capture_card_bindings(&self.roots),
             _ => Ok((Vec::new(), Vec::new())),
         }
     }
@@ -364,7 +363,7 @@ impl LinuxHardware {
     fn set_cellular(&self, block: bool) -> Result<(), HardwareError> {
         let radio = self.set_radio(Capability::CellularData, RadioType::Wwan, block);
         let table = if block {
-            let named = self.wwan_interfaces().unwrap_or_default();
+            let named = wwan_interfaces(&self.roots).unwrap_or_default();
             self.load_rules("cellular_data", &netfilter::cellular_ruleset(&named))
         } else {
             self.load_rules("cellular_data", &netfilter::open_cellular_ruleset())

@@ -316,7 +316,7 @@ fn links_stacked_on_a_modem_link_are_mobile_data_too() {
     symlink(net.join("wwan0"), net.join("qmimux0/lower_wwan0")).unwrap();
     symlink(net.join("qmimux0"), net.join("qmimux0.1/lower_qmimux0")).unwrap();
     assert_eq!(
-        t.hw().wwan_interfaces().unwrap(),
+        wwan_interfaces(&t.roots).unwrap(),
         ["qmimux0", "qmimux0.1", "wwan0"]
     );
 }
