@@ -33,6 +33,8 @@ pub struct KernelProbe {
     pub capture_drivers: Vec<String>,
     /// Capture cards with no driver the agent could unbind.
     pub capture_cards_stuck: Vec<String>,
+    /// Capture substreams open now (someone records), e.g. `card0/pcm0c/sub0`.
+    pub recording_now: Vec<String>,
     /// Network interfaces that carry mobile data.
     pub wwan_interfaces: Vec<String>,
     /// Why `nft` cannot run or list the rule set; `None` when it can.
@@ -124,6 +126,10 @@ pub fn kernel(roots: &Roots, nft: &str) -> KernelProbe {
         capture_cards,
         capture_drivers: driver_names(&capture_bindings),
         capture_cards_stuck: stuck,
+        recording_now: media::recording_now(&roots.proc)
+            .into_iter()
+            .map(|s| s.name)
+            .collect(),
         wwan_interfaces: backend::wwan_interfaces(roots).unwrap_or_default(),
         nftables_error: nft_usable(nft).err(),
     }
@@ -385,6 +391,7 @@ mod tests {
         assert_eq!(p.kernel.radios.get("bluetooth"), Some(&1));
         assert_eq!(p.kernel.camera_drivers, ["cam:cam.0"]);
         assert_eq!(p.kernel.capture_cards_stuck, ["card0"]);
+        assert!(p.kernel.recording_now.is_empty(), "the substream is closed");
         let caps = &p.capabilities;
         assert!(caps[&Capability::Bluetooth].enforce && caps[&Capability::Bluetooth].verify);
         assert!(caps[&Capability::Wifi].enforce && !caps[&Capability::Wifi].verify);

@@ -153,7 +153,7 @@ pub fn capture_open_state(proc: &Path) -> CapabilityState {
     }
 }
 
-/// The capture substreams open now (recording), for reports and `probe`.
+/// The capture substreams open now (recording), for `probe`.
 pub fn recording_now(proc: &Path) -> Vec<CaptureSub> {
     capture_substreams(proc)
         .unwrap_or_default()
