@@ -483,15 +483,19 @@ impl SailfishHardware {
 
     /// The users whose sailjail settings the backend reads and changes.
     pub fn users(&self) -> Vec<u32> {
+        self.users_of(sandbox::scan(&self.roots.proc).ok().as_deref())
+    }
+
+    /// [`Self::users`] from an already read process list.
+    fn users_of(&self, procs: Option<&[sandbox::Process]>) -> Vec<u32> {
         let mut users: BTreeSet<u32> = self.users.iter().copied().collect();
-        if let Ok(procs) = sandbox::scan(&self.roots.proc) {
-            users.extend(
-                procs
-                    .iter()
-                    .filter_map(|p| p.uid)
-                    .filter(|u| USER_RANGE.contains(u)),
-            );
-        }
+        users.extend(
+            procs
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|p| p.uid)
+                .filter(|u| USER_RANGE.contains(u)),
+        );
         users.into_iter().collect()
     }
 
@@ -547,7 +551,10 @@ impl SailfishHardware {
     /// Sailjail's part of a measurement: granted anywhere, or held by a running sandbox.
     fn sailjail_state(&self, cap: Capability) -> CapabilityState {
         let wanted = permissions_of(cap);
-        let users = self.users();
+        // One look at the processes: who the users are, which sandboxes run, and
+        // whether Android AppSupport (which sailjail does not govern) runs.
+        let procs = sandbox::scan(&self.roots.proc);
+        let users = self.users_of(procs.as_deref().ok());
         let dbus = match self
             .bus
             .call(move |c| async move { grants(&c, &users, wanted).await })
@@ -561,9 +568,11 @@ impl SailfishHardware {
             }
             _ => CapabilityState::Unknown,
         };
-        let running = match sandbox::scan(&self.roots.proc) {
-            Ok(procs) if sandbox::holding(&procs, wanted).is_empty() => CapabilityState::Off,
-            Ok(_) => CapabilityState::On,
+        let running = match &procs {
+            Ok(procs) if !sandbox::holding(procs, wanted).is_empty() => CapabilityState::On,
+            // While AppSupport runs, a revoked permission proves nothing.
+            Ok(procs) if sandbox::android_running(procs) => CapabilityState::Unknown,
+            Ok(_) => CapabilityState::Off,
             Err(_) => CapabilityState::Unknown,
         };
         all_off([dbus, running])
@@ -873,18 +882,6 @@ impl Hardware for SailfishHardware {
             Capability::Camera | Capability::Microphone => self.sailjail_state(cap),
             Capability::Nfc => self.verify_nfc(),
             Capability::UsbData | Capability::Screenshots => return CapabilityState::Unknown,
-        };
-        // Sailjail does not govern Android AppSupport: while it runs, a revoked
-        // permission proves nothing about camera, microphone or location.
-        let dbus = match (cap, dbus) {
-            (
-                Capability::Camera | Capability::Microphone | Capability::Location,
-                CapabilityState::Off,
-            ) => match sandbox::scan(&self.roots.proc) {
-                Ok(procs) if !sandbox::android_running(&procs) => CapabilityState::Off,
-                _ => CapabilityState::Unknown,
-            },
-            (_, other) => other,
         };
         let kernel = match cap {
             Capability::Camera => self.kernel_camera(),
