@@ -244,14 +244,7 @@ fn allow_gives_back_exactly_what_was_taken() {
 fn a_stuck_driver_is_measured_on_not_off() {
     let mut world = phone();
     world.techs.get_mut("wifi").unwrap().stuck = true;
-    world
-        .modems
-        .get_mut("/ril_0")
-        .unwrap()
-        .data
-        .as_mut()
-        .unwrap()
-        .stuck = true;
+    world.data_mut("/ril_0").stuck = true;
     world.mce_stuck = true;
     let rig = rig_with(world, &ALL);
     let mut hw = rig.open();
@@ -375,15 +368,7 @@ fn cellular_data_goes_through_connman_and_every_modem() {
     }
     check(&hw, &[(CellularData, Off)]);
     // Someone powers packet data back on behind the agent's back.
-    rig.services
-        .world()
-        .modems
-        .get_mut("/ril_0")
-        .unwrap()
-        .data
-        .as_mut()
-        .unwrap()
-        .powered = true;
+    rig.services.world().data_mut("/ril_0").powered = true;
     check(&hw, &[(CellularData, On)]);
     // A modem driver that keeps the kernel's wwan switch on: on.
     hw.enforce(CellularData, Deny).unwrap();

@@ -165,6 +165,16 @@ pub struct World {
     pub mce_stuck: bool,
 }
 
+impl World {
+    /// The packet-data manager of the modem at `path` (panics when it has none).
+    pub fn data_mut(&mut self, path: &str) -> &mut DataManager {
+        self.modems
+            .get_mut(path)
+            .and_then(|m| m.data.as_mut())
+            .unwrap_or_else(|| panic!("no modem with packet data at {path}"))
+    }
+}
+
 /// A world shaped like a phone in normal use: Wi-Fi, Bluetooth, GPS and cellular
 /// powered, one modem with packet data attached and one without a SIM, four apps.
 pub fn phone() -> World {
