@@ -268,7 +268,10 @@ pub struct PolicyBundle {
     pub assignments: Assignments,
     /// Seconds between check-ins when no push connection is held.
     pub check_in_interval_secs: u32,
-    /// Hosts the phone may reach under `organization-only`.
+    /// The organization's IP addresses, the only ones a phone may reach under
+    /// `organization-only`. The agent never resolves a name for this (the phone's
+    /// resolver is the network's, possibly hostile); an entry that is not an IP
+    /// literal opens nothing.
     pub organization_endpoints: Vec<String>,
     /// The secured zones this device may enter, with their checkpoint keys, so the
     /// agent decides offline.

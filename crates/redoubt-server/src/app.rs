@@ -90,9 +90,136 @@ impl Hub {
     }
 }
 
-/// A fixed-window counter per key (a client address, a device).
+/// Where a request comes from, as every per-address limit counts it: an IPv4 address
+/// (an IPv4-mapped IPv6 address is the IPv4 one), or the /64 network of an IPv6
+/// address — one subscriber holds a whole /64, so counting single IPv6 addresses
+/// would give each client 2^64 budgets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Source(IpAddr);
+
+impl Source {
+    /// The source a peer address counts as.
+    pub fn of(ip: IpAddr) -> Source {
+        match ip {
+            IpAddr::V4(v4) => Source(IpAddr::V4(v4)),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => Source(IpAddr::V4(v4)),
+                None => {
+                    let net = u128::from(v6) & !((1u128 << 64) - 1);
+                    Source(IpAddr::V6(std::net::Ipv6Addr::from(net)))
+                }
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            IpAddr::V4(a) => write!(f, "{a}"),
+            IpAddr::V6(a) => write!(f, "{a}/64"),
+        }
+    }
+}
+
+/// Outstanding one-time challenges (nonces), bounded in total and per source. When
+/// full, the oldest challenge goes first; a source at its own cap loses its own oldest
+/// challenge, so a flood from one address never evicts another client's challenge.
 #[derive(Debug)]
-pub struct RateLimiter<K = IpAddr> {
+pub struct ChallengeTable {
+    capacity: usize,
+    per_source: usize,
+    inner: Mutex<Challenges>,
+}
+
+#[derive(Debug, Default)]
+struct Challenges {
+    next: u64,
+    by_nonce: HashMap<String, (Source, Timestamp, u64)>,
+    order: std::collections::BTreeMap<u64, String>,
+    by_source: HashMap<Source, std::collections::BTreeSet<u64>>,
+}
+
+impl Challenges {
+    fn remove_seq(&mut self, seq: u64) -> Option<(Source, Timestamp)> {
+        let nonce = self.order.remove(&seq)?;
+        let (source, expires, _) = self.by_nonce.remove(&nonce)?;
+        if let Some(set) = self.by_source.get_mut(&source) {
+            set.remove(&seq);
+            if set.is_empty() {
+                self.by_source.remove(&source);
+            }
+        }
+        Some((source, expires))
+    }
+}
+
+impl ChallengeTable {
+    /// A table of at most `capacity` challenges, `per_source` of them per source.
+    pub fn new(capacity: usize, per_source: usize) -> Self {
+        ChallengeTable {
+            capacity: capacity.max(1),
+            per_source: per_source.max(1),
+            inner: Mutex::new(Challenges::default()),
+        }
+    }
+
+    /// Records `nonce` for `source`, valid until `expires`.
+    pub fn insert(&self, source: Source, nonce: String, now: Timestamp, expires: Timestamp) {
+        let mut t = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        // Expired challenges first (oldest first, stop at the first live one).
+        while let Some((&seq, nonce)) = t.order.first_key_value() {
+            match t.by_nonce.get(nonce) {
+                Some((_, exp, _)) if *exp > now => break,
+                _ => {
+                    t.remove_seq(seq);
+                }
+            }
+        }
+        let own_oldest = t
+            .by_source
+            .get(&source)
+            .filter(|set| set.len() >= self.per_source)
+            .and_then(|set| set.first().copied());
+        if let Some(seq) = own_oldest {
+            t.remove_seq(seq);
+        }
+        while t.by_nonce.len() >= self.capacity {
+            let Some(seq) = t.order.first_key_value().map(|(s, _)| *s) else {
+                break;
+            };
+            t.remove_seq(seq);
+        }
+        let seq = t.next;
+        t.next += 1;
+        t.order.insert(seq, nonce.clone());
+        t.by_source.entry(source).or_default().insert(seq);
+        t.by_nonce.insert(nonce, (source, expires, seq));
+    }
+
+    /// Consumes `nonce`; false when unknown, used, evicted or expired.
+    pub fn take(&self, nonce: &str, now: Timestamp) -> bool {
+        let mut t = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(&(_, _, seq)) = t.by_nonce.get(nonce) else {
+            return false;
+        };
+        t.remove_seq(seq).is_some_and(|(_, exp)| exp > now)
+    }
+
+    /// Number of outstanding challenges.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .by_nonce
+            .len()
+    }
+}
+
+/// A fixed-window counter per key (a client [`Source`], a device).
+#[derive(Debug)]
+pub struct RateLimiter<K = Source> {
     per_minute: u32,
     windows: Mutex<HashMap<K, (i64, u32)>>,
 }
@@ -189,11 +316,12 @@ impl App {
                 base_mode: req.base_mode.name.clone(),
             },
             check_in_interval_secs: self.config.check_in_interval_secs,
+            // Addresses, never names: the phone must not ask its network's resolver.
             organization_endpoints: self
-                .public_url
-                .host_str()
-                .map(str::to_owned)
-                .into_iter()
+                .config
+                .organization_addresses
+                .iter()
+                .map(IpAddr::to_string)
                 .collect(),
             zones: req
                 .zones
@@ -668,3 +796,66 @@ fn mode_view(r: ModeRecord) -> ModeView {
 
 /// Shared handle to the services.
 pub type SharedApp = Arc<App>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn src(s: &str) -> Source {
+        Source::of(s.parse().unwrap())
+    }
+
+    #[test]
+    fn ipv6_clients_count_by_their_64_and_mapped_ipv4_as_ipv4() {
+        assert_eq!(src("2001:db8:1:2::1"), src("2001:db8:1:2:ffff::9"));
+        assert_ne!(src("2001:db8:1:2::1"), src("2001:db8:1:3::1"));
+        assert_eq!(src("::ffff:192.0.2.1"), src("192.0.2.1"));
+        assert_ne!(src("192.0.2.1"), src("192.0.2.2"));
+        assert_eq!(src("2001:db8:1:2::1").to_string(), "2001:db8:1:2::/64");
+        // The rate limiter shares one budget across a /64.
+        let limiter = RateLimiter::new(2);
+        let now = Timestamp(1_000_000);
+        assert!(limiter.allow(src("2001:db8::1"), now));
+        assert!(limiter.allow(src("2001:db8::2"), now));
+        assert!(!limiter.allow(src("2001:db8::3"), now));
+        assert!(limiter.allow(src("2001:db8:0:1::1"), now));
+    }
+
+    #[test]
+    fn a_challenge_flood_from_one_source_does_not_evict_another_clients_challenge() {
+        let t = ChallengeTable::new(100, 10);
+        let now = Timestamp(1_000_000);
+        let later = now.plus_secs(60);
+        t.insert(src("192.0.2.1"), "victim".into(), now, later);
+        for i in 0..1000 {
+            t.insert(src("2001:db8::1"), format!("flood-v6-{i}"), now, later);
+            t.insert(src("198.51.100.7"), format!("flood-v4-{i}"), now, later);
+        }
+        // Each flooding source keeps only its own newest ten.
+        assert_eq!(t.len(), 21);
+        assert!(t.take("victim", now));
+        assert!(!t.take("victim", now), "a challenge is used once");
+        assert!(
+            !t.take("flood-v4-0", now),
+            "the flooder lost its own oldest"
+        );
+        assert!(t.take("flood-v4-999", now));
+        assert!(t.take("flood-v6-995", now));
+    }
+
+    #[test]
+    fn a_full_challenge_table_drops_its_oldest_first_and_expired_ones_are_refused() {
+        let t = ChallengeTable::new(3, 3);
+        let now = Timestamp(1_000_000);
+        for (i, who) in ["192.0.2.1", "192.0.2.2", "192.0.2.3", "192.0.2.4"]
+            .into_iter()
+            .enumerate()
+        {
+            t.insert(src(who), format!("n{i}"), now, now.plus_secs(60));
+        }
+        assert!(!t.take("n0", now), "the oldest went first");
+        assert!(t.take("n1", now) && t.take("n3", now));
+        t.insert(src("192.0.2.5"), "short".into(), now, now.plus_secs(1));
+        assert!(!t.take("short", now.plus_secs(2)), "expired");
+    }
+}

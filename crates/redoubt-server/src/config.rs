@@ -1,8 +1,9 @@
 //! Server configuration: a TOML file and `REDOUBT_*` environment variables are read into
 //! [`RawConfig`] (unknown keys refused), then validated into [`Config`].
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
@@ -50,6 +51,26 @@ pub struct RawConfig {
     pub gate_code_secs: Option<u32>,
     /// Default lifetime of a device command (lock, wipe, …) before it expires.
     pub command_ttl_secs: Option<u64>,
+    /// The organization's addresses (IP literals) a phone under `organization-only`
+    /// may reach; they travel in the signed bundle. Default: the listen address and the
+    /// public URL's host, when they are IP addresses.
+    pub organization_addresses: Option<Vec<String>>,
+    /// Seconds a client has to send a request's headers (and a TLS handshake).
+    pub header_timeout_secs: Option<u64>,
+    /// Seconds a request may take in all, body included (WebSocket sessions excepted).
+    pub request_timeout_secs: Option<u64>,
+    /// Seconds an idle keep-alive connection is kept.
+    pub idle_timeout_secs: Option<u64>,
+    /// Most connections open at once.
+    pub max_connections: Option<usize>,
+    /// Most connections open at once from one address (an IPv6 /64 counts as one).
+    pub max_connections_per_address: Option<usize>,
+    /// Default lifetime of a new admin credential.
+    pub admin_token_ttl_secs: Option<u64>,
+    /// Default lifetime of a new gate credential.
+    pub gate_credential_ttl_secs: Option<u64>,
+    /// Window over which refused enrollments from one source share one audit entry.
+    pub refusal_audit_window_secs: Option<u64>,
 }
 
 /// Names of the keys, for the `REDOUBT_*` environment overlay.
@@ -73,6 +94,15 @@ const KEYS: &[&str] = &[
     "device_session_ttl_secs",
     "gate_code_secs",
     "command_ttl_secs",
+    "organization_addresses",
+    "header_timeout_secs",
+    "request_timeout_secs",
+    "idle_timeout_secs",
+    "max_connections",
+    "max_connections_per_address",
+    "admin_token_ttl_secs",
+    "gate_credential_ttl_secs",
+    "refusal_audit_window_secs",
 ];
 
 /// The validated configuration.
@@ -116,7 +146,41 @@ pub struct Config {
     pub gate_code_secs: u32,
     /// Default lifetime of a device command.
     pub command_ttl_secs: u64,
+    /// The organization's addresses, signed into every bundle.
+    pub organization_addresses: Vec<IpAddr>,
+    /// Connection limits and timeouts.
+    pub limits: ConnectionLimits,
+    /// Default lifetime of a new admin credential (seconds).
+    pub admin_token_ttl_secs: u64,
+    /// Default lifetime of a new gate credential (seconds).
+    pub gate_credential_ttl_secs: u64,
+    /// Window over which refused enrollments from one source share one audit entry.
+    pub refusal_audit_window_secs: u64,
 }
+
+/// How long a client may take and how many connections it may hold.
+///
+/// Defaults: a phone holds one device WebSocket and at most one messenger WebSocket,
+/// and a box serves 100k+ phones, so the global cap is 250 000. A site behind one NAT
+/// address (or one IPv6 /64) shows up as a single source: 1024 per source lets about
+/// 500 phones share one public address; a larger site raises it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Time to finish the TLS handshake and to send a request's headers.
+    pub header_timeout: Duration,
+    /// Time for a whole request, body included (not for WebSocket sessions, which
+    /// keep themselves alive with ping/pong once upgraded).
+    pub request_timeout: Duration,
+    /// Time an idle keep-alive connection is kept.
+    pub idle_timeout: Duration,
+    /// Most connections open at once.
+    pub max_connections: usize,
+    /// Most connections open at once from one source (IPv4 address or IPv6 /64).
+    pub max_connections_per_address: usize,
+}
+
+/// Longest lifetime of an admin or gate credential (the `--ttl` bound).
+pub const MAX_CREDENTIAL_TTL_SECS: u64 = 5 * 365 * 24 * 3600;
 
 /// Longest enrollment token lifetime accepted.
 pub const MAX_ENROLLMENT_TTL_SECS: u64 = 30 * 24 * 3600;
@@ -214,7 +278,104 @@ impl RawConfig {
         if !(60..=90 * 24 * 3600).contains(&command_ttl_secs) {
             bail!("command_ttl_secs must be between 60 and 7776000");
         }
+        let organization_addresses = match self.organization_addresses {
+            Some(list) => {
+                let mut out = Vec::new();
+                for a in list {
+                    let ip: IpAddr = a.trim_start_matches('[').trim_end_matches(']').parse().with_context(|| {
+                        format!(
+                            "organization_addresses: {a:?} is not an IP address (names are not allowed: \
+                             a phone must not ask a resolver it does not trust)"
+                        )
+                    })?;
+                    if ip.is_unspecified() {
+                        bail!("organization_addresses: {ip} is not an address a phone can reach");
+                    }
+                    out.push(ip);
+                }
+                out
+            }
+            None => {
+                let mut out = Vec::new();
+                if !listen.ip().is_unspecified() {
+                    out.push(listen.ip());
+                }
+                if let Some(ip) = public_url
+                    .as_ref()
+                    .and_then(|u| u.host_str())
+                    .and_then(|h| {
+                        h.trim_start_matches('[')
+                            .trim_end_matches(']')
+                            .parse::<IpAddr>()
+                            .ok()
+                    })
+                {
+                    out.push(ip);
+                }
+                out
+            }
+        };
+        let mut organization_addresses = organization_addresses;
+        organization_addresses.sort();
+        organization_addresses.dedup();
+        let secs =
+            |v: Option<u64>, default: u64, name: &str, range: std::ops::RangeInclusive<u64>| {
+                let v = v.unwrap_or(default);
+                if range.contains(&v) {
+                    Ok(Duration::from_secs(v))
+                } else {
+                    Err(anyhow::anyhow!(
+                        "{name} must be between {} and {}",
+                        range.start(),
+                        range.end()
+                    ))
+                }
+            };
+        let limits = ConnectionLimits {
+            header_timeout: secs(self.header_timeout_secs, 10, "header_timeout_secs", 1..=300)?,
+            request_timeout: secs(
+                self.request_timeout_secs,
+                300,
+                "request_timeout_secs",
+                1..=86400,
+            )?,
+            idle_timeout: secs(self.idle_timeout_secs, 120, "idle_timeout_secs", 1..=86400)?,
+            max_connections: self.max_connections.unwrap_or(250_000),
+            max_connections_per_address: self.max_connections_per_address.unwrap_or(1024),
+        };
+        if limits.max_connections == 0 || limits.max_connections_per_address == 0 {
+            bail!("max_connections and max_connections_per_address must be at least 1");
+        }
+        let ttl = |v: Option<u64>, default: u64, name: &str| {
+            let v = v.unwrap_or(default);
+            if (60..=MAX_CREDENTIAL_TTL_SECS).contains(&v) {
+                Ok(v)
+            } else {
+                Err(anyhow::anyhow!(
+                    "{name} must be between 60 and {MAX_CREDENTIAL_TTL_SECS}"
+                ))
+            }
+        };
+        let admin_token_ttl_secs = ttl(
+            self.admin_token_ttl_secs,
+            90 * 24 * 3600,
+            "admin_token_ttl_secs",
+        )?;
+        let gate_credential_ttl_secs = ttl(
+            self.gate_credential_ttl_secs,
+            365 * 24 * 3600,
+            "gate_credential_ttl_secs",
+        )?;
+        let refusal_audit_window_secs = self.refusal_audit_window_secs.unwrap_or(300);
+        if !(1..=86400).contains(&refusal_audit_window_secs) {
+            bail!("refusal_audit_window_secs must be between 1 and 86400");
+        }
         Ok(Config {
+            organization_addresses,
+            limits,
+            admin_token_ttl_secs,
+            gate_credential_ttl_secs,
+            refusal_audit_window_secs,
             gate_code_secs,
             command_ttl_secs,
             message_ttl_secs,

@@ -24,7 +24,7 @@ use redoubt_proto::messaging::{
 use redoubt_proto::{BlobId, DeviceId, GroupId, Mode, ModeName, Timestamp};
 use serde::de::DeserializeOwned;
 
-use crate::app::{SharedApp, hash_token};
+use crate::app::{SharedApp, Source, hash_token};
 use crate::audit::Who;
 use crate::error::ServiceError;
 use crate::messaging::DeviceSession;
@@ -87,26 +87,73 @@ pub fn router(state: HttpState) -> Router {
         .merge(crate::gate::routes())
         .fallback(|| async { ServiceError::NotFound("no such endpoint".into()) })
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(axum::middleware::from_fn(track))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
 }
 
-/// Records request counts and latencies per route.
-async fn track(req: Request, next: Next) -> Response {
+/// Records request counts and latencies per route. Every label has a fixed set of
+/// values, whatever the client sends: the method is a standard one or `other`, the
+/// route is the matched route template or `unmatched`, the status is its class.
+///
+/// Every request must be answered within the request timeout, body read included: a
+/// client that trickles its body is cut off with 408. (A WebSocket upgrade is answered
+/// at once; the session that follows is not a request.)
+async fn track(State(s): State<HttpState>, req: Request, next: Next) -> Response {
     let start = Instant::now();
-    let method = req.method().to_string();
+    let limit = s.app.config.limits.request_timeout;
+    let method = method_label(req.method());
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".into());
-    let resp = next.run(req).await;
-    let status = resp.status().as_u16().to_string();
-    metrics::counter!("redoubt_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
+    let resp = match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => {
+            metrics::counter!("redoubt_http_request_timeouts_total").increment(1);
+            (
+                StatusCode::REQUEST_TIMEOUT,
+                Json(redoubt_proto::api::ApiError {
+                    code: "timeout".into(),
+                    message: format!("the request took longer than {} s", limit.as_secs()),
+                }),
+            )
+                .into_response()
+        }
+    };
+    let status = status_label(resp.status());
+    metrics::counter!("redoubt_http_requests_total", "method" => method, "route" => route.clone(), "status" => status)
         .increment(1);
     metrics::histogram!("redoubt_http_request_duration_seconds", "method" => method, "route" => route)
         .record(start.elapsed().as_secs_f64());
     resp
+}
+
+/// The method as a metrics label: one of the standard methods, else `other`.
+pub fn method_label(m: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// The status as a metrics label: its class (`2xx` … `5xx`, else `other`).
+pub fn status_label(s: StatusCode) -> &'static str {
+    match s.as_u16() / 100 {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        5 => "5xx",
+        _ => "other",
+    }
 }
 
 /// JSON body whose rejections are API errors (400 with a message, 413 when too big).
@@ -261,7 +308,10 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-async fn metrics(State(s): State<HttpState>) -> Result<String, ServiceError> {
+/// `GET /metrics`: any admin credential may read the metrics (they count devices and
+/// traffic, nothing secret, but they are not for anyone on the network).
+async fn metrics(State(s): State<HttpState>, admin: Admin) -> Result<String, ServiceError> {
+    admin.require(Role::Auditor, "read metrics")?;
     let cfg = &s.app.config;
     let stale_before = Timestamp::now()
         .plus_secs(-(i64::from(cfg.check_in_interval_secs) * i64::from(cfg.stale_after_intervals)));
@@ -278,7 +328,11 @@ async fn enroll(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ApiJson(req): ApiJson<EnrollRequest>,
 ) -> Result<impl IntoResponse, ServiceError> {
-    if !s.app.enroll_limiter.allow(peer.ip(), Timestamp::now()) {
+    if !s
+        .app
+        .enroll_limiter
+        .allow(Source::of(peer.ip()), Timestamp::now())
+    {
         metrics::counter!("redoubt_enroll_rate_limited_total").increment(1);
         return Err(ServiceError::RateLimited);
     }
@@ -367,10 +421,11 @@ async fn device_challenge(
     State(s): State<HttpState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
 ) -> Result<impl IntoResponse, ServiceError> {
-    if !s.app.challenge_limiter.allow(peer.ip(), Timestamp::now()) {
+    let source = Source::of(peer.ip());
+    if !s.app.challenge_limiter.allow(source, Timestamp::now()) {
         return Err(ServiceError::RateLimited);
     }
-    Ok(Json(s.app.device_challenge()))
+    Ok(Json(s.app.device_challenge(source)))
 }
 
 async fn device_session(

@@ -5,6 +5,7 @@ mod app;
 mod audit;
 mod commands;
 mod config;
+mod conn;
 mod error;
 mod gate;
 mod http;

@@ -34,6 +34,8 @@ pub const MAX_FETCH: u32 = 500;
 const CHALLENGE_TTL_SECS: i64 = 60;
 /// Most outstanding challenges kept (older ones are dropped first when over).
 const MAX_CHALLENGES: usize = 100_000;
+/// Most outstanding challenges per source (its own oldest is dropped when over).
+const MAX_CHALLENGES_PER_SOURCE: usize = 1024;
 
 /// An authenticated device session.
 #[derive(Debug, Clone)]
@@ -47,33 +49,34 @@ pub struct DeviceSession {
 
 /// Outstanding challenges and open device sessions, in memory only: a restart ends
 /// every session and devices simply sign a new challenge.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct DeviceSessions {
-    challenges: Mutex<HashMap<String, Timestamp>>,
+    challenges: crate::app::ChallengeTable,
     sessions: Mutex<HashMap<[u8; 32], DeviceSession>>,
 }
 
+impl Default for DeviceSessions {
+    fn default() -> Self {
+        DeviceSessions {
+            challenges: crate::app::ChallengeTable::new(MAX_CHALLENGES, MAX_CHALLENGES_PER_SOURCE),
+            sessions: Mutex::default(),
+        }
+    }
+}
+
 impl DeviceSessions {
-    fn new_challenge(&self, now: Timestamp) -> String {
+    fn new_challenge(&self, source: crate::app::Source, now: Timestamp) -> String {
         let mut nonce = [0u8; 32];
         rand_core::OsRng.fill_bytes(&mut nonce);
         let nonce = URL_SAFE_NO_PAD.encode(nonce);
-        let mut c = lock(&self.challenges);
-        if c.len() >= MAX_CHALLENGES {
-            c.retain(|_, exp| *exp > now);
-            if c.len() >= MAX_CHALLENGES {
-                c.clear();
-            }
-        }
-        c.insert(nonce.clone(), now.plus_secs(CHALLENGE_TTL_SECS));
+        let expires = now.plus_secs(CHALLENGE_TTL_SECS);
+        self.challenges.insert(source, nonce.clone(), now, expires);
         nonce
     }
 
-    /// Consumes a challenge; false when unknown, used or expired.
+    /// Consumes a challenge; false when unknown, used, evicted or expired.
     fn take_challenge(&self, nonce: &str, now: Timestamp) -> bool {
-        lock(&self.challenges)
-            .remove(nonce)
-            .is_some_and(|exp| exp > now)
+        self.challenges.take(nonce, now)
     }
 
     fn open(&self, device: DeviceId, user: UserName, expires_at: Timestamp) -> String {
@@ -184,9 +187,9 @@ impl App {
     }
 
     /// `POST /device/challenge`.
-    pub fn device_challenge(&self) -> Challenge {
+    pub fn device_challenge(&self, source: crate::app::Source) -> Challenge {
         Challenge {
-            nonce: self.sessions.new_challenge(Timestamp::now()),
+            nonce: self.sessions.new_challenge(source, Timestamp::now()),
         }
     }
 

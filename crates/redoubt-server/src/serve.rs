@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
@@ -19,8 +19,9 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 use url::Url;
 
-use crate::app::{App, Hub, RateLimiter};
-use crate::config::Config;
+use crate::app::{App, Hub, RateLimiter, Source};
+use crate::config::{Config, ConnectionLimits};
+use crate::conn::{Activity, ConnectionLimiter, Counted};
 use crate::http::{HttpState, router};
 use crate::pki::{Keys, database_path};
 
@@ -100,6 +101,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         public_url.as_str().trim_end_matches('/')
     );
     println!("CA fingerprint: {}", app.keys.fingerprint());
+    if app.config.organization_addresses.is_empty() {
+        println!(
+            "Warning: no organization address is known (the public URL is a name and the \
+             listen address is unspecified); phones in organization-only mode will reach \
+             nothing. Set organization_addresses in the configuration."
+        );
+    }
     println!("Data directory: {data}");
     if admins == 0 {
         println!("No admin credential yet. Create the first one (printed once) with:");
@@ -130,7 +138,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         app: app.clone(),
         metrics,
     });
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let limits = app.config.limits;
+    let connections = ConnectionLimiter::new(&limits);
     let mut stop = Box::pin(shutdown_signal());
     loop {
         let (tcp, peer) = tokio::select! {
@@ -145,46 +154,120 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             },
             _ = &mut stop => break,
         };
+        let source = Source::of(peer.ip());
+        let slot = match connections.admit(source) {
+            Ok(slot) => slot,
+            Err(why) => {
+                metrics::counter!("redoubt_connections_refused_total", "limit" => why.as_str())
+                    .increment(1);
+                tracing::debug!(%source, limit = why.as_str(), "connection refused");
+                drop(tcp);
+                continue;
+            }
+        };
         let acceptor = acceptor.clone();
         let service = service.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let tls =
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => return,
-                };
-            let svc = service.map_request(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut()
-                    .insert(axum::extract::ConnectInfo::<SocketAddr>(peer));
-                req
-            });
-            let conn = Builder::new(TokioExecutor::new())
-                .serve_connection_with_upgrades(TokioIo::new(tls), TowerToHyperService::new(svc))
-                .into_owned();
-            if let Err(e) = watcher.watch(conn).await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-        });
+        let shutdown = app.shutdown.clone();
+        tokio::spawn(serve_connection(
+            Counted::new(tcp, slot),
+            peer,
+            acceptor,
+            service,
+            limits,
+            shutdown,
+        ));
     }
     tracing::info!("shutting down");
     let _ = shutdown_tx.send(true);
     drop(listener);
-    if tokio::time::timeout(Duration::from_secs(5), graceful.shutdown())
+    if tokio::time::timeout(Duration::from_secs(5), connections.drained())
         .await
         .is_err()
     {
-        tracing::warn!("some connections did not close within 5 s");
+        tracing::warn!(
+            open = connections.open(),
+            "some connections did not close within 5 s"
+        );
     }
     let _ = sweeper.await;
     store.close().await;
     drop(lock);
     println!("Redoubt server stopped");
     Ok(())
+}
+
+/// Serves one admitted connection: TLS handshake and request headers within the header
+/// timeout, every request within the request timeout (in the router), closed when idle
+/// or at shutdown. Once upgraded to a WebSocket the connection leaves this loop; the
+/// WebSocket keeps itself alive with ping/pong and keeps its slot until it closes.
+async fn serve_connection(
+    tcp: Counted<tokio::net::TcpStream>,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    service: axum::Router,
+    limits: ConnectionLimits,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let tls = match tokio::time::timeout(limits.header_timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let activity = Activity::new();
+    let busy = activity.clone();
+    let svc = service
+        .map_request(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo::<SocketAddr>(peer));
+            req
+        })
+        .map_future(move |fut| {
+            let guard = busy.begin();
+            async move {
+                let out = fut.await;
+                drop(guard);
+                out
+            }
+        });
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let conn = builder
+        .serve_connection_with_upgrades(TokioIo::new(tls), TowerToHyperService::new(svc))
+        .into_owned();
+    let mut conn = std::pin::pin!(conn);
+    let mut closing = false;
+    loop {
+        let (deadline, idle) = activity.deadline(&limits);
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = shutdown.changed(), if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            _ = tokio::time::sleep_until(deadline), if !closing => {
+                if idle && activity.deadline(&limits).0 <= tokio::time::Instant::now() {
+                    tracing::debug!(%peer, "closing an idle connection");
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {

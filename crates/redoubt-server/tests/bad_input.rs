@@ -226,7 +226,7 @@ fn malformed_requests_get_4xx_and_change_nothing() {
     // Still healthy, and no request was answered with a 5xx.
     let (status, _) = http.send("GET", "/healthz", None, None);
     assert_eq!(status, 200);
-    let (_, metrics) = http.send("GET", "/metrics", None, None);
+    let (_, metrics) = http.send("GET", "/metrics", t, None);
     assert!(
         !metrics
             .lines()

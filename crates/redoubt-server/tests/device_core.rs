@@ -391,7 +391,8 @@ fn metrics_count_devices_by_compliance() {
     let _pending = Agent::new(tmp.path().join("phone2")).enroll(&server.enrollment_url("bob"));
     phone.start();
     wait_compliant(&server, &id, "standard");
-    let (_, text) = common::Http::new(&server).send("GET", "/metrics", None, None);
+    let (_, text) =
+        common::Http::new(&server).send("GET", "/metrics", Some(&server.owner_token), None);
     assert!(
         text.contains("redoubt_devices{compliance=\"compliant\"} 1"),
         "{text}"

@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::fs;
-use std::net::{IpAddr, ToSocketAddrs};
+use std::net::IpAddr;
 use std::path::Path;
 use std::process::Command;
 
@@ -47,11 +47,13 @@ pub struct LinuxState {
     /// The addresses the loaded reach table lets through.
     #[serde(default)]
     pub reach_allowed: Vec<IpAddr>,
-    /// The endpoints (names or addresses) they were resolved from.
+    /// The endpoints the bundle named when the table was loaded (host names among
+    /// them were ignored, see [`reach_addresses`]).
     #[serde(default)]
     pub reach_endpoints: Vec<String>,
-    /// When they were resolved (Unix seconds).
-    #[serde(default)]
+    /// Left from when endpoints were resolved through DNS: read so that older state
+    /// files still load, never written.
+    #[serde(default, skip_serializing)]
     pub reach_resolved_at: u64,
     /// Radios the agent blocked: `Allow` unblocks only these, so a radio the person
     /// switched off stays off when a mode ends.
@@ -374,59 +376,24 @@ impl LinuxHardware {
             (Err(a), Err(b)) => Err(refused("cellular_data", format!("{a}; {b}"))),
         }
     }
-
-    /// Resolves the organization's endpoints to addresses; a name that does not resolve
-    /// now keeps the addresses loaded before (DNS may be cut by the reach table itself).
-    fn resolve(endpoints: &[String], before: &[IpAddr]) -> (Vec<IpAddr>, Vec<String>) {
-        let mut out = BTreeSet::new();
-        let mut unresolved = Vec::new();
-        for e in endpoints {
-            let host = e.trim_start_matches('[').trim_end_matches(']');
-            if let Ok(ip) = host.parse::<IpAddr>() {
-                out.insert(ip);
-                continue;
-            }
-            match resolve_bounded(host) {
-                Some(addrs) if !addrs.is_empty() => out.extend(addrs),
-                _ => unresolved.push(e.clone()),
-            }
-        }
-        if !unresolved.is_empty() {
-            out.extend(before.iter().copied());
-        }
-        (out.into_iter().collect(), unresolved)
-    }
 }
 
-/// How long resolved endpoint addresses are reused before the next apply resolves
-/// them again (a server that moved is found again).
-const REACH_REFRESH_SECS: u64 = 3600;
-/// How long one name may take to resolve (a resolver cut off by the reach table would
-/// otherwise hold the agent's loop for the resolver's whole retry schedule).
-const RESOLVE_LIMIT: std::time::Duration = std::time::Duration::from_secs(3);
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// The addresses of `host`, or `None` when it does not resolve within [`RESOLVE_LIMIT`]
-/// (the lookup thread finishes on its own later).
-fn resolve_bounded(host: &str) -> Option<Vec<IpAddr>> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let name = host.to_owned();
-    std::thread::Builder::new()
-        .name("resolve".into())
-        .spawn(move || {
-            let found = (name.as_str(), 443)
-                .to_socket_addrs()
-                .map(|a| a.map(|s| s.ip()).collect::<Vec<_>>());
-            let _ = tx.send(found);
+/// The addresses the reach table lets through: the IP literals among the bundle's
+/// organization endpoints. A host name is never looked up — the phone's resolver is
+/// whatever network it is on (a hostile hotspot answers with its own addresses), so
+/// only addresses the server signed into the bundle open the table.
+pub fn reach_addresses(endpoints: &[String]) -> Vec<IpAddr> {
+    let addrs: BTreeSet<IpAddr> = endpoints
+        .iter()
+        .filter_map(|e| {
+            e.trim()
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse()
+                .ok()
         })
-        .ok()?;
-    rx.recv_timeout(RESOLVE_LIMIT).ok()?.ok()
+        .collect();
+    addrs.into_iter().collect()
 }
 
 /// Why running `nft` failed.
@@ -508,40 +475,22 @@ impl Hardware for LinuxHardware {
                 })
             }
             NetworkReach::OrganizationOnly => {
-                let held = self.load_state()?;
-                // The same endpoints as loaded before keep their addresses: resolving
-                // again under the reach table would wait on a resolver it cuts off.
-                let fresh = unix_now().saturating_sub(held.reach_resolved_at) < REACH_REFRESH_SECS;
-                let (allowed, unresolved) =
-                    if held.reach_endpoints == endpoints && !held.reach_allowed.is_empty() && fresh
-                    {
-                        (held.reach_allowed.clone(), Vec::new())
-                    } else {
-                        Self::resolve(endpoints, &held.reach_allowed)
-                    };
+                let allowed = reach_addresses(endpoints);
                 // The table is recorded first: verify then never accepts an address the
                 // loaded table does not hold, and never misses one it does.
                 self.update_state(|s| {
                     s.reach_allowed = allowed.clone();
-                    // A failed lookup keeps the addresses known before and is tried
-                    // again at the next refresh, not at every apply (each would wait on
-                    // a resolver the table may cut off).
-                    if s.reach_endpoints != endpoints || !fresh {
-                        s.reach_resolved_at = unix_now();
-                    }
                     s.reach_endpoints = endpoints.to_vec();
                 })?;
                 self.load_rules("network", &netfilter::reach_ruleset(&allowed))?;
-                if unresolved.is_empty() {
-                    Ok(())
-                } else {
+                if allowed.is_empty() {
+                    // Closed is the safe side, but the phone cannot reach its server now.
                     Err(refused(
                         "network",
-                        format!(
-                            "cannot resolve {}; kept the addresses loaded before",
-                            unresolved.join(", ")
-                        ),
+                        "the bundle names no organization address; everything but loopback is cut",
                     ))
+                } else {
+                    Ok(())
                 }
             }
         }

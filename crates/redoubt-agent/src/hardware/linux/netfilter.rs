@@ -4,9 +4,10 @@
 //!
 //! The rule set drops every outgoing packet except to loopback and to the
 //! organization's addresses, and every incoming one except on loopback and replies to
-//! connections allowed out. Host names in the bundle are resolved by the caller before
-//! the rules are loaded: once loaded, DNS goes only to a resolver that is itself one of
-//! the organization's endpoints.
+//! connections allowed out. The addresses are the IP literals the server signed into
+//! the bundle; host names are never resolved (the phone's resolver belongs to whatever
+//! network it is on), so once loaded, DNS goes only to a resolver that is itself one of
+//! the organization's addresses.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;

@@ -2,6 +2,7 @@
 //! play the part of the real one (apply an rfkill event, drop an unbound device), and
 //! against the real nftables in a network namespace of its own.
 
+use std::net::ToSocketAddrs;
 use std::os::unix::fs::symlink;
 use std::path::PathBuf;
 use std::process::Command;
@@ -428,6 +429,34 @@ fn rand_suffix() -> u32 {
 }
 
 #[test]
+fn the_reach_table_takes_only_the_bundles_addresses_never_a_dns_answer() {
+    // The system resolver answers "localhost" with loopback; a hostile hotspot answers
+    // the server's name with its own gateway. Neither may open the table.
+    assert!(
+        ("localhost", 443)
+            .to_socket_addrs()
+            .is_ok_and(|mut a| a.next().is_some()),
+        "the test needs a resolver that answers for localhost"
+    );
+    let endpoints = [
+        "localhost".to_owned(),
+        "redoubt.example".to_owned(),
+        "192.0.2.10".to_owned(),
+        "[2001:db8::1]".to_owned(),
+        "192.0.2.10".to_owned(),
+    ];
+    assert_eq!(
+        reach_addresses(&endpoints),
+        addrs(&["192.0.2.10", "2001:db8::1"])
+    );
+    assert!(reach_addresses(&["localhost".into()]).is_empty());
+}
+
+fn addrs(list: &[&str]) -> Vec<IpAddr> {
+    list.iter().map(|a| a.parse().unwrap()).collect()
+}
+
+#[test]
 fn organization_only_is_loaded_into_nftables_and_read_back() {
     let t = Tree::new();
     let ns = Netns::new().with_links();
@@ -462,29 +491,24 @@ fn organization_only_is_loaded_into_nftables_and_read_back() {
         .unwrap();
     assert_eq!(hw.verify_network(), NetworkState::Open);
 
-    // Unchanged endpoints reuse their addresses while fresh (no lookup under the
-    // table), and are looked up again once stale.
-    let endpoints = vec!["10.1.2.3".to_owned()];
-    hw.update_state(|s| {
-        s.reach_endpoints = endpoints.clone();
-        s.reach_allowed = vec!["10.9.9.9".parse().unwrap()];
-        s.reach_resolved_at = unix_now();
-    })
+    // Host names are never resolved: "localhost" (which every resolver answers with
+    // loopback) adds nothing, and a bundle with no address cuts all but loopback.
+    hw.enforce_network(
+        NetworkReach::OrganizationOnly,
+        &["localhost".into(), "10.1.2.3".into()],
+    )
     .unwrap();
-    hw.enforce_network(NetworkReach::OrganizationOnly, &endpoints)
-        .unwrap();
     assert_eq!(
         hw.load_state().unwrap().reach_allowed,
-        ["10.9.9.9".parse::<IpAddr>().unwrap()]
+        ["10.1.2.3".parse::<IpAddr>().unwrap()]
     );
-    hw.update_state(|s| s.reach_resolved_at = unix_now() - REACH_REFRESH_SECS - 1)
-        .unwrap();
-    hw.enforce_network(NetworkReach::OrganizationOnly, &endpoints)
-        .unwrap();
-    let held = hw.load_state().unwrap();
-    assert_eq!(held.reach_allowed, ["10.1.2.3".parse::<IpAddr>().unwrap()]);
-    assert!(unix_now() - held.reach_resolved_at < 60);
-    assert_eq!(hw.verify_network(), NetworkState::OrganizationOnly);
+    assert!(
+        hw.enforce_network(NetworkReach::OrganizationOnly, &["localhost".into()])
+            .is_err()
+    );
+    assert!(hw.load_state().unwrap().reach_allowed.is_empty());
+    assert!(!ns.can_send("10.1.2.3"), "nothing but loopback");
+    assert!(ns.can_send("127.0.0.1"), "loopback");
 
     hw.enforce_network(NetworkReach::Open, &[]).unwrap();
     assert_eq!(hw.verify_network(), NetworkState::Open);
