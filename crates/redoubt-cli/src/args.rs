@@ -119,6 +119,9 @@ pub enum Command {
     /// The tamper-evident audit log: list, verify, export.
     #[command(subcommand)]
     Audit(crate::audit::AuditCommand),
+    /// Admin credentials: list them, revoke one.
+    #[command(subcommand)]
+    Tokens(crate::tokens::TokensCommand),
 }
 
 /// `redoubt chat --state DIR ...`

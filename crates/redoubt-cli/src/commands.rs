@@ -31,6 +31,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Chat(args) => crate::chat::run(g.json, args).await,
         Command::Zones(cmd) => crate::zones::run(g, cmd).await,
         Command::Audit(cmd) => crate::audit::run(g, cmd).await,
+        Command::Tokens(cmd) => crate::tokens::run(g, cmd).await,
         Command::Devices(DevicesCommand::List) => {
             let devices: Answer<Vec<DeviceView>> = Api::new(g)?.get("devices").await?;
             devices.print(g, |d| output::device_table(d, Timestamp::now()))

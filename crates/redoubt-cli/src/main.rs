@@ -11,6 +11,7 @@ mod chat_tui;
 mod commands;
 mod output;
 mod qr;
+mod tokens;
 mod zones;
 
 use std::process::ExitCode;

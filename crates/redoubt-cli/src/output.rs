@@ -114,7 +114,14 @@ fn when(t: Timestamp, now: Timestamp) -> String {
 
 /// The answer to `whoami`.
 pub fn whoami(me: &WhoAmI) -> String {
-    fields(&[("name", me.name.clone()), ("role", me.role.to_string())])
+    let mut pairs = vec![("name", me.name.clone()), ("role", me.role.to_string())];
+    if let Some(id) = &me.id {
+        pairs.push(("id", id.to_string()));
+    }
+    if let Some(t) = me.expires_at {
+        pairs.push(("expires", when(t, Timestamp::now())));
+    }
+    fields(&pairs)
 }
 
 /// A new enrollment: its URL and expiry (the QR code is printed separately).
@@ -629,6 +636,8 @@ mod tests {
         let me = WhoAmI {
             name: "ops".into(),
             role: redoubt_proto::api::Role::Operator,
+            id: None,
+            expires_at: None,
         };
         check(&whoami(&me), "name: ops\nrole: operator\n");
         let created = EnrollmentCreated {

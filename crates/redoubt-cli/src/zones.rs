@@ -1,5 +1,5 @@
-//! `redoubt zones apply|list|show|code|gate`: secured zones, their checkpoint codes and
-//! the credentials of gate terminals.
+//! `redoubt zones apply|list|show|code|gate|gate-list|gate-revoke`: secured zones, their
+//! checkpoint codes and the credentials of gate terminals (which expire, `--ttl`).
 //!
 //! A zone file (TOML) holds one zone:
 //!
@@ -15,7 +15,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use clap::Subcommand;
-use redoubt_proto::api::{GateCredentialCreated, IssueCode, IssuedCode, ZoneDefinition, ZoneView};
+use redoubt_proto::api::{
+    CreateGateCredential, CredentialId, GateCredentialCreated, GateCredentialView, IssueCode,
+    IssuedCode, Ttl, ZoneDefinition, ZoneView,
+};
 use redoubt_proto::{CheckpointName, Direction, Timestamp, ZoneName};
 
 use crate::args::Global;
@@ -63,6 +66,26 @@ pub enum ZonesCommand {
         /// The checkpoint.
         #[arg(value_name = "CHECKPOINT")]
         checkpoint: CheckpointName,
+        /// Lifetime: 365d, 12h, 30m or seconds (the server's default, a year, when
+        /// absent).
+        #[arg(long, value_name = "TTL")]
+        ttl: Option<Ttl>,
+    },
+    /// List the gate credentials of a zone (no secrets): id, checkpoint, expiry, state.
+    GateList {
+        /// The zone.
+        #[arg(value_name = "ZONE")]
+        zone: ZoneName,
+    },
+    /// Revoke a gate credential by its id (from `gate-list`); the gate's page stops
+    /// showing codes at its next refresh.
+    GateRevoke {
+        /// The zone.
+        #[arg(value_name = "ZONE")]
+        zone: ZoneName,
+        /// The credential's id.
+        #[arg(value_name = "ID")]
+        id: CredentialId,
     },
 }
 
@@ -131,11 +154,38 @@ pub async fn run(g: &Global, cmd: ZonesCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        ZonesCommand::Gate { zone, checkpoint } => {
+        ZonesCommand::GateList { zone } => {
+            let list: Answer<Vec<GateCredentialView>> = Api::new(g)?
+                .get(&format!("zones/{zone}/gate-credentials"))
+                .await?;
+            list.print(g, |l| crate::tokens::gate_table(l, now))
+        }
+        ZonesCommand::GateRevoke { zone, id } => {
+            let done: Answer<GateCredentialView> = Api::new(g)?
+                .post(
+                    &format!("zones/{zone}/gate-credentials/{id}/revoke"),
+                    &serde_json::json!({}),
+                )
+                .await?;
+            done.print(g, |c| {
+                format!(
+                    "gate credential {} of zone {}, checkpoint {} revoked; the gate refuses it now\n",
+                    c.id, c.zone, c.checkpoint
+                )
+            })
+        }
+        ZonesCommand::Gate {
+            zone,
+            checkpoint,
+            ttl,
+        } => {
+            let body = CreateGateCredential {
+                ttl_secs: ttl.map(|t| t.0),
+            };
             let created: Answer<GateCredentialCreated> = Api::new(g)?
                 .post(
                     &format!("zones/{zone}/checkpoints/{checkpoint}/gate-credentials"),
-                    &serde_json::json!({}),
+                    &body,
                 )
                 .await?;
             if g.json {
@@ -146,6 +196,11 @@ pub async fn run(g: &Global, cmd: ZonesCommand) -> anyhow::Result<()> {
                 "gate terminal link for zone {zone}, checkpoint {checkpoint} (open it once on the \
                  tablet; it holds the credential, keep it like a password):\n{url}\n\n"
             );
+            if let (Some(id), Some(exp)) = (&created.value.id, created.value.expires_at) {
+                text.push_str(&format!(
+                    "credential {id}, expires {exp} (revoke with `redoubt zones gate-revoke {zone} {id}`)\n\n"
+                ));
+            }
             text.push_str(&qr::terminal(url)?);
             output::emit(&text)
         }

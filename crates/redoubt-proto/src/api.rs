@@ -12,6 +12,12 @@
 //! | `GET /modes` | auditor | → `Vec<ModeView>` |
 //! | `GET /modes/{name}` | auditor | → [`ModeView`] |
 //! | `PUT /modes/{name}` | officer | [`crate::Mode`] → [`ModeView`] |
+//! | `GET /admin-tokens` | owner, auditor | → `Vec<AdminTokenView>` |
+//! | `POST /admin-tokens/{id}/revoke` | owner | → [`AdminTokenView`] |
+//! | `POST /zones/{name}/checkpoints/{cp}/gate-credentials` | officer | [`CreateGateCredential`] → [`GateCredentialCreated`] |
+//! | `GET /zones/{name}/gate-credentials` | officer, auditor | → `Vec<GateCredentialView>` |
+//! | `POST /zones/{name}/gate-credentials/{id}/revoke` | officer | → [`GateCredentialView`] |
+//! | `GET /metrics` (outside the prefix) | any admin | Prometheus text |
 //!
 //! Errors are always [`ApiError`] with a 4xx/5xx status.
 
@@ -127,6 +133,12 @@ pub struct WhoAmI {
     pub name: String,
     /// The credential's role.
     pub role: Role,
+    /// The credential's public id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<CredentialId>,
+    /// When the credential stops working.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
 }
 
 /// `POST /enrollments`.
@@ -293,6 +305,12 @@ pub struct GateCredentialCreated {
     /// The URL to open on the gate's tablet; it carries the credential once and the
     /// server turns it into a cookie.
     pub url: String,
+    /// Its public id (for `gate-list` and `gate-revoke`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<CredentialId>,
+    /// When it stops working.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
 }
 
 /// Ask for a device command (`POST /devices/{id}/commands`).
@@ -336,4 +354,184 @@ pub struct CommandView {
     /// True when the request matched a command already pending (idempotency).
     #[serde(default)]
     pub existing: bool,
+}
+
+/// The public name of a credential (admin token or gate credential): the first 16 hex
+/// digits of the SHA-256 of its secret. It identifies the credential in lists, the
+/// audit log and revocation, and reveals nothing of the secret.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct CredentialId(String);
+
+impl CredentialId {
+    /// Number of hex digits.
+    pub const LEN: usize = 16;
+
+    /// The id of the credential whose secret hashes to `hash`.
+    pub fn from_hash(hash: &[u8; 32]) -> CredentialId {
+        CredentialId(
+            hash[..Self::LEN / 2]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+        )
+    }
+
+    /// The lowercase hex digits.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for CredentialId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for CredentialId {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, IdError> {
+        if s.len() == Self::LEN && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            Ok(CredentialId(s.to_ascii_lowercase()))
+        } else {
+            Err(IdError {
+                what: "credential id",
+                value: s.chars().take(64).collect(),
+                rule: "16 hex digits, as listed",
+            })
+        }
+    }
+}
+
+impl TryFrom<String> for CredentialId {
+    type Error = IdError;
+    fn try_from(s: String) -> Result<Self, IdError> {
+        s.parse()
+    }
+}
+
+impl From<CredentialId> for String {
+    fn from(id: CredentialId) -> String {
+        id.0
+    }
+}
+
+/// Where a credential stands now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CredentialState {
+    /// It opens what it was made for.
+    Live,
+    /// Past its expiry.
+    Expired,
+    /// Revoked.
+    Revoked,
+}
+
+impl CredentialState {
+    /// The state at `now` of a credential with these times.
+    pub fn at(now: Timestamp, expires_at: Timestamp, revoked_at: Option<Timestamp>) -> Self {
+        if revoked_at.is_some() {
+            CredentialState::Revoked
+        } else if expires_at <= now {
+            CredentialState::Expired
+        } else {
+            CredentialState::Live
+        }
+    }
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CredentialState::Live => "live",
+            CredentialState::Expired => "expired",
+            CredentialState::Revoked => "revoked",
+        }
+    }
+}
+
+/// An admin credential as listed (never the secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminTokenView {
+    /// Its public id.
+    pub id: CredentialId,
+    /// Who holds it.
+    pub name: String,
+    /// Its role.
+    pub role: Role,
+    /// When it was made.
+    pub created_at: Timestamp,
+    /// When it stops working.
+    pub expires_at: Timestamp,
+    /// When it was revoked.
+    pub revoked_at: Option<Timestamp>,
+    /// Who revoked it.
+    pub revoked_by: Option<String>,
+    /// Live, expired or revoked, now.
+    pub state: CredentialState,
+}
+
+/// Ask for a gate credential (`POST /zones/{name}/checkpoints/{cp}/gate-credentials`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateGateCredential {
+    /// Lifetime in seconds (the server's default when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_secs: Option<u64>,
+}
+
+/// A gate credential as listed (never the secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GateCredentialView {
+    /// Its public id.
+    pub id: CredentialId,
+    /// The zone.
+    pub zone: crate::zones::ZoneName,
+    /// The checkpoint whose gate it opens.
+    pub checkpoint: crate::zones::CheckpointName,
+    /// Who made it.
+    pub created_by: String,
+    /// When it was made.
+    pub created_at: Timestamp,
+    /// When it stops working.
+    pub expires_at: Timestamp,
+    /// When it was revoked.
+    pub revoked_at: Option<Timestamp>,
+    /// Who revoked it.
+    pub revoked_by: Option<String>,
+    /// Live, expired or revoked, now.
+    pub state: CredentialState,
+}
+
+/// A lifetime as written on a command line: `90d`, `12h`, `30m`, `45s` or bare seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ttl(pub u64);
+
+impl FromStr for Ttl {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, IdError> {
+        let bad = || IdError {
+            what: "lifetime",
+            value: s.chars().take(64).collect(),
+            rule: "a number with an optional unit s, m, h or d (e.g. 90d)",
+        };
+        let s = s.trim();
+        let (digits, unit) = match s.char_indices().last() {
+            Some((i, c)) if c.is_ascii_alphabetic() => (&s[..i], c),
+            _ => (s, 's'),
+        };
+        let n: u64 = digits.parse().map_err(|_| bad())?;
+        let mult = match unit {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86400,
+            _ => return Err(bad()),
+        };
+        n.checked_mul(mult)
+            .filter(|v| *v > 0)
+            .map(Ttl)
+            .ok_or_else(bad)
+    }
 }

@@ -10,8 +10,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ed25519_dalek::{Verifier, VerifyingKey};
 use rand_core::RngCore;
 use redoubt_proto::api::{
-    CreateEnrollment, DeviceView, EnrollRequest, EnrollResponse, EnrollmentCreated, ModeView, Role,
-    enroll_proof_message,
+    AdminTokenView, CreateEnrollment, CredentialId, CredentialState, DeviceView, EnrollRequest,
+    EnrollResponse, EnrollmentCreated, ModeView, Role, enroll_proof_message,
 };
 use redoubt_proto::envelope::{decode_public_key, decode_signature, encode_public_key};
 use redoubt_proto::{CheckpointKey, ZonePolicy};
@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, watch};
 use url::Url;
 
 use crate::audit::Who;
-use crate::config::{Config, MAX_ENROLLMENT_TTL_SECS};
+use crate::config::{Config, MAX_CREDENTIAL_TTL_SECS, MAX_ENROLLMENT_TTL_SECS};
 use crate::error::ServiceError;
 use crate::pki::Keys;
 
@@ -217,6 +217,89 @@ impl ChallengeTable {
     }
 }
 
+/// Refused unauthenticated enrollments, aggregated per source so that a flood cannot
+/// fill the permanent audit log: the first refusal of a source in a window is recorded
+/// at once, the rest of the window as one entry carrying the count, written by the
+/// sweeper when the window ends. Past [`RefusalLog::MAX_SOURCES`] sources in a window,
+/// further sources share one overflow entry.
+#[derive(Debug)]
+pub struct RefusalLog {
+    window_secs: i64,
+    inner: Mutex<HashMap<Option<Source>, Refusals>>,
+}
+
+/// The refusals of one source (or of the overflow) in the current window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusals {
+    /// When the window began (the first refusal).
+    pub since: Timestamp,
+    /// Refusals after the first one, not yet in the audit log.
+    pub count: u64,
+    /// Those refusals by reason.
+    pub reasons: std::collections::BTreeMap<&'static str, u64>,
+}
+
+impl RefusalLog {
+    /// Most sources tracked one by one in a window.
+    pub const MAX_SOURCES: usize = 10_000;
+
+    /// Windows of `window_secs` seconds.
+    pub fn new(window_secs: u64) -> Self {
+        RefusalLog {
+            window_secs: window_secs as i64,
+            inner: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts a refusal; true when it is the first of its source's window (to be
+    /// recorded at once).
+    pub fn note(&self, source: Source, reason: &'static str, now: Timestamp) -> bool {
+        let mut m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let key = if m.contains_key(&Some(source)) || m.len() < Self::MAX_SOURCES {
+            Some(source)
+        } else {
+            None
+        };
+        match m.get_mut(&key) {
+            Some(r) => {
+                r.count += 1;
+                *r.reasons.entry(reason).or_insert(0) += 1;
+                false
+            }
+            None => {
+                // The overflow has no entry of its own at once: it is all counted.
+                let first = key.is_some();
+                let mut r = Refusals {
+                    since: now,
+                    count: 0,
+                    reasons: Default::default(),
+                };
+                if !first {
+                    r.count = 1;
+                    r.reasons.insert(reason, 1);
+                }
+                m.insert(key, r);
+                first
+            }
+        }
+    }
+
+    /// Takes the windows that ended by `now` (all of them when `all`), with their
+    /// counts; a source whose window ended with no further refusal yields nothing.
+    pub fn take_due(&self, now: Timestamp, all: bool) -> Vec<(Option<Source>, Refusals)> {
+        let mut m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let due: Vec<Option<Source>> = m
+            .iter()
+            .filter(|(_, r)| all || r.since.plus_secs(self.window_secs) <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        due.into_iter()
+            .filter_map(|k| m.remove(&k).map(|r| (k, r)))
+            .filter(|(_, r)| r.count > 0)
+            .collect()
+    }
+}
+
 /// A fixed-window counter per key (a client [`Source`], a device).
 #[derive(Debug)]
 pub struct RateLimiter<K = Source> {
@@ -265,6 +348,8 @@ pub struct App {
     pub enroll_limiter: RateLimiter,
     /// Device-session challenges per address.
     pub challenge_limiter: RateLimiter,
+    /// Refused enrollments waiting to be written to the audit log.
+    pub refusals: RefusalLog,
     /// KeyPackage claims per device.
     pub claim_limiter: RateLimiter<DeviceId>,
     /// Device sessions of the messenger.
@@ -426,8 +511,9 @@ impl App {
     pub async fn enroll(
         &self,
         req: EnrollRequest,
-        source: &str,
+        peer: IpAddr,
     ) -> Result<EnrollResponse, ServiceError> {
+        let source = &peer.to_string();
         let now = Timestamp::now();
         let key = decode_public_key(&req.device_public_key).ok_or_else(|| {
             ServiceError::BadRequest("device_public_key is not a base64 Ed25519 public key".into())
@@ -477,13 +563,18 @@ impl App {
                     EnrollRefusal::Used => ("used", ServiceError::TokenUsed),
                     EnrollRefusal::Expired => ("expired", ServiceError::TokenExpired),
                 };
-                let entry = Who::anonymous(source).draft(
-                    "device.enroll_refused",
-                    None,
-                    serde_json::json!({"reason": reason, "hardware": req.hardware}),
-                );
-                if let Err(e) = crate::audit::record(self, &[entry]).await {
-                    tracing::error!(error = %e, "could not record a refused enrollment in the audit log");
+                metrics::counter!("redoubt_enroll_refused_total", "reason" => reason).increment(1);
+                // The first refusal of a source in a window is recorded at once; the
+                // rest are counted and recorded as one entry when the window ends.
+                if self.refusals.note(Source::of(peer), reason, now) {
+                    let entry = Who::anonymous(source).draft(
+                        "device.enroll_refused",
+                        None,
+                        serde_json::json!({"reason": reason, "hardware": req.hardware, "count": 1}),
+                    );
+                    if let Err(e) = crate::audit::record(self, &[entry]).await {
+                        tracing::error!(error = %e, "could not record a refused enrollment in the audit log");
+                    }
                 }
                 return Err(err);
             }
@@ -496,6 +587,35 @@ impl App {
             organization_key: encode_public_key(&self.keys.org_signing.verifying_key()),
             bundle: rec.bundle,
         })
+    }
+
+    /// Writes the refused enrollments of the windows that ended (every window when
+    /// `all`, at shutdown) to the audit log: one entry per source with the count.
+    pub async fn flush_refusals(&self, all: bool) -> Result<(), ServiceError> {
+        let now = Timestamp::now();
+        let due = self.refusals.take_due(now, all);
+        if due.is_empty() {
+            return Ok(());
+        }
+        let drafts: Vec<_> = due
+            .iter()
+            .map(|(source, r)| {
+                let from = source
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "many sources".into());
+                Who::anonymous(&from).draft(
+                    "device.enroll_refused",
+                    None,
+                    serde_json::json!({
+                        "count": r.count,
+                        "reasons": r.reasons,
+                        "since": r.since,
+                        "until": now,
+                    }),
+                )
+            })
+            .collect();
+        crate::audit::record(self, &drafts).await
     }
 
     /// The console's view of a device, with staleness computed now.
@@ -747,10 +867,12 @@ impl App {
 
 /// Creates an admin credential in `store`, recorded in the audit log as done by `by`
 /// (`sign` signs the log's new head); returns the token, which is stored hashed.
+/// It stops working `ttl_secs` from now.
 pub async fn create_admin_token(
     store: &Store,
     name: &str,
     role: Role,
+    ttl_secs: u64,
     by: &Who,
     sign: redoubt_store::HeadSigner<'_>,
 ) -> Result<String, ServiceError> {
@@ -759,23 +881,92 @@ pub async fn create_admin_token(
             "name must be 1-64 characters".into(),
         ));
     }
+    check_credential_ttl(ttl_secs)?;
     let token = new_token("rdt_");
+    let hash = hash_token(&token);
+    let now = Timestamp::now();
+    let expires_at = now.plus_secs(ttl_secs as i64);
     let audit = by.draft(
         "admin_token.create",
         None,
-        serde_json::json!({"name": name, "role": role}),
+        serde_json::json!({
+            "id": CredentialId::from_hash(&hash),
+            "name": name,
+            "role": role,
+            "expires_at": expires_at,
+        }),
     );
     store
-        .create_admin_token(
-            name,
-            role,
-            &hash_token(&token),
-            Timestamp::now(),
-            &[audit],
-            sign,
-        )
+        .create_admin_token(name, role, &hash, now, expires_at, &[audit], sign)
         .await?;
     Ok(token)
+}
+
+/// A credential lifetime must be between a minute and [`MAX_CREDENTIAL_TTL_SECS`].
+pub fn check_credential_ttl(ttl_secs: u64) -> Result<(), ServiceError> {
+    if (60..=MAX_CREDENTIAL_TTL_SECS).contains(&ttl_secs) {
+        Ok(())
+    } else {
+        Err(ServiceError::BadRequest(format!(
+            "a credential's lifetime must be between 60 seconds and {} days",
+            MAX_CREDENTIAL_TTL_SECS / 86400
+        )))
+    }
+}
+
+/// The listing view of an admin credential at `now`.
+pub fn admin_token_view(r: redoubt_store::AdminRecord, now: Timestamp) -> AdminTokenView {
+    AdminTokenView {
+        state: CredentialState::at(now, r.expires_at, r.revoked_at),
+        id: r.id,
+        name: r.name,
+        role: r.role,
+        created_at: r.created_at,
+        expires_at: r.expires_at,
+        revoked_at: r.revoked_at,
+        revoked_by: r.revoked_by,
+    }
+}
+
+impl App {
+    /// `GET /admin-tokens`: every admin credential, without secrets.
+    pub async fn list_admin_tokens(&self) -> Result<Vec<AdminTokenView>, ServiceError> {
+        let now = Timestamp::now();
+        Ok(self
+            .store
+            .list_admin_tokens()
+            .await?
+            .into_iter()
+            .map(|r| admin_token_view(r, now))
+            .collect())
+    }
+
+    /// `POST /admin-tokens/{id}/revoke`: the credential stops working at once.
+    pub async fn revoke_admin_token(
+        &self,
+        by: &Who,
+        id: &CredentialId,
+    ) -> Result<AdminTokenView, ServiceError> {
+        let now = Timestamp::now();
+        let rec = self
+            .store
+            .revoke_admin_token(
+                id,
+                &by.actor,
+                now,
+                |r| {
+                    vec![by.draft(
+                        "admin_token.revoke",
+                        None,
+                        serde_json::json!({"id": r.id, "name": r.name, "role": r.role}),
+                    )]
+                },
+                &crate::audit::signer(self),
+            )
+            .await?;
+        tracing::info!(id = %id, name = %rec.name, by = %by.actor, "admin credential revoked");
+        Ok(admin_token_view(rec, now))
+    }
 }
 
 fn verdict(reasons: Vec<String>) -> (Compliance, Vec<String>) {
@@ -841,6 +1032,45 @@ mod tests {
         );
         assert!(t.take("flood-v4-999", now));
         assert!(t.take("flood-v6-995", now));
+    }
+
+    #[test]
+    fn refusals_are_recorded_once_per_source_and_window_then_as_a_count() {
+        let log = RefusalLog::new(60);
+        let now = Timestamp(1_000_000);
+        assert!(log.note(src("192.0.2.1"), "invalid", now));
+        assert!(log.note(src("2001:db8::1"), "used", now));
+        for _ in 0..199 {
+            assert!(!log.note(src("192.0.2.1"), "invalid", now.plus_secs(1)));
+            assert!(!log.note(src("2001:db8::2"), "expired", now.plus_secs(1)));
+        }
+        assert!(log.take_due(now.plus_secs(59), false).is_empty());
+        let mut due = log.take_due(now.plus_secs(60), false);
+        due.sort_by_key(|(s, _)| *s);
+        assert_eq!(due.len(), 2, "{due:?}");
+        assert_eq!(due[0].0, Some(src("192.0.2.1")));
+        assert_eq!(due[0].1.count, 199);
+        assert_eq!(due[1].1.count, 199, "2001:db8::1 and ::2 are one /64");
+        assert_eq!(due[1].1.reasons.get("expired"), Some(&199));
+        // A new window begins with an entry at once again.
+        assert!(log.note(src("192.0.2.1"), "invalid", now.plus_secs(61)));
+    }
+
+    #[test]
+    fn refusals_from_too_many_sources_share_one_overflow_count() {
+        let log = RefusalLog::new(60);
+        let now = Timestamp(1_000_000);
+        let mut prompt = 0;
+        for i in 0..(RefusalLog::MAX_SOURCES as u32 + 500) {
+            let ip = std::net::Ipv4Addr::from(0x0a00_0000 + i);
+            if log.note(Source::of(ip.into()), "invalid", now) {
+                prompt += 1;
+            }
+        }
+        assert_eq!(prompt, RefusalLog::MAX_SOURCES);
+        let due = log.take_due(now, true);
+        assert_eq!(due.len(), 1);
+        assert_eq!((due[0].0, due[0].1.count), (None, 500));
     }
 
     #[test]

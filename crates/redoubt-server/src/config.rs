@@ -65,8 +65,6 @@ pub struct RawConfig {
     pub max_connections: Option<usize>,
     /// Most connections open at once from one address (an IPv6 /64 counts as one).
     pub max_connections_per_address: Option<usize>,
-    /// Default lifetime of a new admin credential.
-    pub admin_token_ttl_secs: Option<u64>,
     /// Default lifetime of a new gate credential.
     pub gate_credential_ttl_secs: Option<u64>,
     /// Window over which refused enrollments from one source share one audit entry.
@@ -100,7 +98,6 @@ const KEYS: &[&str] = &[
     "idle_timeout_secs",
     "max_connections",
     "max_connections_per_address",
-    "admin_token_ttl_secs",
     "gate_credential_ttl_secs",
     "refusal_audit_window_secs",
 ];
@@ -150,8 +147,6 @@ pub struct Config {
     pub organization_addresses: Vec<IpAddr>,
     /// Connection limits and timeouts.
     pub limits: ConnectionLimits,
-    /// Default lifetime of a new admin credential (seconds).
-    pub admin_token_ttl_secs: u64,
     /// Default lifetime of a new gate credential (seconds).
     pub gate_credential_ttl_secs: u64,
     /// Window over which refused enrollments from one source share one audit entry.
@@ -356,11 +351,6 @@ impl RawConfig {
                 ))
             }
         };
-        let admin_token_ttl_secs = ttl(
-            self.admin_token_ttl_secs,
-            90 * 24 * 3600,
-            "admin_token_ttl_secs",
-        )?;
         let gate_credential_ttl_secs = ttl(
             self.gate_credential_ttl_secs,
             365 * 24 * 3600,
@@ -373,7 +363,6 @@ impl RawConfig {
         Ok(Config {
             organization_addresses,
             limits,
-            admin_token_ttl_secs,
             gate_credential_ttl_secs,
             refusal_audit_window_secs,
             gate_code_secs,

@@ -78,7 +78,9 @@ fn names(zone: &str, checkpoint: &str) -> Option<(ZoneName, CheckpointName)> {
     Some((zone.parse().ok()?, checkpoint.parse().ok()?))
 }
 
-/// Whether `token` is a live credential of exactly this checkpoint.
+/// Whether `token` is a live credential of exactly this checkpoint: looked up on every
+/// request (the cookie holds the credential itself), so a revoked or expired one stops
+/// working at once.
 async fn authorized(
     s: &HttpState,
     token: Option<&str>,
@@ -90,7 +92,7 @@ async fn authorized(
     };
     Ok(s.app
         .store
-        .gate_credential(&hash_token(token))
+        .gate_credential(&hash_token(token), redoubt_proto::Timestamp::now())
         .await?
         .is_some_and(|(z, c)| &z == zone && &c == checkpoint))
 }

@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
-use redoubt_proto::api::{CreateEnrollment, EnrollRequest, Role, SetMode, WhoAmI};
+use redoubt_proto::api::{CreateEnrollment, CredentialId, EnrollRequest, Role, SetMode, WhoAmI};
 use redoubt_proto::messaging::{
     Ack, CertificateRequest, ClaimKeyPackages, CreateGroup, PostCommit, PostMessage,
     SessionRequest, UploadKeyPackages,
@@ -51,6 +51,8 @@ pub fn router(state: HttpState) -> Router {
         .route("/devices/{id}/mode", put(set_mode))
         .route("/modes", get(list_modes))
         .route("/modes/{name}", get(show_mode).put(put_mode))
+        .route("/admin-tokens", get(list_admin_tokens))
+        .route("/admin-tokens/{id}/revoke", post(revoke_admin_token))
         .route("/device/challenge", post(device_challenge))
         .route("/device/session", post(device_session));
     // MLS messages (a Welcome for a large group) and files are bigger than admin bodies.
@@ -202,6 +204,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
 
 /// An authenticated admin credential.
 pub struct Admin {
+    /// Its public id.
+    pub id: CredentialId,
+    /// When it stops working.
+    pub expires_at: Timestamp,
     /// Its name.
     pub name: String,
     /// Its role.
@@ -249,15 +255,19 @@ impl FromRequestParts<HttpState> for Admin {
         let rec = state
             .app
             .store
-            .admin_by_token_hash(&hash_token(token.trim()))
+            .admin_by_token_hash(&hash_token(token.trim()), Timestamp::now())
             .await?
-            .ok_or_else(|| ServiceError::Unauthorized("unknown or revoked admin token".into()))?;
+            .ok_or_else(|| {
+                ServiceError::Unauthorized("unknown, expired or revoked admin token".into())
+            })?;
         let source = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0.ip().to_string())
             .unwrap_or_default();
         Ok(Admin {
+            id: rec.id,
+            expires_at: rec.expires_at,
             name: rec.name,
             role: rec.role,
             source,
@@ -336,15 +346,45 @@ async fn enroll(
         metrics::counter!("redoubt_enroll_rate_limited_total").increment(1);
         return Err(ServiceError::RateLimited);
     }
-    let source = peer.ip().to_string();
-    Ok((StatusCode::CREATED, Json(s.app.enroll(req, &source).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(s.app.enroll(req, peer.ip()).await?),
+    ))
 }
 
 async fn whoami(admin: Admin) -> Json<WhoAmI> {
     Json(WhoAmI {
         name: admin.name,
         role: admin.role,
+        id: Some(admin.id),
+        expires_at: Some(admin.expires_at),
     })
+}
+
+async fn list_admin_tokens(
+    State(s): State<HttpState>,
+    admin: Admin,
+) -> Result<impl IntoResponse, ServiceError> {
+    // Owners manage credentials; auditors review who holds access.
+    if !matches!(admin.role, Role::Owner | Role::Auditor) {
+        return Err(ServiceError::Forbidden(format!(
+            "role {} may not list admin credentials (needs owner or auditor)",
+            admin.role
+        )));
+    }
+    Ok(Json(s.app.list_admin_tokens().await?))
+}
+
+async fn revoke_admin_token(
+    State(s): State<HttpState>,
+    admin: Admin,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ServiceError> {
+    admin.require(Role::Owner, "revoke admin credentials")?;
+    let id: CredentialId = parse_path(&id)?;
+    Ok(Json(
+        s.app.revoke_admin_token(&Who::admin(&admin), &id).await?,
+    ))
 }
 
 async fn create_enrollment(

@@ -20,7 +20,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use redoubt_proto::api::Role;
+use redoubt_proto::api::{Role, Ttl};
 
 #[derive(Parser)]
 #[command(
@@ -64,6 +64,10 @@ enum Command {
         /// owner, officer (modes, zones), operator (enroll, assign, lock/wipe) or auditor (read-only).
         #[arg(long)]
         role: Role,
+        /// Lifetime: 90d, 12h, 30m or seconds (1 minute to 5 years). Credentials expire
+        /// so that a forgotten or leaked one does not open the server forever.
+        #[arg(long, value_name = "TTL", default_value = "90d")]
+        ttl: Ttl,
     },
 }
 
@@ -111,7 +115,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", pki::Keys::open(&data)?.fingerprint());
             Ok(())
         }
-        Command::AdminToken { data, name, role } => {
+        Command::AdminToken {
+            data,
+            name,
+            role,
+            ttl,
+        } => {
             let keys = pki::Keys::open_or_create(&data)?;
             let store = redoubt_store::Store::open_sqlite(&pki::database_path(&data))
                 .await
@@ -120,13 +129,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 &store,
                 &name,
                 role,
+                ttl.0,
                 &audit::Who::server_cli(),
                 &audit::sign_with(&keys.org_signing),
             )
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
             store.close().await;
-            eprintln!("Admin token for {name} ({role}); it is shown only this once:");
+            eprintln!(
+                "Admin token for {name} ({role}), valid for {} days; it is shown only this once:",
+                ttl.0 / 86400
+            );
             println!("{token}");
             Ok(())
         }

@@ -19,7 +19,7 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 use url::Url;
 
-use crate::app::{App, Hub, RateLimiter, Source};
+use crate::app::{App, Hub, RateLimiter, RefusalLog, Source};
 use crate::config::{Config, ConnectionLimits};
 use crate::conn::{Activity, ConnectionLimiter, Counted};
 use crate::http::{HttpState, router};
@@ -79,11 +79,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .install_recorder()
         .context("installing the metrics recorder")?;
 
-    let admins = store.count_admin_tokens().await?;
+    let admins = store.count_admin_tokens(Timestamp::now()).await?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let app = Arc::new(App {
         enroll_limiter: RateLimiter::new(config.enroll_attempts_per_minute),
         challenge_limiter: RateLimiter::new(600),
+        refusals: RefusalLog::new(config.refusal_audit_window_secs),
         claim_limiter: RateLimiter::new(config.key_package_claims_per_minute),
         sessions: Default::default(),
         doorbells: Default::default(),
@@ -119,8 +120,15 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         let app = app.clone();
         let mut stop = app.shutdown.clone();
         tokio::spawn(async move {
-            let every = Duration::from_secs((app.config.message_ttl_secs / 4).clamp(1, 60));
+            let every = Duration::from_secs(
+                (app.config.message_ttl_secs / 4)
+                    .clamp(1, 60)
+                    .min(app.config.refusal_audit_window_secs),
+            );
             loop {
+                if let Err(e) = app.flush_refusals(false).await {
+                    tracing::warn!(error = %e, "recording refused enrollments failed");
+                }
                 if let Err(e) = app.sweep().await {
                     tracing::warn!(error = %e, "sweeping expired messages failed");
                 }
@@ -129,7 +137,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(every) => {}
-                    _ = stop.changed() => break,
+                    _ = stop.changed() => {
+                        // Counted refusals are not lost at shutdown.
+                        if let Err(e) = app.flush_refusals(true).await {
+                            tracing::warn!(error = %e, "recording refused enrollments failed");
+                        }
+                        break;
+                    }
                 }
             }
         })

@@ -1,6 +1,8 @@
 //! Secured zones: definitions (`PUT /zones/{name}`), checkpoint codes signed with each
 //! checkpoint's own key (`POST /zones/{name}/codes`), and gate-terminal credentials
-//! (`POST /zones/{name}/checkpoints/{cp}/gate-credentials`).
+//! (`POST /zones/{name}/checkpoints/{cp}/gate-credentials`; listed with
+//! `GET /zones/{name}/gate-credentials`, revoked with
+//! `POST /zones/{name}/gate-credentials/{id}/revoke`), which expire.
 //!
 //! Every live device's bundle lists every zone with its checkpoints' public keys, so a
 //! phone verifies a code offline. Checkpoint keys are derived from the organization key
@@ -15,7 +17,8 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand_core::RngCore;
 use redoubt_proto::api::{
-    GateCredentialCreated, IssueCode, IssuedCode, Role, ZoneDefinition, ZoneView,
+    CreateGateCredential, CredentialId, CredentialState, GateCredentialCreated, GateCredentialView,
+    IssueCode, IssuedCode, Role, ZoneDefinition, ZoneView,
 };
 use redoubt_proto::envelope::encode_public_key;
 use redoubt_proto::{
@@ -34,6 +37,11 @@ pub fn routes() -> Router<HttpState> {
         .route("/", get(list))
         .route("/{name}", get(show).put(put))
         .route("/{name}/codes", post(issue_code))
+        .route("/{name}/gate-credentials", get(list_gate_credentials))
+        .route(
+            "/{name}/gate-credentials/{id}/revoke",
+            post(revoke_gate_credential),
+        )
         .route(
             "/{name}/checkpoints/{checkpoint}/gate-credentials",
             post(create_gate_credential),
@@ -106,7 +114,7 @@ impl App {
         for z in self.store.list_zones().await? {
             let creds = self
                 .store
-                .gate_credential_counts(&z.definition.name)
+                .gate_credential_counts(&z.definition.name, Timestamp::now())
                 .await?;
             out.push(self.zone_view(z, creds));
         }
@@ -120,7 +128,10 @@ impl App {
             .get_zone(name)
             .await?
             .ok_or_else(|| ServiceError::NotFound(format!("no zone {name}")))?;
-        let creds = self.store.gate_credential_counts(name).await?;
+        let creds = self
+            .store
+            .gate_credential_counts(name, Timestamp::now())
+            .await?;
         Ok(self.zone_view(z, creds))
     }
 
@@ -227,28 +238,41 @@ impl App {
     }
 
     /// A new credential for the gate terminal of a checkpoint; the URL carries it once.
+    /// It stops working `ttl_secs` (else the configured default) from now.
     pub async fn create_gate_credential(
         &self,
         admin: &Admin,
         zone: &ZoneName,
         checkpoint: &CheckpointName,
+        ttl_secs: Option<u64>,
     ) -> Result<GateCredentialCreated, ServiceError> {
+        let ttl = ttl_secs.unwrap_or(self.config.gate_credential_ttl_secs);
+        crate::app::check_credential_ttl(ttl)?;
         let token = new_token("rgt_");
+        let hash = hash_token(&token);
+        let id = CredentialId::from_hash(&hash);
         let now = Timestamp::now();
+        let expires_at = now.plus_secs(ttl as i64);
         let audit = [AuditDraft {
             actor: admin.actor(),
             source: admin.source.clone(),
             action: "gate.credential_created".into(),
             device_id: None,
-            detail: json!({ "zone": zone.as_str(), "checkpoint": checkpoint.as_str() }),
+            detail: json!({
+                "id": id,
+                "zone": zone.as_str(),
+                "checkpoint": checkpoint.as_str(),
+                "expires_at": expires_at,
+            }),
         }];
         self.store
             .create_gate_credential(
-                &hash_token(&token),
+                &hash,
                 zone,
                 checkpoint,
                 &admin.actor(),
                 now,
+                expires_at,
                 &audit,
                 &|h| self.sign_audit_head(h),
             )
@@ -260,7 +284,64 @@ impl App {
             zone: zone.clone(),
             checkpoint: checkpoint.clone(),
             url: url.to_string(),
+            id: Some(id),
+            expires_at: Some(expires_at),
         })
+    }
+
+    /// `GET /zones/{name}/gate-credentials`: every gate credential of a zone, without
+    /// secrets.
+    pub async fn list_gate_credentials(
+        &self,
+        zone: &ZoneName,
+    ) -> Result<Vec<GateCredentialView>, ServiceError> {
+        if self.store.get_zone(zone).await?.is_none() {
+            return Err(ServiceError::NotFound(format!("no zone {zone}")));
+        }
+        let now = Timestamp::now();
+        Ok(self
+            .store
+            .list_gate_credentials(zone)
+            .await?
+            .into_iter()
+            .map(|r| gate_view(r, now))
+            .collect())
+    }
+
+    /// `POST /zones/{name}/gate-credentials/{id}/revoke`: the gate page and its JSON
+    /// refuse the credential from the next request on (its cookie too).
+    pub async fn revoke_gate_credential(
+        &self,
+        admin: &Admin,
+        zone: &ZoneName,
+        id: &CredentialId,
+    ) -> Result<GateCredentialView, ServiceError> {
+        let now = Timestamp::now();
+        let rec = self
+            .store
+            .revoke_gate_credential(
+                zone,
+                id,
+                &admin.actor(),
+                now,
+                |r| {
+                    vec![AuditDraft {
+                        actor: admin.actor(),
+                        source: admin.source.clone(),
+                        action: "gate.credential_revoked".into(),
+                        device_id: None,
+                        detail: json!({
+                            "id": r.id,
+                            "zone": r.zone.as_str(),
+                            "checkpoint": r.checkpoint.as_str(),
+                        }),
+                    }]
+                },
+                &|h| self.sign_audit_head(h),
+            )
+            .await?;
+        tracing::info!(zone = %zone, id = %id, by = %admin.actor(), "gate credential revoked");
+        Ok(gate_view(rec, now))
     }
 }
 
@@ -323,6 +404,7 @@ async fn create_gate_credential(
     State(s): State<HttpState>,
     admin: Admin,
     Path((name, checkpoint)): Path<(String, String)>,
+    ApiJson(req): ApiJson<CreateGateCredential>,
 ) -> Result<impl IntoResponse, ServiceError> {
     admin.require(Role::Officer, "create gate credentials")?;
     let name: ZoneName = parse_path(&name)?;
@@ -331,8 +413,50 @@ async fn create_gate_credential(
         StatusCode::CREATED,
         Json(
             s.app
-                .create_gate_credential(&admin, &name, &checkpoint)
+                .create_gate_credential(&admin, &name, &checkpoint, req.ttl_secs)
                 .await?,
         ),
     ))
+}
+
+async fn list_gate_credentials(
+    State(s): State<HttpState>,
+    admin: Admin,
+    Path(name): Path<String>,
+) -> Result<impl IntoResponse, ServiceError> {
+    if !matches!(admin.role, Role::Owner | Role::Officer | Role::Auditor) {
+        return Err(ServiceError::Forbidden(format!(
+            "role {} may not list gate credentials (needs officer or auditor)",
+            admin.role
+        )));
+    }
+    let name: ZoneName = parse_path(&name)?;
+    Ok(Json(s.app.list_gate_credentials(&name).await?))
+}
+
+async fn revoke_gate_credential(
+    State(s): State<HttpState>,
+    admin: Admin,
+    Path((name, id)): Path<(String, String)>,
+) -> Result<impl IntoResponse, ServiceError> {
+    admin.require(Role::Officer, "revoke gate credentials")?;
+    let name: ZoneName = parse_path(&name)?;
+    let id: CredentialId = parse_path(&id)?;
+    Ok(Json(
+        s.app.revoke_gate_credential(&admin, &name, &id).await?,
+    ))
+}
+
+fn gate_view(r: redoubt_store::GateCredentialRecord, now: Timestamp) -> GateCredentialView {
+    GateCredentialView {
+        state: CredentialState::at(now, r.expires_at, r.revoked_at),
+        id: r.id,
+        zone: r.zone,
+        checkpoint: r.checkpoint,
+        created_by: r.created_by,
+        created_at: r.created_at,
+        expires_at: r.expires_at,
+        revoked_at: r.revoked_at,
+        revoked_by: r.revoked_by,
+    }
 }

@@ -50,6 +50,19 @@ fn try_enroll(server: &Server, url: &str) -> (u16, String) {
     )
 }
 
+/// An enrollment request with a valid proof for `token`.
+fn enroll_body(token: &str) -> Vec<u8> {
+    let key = random_key();
+    let public = encode_public_key(&key.verifying_key());
+    serde_json::to_vec(&EnrollRequest {
+        proof: encode_signature(&key.sign(&enroll_proof_message(token, &public))),
+        token: token.to_owned(),
+        device_public_key: public,
+        hardware: HardwareKind::Sim,
+    })
+    .unwrap()
+}
+
 /// Enrolls a phone; returns the device id.
 fn enroll(server: &Server, url: &str) -> String {
     let (status, body) = try_enroll(server, url);
@@ -216,10 +229,9 @@ fn admin_actions_are_audited_and_tampering_is_named() {
         .map(|e| e["seq"].as_u64().unwrap())
         .collect();
     assert_eq!(seqs, (1..=11).collect::<Vec<_>>());
-    assert_eq!(
-        list[1]["detail"],
-        serde_json::json!({"name": "audrey", "role": "auditor"})
-    );
+    assert_eq!(list[1]["detail"]["name"], "audrey");
+    assert_eq!(list[1]["detail"]["role"], "auditor");
+    assert!(list[1]["detail"]["expires_at"].is_string());
     let created = entry(&list, "enrollment.create");
     assert_eq!(created["source"], "127.0.0.1");
     assert_eq!(created["detail"]["user"], "alice");
@@ -449,4 +461,85 @@ fn a_deleted_newest_entry_stays_visible_after_further_actions() {
         "is missing (deleted): the log goes from #2 to #4",
     );
     s.stop();
+}
+
+#[test]
+fn refused_enrollments_are_counted_and_aggregated_not_logged_one_by_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let window = 3;
+    let server = Server::start(
+        &tmp.path().join("server"),
+        &[
+            ("REDOUBT_ENROLL_ATTEMPTS_PER_MINUTE", "1000"),
+            ("REDOUBT_REFUSAL_AUDIT_WINDOW_SECS", "3"),
+        ],
+    );
+    let used = server.enrollment_url("alice");
+    enroll(&server, &used);
+    let used = used.parse::<EnrollmentUrl>().unwrap().token;
+    let http = Http::new(&server);
+    let refused_entries = || {
+        let list = server.cli_json(&["audit", "list", "--limit", "1000"]);
+        list.as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["action"] == "device.enroll_refused")
+            .cloned()
+            .collect::<Vec<Value>>()
+    };
+
+    let start = std::time::Instant::now();
+    let (status, body) = http.send("POST", "/api/v1/enroll", None, Some(enroll_body("bogus-0")));
+    assert_eq!(status, 401, "{body}");
+    // The first refusal is visible at once.
+    let first = refused_entries();
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(first[0]["detail"]["count"], 1);
+    assert_eq!(first[0]["source"], "127.0.0.1");
+    for i in 1..200 {
+        let token = if i % 4 == 0 {
+            used.clone()
+        } else {
+            format!("bogus-{i}")
+        };
+        let (status, body) = http.send("POST", "/api/v1/enroll", None, Some(enroll_body(&token)));
+        assert!(status == 401 || status == 409, "{status} {body}");
+    }
+    let elapsed = start.elapsed().as_secs();
+
+    // Counted in the metrics, by reason.
+    let (_, metrics) = http.send("GET", "/metrics", Some(&server.owner_token), None);
+    assert!(
+        metrics.contains(r#"redoubt_enroll_refused_total{reason="invalid"} 150"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"redoubt_enroll_refused_total{reason="used"} 50"#),
+        "{metrics}"
+    );
+    // In the audit log, once the window ends: a few entries whose counts add up.
+    let entries = common::wait_for(
+        "the refusals to be flushed",
+        std::time::Duration::from_secs(60),
+        || {
+            let e = refused_entries();
+            let total: u64 = e
+                .iter()
+                .map(|e| e["detail"]["count"].as_u64().unwrap())
+                .sum();
+            (total == 200).then_some(e)
+        },
+    );
+    let bound = 2 * (elapsed / window + 2) as usize;
+    assert!(
+        entries.len() <= bound,
+        "{} entries for 200 refusals in {elapsed} s: {entries:?}",
+        entries.len()
+    );
+    let aggregated = entries
+        .iter()
+        .find(|e| e["detail"]["count"].as_u64().unwrap() > 1)
+        .unwrap();
+    assert_eq!(aggregated["actor"], "anonymous");
+    assert!(aggregated["detail"]["reasons"]["invalid"].as_u64().unwrap() > 0);
 }

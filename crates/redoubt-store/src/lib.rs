@@ -31,7 +31,7 @@ pub use messaging::{
 };
 pub use modes::ModeRecord;
 pub use tokens::{AdminRecord, EnrollRefusal};
-pub use zones::ZoneRecord;
+pub use zones::{GateCredentialRecord, ZoneRecord};
 
 /// Errors of the store. Variants exist where callers branch.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +71,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (3, "zones", include_str!("../migrations/0003_zones.sql")),
     (4, "audit", include_str!("../migrations/0004_audit.sql")),
+    (
+        6,
+        "credentials",
+        include_str!("../migrations/0006_credentials.sql"),
+    ),
 ];
 
 /// The store: a pool of connections to the embedded database.

@@ -1,8 +1,9 @@
-//! Secured zones and the credentials of their gate terminals.
+//! Secured zones and the credentials of their gate terminals (which expire and can be
+//! revoked; a credential is looked up with the time).
 
 use std::collections::BTreeMap;
 
-use redoubt_proto::api::ZoneDefinition;
+use redoubt_proto::api::{CredentialId, ZoneDefinition};
 use redoubt_proto::{CheckpointName, DeviceId, Mode, Timestamp, ZoneName};
 use sqlx::{Row, Sqlite, Transaction};
 
@@ -23,6 +24,51 @@ fn zone_record(r: &sqlx::sqlite::SqliteRow) -> Result<ZoneRecord> {
     Ok(ZoneRecord {
         definition: from_json("zone definition", r.try_get("definition")?)?,
         updated_at: Timestamp(r.try_get("updated_at")?),
+    })
+}
+
+/// A gate credential as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GateCredentialRecord {
+    /// Its public id.
+    pub id: CredentialId,
+    /// The zone.
+    pub zone: ZoneName,
+    /// The checkpoint whose gate it opens.
+    pub checkpoint: CheckpointName,
+    /// Who made it.
+    pub created_by: String,
+    /// When it was made.
+    pub created_at: Timestamp,
+    /// When it stops working.
+    pub expires_at: Timestamp,
+    /// When it was revoked.
+    pub revoked_at: Option<Timestamp>,
+    /// Who revoked it.
+    pub revoked_by: Option<String>,
+}
+
+/// The columns a record is read from.
+macro_rules! gate_columns {
+    () => {
+        "token_hash, zone, checkpoint, created_by, created_at, expires_at, revoked_at, revoked_by"
+    };
+}
+
+fn gate_record(r: &sqlx::sqlite::SqliteRow) -> Result<GateCredentialRecord> {
+    let hash: Vec<u8> = r.try_get("token_hash")?;
+    let hash: [u8; 32] = hash
+        .try_into()
+        .map_err(|_| crate::corrupt("gate credential hash", "not 32 bytes"))?;
+    Ok(GateCredentialRecord {
+        id: CredentialId::from_hash(&hash),
+        zone: parse("zone name", r.try_get("zone")?)?,
+        checkpoint: parse("checkpoint name", r.try_get("checkpoint")?)?,
+        created_by: r.try_get("created_by")?,
+        created_at: Timestamp(r.try_get("created_at")?),
+        expires_at: Timestamp(r.try_get("expires_at")?),
+        revoked_at: r.try_get::<Option<i64>, _>("revoked_at")?.map(Timestamp),
+        revoked_by: r.try_get("revoked_by")?,
     })
 }
 
@@ -103,11 +149,14 @@ impl Store {
             let cp: String = c.try_get("checkpoint")?;
             if !zone.checkpoints.iter().any(|k| k.as_str() == cp) {
                 let hash: Vec<u8> = c.try_get("token_hash")?;
-                sqlx::query("UPDATE gate_credentials SET revoked_at = ? WHERE token_hash = ?")
-                    .bind(now.unix())
-                    .bind(hash)
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(
+                    "UPDATE gate_credentials SET revoked_at = ?, revoked_by = 'zone change'
+                     WHERE token_hash = ?",
+                )
+                .bind(now.unix())
+                .bind(hash)
+                .execute(&mut *tx)
+                .await?;
             }
         }
         let touched = reissue_all(&mut tx, &mut issue).await?;
@@ -143,6 +192,7 @@ impl Store {
         checkpoint: &CheckpointName,
         created_by: &str,
         now: Timestamp,
+        expires_at: Timestamp,
         audit: &[AuditDraft],
         sign: HeadSigner<'_>,
     ) -> Result<()> {
@@ -161,14 +211,15 @@ impl Store {
             )));
         }
         sqlx::query(
-            "INSERT INTO gate_credentials (token_hash, zone, checkpoint, created_by, created_at)
-             VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO gate_credentials (token_hash, zone, checkpoint, created_by, created_at, expires_at)
+             VALUES (?, ?, ?, ?, ?, ?)",
         )
         .bind(&token_hash[..])
         .bind(zone.as_str())
         .bind(checkpoint.as_str())
         .bind(created_by)
         .bind(now.unix())
+        .bind(expires_at.unix())
         .execute(&mut *tx)
         .await?;
         crate::audit::append(&mut tx, audit, now, sign).await?;
@@ -176,16 +227,19 @@ impl Store {
         Ok(())
     }
 
-    /// The zone and checkpoint a live gate credential opens, if it still exists.
+    /// The zone and checkpoint a gate credential opens, if it is live at `now`
+    /// (neither revoked nor expired) and its zone still exists.
     pub async fn gate_credential(
         &self,
         token_hash: &[u8; 32],
+        now: Timestamp,
     ) -> Result<Option<(ZoneName, CheckpointName)>> {
         let row = sqlx::query(
             "SELECT g.zone, g.checkpoint FROM gate_credentials g JOIN zones z ON z.name = g.zone
-             WHERE g.token_hash = ? AND g.revoked_at IS NULL",
+             WHERE g.token_hash = ? AND g.revoked_at IS NULL AND g.expires_at > ?",
         )
         .bind(&token_hash[..])
+        .bind(now.unix())
         .fetch_optional(&self.pool)
         .await?;
         row.map(|r| {
@@ -197,13 +251,18 @@ impl Store {
         .transpose()
     }
 
-    /// Live gate credentials per checkpoint of a zone.
-    pub async fn gate_credential_counts(&self, zone: &ZoneName) -> Result<BTreeMap<String, u64>> {
+    /// Gate credentials live at `now`, per checkpoint of a zone.
+    pub async fn gate_credential_counts(
+        &self,
+        zone: &ZoneName,
+        now: Timestamp,
+    ) -> Result<BTreeMap<String, u64>> {
         let rows = sqlx::query(
             "SELECT checkpoint, count(*) AS n FROM gate_credentials
-             WHERE zone = ? AND revoked_at IS NULL GROUP BY checkpoint",
+             WHERE zone = ? AND revoked_at IS NULL AND expires_at > ? GROUP BY checkpoint",
         )
         .bind(zone.as_str())
+        .bind(now.unix())
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
@@ -214,5 +273,80 @@ impl Store {
                 ))
             })
             .collect()
+    }
+
+    /// Every gate credential of a zone ever made, oldest first (revoked and expired
+    /// ones too).
+    pub async fn list_gate_credentials(
+        &self,
+        zone: &ZoneName,
+    ) -> Result<Vec<GateCredentialRecord>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            gate_columns!(),
+            " FROM gate_credentials WHERE zone = ? ORDER BY created_at, rowid"
+        ))
+        .bind(zone.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(gate_record).collect()
+    }
+
+    /// Revokes gate credential `id` of `zone` (by `by`) and appends the audit entries
+    /// `audit` makes from it, in one transaction. Not found: no such credential in
+    /// this zone; conflict: it was revoked already.
+    pub async fn revoke_gate_credential(
+        &self,
+        zone: &ZoneName,
+        id: &CredentialId,
+        by: &str,
+        now: Timestamp,
+        audit: impl FnOnce(&GateCredentialRecord) -> Vec<AuditDraft>,
+        sign: HeadSigner<'_>,
+    ) -> Result<GateCredentialRecord> {
+        let mut tx = self.write_tx().await?;
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            gate_columns!(),
+            " FROM gate_credentials
+             WHERE zone = ? AND lower(hex(substr(token_hash, 1, 8))) = ?"
+        ))
+        .bind(zone.as_str())
+        .bind(id.as_str())
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut rec = match rows.as_slice() {
+            [one] => gate_record(one)?,
+            [] => {
+                return Err(StoreError::NotFound(format!(
+                    "gate credential {id} of zone {zone}"
+                )));
+            }
+            _ => {
+                return Err(StoreError::Conflict(format!(
+                    "more than one gate credential has the id {id}"
+                )));
+            }
+        };
+        if rec.revoked_at.is_some() {
+            return Err(StoreError::Conflict(format!(
+                "gate credential {id} is revoked already"
+            )));
+        }
+        sqlx::query(
+            "UPDATE gate_credentials SET revoked_at = ?, revoked_by = ?
+             WHERE zone = ? AND lower(hex(substr(token_hash, 1, 8))) = ?",
+        )
+        .bind(now.unix())
+        .bind(by)
+        .bind(zone.as_str())
+        .bind(id.as_str())
+        .execute(&mut *tx)
+        .await?;
+        rec.revoked_at = Some(now);
+        rec.revoked_by = Some(by.to_owned());
+        crate::audit::append(&mut tx, &audit(&rec), now, sign).await?;
+        tx.commit().await?;
+        Ok(rec)
     }
 }

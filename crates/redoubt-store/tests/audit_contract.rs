@@ -346,6 +346,7 @@ async fn audited_changes_write_their_entries_with_the_change_and_none_when_they_
             redoubt_proto::api::Role::Auditor,
             &[9; 32],
             NOW,
+            NOW.plus_secs(86400),
             &[draft("admin_token.create", None, json!({"name": "erin"}))],
             &sign,
         )

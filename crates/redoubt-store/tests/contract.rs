@@ -263,7 +263,15 @@ async fn reports_are_kept_once_in_order_and_survive_reopening() {
             ReportOutcome::Duplicate
         );
         store
-            .create_admin_token("root", Role::Owner, &[5; 32], NOW, &[], &sign_head)
+            .create_admin_token(
+                "root",
+                Role::Owner,
+                &[5; 32],
+                NOW,
+                NOW.plus_secs(86400),
+                &[],
+                &sign_head,
+            )
             .await
             .unwrap();
         store.close().await;
@@ -278,14 +286,51 @@ async fn reports_are_kept_once_in_order_and_survive_reopening() {
     assert_eq!(store.count_reports(&id).await.unwrap(), 2);
     assert_eq!(
         store
-            .admin_by_token_hash(&[5; 32])
+            .admin_by_token_hash(&[5; 32], NOW)
             .await
             .unwrap()
             .unwrap()
             .role,
         Role::Owner
     );
-    assert!(store.admin_by_token_hash(&[6; 32]).await.unwrap().is_none());
+    assert!(
+        store
+            .admin_by_token_hash(&[6; 32], NOW)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Expired at its expiry; revoked at once, once.
+    let later = NOW.plus_secs(86400);
+    assert!(
+        store
+            .admin_by_token_hash(&[5; 32], later)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(store.count_admin_tokens(later).await.unwrap(), 0);
+    let id = redoubt_proto::api::CredentialId::from_hash(&[5; 32]);
+    let listed = store.list_admin_tokens().await.unwrap();
+    assert_eq!((listed.len(), &listed[0].id), (1, &id));
+    let revoked = store
+        .revoke_admin_token(&id, "admin:test", NOW, |_| Vec::new(), &sign_head)
+        .await
+        .unwrap();
+    assert_eq!(revoked.revoked_by.as_deref(), Some("admin:test"));
+    assert!(
+        store
+            .admin_by_token_hash(&[5; 32], NOW)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(matches!(
+        store
+            .revoke_admin_token(&id, "admin:test", NOW, |_| Vec::new(), &sign_head)
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
     let counts = store.compliance_counts(NOW.plus_secs(1)).await.unwrap();
     assert!(counts.contains(&(Compliance::Stale, 1)), "{counts:?}");
     let counts = store.compliance_counts(NOW).await.unwrap();
