@@ -427,5 +427,52 @@ mod tests {
         check("public_url = \"http://x\"", "https://");
         check("check_in_interval_secs = 0", "at least 1");
         check("listen = ", "c.toml");
+        check("max_connections_per_address = 0", "at least 1");
+        check(
+            "header_timeout_secs = 0",
+            "header_timeout_secs must be between",
+        );
+    }
+
+    fn addresses(text: &str) -> Result<Vec<String>, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, text).unwrap();
+        RawConfig::load(Some(&p))
+            .and_then(RawConfig::resolve)
+            .map(|c| {
+                c.organization_addresses
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect()
+            })
+            .map_err(|e| format!("{e:#}"))
+    }
+
+    #[test]
+    fn organization_addresses_are_ip_literals_defaulting_to_the_servers_own() {
+        assert_eq!(addresses("").unwrap(), ["127.0.0.1"]);
+        assert_eq!(
+            addresses("listen = \"0.0.0.0:8443\"\npublic_url = \"https://[2001:db8::5]:8443\"")
+                .unwrap(),
+            ["2001:db8::5"]
+        );
+        // A name says nothing a phone may trust: no default from it.
+        assert!(
+            addresses("listen = \"0.0.0.0:8443\"\npublic_url = \"https://mdm.example\"")
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            addresses(
+                "organization_addresses = [\"192.0.2.10\", \"[2001:db8::1]\", \"192.0.2.10\"]"
+            )
+            .unwrap(),
+            ["192.0.2.10", "2001:db8::1"]
+        );
+        let err = addresses("organization_addresses = [\"mdm.example\"]").unwrap_err();
+        assert!(err.contains("not an IP address"), "{err}");
+        let err = addresses("organization_addresses = [\"0.0.0.0\"]").unwrap_err();
+        assert!(err.contains("not an address a phone can reach"), "{err}");
     }
 }

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Http, Server, wait_for};
+use common::{Agent, Http, Server, wait_for};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
@@ -236,4 +236,45 @@ fn connections_beyond_the_per_address_cap_are_refused_while_others_still_work() 
     let _ = wait_for("the server to answer", Duration::from_secs(10), || {
         (Http::new(&server).send("GET", "/healthz", None, None).0 == 200).then_some(())
     });
+}
+
+#[test]
+fn device_websockets_outlive_the_header_and_idle_timeouts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        &tmp.path().join("server"),
+        &[
+            ("REDOUBT_HEADER_TIMEOUT_SECS", "1"),
+            ("REDOUBT_IDLE_TIMEOUT_SECS", "1"),
+        ],
+    );
+    let mut phone = Agent::new(tmp.path().join("phone"));
+    let id = phone.enroll(&server.enrollment_url("alice"));
+    phone.start();
+    wait_for("the phone's session", Duration::from_secs(30), || {
+        (server.device(&id)["connected"] == true).then_some(())
+    });
+    // Several idle periods pass (each idle connection is closed after one).
+    let raw = Raw::new(&server);
+    let start = Instant::now();
+    runtime().block_on(async {
+        for _ in 0..3 {
+            let mut s = raw.tls_from("127.0.0.1").await.unwrap();
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let (got, _) = until_closed(&mut s).await;
+            assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+        }
+    });
+    assert!(start.elapsed() >= Duration::from_secs(3));
+    // The device's WebSocket is the one it opened: still connected, never reopened.
+    assert_eq!(server.device(&id)["connected"], true);
+    let log = std::fs::read_to_string(server.data.with_extension("log")).unwrap();
+    assert_eq!(
+        log.matches("device connected").count(),
+        1,
+        "the device session was cut and reopened"
+    );
+    phone.stop();
 }
