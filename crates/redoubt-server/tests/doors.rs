@@ -233,7 +233,7 @@ fn connections_beyond_the_per_address_cap_are_refused_while_others_still_work() 
         }
     });
     // The HTTP client of the harness still works as well (its own address is capped too).
-    let _ = wait_for("the server to answer", Duration::from_secs(10), || {
+    wait_for("the server to answer", Duration::from_secs(10), || {
         (Http::new(&server).send("GET", "/healthz", None, None).0 == 200).then_some(())
     });
 }
