@@ -412,7 +412,7 @@ fn median_bytes(samples: &mut [usize]) -> Option<usize> {
 }
 
 /// Measures add / remove / self-update at one size.
-fn measure(size: usize, shape: Shape, rounds: usize) -> Result<(Duration, [OpStats; 3])> {
+fn measure(size: usize, shape: Shape, rounds: usize) -> Result<(Duration, usize, [OpStats; 3])> {
     let started = Instant::now();
     let mut g = build(size, shape).with_context(|| format!("building a group of {size}"))?;
     let built = started.elapsed();
@@ -455,7 +455,7 @@ fn measure(size: usize, shape: Shape, rounds: usize) -> Result<(Duration, [OpSta
         g.receiver.process(&sent.commit)?;
         update.record(create, t.elapsed(), &sent);
     }
-    Ok((built, [add, remove, update]))
+    Ok((built, ds.state.len(), [add, remove, update]))
 }
 
 /// The openmls version in the workspace's `Cargo.lock`.
@@ -517,7 +517,7 @@ pub fn run(sizes: &[usize], rounds: usize, shapes: &[Shape]) -> Result<()> {
     );
     for &shape in shapes {
         for &size in sizes {
-            let (built, mut ops) = measure(size, shape, rounds)?;
+            let (built, state_bytes, mut ops) = measure(size, shape, rounds)?;
             for (name, op) in ["add 1", "remove 1", "self-update"]
                 .iter()
                 .zip(ops.iter_mut())
@@ -543,10 +543,11 @@ pub fn run(sizes: &[usize], rounds: usize, shapes: &[Shape]) -> Result<()> {
                 );
             }
             println!(
-                "  {:>5} | {:<8} | (building the group took {:.2} s)",
+                "  {:>5} | {:<8} | (building the group took {:.2} s; the server's stored public state: {} bytes)",
                 size,
                 shape.label(),
-                built.as_secs_f64()
+                built.as_secs_f64(),
+                state_bytes
             );
         }
     }

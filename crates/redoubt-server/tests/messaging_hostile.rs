@@ -201,6 +201,20 @@ fn a_member_cannot_rewrite_the_group_with_what_it_declares() {
             post(&m, &path, &json!({"commit": commit2, "welcome": welcome, "group_info": gi2})).await;
         assert_eq!(status, 400, "a Welcome for other KeyPackages was accepted: {v}");
         drop(commit);
+        // A correct add with its Welcome, of a device revoked meanwhile, is refused.
+        let (commit3, welcome3, gi3) = craft_add(&w.mallory.state, &m, &gid, "eve").await;
+        let revoked = w
+            .server
+            .cli_json(&["devices", "revoke", w.eve_device().as_str()]);
+        assert_eq!(revoked["state"], "verified", "{revoked}");
+        let (status, v) = post(
+            &m,
+            &path,
+            &json!({"commit": commit3, "welcome": welcome3, "group_info": gi3}),
+        )
+        .await;
+        assert_eq!(status, 409, "the add of a revoked device was accepted: {v}");
+        assert!(v["message"].as_str().unwrap().contains("revoked"), "{v}");
 
         let after = group(&m, &gid).await;
         assert_eq!(after.members, before.members, "the member list changed");
