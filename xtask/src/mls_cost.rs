@@ -11,6 +11,12 @@
 //! group reaches when members update regularly; the messenger does not do this yet).
 //! Besides the committer, one receiver is kept, which joined from a Welcome and
 //! processes every commit; the other members' states are dropped.
+//!
+//! "server verify" is the delivery service's check of each commit (with its Welcome
+//! and GroupInfo) against its public view of the group: the server's own
+//! `messaging/public_group.rs`, included here as a module, so the figure is that
+//! code's. For it every leaf carries a member certificate signed by a bench
+//! organization key, as in Redoubt.
 
 use std::time::{Duration, Instant};
 
@@ -22,6 +28,42 @@ use redoubt_messenger::messenger::{CIPHERSUITE, create_config};
 use tls_codec::{Deserialize as _, Serialize as _};
 
 use crate::common::{ms, percentile};
+
+/// The server's commit verification, measured as the server runs it.
+#[allow(dead_code)]
+#[path = "../../crates/redoubt-server/src/messaging/public_group.rs"]
+mod public_group;
+
+/// The bench's organization key (certifies every member's MLS key).
+fn org() -> ed25519_dalek::SigningKey {
+    ed25519_dalek::SigningKey::from_bytes(&[9u8; 32])
+}
+
+/// The device a member name stands for.
+fn device_of(name: &str) -> redoubt_proto::DeviceId {
+    let mut raw = [0u8; 12];
+    for (i, b) in name.bytes().enumerate() {
+        raw[i % 12] = raw[i % 12].wrapping_mul(31).wrapping_add(b);
+    }
+    raw[0] ^= name.len() as u8;
+    redoubt_proto::DeviceId::from_random(raw)
+}
+
+/// A credential as Redoubt's: the organization's certificate for `name`'s key.
+fn certified(name: &str, signer: &SignatureKeyPair) -> CredentialWithKey {
+    use redoubt_proto::messaging::{B64, MemberCertificate};
+    let cert = MemberCertificate {
+        device_id: device_of(name),
+        user: "bench".parse().expect("a valid user name"),
+        mls_key: B64(signer.to_public_vec()),
+        issued_at: redoubt_proto::Timestamp(1_800_000_000),
+    };
+    let env = redoubt_proto::SignedEnvelope::sign(MemberCertificate::KIND, &cert, &org());
+    CredentialWithKey {
+        credential: BasicCredential::new(serde_json::to_vec(&env).unwrap_or_default()).into(),
+        signature_key: signer.to_public_vec().into(),
+    }
+}
 
 /// Most members added by one commit while building a group.
 const BUILD_BATCH: usize = 100;
@@ -59,10 +101,7 @@ impl Client {
         signer
             .store(provider.storage())
             .map_err(|e| anyhow!("storing a signature key: {e:?}"))?;
-        let credential = CredentialWithKey {
-            credential: BasicCredential::new(name.as_bytes().to_vec()).into(),
-            signature_key: signer.to_public_vec().into(),
-        };
+        let credential = certified(name, &signer);
         Ok(Client {
             provider,
             signer,
@@ -113,10 +152,15 @@ struct Member {
     group: MlsGroup,
 }
 
-/// A commit as sent: its encoding, and the Welcome's if any.
+/// A commit as sent: its encoding, the Welcome's if any, and the new GroupInfo.
 struct Sent {
     commit: Vec<u8>,
     welcome: Option<Vec<u8>>,
+    group_info: Option<Vec<u8>>,
+}
+
+fn encode_info(gi: Option<openmls::messages::group_info::GroupInfo>) -> Result<Option<Vec<u8>>> {
+    gi.map(|g| encode(&MlsMessageOut::from(g))).transpose()
 }
 
 fn encode(m: &MlsMessageOut) -> Result<Vec<u8>> {
@@ -127,10 +171,11 @@ fn encode(m: &MlsMessageOut) -> Result<Vec<u8>> {
 impl Member {
     fn create(name: &str) -> Result<Member> {
         let client = Client::new(name)?;
-        let group = MlsGroup::new(
+        let group = MlsGroup::new_with_group_id(
             &client.provider,
             &client.signer,
             &create_config(),
+            openmls::group::GroupId::from_slice(bench_group().as_str().as_bytes()),
             client.credential.clone(),
         )
         .map_err(|e| anyhow!("creating the group: {e:?}"))?;
@@ -145,7 +190,7 @@ impl Member {
 
     /// Adds members (the commit also updates the committer's path) and merges.
     fn add(&mut self, kps: &[KeyPackage]) -> Result<Sent> {
-        let (commit, welcome, _info) = self
+        let (commit, welcome, info) = self
             .group
             .add_members(&self.client.provider, &self.client.signer, kps)
             .map_err(|e| anyhow!("adding members: {e:?}"))?;
@@ -153,11 +198,12 @@ impl Member {
         Ok(Sent {
             commit: encode(&commit)?,
             welcome: Some(encode(&welcome)?),
+            group_info: encode_info(info)?,
         })
     }
 
     fn remove(&mut self, leaf: LeafNodeIndex) -> Result<Sent> {
-        let (commit, _welcome, _info) = self
+        let (commit, _welcome, info) = self
             .group
             .remove_members(&self.client.provider, &self.client.signer, &[leaf])
             .map_err(|e| anyhow!("removing a member: {e:?}"))?;
@@ -165,6 +211,7 @@ impl Member {
         Ok(Sent {
             commit: encode(&commit)?,
             welcome: None,
+            group_info: encode_info(info)?,
         })
     }
 
@@ -178,10 +225,15 @@ impl Member {
             )
             .map_err(|e| anyhow!("self-update: {e:?}"))?;
         let commit = encode(bundle.commit())?;
+        let group_info = bundle
+            .group_info()
+            .map(|g| encode(&MlsMessageOut::from(g.clone())))
+            .transpose()?;
         self.merge()?;
         Ok(Sent {
             commit,
             welcome: None,
+            group_info,
         })
     }
 
@@ -230,11 +282,7 @@ fn build(size: usize, shape: Shape) -> Result<Group> {
                 for i in 0..n {
                     let signer = SignatureKeyPair::new(CIPHERSUITE.signature_algorithm())
                         .map_err(|e| anyhow!("creating a signature key: {e:?}"))?;
-                    let credential = CredentialWithKey {
-                        credential: BasicCredential::new(format!("member{}", count + i).into())
-                            .into(),
-                        signature_key: signer.to_public_vec().into(),
-                    };
+                    let credential = certified(&format!("member{}", count + i), &signer);
                     let kp = KeyPackage::builder()
                         .build(CIPHERSUITE, &crowd, &signer, credential)
                         .map_err(|e| anyhow!("creating a KeyPackage: {e:?}"))?;
@@ -270,9 +318,71 @@ fn build(size: usize, shape: Shape) -> Result<Group> {
     })
 }
 
+/// The benchmark group's id.
+fn bench_group() -> redoubt_proto::GroupId {
+    redoubt_proto::GroupId::from_random([5; 16])
+}
+
+/// The server's public view of the benchmark group, advanced commit by commit.
+struct Ds {
+    state: Vec<u8>,
+    org: ed25519_dalek::VerifyingKey,
+}
+
+impl Ds {
+    /// Starts tracking the group as it is now (from its GroupInfo and tree).
+    fn new(committer: &Member) -> Result<Ds> {
+        let crypto = openmls_rust_crypto::RustCrypto::default();
+        let gi = committer
+            .group
+            .export_group_info(&crypto, &committer.client.signer, false)
+            .map_err(|e| anyhow!("exporting the GroupInfo: {e:?}"))?;
+        let MlsMessageBodyIn::GroupInfo(vgi) = MlsMessageIn::tls_deserialize_exact(&encode(&gi)?)
+            .map_err(|e| anyhow!("{e:?}"))?
+            .extract()
+        else {
+            bail!("not a GroupInfo");
+        };
+        let tree = RatchetTreeIn::tls_deserialize_exact(
+            &committer
+                .group
+                .export_ratchet_tree()
+                .tls_serialize_detached()
+                .map_err(|e| anyhow!("{e:?}"))?,
+        )
+        .map_err(|e| anyhow!("{e:?}"))?;
+        let state = public_group::PublicState::default();
+        PublicGroup::from_external(&crypto, &state, tree, vgi, ProposalStore::new())
+            .map_err(|e| anyhow!("the server's view of the group: {e:?}"))?;
+        Ok(Ds {
+            state: state.snapshot(),
+            org: org().verifying_key(),
+        })
+    }
+
+    /// Verifies a commit as the server does and moves on to its epoch.
+    fn verify(&mut self, sent: &Sent) -> Result<Duration> {
+        let t = Instant::now();
+        let v = public_group::verify_commit(
+            &self.state,
+            &bench_group(),
+            &device_of("committer"),
+            &sent.commit,
+            sent.welcome.as_deref(),
+            sent.group_info.as_deref(),
+            &self.org,
+        )
+        .map_err(|e| anyhow!("the server refused the commit: {e}"))?;
+        let took = t.elapsed();
+        self.state = v.state;
+        Ok(took)
+    }
+}
+
 /// Timings and sizes of one operation over the rounds.
 #[derive(Default)]
 struct OpStats {
+    verify: Vec<Duration>,
     create: Vec<Duration>,
     process: Vec<Duration>,
     join: Vec<Duration>,
@@ -302,10 +412,11 @@ fn median_bytes(samples: &mut [usize]) -> Option<usize> {
 }
 
 /// Measures add / remove / self-update at one size.
-fn measure(size: usize, shape: Shape, rounds: usize) -> Result<(Duration, [OpStats; 3])> {
+fn measure(size: usize, shape: Shape, rounds: usize) -> Result<(Duration, usize, [OpStats; 3])> {
     let started = Instant::now();
     let mut g = build(size, shape).with_context(|| format!("building a group of {size}"))?;
     let built = started.elapsed();
+    let mut ds = Ds::new(&g.committer)?;
     let (mut add, mut remove, mut update) =
         (OpStats::default(), OpStats::default(), OpStats::default());
     for round in 0..rounds {
@@ -319,6 +430,7 @@ fn measure(size: usize, shape: Shape, rounds: usize) -> Result<(Duration, [OpSta
         let t = Instant::now();
         g.receiver.process(&sent.commit)?;
         let process = t.elapsed();
+        add.verify.push(ds.verify(&sent)?);
         let t = Instant::now();
         let joined = joiner.join(sent.welcome.as_deref().context("no Welcome")?)?;
         add.join.push(t.elapsed());
@@ -329,6 +441,7 @@ fn measure(size: usize, shape: Shape, rounds: usize) -> Result<(Duration, [OpSta
         let t = Instant::now();
         let sent = g.committer.remove(leaf)?;
         let create = t.elapsed();
+        remove.verify.push(ds.verify(&sent)?);
         let t = Instant::now();
         g.receiver.process(&sent.commit)?;
         remove.record(create, t.elapsed(), &sent);
@@ -337,11 +450,12 @@ fn measure(size: usize, shape: Shape, rounds: usize) -> Result<(Duration, [OpSta
         let t = Instant::now();
         let sent = g.committer.self_update()?;
         let create = t.elapsed();
+        update.verify.push(ds.verify(&sent)?);
         let t = Instant::now();
         g.receiver.process(&sent.commit)?;
         update.record(create, t.elapsed(), &sent);
     }
-    Ok((built, [add, remove, update]))
+    Ok((built, ds.state.len(), [add, remove, update]))
 }
 
 /// The openmls version in the workspace's `Cargo.lock`.
@@ -376,8 +490,10 @@ pub fn run(sizes: &[usize], rounds: usize, shapes: &[Shape]) -> Result<()> {
     println!();
     println!(
         "MLS cost, in-process: openmls {}, {CIPHERSUITE:?}, ratchet tree extension on, \
-         OpenMlsRustCrypto in-memory provider, basic credentials (measures MLS itself, not \
-         Redoubt's member certificates, SQLite store or network); {profile}; p50 of {rounds} \
+         OpenMlsRustCrypto in-memory provider, basic credentials carrying organization-signed \
+         member certificates; 'server verify' is the delivery service's check of the commit with \
+         its Welcome and GroupInfo (crates/redoubt-server/src/messaging/public_group.rs, without \
+         SQLite or network); {profile}; p50 of {rounds} \
          round(s); one receiver at leaf 1 processes every commit; load average {}.",
         openmls_version().unwrap_or_else(|| "?".into()),
         crate::common::load_average()
@@ -388,19 +504,20 @@ pub fn run(sizes: &[usize], rounds: usize, shapes: &[Shape]) -> Result<()> {
          self-updated after joining (no blank nodes)."
     );
     println!(
-        "  {:>5} | {:<8} | {:<11} | {:>11} | {:>11} | {:>9} | {:>12} | {:>13}",
+        "  {:>5} | {:<8} | {:<11} | {:>11} | {:>11} | {:>17} | {:>9} | {:>12} | {:>13}",
         "size",
         "tree",
         "op",
         "create p50",
         "process p50",
+        "server verify p50",
         "join p50",
         "commit bytes",
         "welcome bytes"
     );
     for &shape in shapes {
         for &size in sizes {
-            let (built, mut ops) = measure(size, shape, rounds)?;
+            let (built, state_bytes, mut ops) = measure(size, shape, rounds)?;
             for (name, op) in ["add 1", "remove 1", "self-update"]
                 .iter()
                 .zip(ops.iter_mut())
@@ -413,22 +530,24 @@ pub fn run(sizes: &[usize], rounds: usize, shapes: &[Shape]) -> Result<()> {
                 let welcome = median_bytes(&mut op.welcome_bytes)
                     .map_or_else(|| "-".to_owned(), |b| b.to_string());
                 println!(
-                    "  {:>5} | {:<8} | {:<11} | {:>8.2} ms | {:>8.2} ms | {:>9} | {:>12} | {:>13}",
+                    "  {:>5} | {:<8} | {:<11} | {:>8.2} ms | {:>8.2} ms | {:>14.2} ms | {:>9} | {:>12} | {:>13}",
                     size,
                     shape.label(),
                     name,
                     ms(p50(&mut op.create)),
                     ms(p50(&mut op.process)),
+                    ms(p50(&mut op.verify)),
                     join,
                     median_bytes(&mut op.commit_bytes).unwrap_or(0),
                     welcome
                 );
             }
             println!(
-                "  {:>5} | {:<8} | (building the group took {:.2} s)",
+                "  {:>5} | {:<8} | (building the group took {:.2} s; the server's stored public state: {} bytes)",
                 size,
                 shape.label(),
-                built.as_secs_f64()
+                built.as_secs_f64(),
+                state_bytes
             );
         }
     }

@@ -158,9 +158,13 @@ fn new_message_id() -> String {
 }
 
 /// The group settings of every Redoubt conversation (the benchmark uses them too).
+/// Handshake messages (commits) go out in public framing, so the server can verify
+/// them against its public view of the group; application messages are always
+/// encrypted (openmls' `create_message` encrypts whatever the policy).
 pub fn create_config() -> MlsGroupCreateConfig {
     MlsGroupCreateConfig::builder()
         .ciphersuite(CIPHERSUITE)
+        .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
         .use_ratchet_tree_extension(true)
         .max_past_epochs(PAST_EPOCHS)
         .build()
@@ -171,7 +175,7 @@ fn join_config() -> MlsGroupJoinConfig {
 }
 
 fn encode_group_info(gi: Option<openmls::messages::group_info::GroupInfo>) -> Result<Option<B64>> {
-    gi.map(|g| g.tls_serialize_detached().map(B64))
+    gi.map(|g| MlsMessageOut::from(g).tls_serialize_detached().map(B64))
         .transpose()
         .map_err(|e| anyhow!("encoding the GroupInfo: {e:?}"))
 }
@@ -440,8 +444,13 @@ impl Messenger {
         for r in rows {
             let id: i64 = r.try_get("id")?;
             let gid: GroupId = r.try_get::<String, _>("group_id")?.parse()?;
-            let post: PostCommit = serde_json::from_str(&r.try_get::<String, _>("extra")?)?;
-            let outcome = self.post_commit(&gid, &post).await;
+            // A row an older version wrote in another shape is discarded like a
+            // refused commit (its pending commit is cleared).
+            let outcome =
+                match serde_json::from_str::<PostCommit>(&r.try_get::<String, _>("extra")?) {
+                    Ok(post) => self.post_commit(&gid, &post).await,
+                    Err(e) => Err(anyhow!("unreadable pending commit: {e}")),
+                };
             self.finish_commit(id, &gid, outcome.map(|_| ())).await.ok();
         }
         Ok(())
@@ -504,7 +513,7 @@ impl Messenger {
                  VALUES (?, 'commit', '', ?, ?, ?, ?) RETURNING id",
             )
             .bind(gid.as_str())
-            .bind(post.epoch as i64)
+            .bind(group.epoch().as_u64() as i64)
             .bind(&post.commit.0)
             .bind(serde_json::to_string(&post)?)
             .bind(Timestamp::now().unix())
@@ -547,20 +556,9 @@ impl Messenger {
         let mut raw = [0u8; 16];
         rand_core::OsRng.fill_bytes(&mut raw);
         let gid = GroupId::from_random(raw);
-        let _: GroupState = self
-            .net
-            .post(
-                "/groups",
-                &CreateGroup {
-                    group_id: gid.clone(),
-                    clearance: clearance.clone(),
-                },
-            )
-            .await
-            .context("registering the conversation")?;
         let mut tx = self.db.begin().await?;
         let provider = Provider::new(tx.state());
-        MlsGroup::new_with_group_id(
+        let group = MlsGroup::new_with_group_id(
             &provider,
             &self.signer,
             &create_config(),
@@ -568,6 +566,11 @@ impl Messenger {
             self.credential(),
         )
         .map_err(|e| anyhow!("creating the MLS group: {e:?}"))?;
+        // The server builds its public view of the group (no secrets) from these.
+        let group_info = group
+            .export_group_info(provider.crypto(), &self.signer, false)
+            .map_err(|e| anyhow!("exporting the GroupInfo: {e:?}"))?;
+        let ratchet_tree = group.export_ratchet_tree();
         sqlx::query(
             "INSERT INTO conversations (group_id, name, clearance, created_at, status) VALUES (?, ?, ?, ?, 'active')",
         )
@@ -577,6 +580,21 @@ impl Messenger {
         .bind(Timestamp::now().unix())
         .execute(tx.conn())
         .await?;
+        // Registered before the local transaction commits: should this device stop
+        // in between, the server keeps a group nobody uses, and nothing local is lost.
+        let _: GroupState = self
+            .net
+            .post(
+                "/groups",
+                &CreateGroup {
+                    group_id: gid.clone(),
+                    clearance: clearance.clone(),
+                    group_info: B64(group_info.tls_serialize_detached()?),
+                    ratchet_tree: B64(ratchet_tree.tls_serialize_detached()?),
+                },
+            )
+            .await
+            .context("registering the conversation")?;
         tx.commit().await?;
         let mut users: Vec<UserName> = members.to_vec();
         users.push(self.identity.user.clone());
@@ -654,18 +672,12 @@ impl Messenger {
                 let (commit, welcome, group_info) = group
                     .add_members(provider, signer, &packages)
                     .map_err(|e| anyhow!("adding members: {e:?}"))?;
-                let mut members: Vec<DeviceId> = present.into_iter().collect();
-                let welcome_to: Vec<DeviceId> = new.iter().map(|(d, _)| d.clone()).collect();
-                members.extend(welcome_to.iter().cloned());
-                added = welcome_to.clone();
+                added = new.iter().map(|(d, _)| d.clone()).collect();
                 let group_info = encode_group_info(group_info)?;
                 Ok(Some(PostCommit {
-                    epoch: group.epoch().as_u64(),
                     commit: B64(commit.tls_serialize_detached()?),
                     welcome: Some(B64(welcome.tls_serialize_detached()?)),
-                    welcome_to,
                     group_info,
-                    members,
                 }))
             })
             .await?;
@@ -716,20 +728,12 @@ impl Messenger {
                 .remove_members(provider, signer, &idx)
                 .map_err(|e| anyhow!("removing members: {e:?}"))?;
             let gone: BTreeSet<DeviceId> = targets.iter().map(|(_, d)| d.clone()).collect();
-            let members: Vec<DeviceId> = member_devices(group)
-                .into_iter()
-                .map(|(_, c)| c.device_id)
-                .filter(|d| !gone.contains(d))
-                .collect();
             removed = gone.into_iter().collect();
             let group_info = encode_group_info(group_info)?;
             Ok(Some(PostCommit {
-                epoch: group.epoch().as_u64(),
                 commit: B64(commit.tls_serialize_detached()?),
                 welcome: None,
-                welcome_to: Vec::new(),
                 group_info,
-                members,
             }))
         })
         .await?;

@@ -261,7 +261,9 @@ pub struct ClaimedKeyPackages {
     pub missing: Vec<Unclaimable>,
 }
 
-/// Register a new group; the caller is its only member at epoch 0.
+/// Register a new group; the caller is its only member at epoch 0. The server builds
+/// its public view of the group (no secrets) from the GroupInfo and ratchet tree, and
+/// from then on verifies every commit against it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateGroup {
@@ -270,6 +272,10 @@ pub struct CreateGroup {
     /// The mode a device must comply with to receive the group's messages.
     #[serde(default)]
     pub clearance: Option<ModeName>,
+    /// The creator's signed GroupInfo of epoch 0 (TLS-serialized `MlsMessageOut`).
+    pub group_info: B64,
+    /// The ratchet tree of epoch 0 (TLS-serialized `RatchetTree`).
+    pub ratchet_tree: B64,
 }
 
 /// A group as the server sees it.
@@ -282,34 +288,33 @@ pub struct GroupState {
     pub epoch: u64,
     /// Required mode, if any.
     pub clearance: Option<ModeName>,
-    /// Member devices, as declared by the last accepted commit.
+    /// Member devices, derived by the server from the verified commits (the
+    /// organization certificates of the group's leaves).
     pub members: Vec<DeviceId>,
-    /// The latest GroupInfo (TLS-serialized MLS message), for resync.
+    /// The latest GroupInfo (TLS-serialized MLS message), verified to be of the
+    /// current epoch, when the last committer sent one.
     pub group_info: Option<B64>,
 }
 
-/// A commit for the group's current epoch.
+/// A commit for the group's current epoch, in public framing. The server verifies it
+/// against its public view of the group and derives the epoch, the new member list
+/// and the Welcome's recipients from it; nothing about them is declared.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostCommit {
-    /// The epoch the commit was made in (must be the group's current epoch).
-    pub epoch: u64,
-    /// The commit (TLS-serialized `MlsMessageOut`).
+    /// The commit (TLS-serialized `MlsMessageOut` carrying a `PublicMessage`).
     pub commit: B64,
-    /// The Welcome for added devices, released only if the commit is accepted.
+    /// The Welcome for the added members: required when the commit adds, refused
+    /// otherwise; queued to the added devices only if the commit is accepted.
     #[serde(default)]
     pub welcome: Option<B64>,
-    /// Devices the Welcome is for.
-    #[serde(default)]
-    pub welcome_to: Vec<DeviceId>,
-    /// The new GroupInfo.
+    /// The GroupInfo of the new epoch, signed by the committer.
     #[serde(default)]
     pub group_info: Option<B64>,
-    /// The member devices after the commit.
-    pub members: Vec<DeviceId>,
 }
 
-/// 409 answer to a commit for an old epoch: catch up, then retry.
+/// 409 answer to a member's commit for an old epoch: catch up, then retry (a
+/// non-member gets the same 404 as for a group that does not exist).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EpochConflict {

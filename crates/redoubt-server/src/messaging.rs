@@ -1,7 +1,10 @@
 //! The MLS delivery and authentication service: device sessions (challenge signed with
 //! the device key), member certificates, the revocation list, KeyPackages, the per-group
 //! sequencer, per-device queues with clearance holds, encrypted blobs, and revocation
-//! (removal requests). The server never holds a key that decrypts a message.
+//! (removal requests). The server never holds a key that decrypts a message: it checks
+//! commits against openmls' secret-free public group state ([`public_group`]).
+
+pub mod public_group;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -22,6 +25,8 @@ use redoubt_proto::messaging::{
 };
 use redoubt_proto::{BlobId, DeviceId, GroupId, PolicyBundle, SignedEnvelope, Timestamp, UserName};
 use redoubt_store::{CommitInput, CommitOutcome, GroupRecord};
+
+use self::public_group::Refused;
 use sha2::{Digest, Sha256};
 use tokio::sync::broadcast;
 
@@ -161,6 +166,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// The data dir's folder of encrypted files.
 pub fn blob_dir(data: &Path) -> PathBuf {
     data.join("blobs")
+}
+
+/// The answer to a refused group start or commit.
+fn refusal(e: Refused) -> ServiceError {
+    match e {
+        Refused::Invalid(m) => ServiceError::BadRequest(m),
+        Refused::WrongEpoch { sent, current } => ServiceError::EpochConflict { sent, current },
+        Refused::Corrupt(m) => ServiceError::Internal(m),
+    }
 }
 
 fn group_state(g: GroupRecord) -> GroupState {
@@ -368,23 +382,51 @@ impl App {
         })
     }
 
-    /// `POST /messenger/groups`.
+    /// `POST /messenger/groups`: registers a group from its creator's verified
+    /// GroupInfo and ratchet tree (epoch 0, the calling device its only member).
     pub async fn create_group(
         &self,
         s: &DeviceSession,
         req: CreateGroup,
     ) -> Result<GroupState, ServiceError> {
+        let max = self.config.max_message_bytes;
+        if [&req.group_info, &req.ratchet_tree]
+            .iter()
+            .any(|b| b.0.is_empty() || b.0.len() > max)
+        {
+            return Err(ServiceError::BadRequest(format!(
+                "group_info and ratchet_tree must each be 1-{max} bytes"
+            )));
+        }
+        let org = self.keys.org_signing.verifying_key();
+        let (id, device) = (req.group_id.clone(), s.device.clone());
+        let started = tokio::task::spawn_blocking(move || {
+            public_group::start(&id, &req.group_info.0, &req.ratchet_tree.0, &device, &org)
+        })
+        .await
+        .map_err(|e| ServiceError::Internal(e.to_string()))?
+        .map_err(refusal)?;
         let g = self
             .store
             .create_group(
                 &req.group_id,
                 req.clearance.as_ref(),
                 &s.device,
+                &started.state,
+                &started.group_info,
                 Timestamp::now(),
             )
             .await?;
         metrics::counter!("redoubt_groups_created_total").increment(1);
         Ok(group_state(g))
+    }
+
+    /// The same answer for a group that does not exist and one the device is not a
+    /// member of: a non-member learns nothing about a group.
+    fn not_a_member(id: &GroupId) -> ServiceError {
+        ServiceError::NotFound(format!(
+            "no conversation {id} that this device is a member of"
+        ))
     }
 
     async fn member_group(
@@ -394,9 +436,7 @@ impl App {
     ) -> Result<GroupRecord, ServiceError> {
         match self.store.get_group(id).await? {
             Some(g) if g.members.contains(&s.device) => Ok(g),
-            _ => Err(ServiceError::NotFound(format!(
-                "no conversation {id} that this device is a member of"
-            ))),
+            _ => Err(Self::not_a_member(id)),
         }
     }
 
@@ -405,7 +445,10 @@ impl App {
         Ok(group_state(self.member_group(s, id).await?))
     }
 
-    /// `POST /messenger/groups/{id}/commit`: the sequencer.
+    /// `POST /messenger/groups/{id}/commit`: the sequencer. Only a member is
+    /// answered (anyone else gets the 404 of a group that does not exist); the commit
+    /// is verified against the group's public state, and the new member list and the
+    /// Welcome's recipients are derived from it.
     pub async fn post_commit(
         &self,
         s: &DeviceSession,
@@ -423,35 +466,68 @@ impl App {
                 "commit, Welcome and GroupInfo must each be at most {max} bytes"
             )));
         }
-        if req.welcome.is_some() == req.welcome_to.is_empty() {
-            return Err(ServiceError::BadRequest(
-                "a Welcome needs welcome_to, and welcome_to needs a Welcome".into(),
-            ));
+        let base = match self.store.commit_base(id).await? {
+            Some(b) if b.group.members.contains(&s.device) => b,
+            _ => return Err(Self::not_a_member(id)),
+        };
+        let commit_hash: [u8; 32] = Sha256::digest(&req.commit.0).into();
+        if base.last_commit_hash.as_deref() == Some(&commit_hash[..])
+            && base.last_commit_sender.as_ref() == Some(&s.device)
+        {
+            metrics::counter!("redoubt_commits_total", "outcome" => "retry").increment(1);
+            return Ok(group_state(base.group));
         }
-        if req.members.is_empty() || req.members.len() > 100_000 {
-            return Err(ServiceError::BadRequest(
-                "members must list 1-100000 devices".into(),
-            ));
-        }
+        let Some(state) = base.public_state else {
+            return Err(ServiceError::Conflict(format!(
+                "conversation {id} was registered before the server verified commits; start a new conversation"
+            )));
+        };
+        let org = self.keys.org_signing.verifying_key();
+        let (gid, device) = (id.clone(), s.device.clone());
+        let commit = req.commit.0.clone();
+        let (welcome, group_info) = (req.welcome.clone(), req.group_info.clone());
+        let verified = tokio::task::spawn_blocking(move || {
+            public_group::verify_commit(
+                &state,
+                &gid,
+                &device,
+                &commit,
+                welcome.as_ref().map(|w| w.0.as_slice()),
+                group_info.as_ref().map(|g| g.0.as_slice()),
+                &org,
+            )
+        })
+        .await
+        .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let verified = match verified {
+            Ok(v) => v,
+            Err(e) => {
+                metrics::counter!("redoubt_commits_total", "outcome" => "refused").increment(1);
+                tracing::info!(group = %id, device = %s.device, reason = %e, "commit refused");
+                return Err(refusal(e));
+            }
+        };
         let now = Timestamp::now();
         let outcome = self
             .store
             .accept_commit(CommitInput {
                 group_id: id,
                 sender: &s.device,
-                epoch: req.epoch,
+                epoch: verified.epoch,
+                public_state: &verified.state,
                 commit: &req.commit.0,
-                commit_hash: Sha256::digest(&req.commit.0).into(),
+                commit_hash,
                 welcome: req.welcome.as_ref().map(|w| w.0.as_slice()),
-                welcome_to: &req.welcome_to,
-                group_info: req.group_info.as_ref().map(|g| g.0.as_slice()),
-                members: &req.members,
+                welcome_to: &verified.added,
+                group_info: verified.group_info.as_deref(),
+                members: &verified.members,
                 now,
                 expires_at: self.message_expiry(now),
             })
             .await
             .map_err(|e| match e {
-                redoubt_store::StoreError::Forbidden(m) => ServiceError::NotFound(m),
+                redoubt_store::StoreError::Forbidden(_)
+                | redoubt_store::StoreError::NotFound(_) => Self::not_a_member(id),
                 other => other.into(),
             })?;
         match outcome {
@@ -470,7 +546,7 @@ impl App {
             CommitOutcome::Conflict { current_epoch } => {
                 metrics::counter!("redoubt_commits_total", "outcome" => "conflict").increment(1);
                 Err(ServiceError::EpochConflict {
-                    sent: req.epoch,
+                    sent: verified.epoch,
                     current: current_epoch,
                 })
             }
@@ -515,7 +591,8 @@ impl App {
             )
             .await
             .map_err(|e| match e {
-                redoubt_store::StoreError::Forbidden(m) => ServiceError::NotFound(m),
+                redoubt_store::StoreError::Forbidden(_)
+                | redoubt_store::StoreError::NotFound(_) => Self::not_a_member(id),
                 other => other.into(),
             })?;
         metrics::counter!("redoubt_messages_total", "outcome" => if out.duplicate { "retry" } else { "accepted" }).increment(1);

@@ -27,7 +27,8 @@ pub use audit::{AuditDraft, AuditFilter, HeadSigner};
 pub use commands::{CommandRecord, NewCommand};
 pub use devices::{BundleRequest, DeviceRecord, IssuedBundle, NewDevice, ReportOutcome};
 pub use messaging::{
-    BlobRecord, ClaimedRecord, CommitInput, CommitOutcome, GroupRecord, MessageOutcome, QueuedGroup,
+    BlobRecord, ClaimedRecord, CommitBase, CommitInput, CommitOutcome, GroupRecord, MessageOutcome,
+    QueuedGroup,
 };
 pub use modes::ModeRecord;
 pub use tokens::{AdminRecord, EnrollRefusal};
@@ -71,6 +72,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (3, "zones", include_str!("../migrations/0003_zones.sql")),
     (4, "audit", include_str!("../migrations/0004_audit.sql")),
+    (
+        5,
+        "public_groups",
+        include_str!("../migrations/0005_public_groups.sql"),
+    ),
     (
         6,
         "credentials",

@@ -22,7 +22,22 @@ pub struct GroupRecord {
     pub group_info: Option<Vec<u8>>,
 }
 
-/// A commit to sequence.
+/// What the sequencer needs to decide on a commit before verifying it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitBase {
+    /// The group.
+    pub group: GroupRecord,
+    /// The public group state the commit is verified against (`None` for a group
+    /// registered before the server verified commits).
+    pub public_state: Option<Vec<u8>>,
+    /// SHA-256 of the last accepted commit.
+    pub last_commit_hash: Option<Vec<u8>>,
+    /// Who made it.
+    pub last_commit_sender: Option<DeviceId>,
+}
+
+/// A verified commit to sequence: everything but the bytes was derived from the
+/// commit by the server, none of it declared by the committer.
 #[derive(Debug, Clone)]
 pub struct CommitInput<'a> {
     /// The group.
@@ -31,17 +46,19 @@ pub struct CommitInput<'a> {
     pub sender: &'a DeviceId,
     /// The epoch the commit was made in.
     pub epoch: u64,
+    /// The group's public state after the commit.
+    pub public_state: &'a [u8],
     /// The commit bytes.
     pub commit: &'a [u8],
     /// SHA-256 of the commit, to recognise a retry.
     pub commit_hash: [u8; 32],
     /// The Welcome, if any.
     pub welcome: Option<&'a [u8]>,
-    /// Devices the Welcome is for.
+    /// Devices the Welcome is for (those of the added leaves).
     pub welcome_to: &'a [DeviceId],
-    /// The new GroupInfo.
+    /// The new epoch's GroupInfo (`None` clears the old one).
     pub group_info: Option<&'a [u8]>,
-    /// Members after the commit.
+    /// Members after the commit (from the new tree).
     pub members: &'a [DeviceId],
     /// Now.
     pub now: Timestamp,
@@ -370,12 +387,15 @@ impl Store {
         Ok((claimed, missing))
     }
 
-    /// Registers a new group with `creator` as its only member at epoch 0.
+    /// Registers a new group with `creator` as its only member at epoch 0, with its
+    /// verified public state and GroupInfo.
     pub async fn create_group(
         &self,
         id: &GroupId,
         clearance: Option<&ModeName>,
         creator: &DeviceId,
+        public_state: &[u8],
+        group_info: &[u8],
         now: Timestamp,
     ) -> Result<GroupRecord> {
         let mut tx = self.write_tx().await?;
@@ -389,13 +409,16 @@ impl Store {
             }
         }
         let inserted = sqlx::query(
-            "INSERT INTO groups (id, epoch, clearance, created_by, created_at, updated_at) VALUES (?, 0, ?, ?, ?, ?)",
+            "INSERT INTO groups (id, epoch, clearance, created_by, created_at, updated_at, public_state, group_info)
+             VALUES (?, 0, ?, ?, ?, ?, ?, ?)",
         )
         .bind(id.as_str())
         .bind(clearance.map(ModeName::as_str))
         .bind(creator.as_str())
         .bind(now.unix())
         .bind(now.unix())
+        .bind(public_state)
+        .bind(group_info)
         .execute(&mut *tx)
         .await;
         if let Err(sqlx::Error::Database(e)) = &inserted
@@ -422,39 +445,65 @@ impl Store {
         load_group(&mut tx, id).await
     }
 
-    /// Sequences a commit: accepted only when made in the group's current epoch
-    /// (compare-and-set), by a member. On acceptance, in the same transaction: the
-    /// epoch moves on, the member list and GroupInfo are replaced, the commit is queued
-    /// for every old and new member but the sender, and the Welcome (only now) for the
-    /// devices it names.
+    /// A group with what deciding on a commit needs: its public state and the last
+    /// accepted commit's hash and sender.
+    pub async fn commit_base(&self, id: &GroupId) -> Result<Option<CommitBase>> {
+        let mut tx = self.pool.begin().await?;
+        let Some(group) = load_group(&mut tx, id).await? else {
+            return Ok(None);
+        };
+        let row = sqlx::query(
+            "SELECT public_state, last_commit_hash, last_commit_sender FROM groups WHERE id = ?",
+        )
+        .bind(id.as_str())
+        .fetch_one(&mut *tx)
+        .await?;
+        Ok(Some(CommitBase {
+            group,
+            public_state: row.try_get("public_state")?,
+            last_commit_hash: row.try_get("last_commit_hash")?,
+            last_commit_sender: row
+                .try_get::<Option<&str>, _>("last_commit_sender")?
+                .map(|s| parse("device id", s))
+                .transpose()?,
+        }))
+    }
+
+    /// Sequences a verified commit: accepted only from a member, made in the group's
+    /// current epoch (compare-and-set). On acceptance, in the same transaction: the
+    /// epoch moves on, the public state, member list and GroupInfo are replaced, the
+    /// commit is queued for every old member but the sender, and the Welcome (only
+    /// now) for the added devices. A non-member learns nothing (`Forbidden`, before
+    /// any epoch is compared); a retry of the last accepted commit by its sender is
+    /// `AlreadyAccepted`.
     pub async fn accept_commit(&self, c: CommitInput<'_>) -> Result<CommitOutcome> {
         let mut tx = self.write_tx().await?;
         let group = load_group(&mut tx, c.group_id)
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("group {}", c.group_id)))?;
-        if c.epoch != group.epoch {
-            let last_hash: Option<Vec<u8>> =
-                sqlx::query_scalar("SELECT last_commit_hash FROM groups WHERE id = ?")
-                    .bind(c.group_id.as_str())
-                    .fetch_one(&mut *tx)
-                    .await?;
-            if c.epoch + 1 == group.epoch && last_hash.as_deref() == Some(&c.commit_hash[..]) {
-                return Ok(CommitOutcome::AlreadyAccepted(group));
-            }
-            return Ok(CommitOutcome::Conflict {
-                current_epoch: group.epoch,
-            });
-        }
         if !group.members.contains(c.sender) {
             return Err(StoreError::Forbidden(format!(
                 "device {} is not a member of {}",
                 c.sender, c.group_id
             )));
         }
-        if !c.members.contains(c.sender) && c.welcome.is_some() {
-            return Err(StoreError::Conflict(
-                "a device cannot add members while removing itself".into(),
-            ));
+        if c.epoch != group.epoch {
+            let row =
+                sqlx::query("SELECT last_commit_hash, last_commit_sender FROM groups WHERE id = ?")
+                    .bind(c.group_id.as_str())
+                    .fetch_one(&mut *tx)
+                    .await?;
+            let last_hash: Option<Vec<u8>> = row.try_get("last_commit_hash")?;
+            let last_sender: Option<String> = row.try_get("last_commit_sender")?;
+            if c.epoch + 1 == group.epoch
+                && last_hash.as_deref() == Some(&c.commit_hash[..])
+                && last_sender.as_deref() == Some(c.sender.as_str())
+            {
+                return Ok(CommitOutcome::AlreadyAccepted(group));
+            }
+            return Ok(CommitOutcome::Conflict {
+                current_epoch: group.epoch,
+            });
         }
         for d in c.welcome_to {
             if !c.members.contains(d) || group.members.contains(d) {
@@ -476,11 +525,13 @@ impl Store {
             ));
         }
         sqlx::query(
-            "UPDATE groups SET epoch = epoch + 1, group_info = coalesce(?, group_info), last_commit_hash = ?,
-             updated_at = ? WHERE id = ? AND epoch = ?",
+            "UPDATE groups SET epoch = epoch + 1, group_info = ?, public_state = ?, last_commit_hash = ?,
+             last_commit_sender = ?, updated_at = ? WHERE id = ? AND epoch = ?",
         )
         .bind(c.group_info)
+        .bind(c.public_state)
         .bind(&c.commit_hash[..])
+        .bind(c.sender.as_str())
         .bind(c.now.unix())
         .bind(c.group_id.as_str())
         .bind(c.epoch as i64)

@@ -52,6 +52,7 @@ fn commit<'a>(
         group_id: group,
         sender,
         epoch,
+        public_state: bytes,
         commit: bytes,
         commit_hash: {
             let mut h = [0u8; 32];
@@ -126,7 +127,10 @@ async fn one_commit_per_epoch_and_welcomes_only_with_their_commit() {
     let b = enroll(&store, 2, "bob").await;
     let c = enroll(&store, 3, "carol").await;
     let g = GroupId::from_random([7; 16]);
-    store.create_group(&g, None, &a, NOW).await.unwrap();
+    store
+        .create_group(&g, None, &a, b"state-0", b"info-0", NOW)
+        .await
+        .unwrap();
 
     // Adding Bob: the Welcome is queued with the accepted commit.
     let ab = [a.clone(), b.clone()];
@@ -166,6 +170,24 @@ async fn one_commit_per_epoch_and_welcomes_only_with_their_commit() {
         .await
         .unwrap();
     assert!(matches!(retry, CommitOutcome::AlreadyAccepted(_)));
+    // The same bytes from another member are no retry of theirs.
+    let replayed = store
+        .accept_commit(commit(&g, &a, 1, b"bob-update", &ab, &[]))
+        .await
+        .unwrap();
+    assert_eq!(replayed, CommitOutcome::Conflict { current_epoch: 2 });
+    // A non-member is refused before any epoch is compared (it learns none).
+    for epoch in [1, 2] {
+        let e = store
+            .accept_commit(commit(&g, &c, epoch, b"bob-update", &abc, &[]))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, redoubt_store::StoreError::Forbidden(_)), "{e}");
+    }
+    // The public state the commit was verified into is what the next one starts from.
+    let base = store.commit_base(&g).await.unwrap().unwrap();
+    assert_eq!(base.public_state.as_deref(), Some(b"bob-update".as_slice()));
+    assert_eq!(base.last_commit_sender.as_ref(), Some(&b));
     // Alice catches up and retries at epoch 2.
     let again = store
         .accept_commit(commit(
@@ -194,7 +216,10 @@ async fn queues_are_ordered_durable_deduplicated_and_acked() {
         let a = enroll(&store, 1, "alice").await;
         let b = enroll(&store, 2, "bob").await;
         let g = GroupId::from_random([9; 16]);
-        store.create_group(&g, None, &a, NOW).await.unwrap();
+        store
+            .create_group(&g, None, &a, b"state-0", b"info-0", NOW)
+            .await
+            .unwrap();
         let ab = [a.clone(), b.clone()];
         store
             .accept_commit(commit(&g, &a, 0, b"c0", &ab, std::slice::from_ref(&b)))
