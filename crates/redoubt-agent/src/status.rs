@@ -181,13 +181,14 @@ pub struct StatusView {
 }
 
 /// Builds the status of a state directory without changing anything in it.
-pub fn collect(dir: &StateDir) -> Result<StatusView> {
+pub fn collect(dir: &StateDir, clock: &dyn crate::clock::Clock) -> Result<StatusView> {
     let identity = dir.load_identity()?;
-    let now = Timestamp::now();
     let (bundle, bundle_error) = match dir.load_bundle(&identity) {
         Ok(b) => (b.map(|(b, _)| b), None),
         Err(e) => (None, Some(format!("{e:#}"))),
     };
+    let vouched = bundle.as_ref().map_or(Timestamp(0), |b| b.issued_at);
+    let now = crate::clock::peek(dir, vouched, clock);
     let (zones, zone_state_error) = match dir.load_zones() {
         Ok(z) => (z.unwrap_or_default(), None),
         Err(e) => (Default::default(), Some(format!("{e:#}"))),
