@@ -142,6 +142,12 @@ pub struct StatusView {
     pub effective_mode: String,
     /// Why the effective mode is the fallback rather than the bundle's.
     pub fallback_reason: Option<String>,
+    /// The trusted time floor (a lower bound on real time the server vouched for).
+    pub trusted_floor: Timestamp,
+    /// The phone's wall clock.
+    pub wall_clock: Timestamp,
+    /// The wall clock is behind the floor: it was set back (check-outs are refused).
+    pub clock_behind: bool,
     /// The secured zones the device is inside.
     pub zones: Vec<ZoneView>,
     /// The lock command in force.
@@ -229,6 +235,9 @@ pub fn collect(dir: &StateDir, clock: &dyn crate::clock::Clock) -> Result<Status
         violations: violations(&decision.mode, &m),
         effective_mode: decision.mode.name,
         fallback_reason: decision.fallback_reason,
+        trusted_floor: now.floor,
+        wall_clock: now.wall,
+        clock_behind: now.wall_behind(),
         zones: zones
             .inside()
             .iter()
@@ -278,6 +287,17 @@ impl StatusView {
         let _ = writeln!(s, "connection:      {connection}");
         let _ = writeln!(s, "effective mode:  {}", self.effective_mode);
         let _ = writeln!(s, "fallback reason: {}", or_dash(&self.fallback_reason));
+        let _ = writeln!(
+            s,
+            "time:            trusted floor {}, wall clock {}{}",
+            self.trusted_floor,
+            self.wall_clock,
+            if self.clock_behind {
+                " (set back: check-out codes are refused)"
+            } else {
+                ""
+            }
+        );
         if self.zones.is_empty() {
             let _ = writeln!(s, "zones:           none");
         }

@@ -146,7 +146,9 @@ fn a_wall_clock_behind_the_floor_refuses_check_out_honours_check_in_and_says_so(
     let out_code = code("lab", "north-gate", Direction::Out, (598, 630), "out-1", 11);
     let err = fails(&checkpoint_at(behind, state, &out_code));
     assert!(err.contains("set back"), "{err}");
-    assert_eq!(zone_names(&status_at(behind, state)), ["lab"]);
+    let s = status_at(behind, state);
+    assert_eq!(zone_names(&s), ["lab"]);
+    assert_eq!(s["clock_behind"], true, "{s}");
     // A check-in code (it only restricts) still counts.
     let vault_in = code("vault", "door", Direction::In, (598, 630), "vault-in", 13);
     let out = ok(&checkpoint_at(behind, state, &vault_in));

@@ -660,19 +660,29 @@ fn a_wipe_the_phone_refuses_revokes_the_device() {
         ws.send(Message::Text(serde_json::to_string(&ack).unwrap().into()))
             .await
             .unwrap();
-        // The server ends the session of the now revoked device.
-        loop {
-            match ws.next().await {
-                None | Some(Err(_)) => break,
-                Some(Ok(m)) => {
-                    if let Ok(t) = m.to_text()
-                        && let Ok(ServerFrame::Error { code, .. }) = serde_json::from_str(t)
-                    {
-                        assert_eq!(code, "unauthorized");
-                        break;
+        // The server ends the session of the now revoked device (waited for with a
+        // deadline; the checks below say what went wrong if it does not).
+        let closed = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                match ws.next().await {
+                    None | Some(Err(_)) => return None,
+                    Some(Ok(m)) => {
+                        if let Ok(t) = m.to_text()
+                            && let Ok(ServerFrame::Error { code, .. }) = serde_json::from_str(t)
+                        {
+                            return Some(code);
+                        }
                     }
                 }
             }
+        })
+        .await;
+        assert!(
+            matches!(&closed, Ok(None) | Ok(Some(_))),
+            "the session of the device stayed open after its refused wipe"
+        );
+        if let Ok(Some(code)) = closed {
+            assert_eq!(code, "unauthorized");
         }
     });
     wait_command(&server, &id, &cmd, "failed");
