@@ -796,7 +796,11 @@ impl Agent {
     /// `lockdown`, what the hardware still measures, and the events not reported yet
     /// (among them the wipe's `command-done`).
     pub fn final_report(&mut self) -> Pending {
-        let now = self.now();
+        // Not stored: the local data (the floor file with it) is being destroyed.
+        let now = PhoneTime {
+            floor: self.floor.advance(&self.clock.boot()),
+            wall: self.clock.wall(),
+        };
         let seq = self.last_seq + 1;
         let mut decision = decide_with(None, &ZoneState::default(), now);
         decision.fallback_reason = Some("device wiped: keys and local data destroyed".into());
