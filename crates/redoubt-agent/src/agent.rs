@@ -17,7 +17,8 @@ use base64::Engine;
 use ed25519_dalek::SigningKey;
 use rand_core::{OsRng, RngCore};
 use redoubt_policy::{
-    CommandEffect, Decision, ZoneChange, ZoneState, decide_with, effective, lockdown, verify_bundle,
+    CommandEffect, Decision, PhoneTime, ZoneChange, ZoneState, decide_with, effective, lockdown,
+    verify_bundle,
 };
 use redoubt_proto::{
     CheckpointName, CommandId, ComplianceReport, DeviceAction, DeviceCommand, DeviceEventKind,
@@ -25,6 +26,7 @@ use redoubt_proto::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::clock::{Clock, TimeFloor};
 use crate::enforce::{Measurement, ReportExtras, Scope, apply, build_report, measure, violations};
 use crate::hardware::{self, Hardware};
 use crate::outbox::{Outbox, Pending};
@@ -51,7 +53,7 @@ pub fn decide_for(
     bundle_problem: Option<&str>,
     zones: &ZoneState,
     zones_problem: Option<&str>,
-    now: Timestamp,
+    now: PhoneTime,
 ) -> Decision {
     if let Some(problem) = zones_problem {
         return Decision {
@@ -197,6 +199,10 @@ pub struct Agent {
     last_enforce_errors: Option<String>,
     /// What `status.json` says.
     pub status: RunStatus,
+    /// Where the time comes from.
+    clock: Arc<dyn Clock>,
+    /// The trusted time floor.
+    floor: TimeFloor,
 }
 
 impl std::fmt::Debug for Agent {
@@ -213,14 +219,14 @@ impl std::fmt::Debug for Agent {
 
 impl Agent {
     /// Opens an enrolled state directory with the backend named in its identity.
-    pub fn open(dir: StateDir) -> Result<Self> {
+    pub fn open(dir: StateDir, clock: Arc<dyn Clock>) -> Result<Self> {
         let identity = dir.load_identity()?;
         let hw = hardware::open(identity.hardware, dir.root())?;
-        Self::open_with(dir, hw)
+        Self::open_with(dir, hw, clock)
     }
 
-    /// Opens an enrolled state directory with the given backend.
-    pub fn open_with(dir: StateDir, hw: Box<dyn Hardware>) -> Result<Self> {
+    /// Opens an enrolled state directory with the given backend and clock.
+    pub fn open_with(dir: StateDir, hw: Box<dyn Hardware>, clock: Arc<dyn Clock>) -> Result<Self> {
         let identity = dir.load_identity()?;
         if let Some(id) = dir.wipe_pending()? {
             bail!(
@@ -247,6 +253,16 @@ impl Agent {
         };
         let outbox = Outbox::open(&dir.path(OUTBOX_DIR))?;
         let last_seq = dir.load_seq()?.max(outbox.highest_seq()?.unwrap_or(0));
+        // The held bundle's issue time is a time the server vouched for, as is that of
+        // every command carried out.
+        let vouched = bundle
+            .as_ref()
+            .map(|b| b.issued_at)
+            .into_iter()
+            .chain(zones.done().iter().map(|d| d.issued_at))
+            .max()
+            .unwrap_or(Timestamp(0));
+        let floor = TimeFloor::load(&dir, vouched, &clock.boot());
         Ok(Agent {
             dir,
             identity,
@@ -263,7 +279,35 @@ impl Agent {
             last_reported: None,
             last_enforce_errors: None,
             status: RunStatus::default(),
+            clock,
+            floor,
         })
+    }
+
+    /// The time as the agent judges it now: the trusted floor (advanced by the boot
+    /// clock, written to `time-floor.json` when it moved on) and the wall clock.
+    pub fn now(&mut self) -> PhoneTime {
+        let floor = self.floor.advance(&self.clock.boot());
+        self.store_floor();
+        PhoneTime {
+            floor,
+            wall: self.clock.wall(),
+        }
+    }
+
+    /// Takes a time the server vouched for (its greeting, a signed bundle's or
+    /// command's issue time) into the floor; it never moves the floor back.
+    pub fn observe_server_time(&mut self, t: Timestamp) {
+        self.floor.observe(t, &self.clock.boot());
+        self.store_floor();
+    }
+
+    fn store_floor(&mut self) {
+        if self.floor.needs_store()
+            && let Err(e) = self.floor.store(&self.dir)
+        {
+            tracing::warn!(error = %format!("{e:#}"), "cannot store the time floor; it is kept in memory");
+        }
     }
 
     /// Starts the backend's watcher (see [`Hardware::watch`]); `wake` is called on
@@ -318,7 +362,7 @@ impl Agent {
 
     /// What must hold at `now` (fail-closed: no usable or an expired bundle, or an
     /// unreadable zone state → lockdown; inside a zone its mode; locked → lockdown).
-    pub fn decision(&self, now: Timestamp) -> Decision {
+    pub fn decision(&self, now: PhoneTime) -> Decision {
         decide_for(
             self.bundle.as_ref(),
             self.bundle_problem.as_deref(),
@@ -345,7 +389,7 @@ impl Agent {
     /// Reads the visible access points and lets the zone state take them into account,
     /// writing the state before anything is enforced from it. Entering a zone is
     /// stricter, so it holds in memory even if the write fails (retried next pass).
-    fn observe_wifi(&mut self, now: Timestamp) {
+    fn observe_wifi(&mut self, now: PhoneTime) {
         if self.zones_problem.is_some() {
             return;
         }
@@ -417,7 +461,7 @@ impl Agent {
     }
 
     /// Signs a report of `m`, stores it in the outbox and advances the counter.
-    fn report(&mut self, decision: &Decision, m: &Measurement, now: Timestamp) -> Result<Pending> {
+    fn report(&mut self, decision: &Decision, m: &Measurement, now: PhoneTime) -> Result<Pending> {
         let seq = self.last_seq + 1;
         let events = self.zones.unreported();
         let carried = events.len();
@@ -427,10 +471,12 @@ impl Agent {
             decision,
             m,
             self.hw.kind(),
-            now,
+            now.wall,
             ReportExtras {
                 commands_done: self.zones.recent_commands(REPORTED_COMMANDS),
                 events,
+                trusted_floor: Some(now.floor),
+                clock_tampered: now.wall_behind(),
             },
         );
         let envelope = SignedEnvelope::sign(ComplianceReport::KIND, &report, &self.key);
@@ -453,6 +499,9 @@ impl Agent {
         self.dir.store_seq(seq)?;
         self.last_reported = Some(m.clone());
         self.status.last_report_seq = Some(seq);
+        if report.clock_tampered {
+            tracing::warn!(floor = %now.floor, wall = %now.wall, "the wall clock is behind the trusted time floor: check-out codes are refused");
+        }
         tracing::info!(
             seq,
             mode = %report.effective_mode,
@@ -475,7 +524,8 @@ impl Agent {
     /// Events that no report carried yet get a report of their own.
     ///
     /// Returns the reports made (already in the outbox), in order.
-    pub fn check(&mut self, now: Timestamp) -> Result<Vec<Pending>> {
+    pub fn check(&mut self) -> Result<Vec<Pending>> {
+        let now = self.now();
         self.observe_wifi(now);
         let decision = self.decision(now);
         let mut out = self.check_mode(&decision, now)?;
@@ -486,7 +536,7 @@ impl Agent {
         Ok(out)
     }
 
-    fn check_mode(&mut self, decision: &Decision, now: Timestamp) -> Result<Vec<Pending>> {
+    fn check_mode(&mut self, decision: &Decision, now: PhoneTime) -> Result<Vec<Pending>> {
         let decision = decision.clone();
         let mut out = Vec::new();
         if self.applied.as_ref() != Some(&decision) {
@@ -529,9 +579,10 @@ impl Agent {
 
     /// Measures and reports now, whether or not anything changed (check-in, or the
     /// server asked).
-    pub fn report_now(&mut self, now: Timestamp) -> Result<Vec<Pending>> {
-        let mut out = self.check(now)?;
+    pub fn report_now(&mut self) -> Result<Vec<Pending>> {
+        let mut out = self.check()?;
         if out.is_empty() {
+            let now = self.now();
             let decision = self.decision(now);
             let m = measure(&*self.hw);
             out.push(self.report(&decision, &m, now)?);
@@ -540,27 +591,34 @@ impl Agent {
     }
 
     /// Considers a bundle the server sent: verifies it against the organization key
-    /// for this device, refuses an older or expired one (keeping the held bundle),
-    /// and applies a newer one. Returns what happened and the reports made.
+    /// for this device, refuses an older or expired one (expired by the floor or the
+    /// wall clock; keeping the held bundle), and applies a newer one. A genuine bundle's
+    /// issue time raises the time floor. Returns what happened and the reports made.
     pub fn offer_bundle(
         &mut self,
         envelope: &SignedEnvelope,
-        now: Timestamp,
     ) -> Result<(BundleOutcome, Vec<Pending>)> {
+        if let Ok(b) =
+            envelope.verify::<PolicyBundle>(PolicyBundle::KIND, &self.identity.organization_key)
+            && b.device_id == self.identity.device_id
+        {
+            self.observe_server_time(b.issued_at);
+        }
+        let now = self.now();
         let held = self.bundle_version();
         let bundle = match verify_bundle(
             envelope,
             &self.identity.organization_key,
             &self.identity.device_id,
             held,
-            now,
+            now.latest(),
         ) {
             Ok(b) => b,
             Err(e) => {
                 let reason = e.to_string();
                 tracing::warn!(reason = %reason, held_version = ?held, "policy bundle refused; keeping the one held");
                 self.status.bundle_refused = Some(reason.clone());
-                self.status.bundle_refused_at = Some(now);
+                self.status.bundle_refused_at = Some(now.wall);
                 return Ok((BundleOutcome::Refused { reason }, Vec::new()));
             }
         };
@@ -572,7 +630,7 @@ impl Agent {
         tracing::info!(version, previous = ?held, mode = %bundle.assignments.base_mode, "policy bundle accepted");
         self.bundle = Some(bundle);
         self.bundle_problem = None;
-        let reports = self.check(now)?;
+        let reports = self.check()?;
         Ok((BundleOutcome::Applied { version }, reports))
     }
 
@@ -585,8 +643,8 @@ impl Agent {
     pub fn checkpoint(
         &mut self,
         code: &str,
-        now: Timestamp,
     ) -> Result<(Result<CheckpointOutcome, String>, Vec<Pending>)> {
+        let now = self.now();
         let Some(bundle) = self.bundle.clone() else {
             let why = self
                 .bundle_problem
@@ -612,7 +670,8 @@ impl Agent {
         match next.apply_code(code, &bundle, now, new_event_id()) {
             Ok(change) => {
                 self.commit_zones(next)?;
-                let reports = self.check(now)?;
+                let reports = self.check()?;
+                let now = self.now();
                 let outcome = CheckpointOutcome::new(&change, &self.decision(now));
                 tracing::info!(zone = %outcome.zone, change = %outcome.change, mode = %outcome.effective_mode, "checkpoint code accepted");
                 Ok((Ok(outcome), reports))
@@ -621,7 +680,7 @@ impl Agent {
                 tracing::info!(reason = %e, "checkpoint code refused");
                 // Only the refusal event is new; report it if it can be stored.
                 let reports = match self.commit_zones(next) {
-                    Ok(()) => self.check(now)?,
+                    Ok(()) => self.check()?,
                     Err(err) => {
                         tracing::warn!(error = %format!("{err:#}"), "the refusal is not recorded");
                         Vec::new()
@@ -640,7 +699,8 @@ impl Agent {
     ///
     /// `Err` only when an accepted command cannot be stored: it is then not
     /// acknowledged and the server sends it again.
-    pub fn command(&mut self, envelope: &SignedEnvelope, now: Timestamp) -> Result<CommandOutcome> {
+    pub fn command(&mut self, envelope: &SignedEnvelope) -> Result<CommandOutcome> {
+        let now = self.now().wall;
         let cmd: DeviceCommand = match envelope
             .verify(DeviceCommand::KIND, &self.identity.organization_key)
         {
@@ -689,7 +749,16 @@ impl Agent {
         } else {
             self.zones.clone()
         };
-        let result = next.apply_command(&cmd, &self.identity.device_id, now, &mut new_event_id);
+        // A genuine command's issue time is a time the server vouched for.
+        self.observe_server_time(cmd.issued_at);
+        let time = self.now();
+        let result = next.apply_command(
+            &cmd,
+            &self.identity.device_id,
+            self.bundle.as_ref(),
+            time,
+            &mut new_event_id,
+        );
         match result {
             Ok(effect) => {
                 if effect == CommandEffect::Wipe {
@@ -726,7 +795,12 @@ impl Agent {
     /// The last report of a wiped device, signed but not stored (the outbox is gone):
     /// `lockdown`, what the hardware still measures, and the events not reported yet
     /// (among them the wipe's `command-done`).
-    pub fn final_report(&mut self, now: Timestamp) -> Pending {
+    pub fn final_report(&mut self) -> Pending {
+        // Not stored: the local data (the floor file with it) is being destroyed.
+        let now = PhoneTime {
+            floor: self.floor.advance(&self.clock.boot()),
+            wall: self.clock.wall(),
+        };
         let seq = self.last_seq + 1;
         let mut decision = decide_with(None, &ZoneState::default(), now);
         decision.fallback_reason = Some("device wiped: keys and local data destroyed".into());
@@ -737,10 +811,12 @@ impl Agent {
             &decision,
             &m,
             self.hw.kind(),
-            now,
+            now.wall,
             ReportExtras {
                 commands_done: self.zones.recent_commands(REPORTED_COMMANDS),
                 events: self.zones.unreported(),
+                trusted_floor: Some(now.floor),
+                clock_tampered: now.wall_behind(),
             },
         );
         self.last_seq = seq;
@@ -766,6 +842,7 @@ impl Agent {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::ManualClock;
     use crate::hardware::sim::{SimChange, SimHardware, Switch};
     use redoubt_policy::presets;
     use redoubt_proto::{
@@ -821,7 +898,12 @@ mod tests {
     }
 
     fn open(dir: &StateDir) -> Agent {
-        Agent::open(dir.clone()).unwrap()
+        open_at(dir, &ManualClock::new(NOW))
+    }
+
+    /// Opens the agent on a clock the test moves.
+    fn open_at(dir: &StateDir, clock: &ManualClock) -> Agent {
+        Agent::open(dir.clone(), Arc::new(clock.clone())).unwrap()
     }
 
     fn read(p: &Pending) -> ComplianceReport {
@@ -841,7 +923,7 @@ mod tests {
     fn first_check_enforces_and_reports_the_measured_state() {
         let (_tmp, dir, _sim) = enrolled();
         let mut agent = open(&dir);
-        let reports = agent.check(NOW).unwrap();
+        let reports = agent.check().unwrap();
         assert_eq!(seqs(&reports), vec![1]);
         let r = read(&reports[0]);
         assert_eq!(
@@ -857,7 +939,7 @@ mod tests {
         assert_eq!(r.network, NetworkState::OrganizationOnly);
         assert_eq!(r.hardware, HardwareKind::Sim);
         // Nothing changed: nothing to report.
-        assert!(agent.check(NOW).unwrap().is_empty());
+        assert!(agent.check().unwrap().is_empty());
         assert_eq!(seqs(&agent.pending().unwrap()), vec![1]);
     }
 
@@ -868,7 +950,7 @@ mod tests {
         sim.set(SimChange::Capability(Capability::Camera, Switch::On), true)
             .unwrap();
         let mut agent = open(&dir);
-        let reports = agent.check(NOW).unwrap();
+        let reports = agent.check().unwrap();
         let r = read(&reports[0]);
         assert_eq!(r.capabilities[&Capability::Camera], CapabilityState::On);
         assert_eq!(
@@ -876,19 +958,19 @@ mod tests {
             CapabilityState::Off
         );
         // Re-applying every pass does not flood the outbox with identical reports.
-        assert!(agent.check(NOW).unwrap().is_empty());
-        assert!(agent.check(NOW).unwrap().is_empty());
+        assert!(agent.check().unwrap().is_empty());
+        assert!(agent.check().unwrap().is_empty());
     }
 
     #[test]
     fn drift_is_reported_then_repaired_then_reported() {
         let (_tmp, dir, sim) = enrolled();
         let mut agent = open(&dir);
-        agent.check(NOW).unwrap();
+        agent.check().unwrap();
         // Behind the agent's back.
         sim.set(SimChange::Capability(Capability::Camera, Switch::On), false)
             .unwrap();
-        let reports = agent.check(NOW).unwrap();
+        let reports = agent.check().unwrap();
         assert_eq!(seqs(&reports), vec![2, 3]);
         assert_eq!(
             read(&reports[0]).capabilities[&Capability::Camera],
@@ -901,7 +983,7 @@ mod tests {
         // An allowed capability switched off by the user is reported, not undone.
         sim.set(SimChange::Capability(Capability::Wifi, Switch::Off), false)
             .unwrap();
-        let reports = agent.check(NOW).unwrap();
+        let reports = agent.check().unwrap();
         assert_eq!(seqs(&reports), vec![4]);
         assert_eq!(
             read(&reports[0]).capabilities[&Capability::Wifi],
@@ -917,20 +999,20 @@ mod tests {
     fn seq_survives_restarts_and_acks() {
         let (_tmp, dir, _sim) = enrolled();
         let mut agent = open(&dir);
-        agent.check(NOW).unwrap();
-        agent.report_now(NOW).unwrap();
+        agent.check().unwrap();
+        agent.report_now().unwrap();
         agent.ack(2).unwrap();
         assert!(agent.pending().unwrap().is_empty());
         drop(agent);
         let mut agent = open(&dir);
         assert_eq!(agent.last_seq(), 2);
-        assert_eq!(seqs(&agent.check(NOW).unwrap()), vec![3]);
+        assert_eq!(seqs(&agent.check().unwrap()), vec![3]);
         drop(agent);
         // A crash between storing the report and the counter: the outbox wins.
         dir.store_seq(1).unwrap();
         let mut agent = open(&dir);
         assert_eq!(agent.last_seq(), 3);
-        assert_eq!(seqs(&agent.report_now(NOW).unwrap()), vec![4]);
+        assert_eq!(seqs(&agent.report_now().unwrap()), vec![4]);
         assert_eq!(seqs(&agent.pending().unwrap()), vec![3, 4]);
     }
 
@@ -938,11 +1020,9 @@ mod tests {
     fn bundles_are_verified_before_they_are_applied() {
         let (_tmp, dir, sim) = enrolled();
         let mut agent = open(&dir);
-        agent.check(NOW).unwrap();
+        agent.check().unwrap();
 
-        let (outcome, reports) = agent
-            .offer_bundle(&bundle(1, "secure-site", 3600), NOW)
-            .unwrap();
+        let (outcome, reports) = agent.offer_bundle(&bundle(1, "secure-site", 3600)).unwrap();
         assert_eq!((outcome, reports.len()), (BundleOutcome::Unchanged, 0));
 
         let forged = SignedEnvelope::sign(
@@ -952,7 +1032,7 @@ mod tests {
                 .unwrap(),
             &SigningKey::from_bytes(&[8; 32]),
         );
-        let (outcome, _) = agent.offer_bundle(&forged, NOW).unwrap();
+        let (outcome, _) = agent.offer_bundle(&forged).unwrap();
         assert!(matches!(outcome, BundleOutcome::Refused { .. }));
         assert!(
             agent
@@ -967,9 +1047,7 @@ mod tests {
             Switch::Off
         );
 
-        let (outcome, reports) = agent
-            .offer_bundle(&bundle(3, "standard", 3600), NOW)
-            .unwrap();
+        let (outcome, reports) = agent.offer_bundle(&bundle(3, "standard", 3600)).unwrap();
         assert_eq!(outcome, BundleOutcome::Applied { version: 3 });
         let r = read(&reports[0]);
         assert_eq!(
@@ -979,9 +1057,7 @@ mod tests {
         assert_eq!(r.capabilities[&Capability::Camera], CapabilityState::On);
         assert_eq!(r.network, NetworkState::Open);
 
-        let (outcome, _) = agent
-            .offer_bundle(&bundle(2, "standard", 3600), NOW)
-            .unwrap();
+        let (outcome, _) = agent.offer_bundle(&bundle(2, "standard", 3600)).unwrap();
         assert!(matches!(outcome, BundleOutcome::Refused { reason } if reason.contains("older")));
         assert_eq!(open(&dir).bundle_version(), Some(3));
     }
@@ -990,12 +1066,11 @@ mod tests {
     fn an_expiring_bundle_falls_back_to_lockdown() {
         let (_tmp, dir, sim) = enrolled();
         dir.store_bundle(&bundle(2, "standard", 60)).unwrap();
-        let mut agent = open(&dir);
-        assert_eq!(
-            read(&agent.check(NOW).unwrap()[0]).effective_mode,
-            "standard"
-        );
-        let reports = agent.check(NOW.plus_secs(61)).unwrap();
+        let clock = ManualClock::new(NOW);
+        let mut agent = open_at(&dir, &clock);
+        assert_eq!(read(&agent.check().unwrap()[0]).effective_mode, "standard");
+        clock.advance(61);
+        let reports = agent.check().unwrap();
         let r = read(&reports[0]);
         assert_eq!(
             (r.effective_mode.as_str(), r.bundle_version),
@@ -1013,7 +1088,7 @@ mod tests {
         let (_tmp, dir, _sim) = enrolled();
         std::fs::write(dir.path(crate::state::BUNDLE_FILE), b"{}").unwrap();
         let mut agent = open(&dir);
-        let r = read(&agent.check(NOW).unwrap()[0]);
+        let r = read(&agent.check().unwrap()[0]);
         assert_eq!(
             (r.effective_mode.as_str(), r.bundle_version),
             ("lockdown", 0)
@@ -1087,12 +1162,13 @@ mod tests {
     fn a_checkpoint_code_is_stored_enforced_and_reported() {
         use redoubt_proto::Direction;
         let (_tmp, dir, sim) = zoned();
-        let mut agent = open(&dir);
-        let first = agent.check(NOW).unwrap();
+        let clock = ManualClock::new(NOW);
+        let mut agent = open_at(&dir, &clock);
+        let first = agent.check().unwrap();
         assert_eq!(read(&first[0]).effective_mode, "standard");
 
         let (result, reports) = agent
-            .checkpoint(&code(Direction::In, NOW, "n1", &lab_key()), NOW)
+            .checkpoint(&code(Direction::In, NOW, "n1", &lab_key()))
             .unwrap();
         let outcome = result.unwrap();
         assert_eq!(
@@ -1117,14 +1193,15 @@ mod tests {
 
         // A restart keeps the zone.
         drop(agent);
-        let mut agent = open(&dir);
-        assert_eq!(agent.decision(NOW).mode.name, "secure-site");
+        let mut agent = open_at(&dir, &clock);
+        assert_eq!(
+            agent.decision(PhoneTime::trusted(NOW)).mode.name,
+            "secure-site"
+        );
 
+        clock.advance(60);
         let (result, reports) = agent
-            .checkpoint(
-                &code(Direction::Out, NOW.plus_secs(60), "n2", &lab_key()),
-                NOW.plus_secs(60),
-            )
+            .checkpoint(&code(Direction::Out, NOW.plus_secs(60), "n2", &lab_key()))
             .unwrap();
         assert_eq!(result.unwrap().message, "left zone lab: mode standard");
         assert!(reports.iter().any(|p| read(p).zones.is_empty()));
@@ -1139,9 +1216,9 @@ mod tests {
         use redoubt_proto::Direction;
         let (_tmp, dir, sim) = zoned();
         let mut agent = open(&dir);
-        agent.check(NOW).unwrap();
+        agent.check().unwrap();
         let forged = code(Direction::In, NOW, "n1", &SigningKey::from_bytes(&[12; 32]));
-        let (result, reports) = agent.checkpoint(&forged, NOW).unwrap();
+        let (result, reports) = agent.checkpoint(&forged).unwrap();
         assert!(result.unwrap_err().contains("forged"));
         assert!(agent.zones().inside().is_empty());
         assert_eq!(
@@ -1155,7 +1232,7 @@ mod tests {
             [e] if matches!(&e.kind, DeviceEventKind::CodeRefused { reason } if reason.contains("forged"))
         ));
         let expired = code(Direction::In, NOW.plus_secs(-600), "n2", &lab_key());
-        let (result, _) = agent.checkpoint(&expired, NOW).unwrap();
+        let (result, _) = agent.checkpoint(&expired).unwrap();
         assert!(result.unwrap_err().contains("expired"));
         assert!(dir.load_zones().unwrap().unwrap().inside().is_empty());
     }
@@ -1167,7 +1244,7 @@ mod tests {
         std::fs::remove_file(dir.path(crate::state::BUNDLE_FILE)).unwrap();
         let mut agent = open(&dir);
         let (result, reports) = agent
-            .checkpoint(&code(Direction::In, NOW, "n1", &lab_key()), NOW)
+            .checkpoint(&code(Direction::In, NOW, "n1", &lab_key()))
             .unwrap();
         assert!(result.unwrap_err().contains("no policy bundle"));
         assert!(reports.is_empty());
@@ -1179,7 +1256,7 @@ mod tests {
         let (_tmp, dir, sim) = zoned();
         std::fs::write(dir.path(crate::state::ZONES_FILE), b"{\"inside\":").unwrap();
         let mut agent = open(&dir);
-        let r = read(&agent.check(NOW).unwrap()[0]);
+        let r = read(&agent.check().unwrap()[0]);
         assert_eq!(r.effective_mode, "lockdown");
         assert!(r.fallback_reason.unwrap().contains("zones.json"));
         assert_eq!(
@@ -1187,11 +1264,11 @@ mod tests {
             Switch::Off
         );
         let (result, _) = agent
-            .checkpoint(&code(Direction::Out, NOW, "n1", &lab_key()), NOW)
+            .checkpoint(&code(Direction::Out, NOW, "n1", &lab_key()))
             .unwrap();
         assert!(result.unwrap_err().contains("unreadable"));
         let outcome = agent
-            .command(&command(redoubt_proto::DeviceAction::Unlock, 1, NOW), NOW)
+            .command(&command(redoubt_proto::DeviceAction::Unlock, 1, NOW))
             .unwrap();
         assert!(!outcome.accepted);
         assert_eq!(
@@ -1204,9 +1281,9 @@ mod tests {
     fn a_listed_access_point_in_sight_enters_and_its_absence_never_exits() {
         let (_tmp, dir, sim) = zoned();
         let mut agent = open(&dir);
-        agent.check(NOW).unwrap();
+        agent.check().unwrap();
         sim.set_visible(&[ap()]).unwrap();
-        let reports = agent.check(NOW).unwrap();
+        let reports = agent.check().unwrap();
         let r = read(reports.last().unwrap());
         assert_eq!(
             (r.effective_mode.as_str(), r.zones.len()),
@@ -1215,8 +1292,11 @@ mod tests {
         // Written before it was enforced: a fresh agent finds it.
         assert_eq!(dir.load_zones().unwrap().unwrap().inside().len(), 1);
         sim.set_visible(&[]).unwrap();
-        assert!(agent.check(NOW.plus_secs(1)).unwrap().is_empty());
-        assert_eq!(agent.decision(NOW).mode.name, "secure-site");
+        assert!(agent.check().unwrap().is_empty());
+        assert_eq!(
+            agent.decision(PhoneTime::trusted(NOW)).mode.name,
+            "secure-site"
+        );
         assert!(dir.load_zones().unwrap().unwrap().last_visible().is_empty());
     }
 
@@ -1224,10 +1304,11 @@ mod tests {
     fn commands_are_verified_stored_and_carried_out_once() {
         use redoubt_proto::DeviceAction;
         let (_tmp, dir, _sim) = zoned();
-        let mut agent = open(&dir);
-        agent.check(NOW).unwrap();
+        let clock = ManualClock::new(NOW);
+        let mut agent = open_at(&dir, &clock);
+        agent.check().unwrap();
         let lock = command(DeviceAction::Lock, 1, NOW);
-        let outcome = agent.command(&lock, NOW).unwrap();
+        let outcome = agent.command(&lock).unwrap();
         assert!(outcome.accepted && !outcome.wipe());
         let lock_id = outcome.id.clone().unwrap();
         // Stored before anything is enforced or acknowledged.
@@ -1235,35 +1316,37 @@ mod tests {
             dir.load_zones().unwrap().unwrap().locked_by(),
             Some(&lock_id)
         );
-        let r = read(&agent.check(NOW).unwrap()[0]);
+        let r = read(&agent.check().unwrap()[0]);
         assert_eq!(r.effective_mode, "lockdown");
         assert_eq!(r.locked_by.as_ref(), Some(&lock_id));
         assert_eq!(r.commands_done, vec![lock_id.clone()]);
         // A re-delivery: accepted again, nothing new.
-        let again = agent.command(&lock, NOW.plus_secs(1)).unwrap();
+        clock.advance(1);
+        let again = agent.command(&lock).unwrap();
         assert_eq!(again.effect, Some(CommandEffect::AlreadyDone));
-        assert!(agent.check(NOW.plus_secs(1)).unwrap().is_empty());
+        assert!(agent.check().unwrap().is_empty());
         // Forged: refused, and the id is named.
         let mut forged = command(DeviceAction::Unlock, 2, NOW);
         forged.signature = command(DeviceAction::Unlock, 3, NOW).signature;
-        let outcome = agent.command(&forged, NOW).unwrap();
+        let outcome = agent.command(&forged).unwrap();
         assert!(!outcome.accepted);
         assert_eq!(outcome.id, Some(CommandId::from_random([2; 12])));
         assert!(outcome.reason.unwrap().contains("signature"));
         // Unlock issued later lifts it.
+        clock.advance(4);
         let unlock = command(DeviceAction::Unlock, 4, NOW.plus_secs(5));
-        assert!(agent.command(&unlock, NOW.plus_secs(5)).unwrap().accepted);
-        let r = read(&agent.check(NOW.plus_secs(5)).unwrap()[0]);
+        assert!(agent.command(&unlock).unwrap().accepted);
+        let r = read(&agent.check().unwrap()[0]);
         assert_eq!((r.effective_mode.as_str(), r.locked_by), ("standard", None));
-        // Expired: refused.
-        let old = command(DeviceAction::Lock, 5, NOW.plus_secs(-1000));
-        let outcome = agent.command(&old, NOW.plus_secs(5)).unwrap();
+        // An expired unlock (it relaxes): refused.
+        let old = command(DeviceAction::Unlock, 5, NOW.plus_secs(-1000));
+        let outcome = agent.command(&old).unwrap();
         assert!(outcome.reason.unwrap().contains("expired"));
         // A wipe is recorded as pending before it is acknowledged.
         let wipe = command(DeviceAction::Wipe, 6, NOW);
-        assert!(agent.command(&wipe, NOW).unwrap().wipe());
+        assert!(agent.command(&wipe).unwrap().wipe());
         assert!(dir.wipe_pending().unwrap().is_some());
-        let last = read(&agent.final_report(NOW));
+        let last = read(&agent.final_report());
         assert_eq!(last.effective_mode, "lockdown");
         assert!(
             last.commands_done
@@ -1271,7 +1354,7 @@ mod tests {
         );
         drop(agent);
         assert!(
-            Agent::open(dir.clone())
+            Agent::open(dir.clone(), Arc::new(ManualClock::new(NOW)))
                 .unwrap_err()
                 .to_string()
                 .contains("wipe")

@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use redoubt_proto::{Bssid, Capability, EnrollmentUrl, HardwareKind, SignedEnvelope, Timestamp};
+use redoubt_proto::{Bssid, Capability, EnrollmentUrl, HardwareKind, SignedEnvelope};
 use serde_json::json;
 
 use crate::agent::{Agent, BundleOutcome, CheckpointOutcome};
+use crate::clock::{Clock, SystemClock};
 use crate::connection::{RunOptions, run};
 use crate::control;
 use crate::enroll::enroll;
@@ -269,7 +270,13 @@ pub async fn dispatch(command: Command) -> Result<()> {
                 url
             };
             let url: EnrollmentUrl = url.parse()?;
-            let done = enroll(&url, &StateDir::new(state.state), hardware.resolve()?).await?;
+            let done = enroll(
+                &url,
+                &StateDir::new(state.state),
+                hardware.resolve()?,
+                &*system_clock()?,
+            )
+            .await?;
             if json {
                 print_json(&done)?;
             } else {
@@ -289,12 +296,13 @@ pub async fn dispatch(command: Command) -> Result<()> {
                 StateDir::new(state.state),
                 RunOptions {
                     recheck: Duration::from_millis(recheck_ms),
+                    clock: system_clock()?,
                 },
             )
             .await
         }
         Command::Status { state, json } => {
-            let view = status::collect(&StateDir::new(state.state))?;
+            let view = status::collect(&StateDir::new(state.state), &*system_clock()?)?;
             if json {
                 print_json(&view)
             } else {
@@ -374,6 +382,12 @@ fn probe_text(p: &crate::hardware::probe::Probe) -> String {
     out
 }
 
+/// The system's clocks, shifted by the test seam when `REDOUBT_AGENT_TEST_CLOCK` is set
+/// (see [`crate::clock`]).
+fn system_clock() -> Result<std::sync::Arc<dyn Clock>> {
+    Ok(std::sync::Arc::new(SystemClock::from_env()?))
+}
+
 /// Applies a checkpoint code: through the running agent when `run` holds the state
 /// directory, otherwise in this process under the run lock.
 fn checkpoint(dir: &StateDir, code: &str) -> Result<CheckpointOutcome> {
@@ -387,8 +401,8 @@ fn checkpoint(dir: &StateDir, code: &str) -> Result<CheckpointOutcome> {
         Err(_) if dir.probe_lock()? == LockProbe::Held => return control::checkpoint(dir, code),
         Err(e) => return Err(e),
     };
-    let mut agent = Agent::open(dir.clone())?;
-    let (result, _reports) = agent.checkpoint(code, Timestamp::now())?;
+    let mut agent = Agent::open(dir.clone(), system_clock()?)?;
+    let (result, _reports) = agent.checkpoint(code)?;
     result.map_err(|reason| anyhow::anyhow!("{reason}"))
 }
 
@@ -401,8 +415,8 @@ fn import_bundle(state: PathBuf, file: &std::path::Path) -> Result<()> {
     let text = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     let envelope: SignedEnvelope = serde_json::from_slice(&text)
         .with_context(|| format!("{} is not a signed policy bundle", file.display()))?;
-    let mut agent = Agent::open(dir)?;
-    let (outcome, reports) = agent.offer_bundle(&envelope, Timestamp::now())?;
+    let mut agent = Agent::open(dir, system_clock()?)?;
+    let (outcome, reports) = agent.offer_bundle(&envelope)?;
     match outcome {
         BundleOutcome::Refused { reason } => bail!("{reason}"),
         BundleOutcome::Unchanged => println!("this bundle is already held; nothing changed"),

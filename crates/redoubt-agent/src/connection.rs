@@ -35,6 +35,7 @@ use tokio::time::{Instant, MissedTickBehavior, sleep_until, timeout};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::agent::{Agent, BundleOutcome};
+use crate::clock::Clock;
 use crate::control::{self, ControlCall, ControlRequest, ControlResponse};
 use crate::outbox::Pending;
 use crate::state::{CONTROL_SOCKET, StateDir};
@@ -60,6 +61,8 @@ const WIPE_REPORT_WAIT: Duration = Duration::from_secs(5);
 pub struct RunOptions {
     /// How often the hardware is measured again.
     pub recheck: Duration,
+    /// Where the agent takes its time from.
+    pub clock: Arc<dyn Clock>,
 }
 
 /// `d` scaled by a random factor in [0.8, 1.2].
@@ -334,7 +337,7 @@ async fn wipe(agent: &mut Agent, session: &mut Session) -> Result<()> {
     for failure in blocking(|| dir.destroy_local_data()) {
         tracing::error!(failure = %failure, "could not delete local data");
     }
-    let last = blocking(|| agent.final_report(Timestamp::now()));
+    let last = blocking(|| agent.final_report());
     session.send_last_report(&last).await;
     if let Some(mut ws) = session.ws.take() {
         let _ = timeout(Duration::from_secs(1), ws.close(None)).await;
@@ -385,7 +388,7 @@ pub async fn run(dir: StateDir, opts: RunOptions) -> Result<()> {
     if let Some(id) = dir.wipe_pending()? {
         return blocking(|| finish_interrupted_wipe(&dir, &id));
     }
-    let mut agent = blocking(|| Agent::open(dir.clone()))?;
+    let mut agent = blocking(|| Agent::open(dir.clone(), opts.clock.clone()))?;
     let identity = agent.identity().clone();
     let client = ServerClient::new(identity.server.clone(), identity.ca_fingerprint, None)
         .context("preparing the connection to the server")?;
@@ -454,7 +457,7 @@ pub async fn run(dir: StateDir, opts: RunOptions) -> Result<()> {
             }
             Some(call) = control_rx.recv() => {
                 let ControlRequest::Checkpoint { code } = call.request;
-                match blocking(|| agent.checkpoint(&code, Timestamp::now())) {
+                match blocking(|| agent.checkpoint(&code)) {
                     Ok((result, reports)) => {
                         let answer = match result {
                             Ok(outcome) => ControlResponse::done(outcome),
@@ -484,7 +487,7 @@ pub async fn run(dir: StateDir, opts: RunOptions) -> Result<()> {
                 recheck.reset_immediately();
             }
             _ = recheck.tick() => {
-                match blocking(|| agent.check(Timestamp::now())) {
+                match blocking(|| agent.check()) {
                     Ok(reports) => {
                         if session.send_reports(&mut agent, &reports).await {
                             next_checkin = Instant::now() + jitter(agent.check_in_interval());
@@ -497,7 +500,7 @@ pub async fn run(dir: StateDir, opts: RunOptions) -> Result<()> {
                 }
             }
             () = sleep_until(next_checkin), if connected => {
-                match blocking(|| agent.report_now(Timestamp::now())) {
+                match blocking(|| agent.report_now()) {
                     Ok(reports) => {
                         session.send_reports(&mut agent, &reports).await;
                     }
@@ -515,6 +518,9 @@ pub async fn run(dir: StateDir, opts: RunOptions) -> Result<()> {
                 match joined {
                     Ok(Ok((ws, server_time))) => {
                         tracing::info!(server = %identity.server, %server_time, "connected and authenticated");
+                        // The server's time (over the pinned TLS session) raises the
+                        // trusted floor; a wall clock set far ahead does not.
+                        blocking(|| agent.observe_server_time(server_time));
                         backoff.reset();
                         session.ws = Some(ws);
                         session.last_rx = Instant::now();
@@ -597,7 +603,7 @@ pub async fn run(dir: StateDir, opts: RunOptions) -> Result<()> {
                 };
                 match frame {
                     ServerFrame::Bundle { bundle } => {
-                        match blocking(|| agent.offer_bundle(&bundle, Timestamp::now())) {
+                        match blocking(|| agent.offer_bundle(&bundle)) {
                             Ok((BundleOutcome::Applied { .. }, reports)) => {
                                 session.send_reports(&mut agent, &reports).await;
                                 next_checkin = Instant::now() + jitter(agent.check_in_interval());
@@ -610,8 +616,7 @@ pub async fn run(dir: StateDir, opts: RunOptions) -> Result<()> {
                         }
                     }
                     ServerFrame::Command { command } => {
-                        let now = Timestamp::now();
-                        match blocking(|| agent.command(&command, now)) {
+                        match blocking(|| agent.command(&command)) {
                             Ok(outcome) => {
                                 // Stored before this acknowledgement; a lost ack means a
                                 // re-delivery, which changes nothing and is acked again.
@@ -625,7 +630,7 @@ pub async fn run(dir: StateDir, opts: RunOptions) -> Result<()> {
                                     wiped = true;
                                     break;
                                 }
-                                match blocking(|| agent.check(now)) {
+                                match blocking(|| agent.check()) {
                                     Ok(reports) => {
                                         if session.send_reports(&mut agent, &reports).await {
                                             next_checkin = Instant::now() + jitter(agent.check_in_interval());
@@ -649,7 +654,7 @@ pub async fn run(dir: StateDir, opts: RunOptions) -> Result<()> {
                         }
                     }
                     ServerFrame::ReportRequest => {
-                        match blocking(|| agent.report_now(Timestamp::now())) {
+                        match blocking(|| agent.report_now()) {
                             Ok(reports) => {
                                 session.send_reports(&mut agent, &reports).await;
                                 next_checkin = Instant::now() + jitter(agent.check_in_interval());

@@ -113,6 +113,10 @@ pub struct ReportExtras {
     pub commands_done: Vec<CommandId>,
     /// Events not reported yet, oldest first.
     pub events: Vec<DeviceEvent>,
+    /// The trusted time floor.
+    pub trusted_floor: Option<Timestamp>,
+    /// The wall clock is behind the floor.
+    pub clock_tampered: bool,
 }
 
 /// The compliance report for a measurement taken under `decision`: the zones it names
@@ -141,6 +145,8 @@ pub fn build_report(
         locked_by: decision.locked_by.clone(),
         commands_done: extras.commands_done,
         events: readable_events(extras.events),
+        trusted_floor: extras.trusted_floor,
+        clock_tampered: extras.clock_tampered,
     }
 }
 

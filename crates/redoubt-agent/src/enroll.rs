@@ -9,9 +9,10 @@ use redoubt_client::{ClientError, ServerClient};
 use redoubt_policy::{decide, verify_bundle};
 use redoubt_proto::api::{EnrollRequest, EnrollResponse, enroll_proof_message};
 use redoubt_proto::envelope::{decode_public_key, encode_public_key, encode_signature};
-use redoubt_proto::{API_PREFIX, EnrollmentUrl, HardwareKind, Timestamp};
+use redoubt_proto::{API_PREFIX, EnrollmentUrl, HardwareKind};
 use serde::Serialize;
 
+use crate::clock::{Clock, TIME_FLOOR_FILE, TimeFloor};
 use crate::hardware::sim::SimHardware;
 use crate::state::{
     Identity, OUTBOX_DIR, SEQ_FILE, STATUS_FILE, StateDir, WIPE_MARKER, ZONES_FILE,
@@ -67,6 +68,7 @@ pub async fn enroll(
     url: &EnrollmentUrl,
     dir: &StateDir,
     hardware: HardwareKind,
+    clock: &dyn Clock,
 ) -> Result<Enrolled> {
     refuse_if_enrolled(dir)?;
     dir.create()?;
@@ -100,7 +102,7 @@ pub async fn enroll(
 
     let organization_key = decode_public_key(&response.organization_key)
         .context("enrollment failed: the server sent an invalid organization key")?;
-    let now = Timestamp::now();
+    let now = clock.wall();
     let bundle = verify_bundle(
         &response.bundle,
         &organization_key,
@@ -111,13 +113,21 @@ pub async fn enroll(
     .context("enrollment failed: the server's first policy bundle was refused")?;
 
     // Leftovers of an earlier device in this directory must not be sent as ours.
-    for stale in [SEQ_FILE, STATUS_FILE, ZONES_FILE, WIPE_MARKER] {
+    for stale in [
+        SEQ_FILE,
+        STATUS_FILE,
+        ZONES_FILE,
+        WIPE_MARKER,
+        TIME_FLOOR_FILE,
+    ] {
         let _ = std::fs::remove_file(dir.path(stale));
     }
     let _ = std::fs::remove_dir_all(dir.path(OUTBOX_DIR));
 
     dir.store_key(&key)?;
     dir.store_bundle(&response.bundle)?;
+    // The first trusted time: the issue time of the bundle the server just signed.
+    TimeFloor::load(dir, bundle.issued_at, &clock.boot()).store(dir)?;
     if hardware == HardwareKind::Sim {
         SimHardware::new(dir.root())
             .reset()

@@ -5,6 +5,7 @@
 //! | module | what lives there |
 //! |---|---|
 //! | [`state`] | the state directory: layout, atomic writes, the run lock, identity, key, bundle, seq |
+//! | [`clock`] | the clock seam and the trusted time floor (`time-floor.json`) |
 //! | [`hardware`] | the [`hardware::Hardware`] trait (enforce and verify are separate) and the SIMULATED backend |
 //! | [`enforce`] | applying an effective mode, measuring, honest report building |
 //! | [`agent`] | the agent core: what to enforce now, drift detection, bundle acceptance, checkpoint codes, device commands |
@@ -22,6 +23,7 @@
 
 pub mod agent;
 pub mod cli;
+pub mod clock;
 pub mod connection;
 pub mod control;
 pub mod enforce;

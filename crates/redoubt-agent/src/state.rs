@@ -402,6 +402,7 @@ impl StateDir {
             ZONES_FILE,
             SEQ_FILE,
             STATUS_FILE,
+            crate::clock::TIME_FLOOR_FILE,
             crate::hardware::sim::SIM_FILE,
             crate::hardware::sim::SIM_LOCK_FILE,
         ] {

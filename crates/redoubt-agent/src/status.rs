@@ -142,6 +142,12 @@ pub struct StatusView {
     pub effective_mode: String,
     /// Why the effective mode is the fallback rather than the bundle's.
     pub fallback_reason: Option<String>,
+    /// The trusted time floor (a lower bound on real time the server vouched for).
+    pub trusted_floor: Timestamp,
+    /// The phone's wall clock.
+    pub wall_clock: Timestamp,
+    /// The wall clock is behind the floor: it was set back (check-outs are refused).
+    pub clock_behind: bool,
     /// The secured zones the device is inside.
     pub zones: Vec<ZoneView>,
     /// The lock command in force.
@@ -181,13 +187,14 @@ pub struct StatusView {
 }
 
 /// Builds the status of a state directory without changing anything in it.
-pub fn collect(dir: &StateDir) -> Result<StatusView> {
+pub fn collect(dir: &StateDir, clock: &dyn crate::clock::Clock) -> Result<StatusView> {
     let identity = dir.load_identity()?;
-    let now = Timestamp::now();
     let (bundle, bundle_error) = match dir.load_bundle(&identity) {
         Ok(b) => (b.map(|(b, _)| b), None),
         Err(e) => (None, Some(format!("{e:#}"))),
     };
+    let vouched = bundle.as_ref().map_or(Timestamp(0), |b| b.issued_at);
+    let now = crate::clock::peek(dir, vouched, clock);
     let (zones, zone_state_error) = match dir.load_zones() {
         Ok(z) => (z.unwrap_or_default(), None),
         Err(e) => (Default::default(), Some(format!("{e:#}"))),
@@ -228,6 +235,9 @@ pub fn collect(dir: &StateDir) -> Result<StatusView> {
         violations: violations(&decision.mode, &m),
         effective_mode: decision.mode.name,
         fallback_reason: decision.fallback_reason,
+        trusted_floor: now.floor,
+        wall_clock: now.wall,
+        clock_behind: now.wall_behind(),
         zones: zones
             .inside()
             .iter()
@@ -277,6 +287,17 @@ impl StatusView {
         let _ = writeln!(s, "connection:      {connection}");
         let _ = writeln!(s, "effective mode:  {}", self.effective_mode);
         let _ = writeln!(s, "fallback reason: {}", or_dash(&self.fallback_reason));
+        let _ = writeln!(
+            s,
+            "time:            trusted floor {}, wall clock {}{}",
+            self.trusted_floor,
+            self.wall_clock,
+            if self.clock_behind {
+                " (set back: check-out codes are refused)"
+            } else {
+                ""
+            }
+        );
         if self.zones.is_empty() {
             let _ = writeln!(s, "zones:           none");
         }

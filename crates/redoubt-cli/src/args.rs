@@ -290,6 +290,14 @@ pub enum DevicesCommand {
         #[arg(value_name = "ZONE")]
         zone: redoubt_proto::ZoneName,
     },
+    /// Put the device into a zone (as if it had checked in at a gate).
+    EnterZone {
+        #[command(flatten)]
+        args: CommandArgs,
+        /// The zone.
+        #[arg(value_name = "ZONE")]
+        zone: redoubt_proto::ZoneName,
+    },
     /// The device's commands and where each is: queued, delivered, acknowledged,
     /// verified, expired or failed.
     Commands {

@@ -64,6 +64,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Devices(DevicesCommand::ExitZone { args, zone }) => {
             send_command(g, &args, DeviceAction::ExitZone { zone }).await
         }
+        Command::Devices(DevicesCommand::EnterZone { args, zone }) => {
+            send_command(g, &args, DeviceAction::EnterZone { zone }).await
+        }
         Command::Devices(DevicesCommand::Commands { device }) => {
             let path = format!("{}/commands", device_path(&device));
             let list: Answer<Vec<CommandView>> = Api::new(g)?.get(&path).await?;

@@ -242,6 +242,7 @@ pub fn device(d: &DeviceView, now: Timestamp) -> String {
 fn action_label(c: &CommandView) -> String {
     match &c.action {
         redoubt_proto::DeviceAction::ExitZone { zone } => format!("exit-zone {zone}"),
+        redoubt_proto::DeviceAction::EnterZone { zone } => format!("enter-zone {zone}"),
         other => other.name().into(),
     }
 }

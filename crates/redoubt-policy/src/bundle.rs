@@ -9,7 +9,7 @@ use redoubt_proto::{
 };
 
 use crate::modes::Effective;
-use crate::zones::{ZoneState, decide_with};
+use crate::zones::{PhoneTime, ZoneState, decide_with};
 
 /// Why a bundle was refused. The agent keeps what it had.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -141,7 +141,7 @@ pub struct Decision {
 /// accepted), outside every zone and unlocked. Without a bundle, or once it has
 /// expired, the answer is `lockdown`. The agent uses [`decide_with`] and its zone state.
 pub fn decide(bundle: Option<&PolicyBundle>, now: Timestamp) -> Decision {
-    decide_with(bundle, &ZoneState::default(), now)
+    decide_with(bundle, &ZoneState::default(), PhoneTime::trusted(now))
 }
 
 #[cfg(test)]

@@ -23,7 +23,8 @@ pub fn evaluate(bundle: &PolicyBundle, report: &ComplianceReport, now: Timestamp
 ///
 /// A denied capability must be measured `off` (`unknown` does not count); an
 /// `organization-only` network must be measured so; the report must be for the newest
-/// bundle and name the expected effective mode.
+/// bundle and name the expected effective mode; a phone whose wall clock was set back
+/// behind its trusted time floor is not compliant either (the report says so).
 pub fn evaluate_against(
     expected: &Effective,
     expected_bundle_version: u64,
@@ -44,6 +45,15 @@ pub fn evaluate_against(
     }
     if let Some(reason) = &report.fallback_reason {
         reasons.push(format!("agent fell back: {reason}"));
+    }
+    if report.clock_tampered {
+        let floor = report
+            .trusted_floor
+            .map_or_else(|| "unknown".to_owned(), |f| f.to_string());
+        reasons.push(format!(
+            "the phone's clock ({}) is behind the time it knows has passed ({floor}): it was set back; check-out codes are refused until it is right",
+            report.observed_at
+        ));
     }
     for cap in Capability::ALL {
         if expected.capabilities.get(cap) == Rule::Deny {
@@ -102,6 +112,8 @@ mod tests {
             locked_by: None,
             commands_done: Vec::new(),
             events: Vec::new(),
+            trusted_floor: None,
+            clock_tampered: false,
         }
     }
 

@@ -25,5 +25,5 @@ pub use modes::{
 };
 pub use zones::{
     CODE_CLOCK_SKEW_SECS, CodeError, CommandEffect, DONE_COMMANDS_KEPT, DoneCommand, LockState,
-    Presence, ZoneChange, ZoneState, decide_with, expected_mode, verify_code,
+    PhoneTime, Presence, ZoneChange, ZoneState, decide_with, expected_mode, verify_code,
 };

@@ -3,19 +3,32 @@
 //! fail-closed decision of what holds ([`decide_with`]). For the server,
 //! [`expected_mode`] says what a report's own zones and lock require.
 //!
+//! Time: the phone knows two clocks ([`PhoneTime`]): its **trusted floor** (a lower bound
+//! on real time from the server's signed times, advanced by the boot clock, never by the
+//! wall clock) and its **wall clock**, which the holder sets. Nothing counts as "not yet
+//! expired" unless it is so against the floor; the wall clock may only make a decision
+//! stricter. A wall clock behind the floor (beyond [`CODE_CLOCK_SKEW_SECS`]) means it was
+//! set back: check-out codes are refused, check-in codes still count.
+//!
 //! Rules, all of them fail-closed:
-//! - a code is accepted once, only inside its validity window (± [`CODE_CLOCK_SKEW_SECS`]),
-//!   only if its zone is listed in the bundle and one of that zone's checkpoints signed it;
-//! - a check-out needs the phone to be inside, and may not be older than the code it
-//!   entered with (an old check-out code cannot undo a newer check-in);
+//! - a code is accepted once, only inside its validity window (± [`CODE_CLOCK_SKEW_SECS`])
+//!   judged at the later of floor and wall, only if its zone is listed in the bundle and
+//!   one of that zone's checkpoints signed it; used nonces are kept until the floor is past
+//!   their window;
+//! - a check-out needs the phone to be inside, may not be older than its entry into the
+//!   zone (however it entered: code, Wi-Fi or command; the entry time is trusted time),
+//!   and is refused while the wall clock is behind the floor;
 //! - a Wi-Fi sighting of a listed access point enters a zone; its absence never exits
 //!   one. After a check-out the zone's access points then visible are ignored until a
 //!   scan no longer shows them (the gate's own access point would pull the phone back in);
 //! - a lock holds until an unlock issued later; an exit-zone command only takes the
 //!   phone out of a zone it entered before the command was issued;
+//! - command expiry is the server's to judge: a lock, an enter-zone or a wipe is never
+//!   refused for its age; an unlock or an exit-zone (they relax) is refused once expired
+//!   against the floor or the wall clock;
 //! - a refused code or command changes nothing but the list of events to report.
 //!
-//! Pure: no IO, no clock; time is a parameter.
+//! Pure: no IO, no clock; time (floor and wall) is a parameter.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -35,6 +48,37 @@ use crate::modes::{Effective, effective, lockdown};
 pub const CODE_CLOCK_SKEW_SECS: i64 = 5;
 /// How many done commands are remembered for de-duplication.
 pub const DONE_COMMANDS_KEPT: usize = 64;
+
+/// What the phone knows about the time when it decides: its trusted floor and its wall
+/// clock. Built by the agent from its clock seam; the server, which trusts its own
+/// clock, uses [`PhoneTime::trusted`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PhoneTime {
+    /// A lower bound on real time: the newest server time seen, advanced by the boot
+    /// clock. Only moves forward.
+    pub floor: Timestamp,
+    /// The phone's wall clock (set by the holder; may only make things stricter).
+    pub wall: Timestamp,
+}
+
+impl PhoneTime {
+    /// Floor and wall both at `t` (a clock that is trusted).
+    pub const fn trusted(t: Timestamp) -> Self {
+        PhoneTime { floor: t, wall: t }
+    }
+
+    /// The time against which expiry is judged: the later of floor and wall, so that an
+    /// expiry by either clock counts (the wall clock can only make it stricter).
+    pub fn latest(&self) -> Timestamp {
+        self.floor.max(self.wall)
+    }
+
+    /// Whether the wall clock is behind the floor by more than [`CODE_CLOCK_SKEW_SECS`]:
+    /// it was set back (or lost its setting), so it is not believed in the holder's favour.
+    pub fn wall_behind(&self) -> bool {
+        self.wall < self.floor.plus_secs(-CODE_CLOCK_SKEW_SECS)
+    }
+}
 
 /// Why a checkpoint code was refused. A refused code changes nothing.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -114,23 +158,34 @@ pub enum CodeError {
         /// The zone.
         zone: ZoneName,
     },
-    /// A check-out code older than the check-in code the phone entered with.
+    /// A check-out code older than the phone's entry into the zone.
     #[error(
-        "the check-out code for zone {zone} (valid from {out_not_before}) is older than the check-in code the phone entered with (valid from {in_not_before})"
+        "the check-out code for zone {zone} (valid from {out_not_before}) is older than the phone's entry into the zone (at {entered}); scan a newer one"
     )]
     OlderThanEntry {
         /// The zone.
         zone: ZoneName,
         /// The check-out code's start of validity.
         out_not_before: Timestamp,
-        /// The check-in code's start of validity.
-        in_not_before: Timestamp,
+        /// When the phone entered (trusted time).
+        entered: Timestamp,
+    },
+    /// A check-out while the phone's wall clock is behind its trusted time floor.
+    #[error(
+        "check-out refused: the phone's clock ({wall}) is behind the time it knows has passed ({floor}); it was set back, so the zone stays as it is until the clock is right"
+    )]
+    ClockBehind {
+        /// The trusted floor.
+        floor: Timestamp,
+        /// The wall clock.
+        wall: Timestamp,
     },
 }
 
 /// Decodes a checkpoint code and verifies it against the bundle: its zone is listed, its
 /// checkpoint is one of that zone's, the checkpoint's key signed it, and `now` lies in
-/// its validity window (± [`CODE_CLOCK_SKEW_SECS`]). Says nothing about replays or
+/// its validity window (± [`CODE_CLOCK_SKEW_SECS`]). The phone passes
+/// [`PhoneTime::latest`]. Says nothing about replays or
 /// whether the phone is inside: that is [`ZoneState::apply_code`]'s part.
 pub fn verify_code(
     text: &str,
@@ -187,7 +242,8 @@ pub fn verify_code(
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Presence {
-    /// When it entered (or last checked in again).
+    /// When it entered (or last checked in again), in trusted time: the floor at entry,
+    /// or a check-in code's start of validity when that is later.
     pub since: Timestamp,
     /// How it knows.
     pub evidence: Evidence,
@@ -277,6 +333,11 @@ pub enum CommandEffect {
         /// The zone.
         zone: ZoneName,
     },
+    /// The device entered (or stays in) the zone.
+    EnteredZone {
+        /// The zone.
+        zone: ZoneName,
+    },
     /// The device was not inside the zone, or entered it after the command was issued.
     NotInZone {
         /// The zone.
@@ -298,6 +359,7 @@ impl CommandEffect {
             CommandEffect::Unlocked => "unlocked".into(),
             CommandEffect::NothingToUnlock => "no lock issued earlier was in force".into(),
             CommandEffect::ExitedZone { zone } => format!("left zone {zone}"),
+            CommandEffect::EnteredZone { zone } => format!("entered zone {zone}"),
             CommandEffect::NotInZone { zone } => format!(
                 "not inside zone {zone} since before the command was issued; nothing changed"
             ),
@@ -419,9 +481,9 @@ impl ZoneState {
         &self,
         text: &str,
         bundle: &PolicyBundle,
-        now: Timestamp,
+        now: PhoneTime,
     ) -> Result<CheckpointCode, CodeError> {
-        let code = verify_code(text, bundle, now)?;
+        let code = verify_code(text, bundle, now.latest())?;
         if self.used_nonces.contains_key(&code.nonce) {
             return Err(CodeError::Replayed {
                 zone: code.zone,
@@ -435,13 +497,18 @@ impl ZoneState {
                 .ok_or_else(|| CodeError::NotInside {
                     zone: code.zone.clone(),
                 })?;
-            if let Evidence::Code { not_before, .. } = &presence.evidence
-                && code.not_before < *not_before
-            {
+            // The gate's and the server's clocks may differ by the skew; no more.
+            if code.not_before < presence.since.plus_secs(-CODE_CLOCK_SKEW_SECS) {
                 return Err(CodeError::OlderThanEntry {
                     zone: code.zone,
                     out_not_before: code.not_before,
-                    in_not_before: *not_before,
+                    entered: presence.since,
+                });
+            }
+            if now.wall_behind() {
+                return Err(CodeError::ClockBehind {
+                    floor: now.floor,
+                    wall: now.wall,
                 });
             }
         }
@@ -450,16 +517,18 @@ impl ZoneState {
 
     /// Applies a scanned checkpoint code: a check-in enters the zone (or renews the
     /// evidence when inside already), a check-out leaves it. The code's nonce is
-    /// recorded only on success. Records a `zone-in` / `zone-out` event, or on refusal a
-    /// `code-refused` event and nothing else.
+    /// recorded only on success, and kept until the floor is past the code's window.
+    /// Records a `zone-in` / `zone-out` event, or on refusal a `code-refused` event and
+    /// nothing else. Events are stamped with the wall clock (what the phone showed).
     pub fn apply_code(
         &mut self,
         text: &str,
         bundle: &PolicyBundle,
-        now: Timestamp,
+        time: PhoneTime,
         event_id: String,
     ) -> Result<ZoneChange, CodeError> {
-        let code = match self.check_code(text, bundle, now) {
+        let now = time.wall;
+        let code = match self.check_code(text, bundle, time) {
             Ok(c) => c,
             Err(e) => {
                 self.event(
@@ -474,7 +543,7 @@ impl ZoneState {
         };
         let skew = CODE_CLOCK_SKEW_SECS;
         self.used_nonces
-            .retain(|_, not_after| not_after.plus_secs(skew) >= now);
+            .retain(|_, not_after| not_after.plus_secs(skew) >= time.floor);
         self.used_nonces.insert(code.nonce.clone(), code.not_after);
         let evidence = Evidence::Code {
             checkpoint: code.checkpoint.clone(),
@@ -490,7 +559,7 @@ impl ZoneState {
                     .insert(
                         zone.clone(),
                         Presence {
-                            since: now,
+                            since: time.floor.max(code.not_before),
                             evidence: evidence.clone(),
                             mode,
                         },
@@ -543,14 +612,16 @@ impl ZoneState {
     /// Takes a Wi-Fi scan into account: a listed access point of a zone that is visible
     /// and not suppressed enters that zone. Absence never exits. Suppressed access points
     /// that the scan no longer shows stop being suppressed. Without a bundle, no zone is
-    /// entered (none is listed) but the scan is still remembered.
+    /// entered (none is listed) but the scan is still remembered. The entry time is the
+    /// floor.
     pub fn observe_wifi(
         &mut self,
         visible: &[Bssid],
         bundle: Option<&PolicyBundle>,
-        now: Timestamp,
+        time: PhoneTime,
         id_gen: &mut dyn FnMut() -> String,
     ) -> Vec<ZoneChange> {
+        let now = time.wall;
         let visible: BTreeSet<Bssid> = visible.iter().cloned().collect();
         for set in self.suppressed.values_mut() {
             set.retain(|b| visible.contains(b));
@@ -580,7 +651,7 @@ impl ZoneState {
             self.inside.insert(
                 zone.name.clone(),
                 Presence {
-                    since: now,
+                    since: time.floor,
                     evidence: evidence.clone(),
                     mode,
                 },
@@ -606,7 +677,7 @@ impl ZoneState {
         &self,
         cmd: &DeviceCommand,
         device: &DeviceId,
-        now: Timestamp,
+        time: PhoneTime,
     ) -> Option<String> {
         if &cmd.device_id != device {
             return Some(format!(
@@ -617,7 +688,17 @@ impl ZoneState {
         if self.done.iter().any(|d| d.id == cmd.id) {
             return None;
         }
-        if now > cmd.expires_at {
+        // Expiry is the server's to judge: it only sends a command before its expiry.
+        // A command that restricts (lock, enter-zone) or destroys (wipe) is never
+        // refused for its age, whatever the phone's clock says. One that relaxes
+        // (unlock, exit-zone) is refused once expired by the floor, or by the wall clock
+        // (which may only make things stricter).
+        let relaxes = matches!(
+            cmd.action,
+            DeviceAction::Unlock | DeviceAction::ExitZone { .. }
+        );
+        let now = time.latest();
+        if relaxes && now > cmd.expires_at {
             return Some(format!(
                 "command {} ({}) expired at {} (it is now {now})",
                 cmd.id,
@@ -635,7 +716,8 @@ impl ZoneState {
     }
 
     /// Carries out a command whose organization signature was verified already.
-    /// Refuses one for another device, an expired one and `revoke` (server side only);
+    /// Refuses one for another device, an expired unlock or exit-zone, and `revoke`
+    /// (server side only); a lock or a wipe is never refused for its age;
     /// a command done before is a success without new effect. Records a
     /// `command-done` event (and `zone-out` for an exit), or on refusal a
     /// `command-refused` event and nothing else.
@@ -643,10 +725,12 @@ impl ZoneState {
         &mut self,
         cmd: &DeviceCommand,
         device: &DeviceId,
-        now: Timestamp,
+        bundle: Option<&PolicyBundle>,
+        time: PhoneTime,
         id_gen: &mut dyn FnMut() -> String,
     ) -> Result<CommandEffect, String> {
-        if let Some(reason) = self.refuse_command(cmd, device, now) {
+        let now = time.wall;
+        if let Some(reason) = self.refuse_command(cmd, device, time) {
             self.event(
                 id_gen(),
                 now,
@@ -729,6 +813,35 @@ impl ZoneState {
                     CommandEffect::NotInZone { zone: zone.clone() }
                 }
             }
+            DeviceAction::EnterZone { zone } => {
+                // Entered now (trusted time), or never earlier than the command was
+                // issued: a check-out code older than this entry cannot undo it.
+                let since = time.floor.max(cmd.issued_at);
+                let evidence = Evidence::Command {
+                    command: cmd.id.clone(),
+                };
+                let mode = bundle
+                    .and_then(|b| zone_mode(b, zone))
+                    .unwrap_or_else(lockdown);
+                self.inside.insert(
+                    zone.clone(),
+                    Presence {
+                        since,
+                        evidence: evidence.clone(),
+                        mode,
+                    },
+                );
+                self.suppressed.remove(zone);
+                self.event(
+                    id_gen(),
+                    now,
+                    DeviceEventKind::ZoneIn {
+                        zone: zone.clone(),
+                        evidence,
+                    },
+                );
+                CommandEffect::EnteredZone { zone: zone.clone() }
+            }
             DeviceAction::Wipe => CommandEffect::Wipe,
             // Refused above.
             DeviceAction::Revoke => return Err("revoke is carried out by the server".into()),
@@ -767,12 +880,13 @@ fn lockdown_decision(version: u64, reason: String, zones: &ZoneState) -> Decisio
 /// bundle, once it expired, or when its base mode is missing, `lockdown`. Otherwise the
 /// most restrictive of the base mode, the mode of every zone the phone is inside (the
 /// bundle's definition when it lists the zone, else the mode noted at entry) and
-/// `lockdown` while a lock holds.
-pub fn decide_with(bundle: Option<&PolicyBundle>, zones: &ZoneState, now: Timestamp) -> Decision {
+/// `lockdown` while a lock holds. The bundle has expired when it has by the floor or by
+/// the wall clock.
+pub fn decide_with(bundle: Option<&PolicyBundle>, zones: &ZoneState, time: PhoneTime) -> Decision {
     let Some(bundle) = bundle else {
         return lockdown_decision(0, "no policy bundle: lockdown".into(), zones);
     };
-    if bundle.expires_at <= now {
+    if bundle.expires_at <= time.latest() {
         return lockdown_decision(
             bundle.version,
             format!(

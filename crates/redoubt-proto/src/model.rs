@@ -350,6 +350,14 @@ pub struct ComplianceReport {
     /// commands), in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<crate::zones::DeviceEvent>,
+    /// The agent's trusted time floor when it made the report (a lower bound on real
+    /// time from the server's own times; `observed_at` is the phone's wall clock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trusted_floor: Option<Timestamp>,
+    /// The phone's wall clock was behind its trusted floor: it was set back (check-out
+    /// codes are refused until it is right again).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub clock_tampered: bool,
 }
 
 impl ComplianceReport {

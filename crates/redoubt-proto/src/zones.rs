@@ -311,6 +311,12 @@ pub enum DeviceAction {
         /// The zone.
         zone: ZoneName,
     },
+    /// Put the device into a zone (as if it had checked in), e.g. for a phone that came
+    /// in without scanning a code. Restricts, so it is never refused for its age.
+    EnterZone {
+        /// The zone.
+        zone: ZoneName,
+    },
 }
 
 impl DeviceAction {
@@ -322,6 +328,7 @@ impl DeviceAction {
             DeviceAction::Wipe => "wipe",
             DeviceAction::Revoke => "revoke",
             DeviceAction::ExitZone { .. } => "exit-zone",
+            DeviceAction::EnterZone { .. } => "enter-zone",
         }
     }
 }
@@ -427,7 +434,7 @@ pub enum Evidence {
         /// The access point.
         bssid: Bssid,
     },
-    /// An operator's signed `exit-zone` command.
+    /// An operator's signed `exit-zone` or `enter-zone` command.
     Command {
         /// The command.
         command: CommandId,

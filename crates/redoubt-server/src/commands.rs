@@ -7,7 +7,10 @@
 //! from the phone shows the effect: lockdown under the lock, the lock lifted, the zone
 //! left, the final report of a wipe). Not acknowledged by its expiry → **expired**;
 //! refused by the phone → **failed**. `revoke` acts on the server alone and is verified
-//! at once; a wipe that expires unacknowledged revokes the device too. A request that matches a command already standing returns that command.
+//! at once. A wipe that does not end verified revokes the device: refused by the phone
+//! (for any reason), or expired unacknowledged, or acknowledged but without the final
+//! report by its expiry. Expiry is the server's alone to judge: the phone never refuses a
+//! lock or a wipe for its age (its clock is the holder's). A request that matches a command already standing returns that command.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -69,6 +72,8 @@ pub fn judge(
             .then(|| format!("report {seq}: lock lifted, {} enforced", report.effective_mode)),
         DeviceAction::ExitZone { zone } => (done && compliant && !report.zones.contains(zone))
             .then(|| format!("report {seq}: outside zone {zone}, {} enforced", report.effective_mode)),
+        DeviceAction::EnterZone { zone } => (done && compliant && report.zones.contains(zone))
+            .then(|| format!("report {seq}: inside zone {zone}, {} enforced", report.effective_mode)),
         DeviceAction::Wipe => report
             .events
             .iter()
@@ -99,7 +104,7 @@ impl App {
                 "expires_in_secs must be between 10 and 7776000".into(),
             ));
         }
-        if let DeviceAction::ExitZone { zone } = &req.action
+        if let DeviceAction::ExitZone { zone } | DeviceAction::EnterZone { zone } = &req.action
             && self.store.get_zone(zone).await?.is_none()
         {
             return Err(ServiceError::NotFound(format!("no zone {zone}")));
@@ -176,12 +181,13 @@ impl App {
             .expire_commands(Timestamp::now(), &|h| self.sign_audit_head(h))
             .await?
         {
-            tracing::warn!(device = %c.device_id, command = %c.id, action = c.action.name(), "command expired before the phone acknowledged it");
+            tracing::warn!(device = %c.device_id, command = %c.id, action = c.action.name(), "command expired before the phone carried it out");
             // A lost phone that never came back for its wipe must not keep working
             // credentials: the server does its part of the wipe.
             if c.action == DeviceAction::Wipe {
-                self.revoke_device("server (wipe expired unacknowledged)", &c.device_id)
+                self.revoke_device("server (wipe expired unverified)", &c.device_id)
                     .await?;
+                self.hub.notify(&c.device_id, Push::Revoked);
             }
         }
         Ok(())
@@ -203,6 +209,14 @@ impl App {
             .await?;
         if c.state == CommandState::Failed {
             tracing::warn!(device = %device, command = %id, "the phone refused a command");
+            // A wipe the phone refused, for whatever reason it gives (its clock, a
+            // signature it claims is bad), leaves the server's part: the device's
+            // credentials stop working and it leaves its conversations.
+            if c.action == DeviceAction::Wipe {
+                self.revoke_device("server (wipe refused by the phone)", device)
+                    .await?;
+                self.hub.notify(device, Push::Revoked);
+            }
         }
         Ok(c)
     }

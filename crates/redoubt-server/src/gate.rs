@@ -1,13 +1,19 @@
 //! The gate terminal: the tablet at a checkpoint's entrance shows the current check-in
-//! and check-out codes as QR codes and refreshes them.
+//! or check-out code as a QR code and refreshes it.
+//!
+//! One direction at a time: a phone checking in must not be able to keep the check-out
+//! code of the same moment (and leave with it later). The page without a direction shows
+//! two buttons (the guard, or the person, chooses); `?direction=in` or `?direction=out`
+//! shows that one code and nothing of the other (a terminal at an exit lane can stay on
+//! `out`). The JSON endpoint follows the same rule: `…/codes?direction=in|out`.
 //!
 //! `GET /gate/{zone}/{checkpoint}?key=TOKEN` (the link an officer created with
 //! `redoubt zones gate`) checks the credential, stores it in an HttpOnly cookie scoped to
 //! the page's path and redirects to the bare URL, so the credential does not stay in the
 //! address bar or the history. `GET /gate/{zone}/{checkpoint}` renders the page (plain
 //! HTML, inline SVG, refreshed by `<meta http-equiv=refresh>`: no script, nothing
-//! fetched from elsewhere). `GET /gate/{zone}/{checkpoint}/codes` returns the same codes
-//! as JSON for a scripted terminal (cookie or `Authorization: Gate TOKEN`).
+//! fetched from elsewhere). `GET /gate/{zone}/{checkpoint}/codes?direction=in|out` returns
+//! that one code as JSON for a scripted terminal (cookie or `Authorization: Gate TOKEN`).
 
 use std::fmt::Write as _;
 
@@ -40,18 +46,35 @@ pub fn routes() -> Router<HttpState> {
 #[derive(Deserialize)]
 struct KeyQuery {
     key: Option<String>,
+    direction: Option<String>,
 }
 
-/// The codes a gate shows.
+#[derive(Deserialize)]
+struct DirectionQuery {
+    direction: Option<String>,
+}
+
+/// The direction asked for: none (choose first), or `in` / `out`; anything else is a
+/// clear 400.
+fn parse_direction(raw: Option<&str>) -> Result<Option<Direction>, ServiceError> {
+    match raw {
+        None | Some("") => Ok(None),
+        Some("in") => Ok(Some(Direction::In)),
+        Some("out") => Ok(Some(Direction::Out)),
+        Some(_) => Err(ServiceError::BadRequest(
+            "direction must be `in` or `out`".into(),
+        )),
+    }
+}
+
+/// The one code a gate shows.
 #[derive(Debug, Serialize)]
-struct GateCodes {
-    /// Check-in.
-    #[serde(rename = "in")]
-    check_in: IssuedCode,
-    /// Check-out.
-    #[serde(rename = "out")]
-    check_out: IssuedCode,
-    /// Seconds until the page asks for new codes.
+struct GateCode {
+    /// `in` or `out`.
+    direction: Direction,
+    /// The code.
+    code: IssuedCode,
+    /// Seconds until the page asks for a new code.
     refresh_secs: u32,
 }
 
@@ -109,6 +132,7 @@ fn html_page(status: StatusCode, title: &str, body: &str, refresh: Option<u32>) 
          .codes{{display:flex;flex-wrap:wrap;justify-content:center;gap:3em}}\
          figure{{margin:0}}svg{{width:min(42vw,70vh);height:auto}}\
          figcaption{{font-size:2em;font-weight:bold}}\
+         .choose{{display:inline-block;font-size:3em;font-weight:bold;padding:1em;border:.2em solid #000;color:#000;text-decoration:none}}\
          .text{{font-family:monospace;font-size:.6em;word-break:break-all;max-width:42vw}}</style>\
          </head><body>{body}</body></html>",
         escape(title)
@@ -148,11 +172,16 @@ fn qr_svg(text: &str) -> Result<String, ServiceError> {
     ))
 }
 
-fn current_codes(s: &HttpState, zone: &ZoneName, checkpoint: &CheckpointName) -> GateCodes {
+fn current_code(
+    s: &HttpState,
+    zone: &ZoneName,
+    checkpoint: &CheckpointName,
+    direction: Direction,
+) -> GateCode {
     let valid = s.app.config.gate_code_secs;
-    GateCodes {
-        check_in: s.app.sign_code(zone, checkpoint, Direction::In, valid),
-        check_out: s.app.sign_code(zone, checkpoint, Direction::Out, valid),
+    GateCode {
+        direction,
+        code: s.app.sign_code(zone, checkpoint, direction, valid),
         // Refresh well before expiry, so a code scanned from the screen is still valid.
         refresh_secs: (valid / 3).max(2),
     }
@@ -178,6 +207,7 @@ async fn page(
         return Ok(unauthorized());
     };
     let path = format!("/gate/{zone}/{checkpoint}");
+    let direction = parse_direction(q.direction.as_deref())?;
     if let Some(key) = q.key {
         if !authorized(&s, Some(&key), &zone, &checkpoint).await? {
             return Ok(unauthorized());
@@ -192,9 +222,13 @@ async fn page(
             HeaderValue::from_str(&cookie)
                 .map_err(|_| ServiceError::BadRequest("malformed gate key".into()))?,
         );
+        let location = match direction {
+            Some(d) => format!("{path}?direction={d}"),
+            None => path.clone(),
+        };
         headers.insert(
             LOCATION,
-            HeaderValue::from_str(&path)
+            HeaderValue::from_str(&location)
                 .map_err(|_| ServiceError::BadRequest("malformed path".into()))?,
         );
         return Ok(resp);
@@ -202,38 +236,48 @@ async fn page(
     if !authorized(&s, cookie_token(&headers).as_deref(), &zone, &checkpoint).await? {
         return Ok(unauthorized());
     }
-    let codes = current_codes(&s, &zone, &checkpoint);
-    let mut body = format!(
-        "<h1>Zone {} — checkpoint {}</h1><p>Scan with the Redoubt agent. Codes are valid until {} and refresh every {} s.</p><div class=\"codes\">",
+    let title = format!("Gate {zone}/{checkpoint}");
+    let heading = format!(
+        "<h1>Zone {} — checkpoint {}</h1>",
         escape(zone.as_str()),
-        escape(checkpoint.as_str()),
-        codes.check_in.not_after,
-        codes.refresh_secs
+        escape(checkpoint.as_str())
     );
-    for (label, code) in [
-        ("CHECK IN", &codes.check_in),
-        ("CHECK OUT", &codes.check_out),
-    ] {
-        let _ = write!(
-            body,
-            "<figure data-direction=\"{}\">{}<figcaption>{label}</figcaption><div class=\"text\">{}</div></figure>",
-            code.direction,
-            qr_svg(&code.code)?,
-            escape(&code.code)
+    let Some(direction) = direction else {
+        // Choose first: no code is shown until someone says which way they go.
+        let body = format!(
+            "{heading}<p>Which way? Each code is shown alone: take only the one for your direction.</p>\
+             <div class=\"codes\"><a class=\"choose\" href=\"?direction=in\">CHECK IN</a>\
+             <a class=\"choose\" href=\"?direction=out\">CHECK OUT</a></div>"
         );
-    }
-    body.push_str("</div>");
+        return Ok(html_page(StatusCode::OK, &title, &body, None));
+    };
+    let shown = current_code(&s, &zone, &checkpoint, direction);
+    let (label, other, other_label) = match direction {
+        Direction::In => ("CHECK IN", "out", "check out"),
+        Direction::Out => ("CHECK OUT", "in", "check in"),
+    };
+    let body = format!(
+        "{heading}<p>Scan with the Redoubt agent. The code is valid until {} and refreshes every {} s.</p>\
+         <div class=\"codes\"><figure data-direction=\"{}\">{}<figcaption>{label}</figcaption><div class=\"text\">{}</div></figure></div>\
+         <p><a href=\"?direction={other}\">Switch to {other_label}</a></p>",
+        shown.code.not_after,
+        shown.refresh_secs,
+        shown.direction,
+        qr_svg(&shown.code.code)?,
+        escape(&shown.code.code)
+    );
     Ok(html_page(
         StatusCode::OK,
-        &format!("Gate {zone}/{checkpoint}"),
+        &title,
         &body,
-        Some(codes.refresh_secs),
+        Some(shown.refresh_secs),
     ))
 }
 
 async fn codes(
     State(s): State<HttpState>,
     Path((zone, checkpoint)): Path<(String, String)>,
+    Query(q): Query<DirectionQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ServiceError> {
     let Some((zone, checkpoint)) = names(&zone, &checkpoint) else {
@@ -247,7 +291,12 @@ async fn codes(
             "no valid gate credential for this checkpoint".into(),
         ));
     }
-    let mut resp = Json(current_codes(&s, &zone, &checkpoint)).into_response();
+    let Some(direction) = parse_direction(q.direction.as_deref())? else {
+        return Err(ServiceError::BadRequest(
+            "choose a direction: ?direction=in or ?direction=out (one code at a time)".into(),
+        ));
+    };
+    let mut resp = Json(current_code(&s, &zone, &checkpoint, direction)).into_response();
     resp.headers_mut()
         .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(resp)

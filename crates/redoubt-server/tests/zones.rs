@@ -265,8 +265,27 @@ fn the_gate_page_shows_codes_the_phone_accepts() {
             .iter()
             .any(|(k, v)| k == "cache-control" && v == "no-store")
     );
+    // Without a direction: a choice, and no code at all.
+    assert_eq!(
+        page.matches("<svg").count(),
+        0,
+        "no code before a direction: {page}"
+    );
+    assert!(page.contains("?direction=in") && page.contains("?direction=out"));
+    assert!(!page.contains("RDZ1."));
+    let (status, _, _) = http.get_with(
+        "/gate/lab/north-gate?direction=sideways",
+        &[("cookie", &cookie)],
+    );
+    assert_eq!(status, 400);
+    // One direction: only its code; the other is not on the page.
+    let (status, _, page) =
+        http.get_with("/gate/lab/north-gate?direction=in", &[("cookie", &cookie)]);
+    assert_eq!(status, 200);
     assert!(page.contains("http-equiv=\"refresh\""));
-    assert_eq!(page.matches("<svg").count(), 2, "two QR codes");
+    assert_eq!(page.matches("<svg").count(), 1, "one QR code");
+    assert_eq!(page.matches("RDZ1.").count(), 1, "one code");
+    assert!(!page.contains("data-direction=\"out\""));
     let code_of = |page: &str, dir: &str| {
         let fig = &page[page.find(&format!("data-direction=\"{dir}\"")).unwrap()..];
         let text = &fig[fig.find("class=\"text\">").unwrap() + 13..];
@@ -276,14 +295,23 @@ fn the_gate_page_shows_codes_the_phone_accepts() {
     assert!(check_in.starts_with("RDZ1."));
     checkpoint(&bob, &check_in).unwrap();
     assert_eq!(bob.status()["effective_mode"], "secure-site");
-    // The JSON endpoint for scripted terminals, with the Gate header.
+    // The JSON endpoint for scripted terminals, with the Gate header: one direction too.
+    let gate_auth = format!("Gate {key}");
     let (status, _, json) = http.get_with(
         "/gate/lab/north-gate/codes",
-        &[("authorization", &format!("Gate {key}"))],
+        &[("authorization", &gate_auth)],
+    );
+    assert_eq!(status, 400, "{json}");
+    assert!(json.contains("direction"), "{json}");
+    let (status, _, json) = http.get_with(
+        "/gate/lab/north-gate/codes?direction=out",
+        &[("authorization", &gate_auth)],
     );
     assert_eq!(status, 200);
     let codes: Value = serde_json::from_str(&json).unwrap();
-    checkpoint(&bob, codes["out"]["code"].as_str().unwrap()).unwrap();
+    assert_eq!(codes["direction"], "out");
+    assert!(codes.get("in").is_none(), "{codes}");
+    checkpoint(&bob, codes["code"]["code"].as_str().unwrap()).unwrap();
     assert_eq!(bob.status()["effective_mode"], "standard");
     let shown = server.cli_json(&["zones", "show", "lab"]);
     assert_eq!(shown["gate_credentials"]["north-gate"], 1);
@@ -504,4 +532,191 @@ fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(e.path(), dest).unwrap();
         }
     }
+}
+
+/// Starts `redoubt-agent run` for `agent` with its clocks shifted through the agent's
+/// test seam (`wall=±SECS,...`).
+fn start_with_clock(agent: &mut Agent, clock: &str) {
+    let child = std::process::Command::new(common::bin("redoubt-agent"))
+        .args(["run", "--recheck-ms", "200", "--state"])
+        .arg(&agent.state)
+        .env("REDOUBT_LOG", "debug")
+        .env("REDOUBT_AGENT_TEST_CLOCK", clock)
+        .stdout(std::process::Stdio::null())
+        .stderr(common::log_file(&agent.state.with_extension("log")))
+        .spawn()
+        .unwrap();
+    agent.run = Some(child);
+}
+
+#[test]
+fn lock_and_wipe_are_carried_out_with_the_phone_clock_set_forward() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server"), &[]);
+    let mut bob = Agent::new(tmp.path().join("bob"));
+    let id = bob.enroll(&server.enrollment_url("bob"));
+    // The holder set the phone's clock thirty days forward: every command looks
+    // expired by it. The phone must still obey.
+    start_with_clock(&mut bob, "wall=+2592000");
+    wait_device(&server, &id, "bob reporting", |d| {
+        d["last_report_seq"].is_u64()
+    });
+    let lock = server.cli_json(&["devices", "lock", &id, "--expires-in", "60s"]);
+    let cmd = lock["id"].as_str().unwrap().to_owned();
+    // Carried out, not refused. (Not `verified`: by its own clock the phone's bundle
+    // has expired too, so it is in lockdown with a fallback, which is not compliant.)
+    wait_command(&server, &id, &cmd, "acknowledged");
+    wait_device(&server, &id, "the lock in force", |d| {
+        d["locked_by"] == cmd.as_str()
+    });
+    assert_eq!(server.device(&id)["reported_mode"], "lockdown");
+    let wipe = server.cli_json(&["devices", "wipe", &id, "--yes", "--expires-in", "60s"]);
+    let cmd = wipe["id"].as_str().unwrap().to_owned();
+    wait_command(&server, &id, &cmd, "verified");
+    let mut child = bob.run.take().unwrap();
+    let status = common::wait_exit(&mut child, Duration::from_secs(30));
+    assert!(status.success(), "agent after wipe: {status}");
+    assert!(!bob.state.join("device-key.pem").exists());
+    wait_device(&server, &id, "bob revoked", |d| d["revoked_at"].is_string());
+}
+
+#[test]
+fn a_wipe_the_phone_refuses_revokes_the_device() {
+    use ed25519_dalek::Signer;
+    use ed25519_dalek::pkcs8::DecodePrivateKey;
+    use futures_util::{SinkExt, StreamExt};
+    use redoubt_proto::ws::{AgentFrame, ServerFrame, hello_message};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server"), &[]);
+    let bob = Agent::new(tmp.path().join("bob"));
+    let id = bob.enroll(&server.enrollment_url("bob"));
+    let wipe = server.cli_json(&["devices", "wipe", &id, "--yes"]);
+    let cmd = wipe["id"].as_str().unwrap().to_owned();
+    // A phone that lies: it takes the wipe and refuses it (as the old agent did when
+    // its clock said the command had expired).
+    let pem = std::fs::read_to_string(bob.state.join("device-key.pem")).unwrap();
+    let key = ed25519_dalek::SigningKey::from_pkcs8_pem(&pem).unwrap();
+    let device: redoubt_proto::DeviceId = id.parse().unwrap();
+    let client = redoubt_client::ServerClient::new(
+        server.url.parse().unwrap(),
+        server.fingerprint.parse().unwrap(),
+        None,
+    )
+    .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut ws = client.websocket("/api/v1/device/ws").await.unwrap();
+        let first = loop {
+            let m = ws.next().await.unwrap().unwrap();
+            if let Ok(t) = m.to_text()
+                && !t.is_empty()
+            {
+                break serde_json::from_str::<ServerFrame>(t).unwrap();
+            }
+        };
+        let ServerFrame::Challenge { nonce } = first else {
+            panic!("no challenge: {first:?}")
+        };
+        let sig = key.sign(&hello_message(&nonce, &device));
+        let hello = AgentFrame::Hello {
+            device_id: device.clone(),
+            signature: redoubt_proto::envelope::encode_signature(&sig),
+        };
+        ws.send(Message::Text(serde_json::to_string(&hello).unwrap().into()))
+            .await
+            .unwrap();
+        let command_id = loop {
+            let m = ws.next().await.unwrap().unwrap();
+            let Ok(t) = m.to_text() else { continue };
+            if t.is_empty() {
+                continue;
+            }
+            match serde_json::from_str::<ServerFrame>(t).unwrap() {
+                ServerFrame::Command { command } => {
+                    let c: redoubt_proto::DeviceCommand = serde_json::from_slice(
+                        &base64::Engine::decode(
+                            &base64::engine::general_purpose::STANDARD,
+                            &command.payload,
+                        )
+                        .unwrap(),
+                    )
+                    .unwrap();
+                    break c.id;
+                }
+                ServerFrame::Error { message, .. } => panic!("server error: {message}"),
+                _ => continue,
+            }
+        };
+        let ack = AgentFrame::CommandAck {
+            id: command_id,
+            accepted: false,
+            reason: Some("command expired (by the phone's clock)".into()),
+        };
+        ws.send(Message::Text(serde_json::to_string(&ack).unwrap().into()))
+            .await
+            .unwrap();
+        // The server ends the session of the now revoked device (waited for with a
+        // deadline; the checks below say what went wrong if it does not).
+        let closed = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                match ws.next().await {
+                    None | Some(Err(_)) => return None,
+                    Some(Ok(m)) => {
+                        if let Ok(t) = m.to_text()
+                            && let Ok(ServerFrame::Error { code, .. }) = serde_json::from_str(t)
+                        {
+                            return Some(code);
+                        }
+                    }
+                }
+            }
+        })
+        .await;
+        assert!(
+            matches!(&closed, Ok(None) | Ok(Some(_))),
+            "the session of the device stayed open after its refused wipe"
+        );
+        if let Ok(Some(code)) = closed {
+            assert_eq!(code, "unauthorized");
+        }
+    });
+    wait_command(&server, &id, &cmd, "failed");
+    let d = wait_device(&server, &id, "bob revoked", |d| d["revoked_at"].is_string());
+    assert!(
+        d["compliance_reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("revoked")
+    );
+    let actions = audit_actions(&server, &id);
+    assert!(actions.iter().any(|a| a == "device.revoked"), "{actions:?}");
+}
+
+#[test]
+fn a_phone_clock_set_back_shows_on_the_server() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server"), &[]);
+    let mut bob = Agent::new(tmp.path().join("bob"));
+    let id = bob.enroll(&server.enrollment_url("bob"));
+    // Ten minutes behind the server's time, which the phone sees at every connection.
+    start_with_clock(&mut bob, "wall=-600");
+    let d = wait_device(&server, &id, "the set-back clock reported", |d| {
+        d["compliance"] == "non_compliant"
+    });
+    let reasons = d["compliance_reasons"].to_string();
+    assert!(reasons.contains("set back"), "{reasons}");
+    let out = server.cli_as(&server.owner_token, &["devices", "show", &id]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("set back"), "{text}");
+    // The clock is right again: compliant.
+    bob.stop();
+    bob.start();
+    wait_device(&server, &id, "bob compliant again", |d| {
+        d["compliance"] == "compliant"
+    });
 }

@@ -88,7 +88,7 @@ fn draft(
     extra: serde_json::Value,
 ) -> AuditDraft {
     let mut detail = json!({ "command": c.id.as_str(), "action": c.action.name() });
-    if let DeviceAction::ExitZone { zone } = &c.action {
+    if let DeviceAction::ExitZone { zone } | DeviceAction::EnterZone { zone } = &c.action {
         detail["zone"] = json!(zone.as_str());
     }
     if let (Some(d), Some(e)) = (detail.as_object_mut(), extra.as_object()) {
@@ -240,7 +240,7 @@ impl Store {
             DeviceAction::Wipe | DeviceAction::Revoke => {
                 history.iter().find(|c| same_request(c, &new.action))
             }
-            DeviceAction::ExitZone { .. } => history
+            DeviceAction::ExitZone { .. } | DeviceAction::EnterZone { .. } => history
                 .iter()
                 .find(|c| same_request(c, &new.action) && !c.state.is_final()),
         };
@@ -407,7 +407,9 @@ impl Store {
         Ok(c)
     }
 
-    /// Moves every open command past its expiry to `expired`; returns them.
+    /// Moves every open command past its expiry to `expired`; returns them. A wipe also
+    /// expires once acknowledged but not verified (the phone never sent its final
+    /// report): the server then does its part of the wipe.
     pub async fn expire_commands(
         &self,
         now: Timestamp,
@@ -416,7 +418,8 @@ impl Store {
         let mut tx = self.write_tx().await?;
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM device_commands
-             WHERE state IN ('queued', 'delivered') AND expires_at <= ? ORDER BY created_at, rowid"
+             WHERE (state IN ('queued', 'delivered') OR (state = 'acknowledged' AND action = 'wipe'))
+               AND expires_at <= ? ORDER BY created_at, rowid"
         )))
         .bind(now.unix())
         .fetch_all(&mut *tx)
@@ -429,7 +432,11 @@ impl Store {
                     &mut tx,
                     &c,
                     CommandState::Expired,
-                    Some("not acknowledged by the phone before its expiry"),
+                    Some(if c.state == CommandState::Acknowledged {
+                        "acknowledged, but the phone's final report did not come before its expiry"
+                    } else {
+                        "not acknowledged by the phone before its expiry"
+                    }),
                     now,
                     "server",
                     sign,

@@ -82,6 +82,8 @@ fn report(id: &DeviceId, seq: u64) -> ComplianceReport {
         locked_by: None,
         commands_done: Vec::new(),
         events: Vec::new(),
+        trusted_floor: None,
+        clock_tampered: false,
     }
 }
 

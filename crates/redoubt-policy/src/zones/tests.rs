@@ -13,6 +13,11 @@ use crate::modes::{at_least_as_strict, presets};
 
 const T0: Timestamp = Timestamp(1_800_000_000);
 
+/// Floor and wall clock agree at `t`.
+fn at(t: Timestamp) -> PhoneTime {
+    PhoneTime::trusted(t)
+}
+
 fn org() -> SigningKey {
     SigningKey::from_bytes(&[7; 32])
 }
@@ -283,12 +288,12 @@ fn check_in_and_check_out_with_codes() {
     let mut s = ZoneState::default();
     let mut next = ids();
     let change = s
-        .apply_code(&lab_code(Direction::In, T0, "n1"), &b, T0, next())
+        .apply_code(&lab_code(Direction::In, T0, "n1"), &b, at(T0), next())
         .unwrap();
     assert!(matches!(change, ZoneChange::Entered { ref zone, .. } if zone.as_str() == "lab"));
-    assert_eq!(decide_with(Some(&b), &s, T0).mode.name, "secure-site");
+    assert_eq!(decide_with(Some(&b), &s, at(T0)).mode.name, "secure-site");
     assert_eq!(
-        decide_with(Some(&b), &s, T0).zones,
+        decide_with(Some(&b), &s, at(T0)).zones,
         vec![name::<ZoneName>("lab")]
     );
     // Checking in again renews the evidence.
@@ -296,7 +301,7 @@ fn check_in_and_check_out_with_codes() {
         .apply_code(
             &lab_code(Direction::In, T0.plus_secs(10), "n2"),
             &b,
-            T0.plus_secs(10),
+            at(T0.plus_secs(10)),
             next(),
         )
         .unwrap();
@@ -305,14 +310,14 @@ fn check_in_and_check_out_with_codes() {
         .apply_code(
             &lab_code(Direction::Out, T0.plus_secs(20), "n3"),
             &b,
-            T0.plus_secs(20),
+            at(T0.plus_secs(20)),
             next(),
         )
         .unwrap();
     assert!(matches!(change, ZoneChange::Left { .. }));
     assert!(s.inside().is_empty());
     assert_eq!(
-        decide_with(Some(&b), &s, T0.plus_secs(20)).mode.name,
+        decide_with(Some(&b), &s, at(T0.plus_secs(20))).mode.name,
         "standard"
     );
     let kinds: Vec<&str> = s
@@ -335,12 +340,12 @@ fn a_refused_code_changes_nothing_but_the_events() {
     let mut s = ZoneState::default();
     let mut next = ids();
     let code = lab_code(Direction::In, T0, "n1");
-    s.apply_code(&code, &b, T0, next()).unwrap();
+    s.apply_code(&code, &b, at(T0), next()).unwrap();
     let before = without_events(&s);
     let events = s.unreported_len();
 
     let err = s
-        .apply_code(&code, &b, T0.plus_secs(1), next())
+        .apply_code(&code, &b, at(T0.plus_secs(1)), next())
         .unwrap_err();
     assert_eq!(
         err.to_string(),
@@ -357,7 +362,7 @@ fn a_refused_code_changes_nothing_but_the_events() {
         signer: 13,
     };
     let err = s
-        .apply_code(&vault_out.encode(), &b, T0, next())
+        .apply_code(&vault_out.encode(), &b, at(T0), next())
         .unwrap_err();
     assert_eq!(
         err.to_string(),
@@ -365,12 +370,12 @@ fn a_refused_code_changes_nothing_but_the_events() {
     );
     // A check-out code older than the check-in: refused.
     let old_out = lab_code(Direction::Out, T0.plus_secs(-10), "n0");
-    let err = s.apply_code(&old_out, &b, T0, next()).unwrap_err();
+    let err = s.apply_code(&old_out, &b, at(T0), next()).unwrap_err();
     assert!(matches!(err, CodeError::OlderThanEntry { .. }), "{err}");
     // Expired and forged.
     let expired = lab_code(Direction::Out, T0.plus_secs(-100), "n9");
     assert!(matches!(
-        s.apply_code(&expired, &b, T0, next()),
+        s.apply_code(&expired, &b, at(T0), next()),
         Err(CodeError::Expired { .. })
     ));
     assert_eq!(without_events(&s), before);
@@ -385,7 +390,219 @@ fn a_refused_code_changes_nothing_but_the_events() {
     assert!(refused[0].contains("already used"));
     // The refused check-out's nonce was not consumed: once valid it works.
     let out = lab_code(Direction::Out, T0.plus_secs(5), "n9b");
-    assert!(s.apply_code(&out, &b, T0.plus_secs(5), next()).is_ok());
+    assert!(s.apply_code(&out, &b, at(T0.plus_secs(5)), next()).is_ok());
+}
+
+/// The floor at `floor`, the wall clock `offset` seconds from it.
+fn clocks(floor: Timestamp, offset: i64) -> PhoneTime {
+    PhoneTime {
+        floor,
+        wall: floor.plus_secs(offset),
+    }
+}
+
+#[test]
+fn lock_and_wipe_are_never_refused_for_their_age_whatever_the_clock() {
+    // The holder set the clock a year forward: the phone must still lock and wipe
+    // (the server only sends a command before its expiry).
+    let ahead = clocks(T0, 365 * 24 * 3600);
+    let mut s = ZoneState::default();
+    let mut next = ids();
+    let lock = command(DeviceAction::Lock, 1, T0);
+    assert_eq!(
+        s.apply_command(&lock, &device(), None, ahead, &mut next),
+        Ok(CommandEffect::Locked {
+            by: lock.id.clone()
+        })
+    );
+    // Even past its expiry by the floor (a delayed delivery).
+    let late = command(DeviceAction::Lock, 2, T0);
+    assert!(
+        s.apply_command(&late, &device(), None, at(T0.plus_secs(10_000)), &mut next)
+            .is_ok()
+    );
+    let wipe = command(DeviceAction::Wipe, 3, T0);
+    assert_eq!(
+        s.apply_command(&wipe, &device(), None, ahead, &mut next),
+        Ok(CommandEffect::Wipe)
+    );
+    let enter = command(DeviceAction::EnterZone { zone: name("lab") }, 4, T0);
+    assert_eq!(
+        s.apply_command(&enter, &device(), Some(&bundle()), ahead, &mut next),
+        Ok(CommandEffect::EnteredZone { zone: name("lab") })
+    );
+    // An unlock is judged against the floor and the wall clock: a wall clock ahead
+    // only makes it stricter, a wall clock set back does not revive an expired one.
+    let unlock = command(DeviceAction::Unlock, 5, T0);
+    assert!(
+        s.apply_command(&unlock, &device(), None, ahead, &mut next)
+            .is_err()
+    );
+    assert!(
+        s.apply_command(
+            &unlock,
+            &device(),
+            None,
+            clocks(T0.plus_secs(601), -601),
+            &mut next
+        )
+        .is_err()
+    );
+    assert!(s.lock().is_some());
+}
+
+#[test]
+fn a_kept_check_out_code_replayed_with_the_clock_set_back_is_refused() {
+    let b = bundle();
+    let mut s = ZoneState::default();
+    let mut next = ids();
+    s.apply_code(&lab_code(Direction::In, T0, "n1"), &b, at(T0), next())
+        .unwrap();
+    // A check-out code of a moment after the entry, kept instead of used.
+    let kept = lab_code(Direction::Out, T0.plus_secs(10), "n2");
+    // An hour later the holder sets the wall clock back into the code's window.
+    let later = clocks(T0.plus_secs(3600), -3600 + 12);
+    let before = without_events(&s);
+    assert!(matches!(
+        s.apply_code(&kept, &b, later, next()),
+        Err(CodeError::Expired { .. })
+    ));
+    assert_eq!(without_events(&s), before);
+    // A fresh check-out code while the wall clock is behind the floor: refused too;
+    // a check-in code (it only restricts) still counts.
+    let behind = clocks(T0.plus_secs(3600), -60);
+    let fresh_out = lab_code(Direction::Out, T0.plus_secs(3598), "n3");
+    assert!(matches!(
+        s.apply_code(&fresh_out, &b, behind, next()),
+        Err(CodeError::ClockBehind { .. })
+    ));
+    assert_eq!(without_events(&s), before);
+    let fresh_in = lab_code(Direction::In, T0.plus_secs(3598), "n4");
+    assert!(matches!(
+        s.apply_code(&fresh_in, &b, behind, next()),
+        Ok(ZoneChange::Refreshed { .. })
+    ));
+    // Within the skew it is not tampering.
+    let fresh_out = lab_code(Direction::Out, T0.plus_secs(3600), "n5");
+    assert!(
+        s.apply_code(
+            &fresh_out,
+            &b,
+            clocks(T0.plus_secs(3600), -CODE_CLOCK_SKEW_SECS),
+            next()
+        )
+        .is_ok()
+    );
+}
+
+#[test]
+fn nonces_are_kept_until_the_floor_is_past_their_window() {
+    let b = bundle();
+    let mut s = ZoneState::default();
+    let mut next = ids();
+    s.apply_code(&lab_code(Direction::In, T0, "n1"), &b, at(T0), next())
+        .unwrap();
+    // The wall clock far ahead does not prune n1: the floor has not passed its window.
+    s.apply_code(
+        &lab_code(Direction::In, T0.plus_secs(1), "n2"),
+        &b,
+        clocks(T0.plus_secs(2), 0),
+        next(),
+    )
+    .unwrap();
+    let mut ahead = s.clone();
+    ahead
+        .apply_code(
+            &lab_code(Direction::In, T0.plus_secs(3), "n3"),
+            &b,
+            clocks(T0.plus_secs(4), 30),
+            next(),
+        )
+        .unwrap();
+    assert!(ahead.used_nonces.contains_key("n1"));
+    assert!(matches!(
+        ahead.apply_code(
+            &lab_code(Direction::In, T0, "n1"),
+            &b,
+            at(T0.plus_secs(5)),
+            next()
+        ),
+        Err(CodeError::Replayed { .. })
+    ));
+}
+
+#[test]
+fn a_check_out_code_older_than_any_entry_is_refused() {
+    let b = bundle();
+    let mut next = ids();
+    // Entered by Wi-Fi at floor T0+100: a check-out code from T0+50 cannot undo it.
+    let mut s = ZoneState::default();
+    s.observe_wifi(&[bssid(1)], Some(&b), at(T0.plus_secs(100)), &mut next);
+    assert!(s.inside().contains_key(&name::<ZoneName>("lab")));
+    let old = lab_code(Direction::Out, T0.plus_secs(80), "o1");
+    assert!(matches!(
+        s.apply_code(&old, &b, at(T0.plus_secs(100)), next()),
+        Err(CodeError::OlderThanEntry { .. })
+    ));
+    // Even with a wall clock far behind: the entry time is the floor at entry.
+    let mut s = ZoneState::default();
+    s.observe_wifi(
+        &[bssid(1)],
+        Some(&b),
+        clocks(T0.plus_secs(100), -90),
+        &mut next,
+    );
+    assert!(matches!(
+        s.apply_code(&old, &b, at(T0.plus_secs(100)), next()),
+        Err(CodeError::OlderThanEntry { .. })
+    ));
+    let newer = lab_code(Direction::Out, T0.plus_secs(100), "o2");
+    assert!(
+        s.apply_code(&newer, &b, at(T0.plus_secs(105)), next())
+            .is_ok()
+    );
+    // Entered by an operator's command issued at T0+100.
+    let mut s = ZoneState::default();
+    let enter = command(
+        DeviceAction::EnterZone { zone: name("lab") },
+        9,
+        T0.plus_secs(100),
+    );
+    s.apply_command(&enter, &device(), Some(&b), at(T0.plus_secs(90)), &mut next)
+        .unwrap();
+    assert!(matches!(
+        s.apply_code(&old, &b, at(T0.plus_secs(100)), next()),
+        Err(CodeError::OlderThanEntry { .. })
+    ));
+    let newer = lab_code(Direction::Out, T0.plus_secs(101), "o3");
+    assert!(
+        s.apply_code(&newer, &b, at(T0.plus_secs(105)), next())
+            .is_ok()
+    );
+}
+
+#[test]
+fn a_bundle_expired_by_either_clock_means_lockdown_and_the_wall_clock_cannot_revive_it() {
+    let b = bundle_with(3, "standard", vec![lab("secure-site")], T0.plus_secs(100));
+    let s = ZoneState::default();
+    assert_eq!(decide_with(Some(&b), &s, at(T0)).mode.name, "standard");
+    // Expired by the floor, wall clock set back: still expired.
+    assert_eq!(
+        decide_with(Some(&b), &s, clocks(T0.plus_secs(200), -150))
+            .mode
+            .name,
+        "lockdown"
+    );
+    // Expired by a wall clock far ahead (a glitch): stricter, lockdown...
+    assert_eq!(
+        decide_with(Some(&b), &s, clocks(T0, 100_000)).mode.name,
+        "lockdown"
+    );
+    // ...and back once the wall clock is right again (the floor did not move).
+    assert_eq!(
+        decide_with(Some(&b), &s, at(T0.plus_secs(1))).mode.name,
+        "standard"
+    );
 }
 
 #[test]
@@ -393,15 +610,20 @@ fn used_nonces_are_pruned_once_their_code_expired() {
     let b = bundle();
     let mut s = ZoneState::default();
     let mut next = ids();
-    s.apply_code(&lab_code(Direction::In, T0, "n1"), &b, T0, next())
+    s.apply_code(&lab_code(Direction::In, T0, "n1"), &b, at(T0), next())
         .unwrap();
     let later = T0.plus_secs(100);
-    s.apply_code(&lab_code(Direction::Out, later, "n2"), &b, later, next())
-        .unwrap();
+    s.apply_code(
+        &lab_code(Direction::Out, later, "n2"),
+        &b,
+        at(later),
+        next(),
+    )
+    .unwrap();
     assert_eq!(s.used_nonces.keys().collect::<Vec<_>>(), ["n2"]);
     // And the pruned code stays refused: it expired.
     assert!(matches!(
-        s.apply_code(&lab_code(Direction::In, T0, "n1"), &b, later, next()),
+        s.apply_code(&lab_code(Direction::In, T0, "n1"), &b, at(later), next()),
         Err(CodeError::Expired { .. })
     ));
 }
@@ -415,10 +637,10 @@ fn wifi_enters_absence_never_exits_and_checkout_suppresses_the_gate() {
     let mut next = ids();
     // An unlisted access point does nothing.
     assert!(
-        s.observe_wifi(&[bssid(9)], Some(&b), T0, &mut next)
+        s.observe_wifi(&[bssid(9)], Some(&b), at(T0), &mut next)
             .is_empty()
     );
-    let changes = s.observe_wifi(&[bssid(2), bssid(9)], Some(&b), T0, &mut next);
+    let changes = s.observe_wifi(&[bssid(2), bssid(9)], Some(&b), at(T0), &mut next);
     assert_eq!(
         changes,
         vec![ZoneChange::Entered {
@@ -428,16 +650,21 @@ fn wifi_enters_absence_never_exits_and_checkout_suppresses_the_gate() {
     );
     // Gone from the scan: still inside.
     assert!(
-        s.observe_wifi(&[], Some(&b), T0.plus_secs(1), &mut next)
+        s.observe_wifi(&[], Some(&b), at(T0.plus_secs(1)), &mut next)
             .is_empty()
     );
     assert!(s.inside().contains_key(&name::<ZoneName>("lab")));
     // At the gate: both access points visible, check out.
-    s.observe_wifi(&[bssid(1), bssid(2)], Some(&b), T0.plus_secs(2), &mut next);
+    s.observe_wifi(
+        &[bssid(1), bssid(2)],
+        Some(&b),
+        at(T0.plus_secs(2)),
+        &mut next,
+    );
     s.apply_code(
         &lab_code(Direction::Out, T0.plus_secs(3), "o1"),
         &b,
-        T0.plus_secs(3),
+        at(T0.plus_secs(3)),
         next(),
     )
     .unwrap();
@@ -448,25 +675,35 @@ fn wifi_enters_absence_never_exits_and_checkout_suppresses_the_gate() {
     );
     // The gate's access points do not pull the phone back in.
     assert!(
-        s.observe_wifi(&[bssid(1), bssid(2)], Some(&b), T0.plus_secs(4), &mut next)
-            .is_empty()
+        s.observe_wifi(
+            &[bssid(1), bssid(2)],
+            Some(&b),
+            at(T0.plus_secs(4)),
+            &mut next
+        )
+        .is_empty()
     );
     // Access point 1 fades: no longer suppressed; seeing it again enters.
     assert!(
-        s.observe_wifi(&[bssid(2)], Some(&b), T0.plus_secs(5), &mut next)
+        s.observe_wifi(&[bssid(2)], Some(&b), at(T0.plus_secs(5)), &mut next)
             .is_empty()
     );
     assert_eq!(
         s.suppressed(&name("lab")).unwrap(),
         &BTreeSet::from([bssid(2)])
     );
-    let changes = s.observe_wifi(&[bssid(1), bssid(2)], Some(&b), T0.plus_secs(6), &mut next);
+    let changes = s.observe_wifi(
+        &[bssid(1), bssid(2)],
+        Some(&b),
+        at(T0.plus_secs(6)),
+        &mut next,
+    );
     assert_eq!(changes.len(), 1);
     // Without a bundle nothing is entered, but the scan is remembered.
     let mut fresh = ZoneState::default();
     assert!(
         fresh
-            .observe_wifi(&[bssid(3)], None, T0, &mut next)
+            .observe_wifi(&[bssid(3)], None, at(T0), &mut next)
             .is_empty()
     );
     assert_eq!(fresh.last_visible(), &BTreeSet::from([bssid(3)]));
@@ -480,13 +717,13 @@ fn lock_and_unlock_are_ordered_by_issue_time() {
     let mut next = ids();
     let lock = command(DeviceAction::Lock, 1, T0);
     assert_eq!(
-        s.apply_command(&lock, &device(), T0, &mut next),
+        s.apply_command(&lock, &device(), None, at(T0), &mut next),
         Ok(CommandEffect::Locked {
             by: lock.id.clone()
         })
     );
     let b = bundle();
-    let d = decide_with(Some(&b), &s, T0);
+    let d = decide_with(Some(&b), &s, at(T0));
     assert_eq!(
         (d.mode.name.as_str(), d.locked_by.as_ref()),
         ("lockdown", Some(&lock.id))
@@ -494,28 +731,28 @@ fn lock_and_unlock_are_ordered_by_issue_time() {
     // An unlock issued before the lock changes nothing.
     let old_unlock = command(DeviceAction::Unlock, 2, T0.plus_secs(-10));
     assert_eq!(
-        s.apply_command(&old_unlock, &device(), T0, &mut next),
+        s.apply_command(&old_unlock, &device(), None, at(T0), &mut next),
         Ok(CommandEffect::NothingToUnlock)
     );
     assert!(s.lock().is_some());
     let unlock = command(DeviceAction::Unlock, 3, T0.plus_secs(10));
     assert_eq!(
-        s.apply_command(&unlock, &device(), T0.plus_secs(10), &mut next),
+        s.apply_command(&unlock, &device(), None, at(T0.plus_secs(10)), &mut next),
         Ok(CommandEffect::Unlocked)
     );
     assert_eq!(
-        decide_with(Some(&b), &s, T0.plus_secs(10)).mode.name,
+        decide_with(Some(&b), &s, at(T0.plus_secs(10))).mode.name,
         "standard"
     );
     // A lock issued before that unlock, delivered late: stays unlocked.
     let late_lock = command(DeviceAction::Lock, 4, T0.plus_secs(5));
     assert_eq!(
-        s.apply_command(&late_lock, &device(), T0.plus_secs(11), &mut next),
+        s.apply_command(&late_lock, &device(), None, at(T0.plus_secs(11)), &mut next),
         Ok(CommandEffect::LockSuperseded)
     );
     assert!(s.lock().is_none());
     // Re-delivery of a done command: no new effect.
-    let relock = s.apply_command(&lock, &device(), T0.plus_secs(12), &mut next);
+    let relock = s.apply_command(&lock, &device(), None, at(T0.plus_secs(12)), &mut next);
     assert_eq!(relock, Ok(CommandEffect::AlreadyDone));
     assert!(s.lock().is_none());
     assert_eq!(
@@ -531,17 +768,18 @@ fn foreign_expired_and_revoke_commands_are_refused() {
     let mut foreign = command(DeviceAction::Lock, 1, T0);
     foreign.device_id = DeviceId::from_random([2; 12]);
     let err = s
-        .apply_command(&foreign, &device(), T0, &mut next)
+        .apply_command(&foreign, &device(), None, at(T0), &mut next)
         .unwrap_err();
     assert!(err.contains("not for this device"), "{err}");
-    let expired = command(DeviceAction::Lock, 2, T0);
+    // An unlock (it relaxes) is refused once expired against the floor.
+    let expired = command(DeviceAction::Unlock, 2, T0);
     let err = s
-        .apply_command(&expired, &device(), T0.plus_secs(601), &mut next)
+        .apply_command(&expired, &device(), None, at(T0.plus_secs(601)), &mut next)
         .unwrap_err();
     assert!(err.contains("expired at"), "{err}");
     let revoke = command(DeviceAction::Revoke, 3, T0);
     let err = s
-        .apply_command(&revoke, &device(), T0, &mut next)
+        .apply_command(&revoke, &device(), None, at(T0), &mut next)
         .unwrap_err();
     assert!(err.contains("server"), "{err}");
     assert_eq!(without_events(&s), ZoneState::default());
@@ -553,7 +791,7 @@ fn foreign_expired_and_revoke_commands_are_refused() {
     assert_eq!(s.unreported_len(), 3);
     let wipe = command(DeviceAction::Wipe, 4, T0);
     assert_eq!(
-        s.apply_command(&wipe, &device(), T0, &mut next),
+        s.apply_command(&wipe, &device(), None, at(T0), &mut next),
         Ok(CommandEffect::Wipe)
     );
 }
@@ -563,12 +801,12 @@ fn exit_zone_only_undoes_an_entry_made_before_it_was_issued() {
     let b = bundle();
     let mut s = ZoneState::default();
     let mut next = ids();
-    s.observe_wifi(&[bssid(3)], Some(&b), T0, &mut next);
+    s.observe_wifi(&[bssid(3)], Some(&b), at(T0), &mut next);
     let lab_zone: ZoneName = name("lab");
     s.apply_code(
         &lab_code(Direction::In, T0.plus_secs(20), "n1"),
         &b,
-        T0.plus_secs(20),
+        at(T0.plus_secs(20)),
         next(),
     )
     .unwrap();
@@ -580,7 +818,7 @@ fn exit_zone_only_undoes_an_entry_made_before_it_was_issued() {
         T0.plus_secs(10),
     );
     assert_eq!(
-        s.apply_command(&exit_lab, &device(), T0.plus_secs(30), &mut next),
+        s.apply_command(&exit_lab, &device(), None, at(T0.plus_secs(30)), &mut next),
         Ok(CommandEffect::NotInZone {
             zone: lab_zone.clone()
         })
@@ -594,7 +832,13 @@ fn exit_zone_only_undoes_an_entry_made_before_it_was_issued() {
         T0.plus_secs(10),
     );
     assert_eq!(
-        s.apply_command(&exit_vault, &device(), T0.plus_secs(30), &mut next),
+        s.apply_command(
+            &exit_vault,
+            &device(),
+            None,
+            at(T0.plus_secs(30)),
+            &mut next
+        ),
         Ok(CommandEffect::ExitedZone {
             zone: name("vault")
         })
@@ -606,10 +850,10 @@ fn exit_zone_only_undoes_an_entry_made_before_it_was_issued() {
     )));
     // The vault's access point still in sight does not take the phone straight back
     // in; once it went out of sight, seeing it again does.
-    s.observe_wifi(&[bssid(3)], Some(&b), T0.plus_secs(40), &mut next);
+    s.observe_wifi(&[bssid(3)], Some(&b), at(T0.plus_secs(40)), &mut next);
     assert_eq!(s.inside().keys().collect::<Vec<_>>(), [&lab_zone]);
-    s.observe_wifi(&[], Some(&b), T0.plus_secs(50), &mut next);
-    s.observe_wifi(&[bssid(3)], Some(&b), T0.plus_secs(60), &mut next);
+    s.observe_wifi(&[], Some(&b), at(T0.plus_secs(50)), &mut next);
+    s.observe_wifi(&[bssid(3)], Some(&b), at(T0.plus_secs(60)), &mut next);
     assert!(s.inside().contains_key(&name::<ZoneName>("vault")));
 }
 
@@ -619,7 +863,8 @@ fn the_done_list_is_bounded() {
     let mut next = ids();
     for n in 0..(DONE_COMMANDS_KEPT as u8 + 10) {
         let c = command(DeviceAction::Unlock, n, T0);
-        s.apply_command(&c, &device(), T0, &mut next).unwrap();
+        s.apply_command(&c, &device(), None, at(T0), &mut next)
+            .unwrap();
     }
     assert_eq!(s.done().len(), DONE_COMMANDS_KEPT);
     assert_eq!(s.done()[0].id, CommandId::from_random([10; 12]));
@@ -632,8 +877,8 @@ fn zones_modes_combine_and_survive_a_bundle_that_drops_the_zone() {
     let b = bundle();
     let mut s = ZoneState::default();
     let mut next = ids();
-    s.observe_wifi(&[bssid(1), bssid(3)], Some(&b), T0, &mut next);
-    let d = decide_with(Some(&b), &s, T0);
+    s.observe_wifi(&[bssid(1), bssid(3)], Some(&b), at(T0), &mut next);
+    let d = decide_with(Some(&b), &s, at(T0));
     assert!(
         d.mode.name.contains("secure-site") && d.mode.name.contains("vault-mode"),
         "{}",
@@ -649,20 +894,20 @@ fn zones_modes_combine_and_survive_a_bundle_that_drops_the_zone() {
         T0.plus_secs(100),
     );
     assert!(
-        decide_with(Some(&redefined), &s, T0)
+        decide_with(Some(&redefined), &s, at(T0))
             .mode
             .name
             .starts_with("lockdown")
     );
     // A bundle that no longer lists the zones: the modes noted at entry still hold.
     let dropped = bundle_with(3, "standard", vec![], T0.plus_secs(100));
-    assert_eq!(decide_with(Some(&dropped), &s, T0).mode, d.mode);
+    assert_eq!(decide_with(Some(&dropped), &s, at(T0)).mode, d.mode);
     // Expired: lockdown, and the zones are still named.
-    let d = decide_with(Some(&dropped), &s, T0.plus_secs(100));
+    let d = decide_with(Some(&dropped), &s, at(T0.plus_secs(100)));
     assert_eq!(d.mode.name, "lockdown");
     assert_eq!(d.zones.len(), 2);
     assert!(d.fallback_reason.unwrap().contains("expired"));
-    assert_eq!(decide_with(None, &s, T0).mode.name, "lockdown");
+    assert_eq!(decide_with(None, &s, at(T0)).mode.name, "lockdown");
 }
 
 #[test]
@@ -670,13 +915,14 @@ fn the_state_round_trips_through_json() {
     let b = bundle();
     let mut s = ZoneState::default();
     let mut next = ids();
-    s.observe_wifi(&[bssid(1)], Some(&b), T0, &mut next);
-    s.apply_code(&lab_code(Direction::Out, T0, "n1"), &b, T0, next())
+    s.observe_wifi(&[bssid(1)], Some(&b), at(T0), &mut next);
+    s.apply_code(&lab_code(Direction::Out, T0, "n1"), &b, at(T0), next())
         .unwrap();
     s.apply_command(
         &command(DeviceAction::Lock, 1, T0),
         &device(),
-        T0,
+        None,
+        at(T0),
         &mut next,
     )
     .unwrap();
@@ -723,7 +969,7 @@ enum Step {
     Restart,
     LostNetwork,
     Command {
-        /// 0 lock, 1 unlock, 2 exit lab, 3 exit vault.
+        /// 0 lock, 1 unlock, 2 exit lab, 3 exit vault, 4 enter lab, 5 enter vault.
         kind: u8,
         issued_offset: i64,
         life: i64,
@@ -731,6 +977,8 @@ enum Step {
         replay: Option<usize>,
     },
     Advance(i64),
+    /// The holder sets the wall clock this far from real time (the floor).
+    SetWall(i64),
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -776,7 +1024,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => Just(Step::Restart),
         1 => Just(Step::LostNetwork),
         3 => (
-            0u8..4,
+            0u8..6,
             -120i64..60,
             prop_oneof![Just(-30i64), Just(20), Just(600)],
             prop::bool::weighted(0.1),
@@ -790,6 +1038,16 @@ fn step() -> impl Strategy<Value = Step> {
                 replay,
             }),
         3 => (0i64..90).prop_map(Step::Advance),
+        2 => prop_oneof![
+            Just(0i64),
+            Just(-3),
+            Just(-60),
+            Just(-100_000),
+            Just(4),
+            Just(600),
+            Just(100_000)
+        ]
+        .prop_map(Step::SetWall),
     ]
 }
 
@@ -806,8 +1064,8 @@ struct CodeFacts {
 }
 
 struct OracleEntry {
+    /// When the phone entered, in trusted time.
     since: Timestamp,
-    code_not_before: Option<Timestamp>,
     mode: Mode,
 }
 
@@ -840,24 +1098,29 @@ impl Oracle {
             .cloned()
     }
 
-    fn offer_bundle(&mut self, b: &PolicyBundle, now: Timestamp) {
+    fn offer_bundle(&mut self, b: &PolicyBundle, time: PhoneTime) {
         let newer = self
             .bundle
             .as_ref()
             .is_none_or(|held| b.version > held.version);
-        if newer && b.expires_at > now {
+        // Not expired by the floor, nor by the wall clock.
+        if newer && b.expires_at > time.floor && b.expires_at > time.wall {
             self.bundle = Some(b.clone());
         }
     }
 
-    fn code(&mut self, c: &CodeFacts, now: Timestamp) {
+    fn code(&mut self, c: &CodeFacts, time: PhoneTime) {
         let Some(zone) = self.listed(&c.zone) else {
             return;
         };
+        let skew = CODE_CLOCK_SKEW_SECS;
+        // Expired by either clock counts; valid from: the later clock reached it.
+        let newest = time.floor.unix().max(time.wall.unix());
         let valid = c.genuine
             && zone.checkpoints.iter().any(|k| k.name == c.checkpoint)
-            && c.not_before.unix() - CODE_CLOCK_SKEW_SECS <= now.unix()
-            && now.unix() <= c.not_after.unix() + CODE_CLOCK_SKEW_SECS
+            && c.not_before.unix() - skew <= newest
+            && time.floor.unix() <= c.not_after.unix() + skew
+            && time.wall.unix() <= c.not_after.unix() + skew
             && !self.used_nonces.contains(&c.nonce);
         if !valid {
             return;
@@ -868,8 +1131,7 @@ impl Oracle {
                 self.inside.insert(
                     c.zone.clone(),
                     OracleEntry {
-                        since: now,
-                        code_not_before: Some(c.not_before),
+                        since: time.floor.max(c.not_before),
                         mode,
                     },
                 );
@@ -879,7 +1141,11 @@ impl Oracle {
                 let Some(entry) = self.inside.get(&c.zone) else {
                     return;
                 };
-                if entry.code_not_before.is_some_and(|nb| c.not_before < nb) {
+                // Never older than the entry, however it entered; never while the
+                // wall clock is set back behind the floor.
+                if c.not_before.unix() < entry.since.unix() - skew
+                    || time.wall.unix() < time.floor.unix() - skew
+                {
                     return;
                 }
                 let gate: BTreeSet<Bssid> = zone
@@ -899,7 +1165,7 @@ impl Oracle {
         self.used_nonces.insert(c.nonce.clone());
     }
 
-    fn scan(&mut self, visible: BTreeSet<Bssid>, now: Timestamp) {
+    fn scan(&mut self, visible: BTreeSet<Bssid>, time: PhoneTime) {
         for set in self.suppressed.values_mut() {
             set.retain(|b| visible.contains(b));
         }
@@ -921,8 +1187,7 @@ impl Oracle {
                 self.inside.insert(
                     z.name.clone(),
                     OracleEntry {
-                        since: now,
-                        code_not_before: None,
+                        since: time.floor,
                         mode,
                     },
                 );
@@ -931,8 +1196,18 @@ impl Oracle {
         self.visible = visible;
     }
 
-    fn command(&mut self, c: &DeviceCommand, now: Timestamp) {
-        if c.device_id != device() || self.done.contains(&c.id) || now > c.expires_at {
+    fn command(&mut self, c: &DeviceCommand, time: PhoneTime) {
+        // Only the relaxing commands can expire on the phone, by either clock.
+        let relaxes = matches!(
+            c.action,
+            DeviceAction::Unlock | DeviceAction::ExitZone { .. }
+        );
+        let expired = time.floor > c.expires_at || time.wall > c.expires_at;
+        if c.device_id != device()
+            || self.done.contains(&c.id)
+            || (relaxes && expired)
+            || c.action == DeviceAction::Revoke
+        {
             return;
         }
         self.done.insert(c.id.clone());
@@ -957,6 +1232,17 @@ impl Oracle {
                     }
                 }
             }
+            DeviceAction::EnterZone { zone } => {
+                let mode = self.mode_of(zone).unwrap_or_else(lockdown);
+                self.inside.insert(
+                    zone.clone(),
+                    OracleEntry {
+                        since: time.floor.max(c.issued_at),
+                        mode,
+                    },
+                );
+                self.suppressed.remove(zone);
+            }
             DeviceAction::Wipe | DeviceAction::Revoke => {}
         }
     }
@@ -969,8 +1255,12 @@ impl Oracle {
         }
     }
 
-    fn required(&self, now: Timestamp) -> Effective {
-        let Some(b) = self.bundle.as_ref().filter(|b| b.expires_at > now) else {
+    fn required(&self, time: PhoneTime) -> Effective {
+        let Some(b) = self
+            .bundle
+            .as_ref()
+            .filter(|b| b.expires_at > time.floor && b.expires_at > time.wall)
+        else {
             return effective(&[lockdown()]);
         };
         let mut modes: Vec<Mode> = b
@@ -1003,7 +1293,14 @@ fn run_trace(steps: &[Step]) -> Result<(), TestCaseError> {
     };
     let bssids = [bssid(1), bssid(2), bssid(3), bssid(9)];
 
+    // The model's real time is `now`, which the phone's floor tracks; the holder moves
+    // the wall clock around it.
+    let mut wall_offset = 0i64;
     for (i, step) in steps.iter().enumerate() {
+        let time = PhoneTime {
+            floor: now,
+            wall: now.plus_secs(wall_offset),
+        };
         match step {
             Step::Code {
                 zone,
@@ -1062,11 +1359,11 @@ fn run_trace(steps: &[Step]) -> Result<(), TestCaseError> {
                     }
                 };
                 codes.push((text.clone(), facts.clone()));
-                oracle.code(&facts, now);
+                oracle.code(&facts, time);
                 if let Some(b) = &held {
                     let before = without_events(&state);
                     let events = state.unreported_len();
-                    if state.apply_code(&text, b, now, next_id()).is_err() {
+                    if state.apply_code(&text, b, time, next_id()).is_err() {
                         prop_assert_eq!(
                             &without_events(&state),
                             &before,
@@ -1083,8 +1380,8 @@ fn run_trace(steps: &[Step]) -> Result<(), TestCaseError> {
                     .filter(|(_, on)| **on)
                     .map(|(b, _)| b.clone())
                     .collect();
-                oracle.scan(visible.iter().cloned().collect(), now);
-                state.observe_wifi(&visible, held.as_ref(), now, &mut next_id);
+                oracle.scan(visible.iter().cloned().collect(), time);
+                state.observe_wifi(&visible, held.as_ref(), time, &mut next_id);
             }
             Step::Bundle {
                 version_delta,
@@ -1113,14 +1410,14 @@ fn run_trace(steps: &[Step]) -> Result<(), TestCaseError> {
                 };
                 let b = bundle_with(version, base, zones, now.plus_secs(*life));
                 let env = SignedEnvelope::sign(PolicyBundle::KIND, &b, &org());
-                oracle.offer_bundle(&b, now);
+                oracle.offer_bundle(&b, time);
                 // The agent's rule: verify, and replace only with a newer version.
                 if let Ok(v) = verify_bundle(
                     &env,
                     &org().verifying_key(),
                     &device(),
                     held.as_ref().map(|b| b.version),
-                    now,
+                    time.latest(),
                 ) && held.as_ref().is_none_or(|h| v.version > h.version)
                 {
                     held = Some(v);
@@ -1147,7 +1444,11 @@ fn run_trace(steps: &[Step]) -> Result<(), TestCaseError> {
                             0 => DeviceAction::Lock,
                             1 => DeviceAction::Unlock,
                             2 => DeviceAction::ExitZone { zone: name("lab") },
-                            _ => DeviceAction::ExitZone {
+                            3 => DeviceAction::ExitZone {
+                                zone: name("vault"),
+                            },
+                            4 => DeviceAction::EnterZone { zone: name("lab") },
+                            _ => DeviceAction::EnterZone {
                                 zone: name("vault"),
                             },
                         };
@@ -1168,10 +1469,10 @@ fn run_trace(steps: &[Step]) -> Result<(), TestCaseError> {
                     }
                 };
                 commands.push(cmd.clone());
-                oracle.command(&cmd, now);
+                oracle.command(&cmd, time);
                 let before = without_events(&state);
                 if state
-                    .apply_command(&cmd, &device(), now, &mut next_id)
+                    .apply_command(&cmd, &device(), held.as_ref(), time, &mut next_id)
                     .is_err()
                 {
                     prop_assert_eq!(
@@ -1182,10 +1483,15 @@ fn run_trace(steps: &[Step]) -> Result<(), TestCaseError> {
                 }
             }
             Step::Advance(secs) => now = now.plus_secs(*secs),
+            Step::SetWall(offset) => wall_offset = *offset,
         }
+        let time = PhoneTime {
+            floor: now,
+            wall: now.plus_secs(wall_offset),
+        };
 
-        let decision = decide_with(held.as_ref(), &state, now);
-        let required = oracle.required(now);
+        let decision = decide_with(held.as_ref(), &state, time);
+        let required = oracle.required(time);
         prop_assert!(
             at_least_as_strict(&decision.mode, &required),
             "step {}: {:?}\nenforced {} but the instructions require {}",
@@ -1225,10 +1531,10 @@ fn the_oracle_catches_a_state_that_forgets_a_zone() {
     let b = bundle();
     let mut s = ZoneState::default();
     let mut next = ids();
-    s.apply_code(&lab_code(Direction::In, T0, "n1"), &b, T0, next())
+    s.apply_code(&lab_code(Direction::In, T0, "n1"), &b, at(T0), next())
         .unwrap();
     let mut oracle = Oracle::default();
-    oracle.offer_bundle(&b, T0);
+    oracle.offer_bundle(&b, at(T0));
     oracle.code(
         &CodeFacts {
             zone: name("lab"),
@@ -1239,16 +1545,16 @@ fn the_oracle_catches_a_state_that_forgets_a_zone() {
             not_after: T0.plus_secs(30),
             nonce: "n1".into(),
         },
-        T0,
+        at(T0),
     );
-    let required = oracle.required(T0);
+    let required = oracle.required(at(T0));
     assert!(at_least_as_strict(
-        &decide_with(Some(&b), &s, T0).mode,
+        &decide_with(Some(&b), &s, at(T0)).mode,
         &required
     ));
     let forgetful = ZoneState::default();
     assert!(!at_least_as_strict(
-        &decide_with(Some(&b), &forgetful, T0).mode,
+        &decide_with(Some(&b), &forgetful, at(T0)).mode,
         &required
     ));
 }
