@@ -159,6 +159,8 @@ struct Talker {
     acked: Mutex<Vec<String>>,
     sent: AtomicU64,
     send_errors: AtomicU64,
+    /// What the last sync of the settling phase said, when not plainly fine.
+    last_sync: Mutex<String>,
 }
 
 impl Talker {
@@ -230,6 +232,7 @@ async fn soak(
             acked: Mutex::new(Vec::new()),
             sent: AtomicU64::new(0),
             send_errors: AtomicU64::new(0),
+            last_sync: Mutex::new(String::new()),
         }));
     }
     let others: Vec<UserName> = (1..n_messengers)
@@ -361,7 +364,13 @@ async fn soak(
         let outboxes_empty = phones.iter().all(|p| outbox_seqs(&p.state).is_empty());
         let mut pending = 0;
         for t in &talkers {
-            let _ = t.m.sync().await;
+            match t.m.sync().await {
+                Ok(r) if !r.refused.is_empty() => {
+                    *t.last_sync.lock().await = format!("refused {:?}", r.refused)
+                }
+                Ok(_) => {}
+                Err(e) => *t.last_sync.lock().await = format!("error: {e:#}"),
+            }
             t.note_acked(&gid).await?;
             pending +=
                 t.m.messages(&gid, None)
@@ -453,6 +462,17 @@ async fn soak(
         eprintln!("LOST: {l}");
     }
     if lost > 0 {
+        for t in &talkers {
+            let conv = t.m.conversations().await?;
+            let c = conv.iter().find(|c| c.id == gid);
+            eprintln!(
+                "messenger {}: conversation {:?} (held {:?}), last sync: {}",
+                t.index,
+                c.map(|c| c.status.as_str()),
+                c.and_then(|c| c.held_reason.clone()),
+                t.last_sync.lock().await
+            );
+        }
         bail!("{lost} acknowledged item(s) lost or duplicated");
     }
     if reports_acked == 0 || messages_acked == 0 {
