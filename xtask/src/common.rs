@@ -177,8 +177,20 @@ impl BenchServer {
         env: &[(&str, &str)],
         procs: &mut Procs,
     ) -> anyhow::Result<BenchServer> {
+        Self::start_at(root, data, "127.0.0.1:0", env, procs)
+    }
+
+    /// [`BenchServer::start`] on the address `listen` (the soak restarts the server on
+    /// the port it had).
+    pub fn start_at(
+        root: &Path,
+        data: &Path,
+        listen: &str,
+        env: &[(&str, &str)],
+        procs: &mut Procs,
+    ) -> anyhow::Result<BenchServer> {
         let mut server = Command::new(release_bin(root, "redoubt-server"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .args(["serve", "--listen", listen, "--data"])
             .arg(data)
             .env("REDOUBT_ENROLL_ATTEMPTS_PER_MINUTE", "1000000")
             .env("REDOUBT_LOG", "warn")

@@ -6,14 +6,21 @@
 //! - `cargo xtask bench messaging …` measures end-to-end messaging between N simulated
 //!   devices (messages/s, latency, server memory) and the cost of MLS operations in
 //!   groups of 10/100/1000 members (see [`messaging`]).
+//! - `cargo xtask fuzz [--seconds N] [TARGET…]` builds the cargo-fuzz targets of
+//!   `fuzz/` once and runs each N seconds on generated seed corpora (see [`fuzz`]).
+//! - `cargo xtask soak [--cycles N] …` kills the release server with SIGKILL N times
+//!   under load (agents reporting, messengers talking) and checks that nothing
+//!   acknowledged was lost (see [`soak`]).
 //! - `cargo xtask test` runs every test: `cargo test --workspace`, then `vm-test`.
 //! - `cargo xtask vm-test [--timeout SECS]` proves the agent's `linux` backend against a
 //!   real kernel under qemu (see [`vm`]).
 
 mod common;
 mod compliance;
+mod fuzz;
 mod messaging;
 mod mls_cost;
+mod soak;
 mod vm;
 
 use anyhow::bail;
@@ -34,12 +41,16 @@ fn main() -> anyhow::Result<()> {
         }
         ["bench", "messaging", rest @ ..] => messaging::main(rest),
         ["vm-test", rest @ ..] => vm::main(rest),
+        ["fuzz", rest @ ..] => fuzz::main(rest),
+        ["soak", rest @ ..] => soak::main(rest),
         ["test"] => test_all(),
         _ => {
             eprintln!("usage: cargo xtask test");
             eprintln!("       cargo xtask bench compliance [--devices N] [--rounds R]");
             eprintln!("       {}", messaging::USAGE);
             eprintln!("       {}", vm::USAGE);
+            eprintln!("       {}", fuzz::USAGE);
+            eprintln!("       {}", soak::USAGE);
             bail!("unknown task {args:?}")
         }
     }

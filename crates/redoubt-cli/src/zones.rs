@@ -13,7 +13,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use clap::Subcommand;
 use redoubt_proto::api::{
     CreateGateCredential, CredentialId, GateCredentialCreated, GateCredentialView, IssueCode,
@@ -89,20 +89,12 @@ pub enum ZonesCommand {
     },
 }
 
-/// Reads and checks a zone file.
+/// Reads and checks a zone file (the parsing is `redoubt_policy::parse_zone_toml`).
 pub fn read_zone_file(path: &Path) -> anyhow::Result<ZoneDefinition> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read zone file {}", path.display()))?;
-    let def: ZoneDefinition = toml::from_str(&text)
-        .map_err(|e| anyhow::anyhow!("zone file {}: {}", path.display(), e.message()))?;
-    if def.checkpoints.is_empty() {
-        bail!(
-            "zone file {}: zone {} needs at least one checkpoint (checkpoints = [\"main-gate\"])",
-            path.display(),
-            def.name
-        );
-    }
-    Ok(def)
+    redoubt_policy::parse_zone_toml(&text)
+        .map_err(|e| anyhow::anyhow!("zone file {}: {e}", path.display()))
 }
 
 /// Runs a `zones` subcommand.

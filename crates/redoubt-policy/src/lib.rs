@@ -11,6 +11,7 @@ mod bundle;
 mod compliance;
 mod mode_file;
 mod modes;
+mod zone_file;
 mod zones;
 
 pub use audit::{
@@ -23,6 +24,7 @@ pub use modes::{
     Effective, LOCKDOWN, SECURE_SITE, STANDARD, at_least_as_strict, effective, is_preset, lockdown,
     meets_clearance, preset, presets,
 };
+pub use zone_file::{ZoneFileError, parse_zone_toml};
 pub use zones::{
     CODE_CLOCK_SKEW_SECS, CodeError, CommandEffect, DONE_COMMANDS_KEPT, DoneCommand, LockState,
     PhoneTime, Presence, ZoneChange, ZoneState, decide_with, expected_mode, verify_code,

@@ -453,6 +453,18 @@ impl FromStr for EnrollmentUrl {
         if server.scheme() != "https" {
             return Err(EnrollmentUrlError("server must be an https:// URL"));
         }
+        // The phone talks to the server's origin; a path, query, fragment or credentials
+        // would not survive printing the code again (and mean nothing to the phone).
+        if server.path() != "/"
+            || server.query().is_some()
+            || server.fragment().is_some()
+            || !server.username().is_empty()
+            || server.password().is_some()
+        {
+            return Err(EnrollmentUrlError(
+                "server must be https://HOST[:PORT] without a path",
+            ));
+        }
         let token = token.ok_or(EnrollmentUrlError("token is missing"))?;
         if token.is_empty()
             || token.len() > 128
@@ -519,6 +531,33 @@ mod tests {
             "redoubt://enroll?server=https%3A%2F%2Fx&token=a%20b&ca=sha256%3A00",
         ] {
             assert!(bad.parse::<EnrollmentUrl>().is_err(), "{bad}");
+        }
+    }
+
+    /// Found by the `enrollment_url` fuzz target: a server URL with a path ending in
+    /// `/` printed (trailing `/` trimmed) to a code that parsed back to another server.
+    /// The server of a code is an origin; anything more is refused.
+    #[test]
+    fn enrollment_server_is_an_origin() {
+        let code = |server: &str| {
+            format!(
+                "redoubt://enroll?server={}&token=t&ca=sha256%3A{}",
+                url::form_urlencoded::byte_serialize(server.as_bytes()).collect::<String>(),
+                "00".repeat(32)
+            )
+        };
+        for good in ["https://h", "https://h:8443/", "https://[::1]:1"] {
+            let u: EnrollmentUrl = code(good).parse().unwrap();
+            assert_eq!(u.to_string().parse::<EnrollmentUrl>().unwrap(), u, "{good}");
+        }
+        for bad in [
+            "https://h/a/",
+            "https://h/x",
+            "https://h/?q=1",
+            "https://h/#f",
+            "https://user:pw@h/",
+        ] {
+            assert!(code(bad).parse::<EnrollmentUrl>().is_err(), "{bad}");
         }
     }
 
