@@ -12,7 +12,7 @@ use base64::engine::general_purpose::STANDARD;
 use libfuzzer_sys::fuzz_target;
 use redoubt_fuzz::fixtures::{NOW, device, org_key};
 use redoubt_fuzz::{choice, flip_bit};
-use redoubt_policy::{BundleError, ZoneState, decide, decide_with, verify_bundle};
+use redoubt_policy::{BundleError, PhoneTime, ZoneState, decide, decide_with, verify_bundle};
 use redoubt_proto::{PolicyBundle, SignedEnvelope};
 
 fn check_accepted(bundle: &PolicyBundle, held: Option<u64>) {
@@ -33,7 +33,7 @@ fn check_accepted(bundle: &PolicyBundle, held: Option<u64>) {
         d.fallback_reason.is_none(),
         "a verified bundle is enforced as issued"
     );
-    decide_with(Some(bundle), &ZoneState::default(), NOW);
+    decide_with(Some(bundle), &ZoneState::default(), PhoneTime::trusted(NOW));
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -10,7 +10,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use redoubt_fuzz::fixtures::{NOW, bundle, checkpoint_key};
-use redoubt_policy::{ZoneState, at_least_as_strict, decide_with, effective};
+use redoubt_policy::{PhoneTime, ZoneState, at_least_as_strict, decide_with, effective};
 use redoubt_proto::zones::{CheckpointCode, Direction};
 
 fn round_trips(state: &ZoneState) {
@@ -30,7 +30,7 @@ fuzz_target!(|data: &[u8]| {
     };
     round_trips(&state);
     let bundle = bundle();
-    let decision = decide_with(Some(&bundle), &state, NOW);
+    let decision = decide_with(Some(&bundle), &state, PhoneTime::trusted(NOW));
     for zone in &bundle.zones {
         if state.inside().contains_key(&zone.name) {
             let mode = bundle
@@ -54,7 +54,7 @@ fuzz_target!(|data: &[u8]| {
         format!("e{ids}")
     };
     let visible: Vec<_> = bundle.zones[0].wifi_bssids.clone();
-    state.observe_wifi(&visible, Some(&bundle), NOW, &mut id_gen);
+    state.observe_wifi(&visible, Some(&bundle), PhoneTime::trusted(NOW), &mut id_gen);
     round_trips(&state);
 
     let code = CheckpointCode {
@@ -66,7 +66,7 @@ fuzz_target!(|data: &[u8]| {
         nonce: format!("fuzz-{}", data.len()),
     }
     .encode(&checkpoint_key());
-    let _ = state.apply_code(&code, &bundle, NOW, "e-code".into());
+    let _ = state.apply_code(&code, &bundle, PhoneTime::trusted(NOW), "e-code".into());
     round_trips(&state);
-    decide_with(Some(&bundle), &state, NOW);
+    decide_with(Some(&bundle), &state, PhoneTime::trusted(NOW));
 });

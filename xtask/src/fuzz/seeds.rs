@@ -10,7 +10,7 @@ use openmls::prelude::*;
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_rust_crypto::OpenMlsRustCrypto;
 use redoubt_messenger::messenger::{CIPHERSUITE, create_config};
-use redoubt_policy::ZoneState;
+use redoubt_policy::{PhoneTime, ZoneState};
 use redoubt_proto::messaging::MessengerPush;
 use redoubt_proto::ws::{AgentFrame, ServerFrame};
 use redoubt_proto::zones::{CheckpointCode, CommandId, DeviceAction, DeviceCommand, Direction};
@@ -71,6 +71,8 @@ fn report() -> Result<ComplianceReport> {
         locked_by: None,
         commands_done: vec![CommandId::from_random([3; 12])],
         events: vec![],
+        trusted_floor: Some(NOW),
+        clock_tampered: false,
     })
 }
 
@@ -144,12 +146,12 @@ fn seeds(target: &str) -> Result<Vec<Vec<u8>>> {
             let mut state = ZoneState::default();
             let empty = json(&state)?;
             state
-                .apply_code(&code(Direction::In, "n1", &checkpoint_key())?, &b, NOW, "e1".into())
+                .apply_code(&code(Direction::In, "n1", &checkpoint_key())?, &b, PhoneTime::trusted(NOW), "e1".into())
                 .map_err(|e| anyhow!("seed check-in: {e}"))?;
             let inside = json(&state)?;
             let mut n = 0;
             state
-                .apply_command(&lock_command(), &device(), NOW, &mut || {
+                .apply_command(&lock_command(), &device(), Some(&b), PhoneTime::trusted(NOW), &mut || {
                     n += 1;
                     format!("c{n}")
                 })
