@@ -215,3 +215,42 @@ fn run(
         crashes,
     })
 }
+
+/// Installs what the fuzz run needs when it is missing: the nightly toolchain (rustup,
+/// minimal profile) and `cargo-fuzz` (crates.io). Both come through the ordinary
+/// registries' clients.
+pub fn ensure_tools() -> Result<()> {
+    let have_nightly = Command::new("rustup")
+        .args(["run", "nightly", "rustc", "--version"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !have_nightly {
+        eprintln!("fuzz: installing the nightly toolchain (rustup, minimal profile)");
+        let status = Command::new("rustup")
+            .args(["toolchain", "install", "nightly", "--profile", "minimal"])
+            .status()
+            .context("running rustup (the fuzz targets need nightly)")?;
+        if !status.success() {
+            bail!("rustup toolchain install nightly failed ({status})");
+        }
+    }
+    let have_fuzz = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !have_fuzz {
+        eprintln!("fuzz: installing cargo-fuzz (cargo install cargo-fuzz --locked)");
+        let status = Command::new("cargo")
+            .args(["install", "cargo-fuzz", "--locked"])
+            .status()
+            .context("running cargo install cargo-fuzz")?;
+        if !status.success() {
+            bail!("cargo install cargo-fuzz failed ({status})");
+        }
+    }
+    Ok(())
+}

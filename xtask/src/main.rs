@@ -11,7 +11,8 @@
 //! - `cargo xtask soak [--cycles N] …` kills the release server with SIGKILL N times
 //!   under load (agents reporting, messengers talking) and checks that nothing
 //!   acknowledged was lost (see [`soak`]).
-//! - `cargo xtask test` runs every test: `cargo test --workspace`, then `vm-test`.
+//! - `cargo xtask test` runs every test: `cargo test --workspace`, then `vm-test`, then
+//!   every fuzz target for 10 s.
 //! - `cargo xtask vm-test [--timeout SECS]` proves the agent's `linux` backend against a
 //!   real kernel under qemu (see [`vm`]).
 
@@ -56,15 +57,18 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// Every test: the workspace's (unit, integration, D-Bus), then the VM test.
+/// Every test: the workspace's (unit, integration, D-Bus), then the VM test, then every
+/// fuzz target briefly (10 s each; nightly and cargo-fuzz are installed when missing).
 fn test_all() -> anyhow::Result<()> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = std::process::Command::new(cargo)
+    let status = std::process::Command::new(&cargo)
         .args(["test", "--workspace"])
         .current_dir(common::workspace_root())
         .status()?;
     if !status.success() {
         bail!("cargo test --workspace failed ({status})");
     }
-    vm::main(&[])
+    vm::main(&[])?;
+    fuzz::ensure_tools()?;
+    fuzz::main(&["--seconds", "10"])
 }
