@@ -11,8 +11,9 @@
 //! - `cargo xtask soak [--cycles N] …` kills the release server with SIGKILL N times
 //!   under load (agents reporting, messengers talking) and checks that nothing
 //!   acknowledged was lost (see [`soak`]).
-//! - `cargo xtask test` runs every test: `cargo test --workspace`, then `vm-test`, then
-//!   every fuzz target for 10 s.
+//! - `cargo xtask test` runs every test: it installs the Debian packages the tests need
+//!   (as root; otherwise it names them, see [`setup`]), then `cargo test --workspace`,
+//!   `vm-test`, and every fuzz target for 10 s.
 //! - `cargo xtask vm-test [--timeout SECS]` proves the agent's `linux` backend against a
 //!   real kernel under qemu (see [`vm`]).
 
@@ -21,6 +22,7 @@ mod compliance;
 mod fuzz;
 mod messaging;
 mod mls_cost;
+mod setup;
 mod soak;
 mod vm;
 
@@ -59,7 +61,9 @@ fn main() -> anyhow::Result<()> {
 
 /// Every test: the workspace's (unit, integration, D-Bus), then the VM test, then every
 /// fuzz target briefly (10 s each; nightly and cargo-fuzz are installed when missing).
+/// First the Debian packages the tests use are checked (and installed, as root).
 fn test_all() -> anyhow::Result<()> {
+    setup::ensure_packages()?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = std::process::Command::new(&cargo)
         .args(["test", "--workspace"])

@@ -12,10 +12,10 @@
 //!   snapshot, verifiable offline with the organization key.
 //! - `GET /api/v1/audit/key`: the organization's public key (base64).
 
+use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::http::Method;
 use ed25519_dalek::SigningKey;
 use redoubt_proto::api::Role;
 use redoubt_proto::envelope::encode_public_key;
@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::app::App;
 use crate::error::ServiceError;
 use crate::http::{Admin, HttpState};
+use crate::routes::{ANY_ADMIN, Access, Routes};
 
 /// Entries returned by one list request when no limit is given.
 pub const DEFAULT_LIMIT: u64 = 1000;
@@ -121,12 +122,14 @@ pub async fn record(app: &App, drafts: &[AuditDraft]) -> Result<(), ServiceError
 }
 
 /// Routes under `/api/v1/audit`.
-pub fn routes() -> Router<HttpState> {
-    Router::new()
-        .route("/", get(list))
-        .route("/head", get(head))
-        .route("/export", get(export))
-        .route("/key", get(key))
+pub fn routes() -> Routes {
+    use Access::Admin as A;
+    use Method as V;
+    Routes::new()
+        .add(V::GET, "/", A(ANY_ADMIN), list)
+        .add(V::GET, "/head", A(ANY_ADMIN), head)
+        .add(V::GET, "/export", A(ANY_ADMIN), export)
+        .add(V::GET, "/key", A(ANY_ADMIN), key)
 }
 
 /// Query of `GET /audit`.

@@ -12,11 +12,10 @@
 //! report by its expiry. Expiry is the server's alone to judge: the phone never refuses a
 //! lock or a wipe for its age (its clock is the holder's). A request that matches a command already standing returns that command.
 
+use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::post;
-use axum::{Json, Router};
 use rand_core::RngCore;
 use redoubt_proto::api::{CommandView, CreateCommand, Role};
 use redoubt_proto::{
@@ -28,10 +27,14 @@ use redoubt_store::{CommandRecord, NewCommand};
 use crate::app::{App, Push};
 use crate::error::ServiceError;
 use crate::http::{Admin, ApiJson, HttpState, parse_path};
+use crate::routes::{ANY_ADMIN, Access, OPERATOR, Routes};
 
 /// Routes merged into `/api/v1`.
-pub fn routes() -> Router<HttpState> {
-    Router::new().route("/devices/{id}/commands", post(create).get(list))
+pub fn routes() -> Routes {
+    use Access::Admin as A;
+    Routes::new()
+        .add(Method::POST, "/devices/{id}/commands", A(OPERATOR), create)
+        .add(Method::GET, "/devices/{id}/commands", A(ANY_ADMIN), list)
 }
 
 /// The API view of a stored command.

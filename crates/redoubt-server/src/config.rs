@@ -221,6 +221,19 @@ impl RawConfig {
                 if url.scheme() != "https" {
                     bail!("public_url must be an https:// URL");
                 }
+                // Phones build every address from it and pin it in enrollment codes
+                // (which must be an origin): a path, query or user would be dropped or
+                // misread somewhere along the way.
+                if url.path() != "/"
+                    || url.query().is_some()
+                    || url.fragment().is_some()
+                    || !url.username().is_empty()
+                    || url.password().is_some()
+                {
+                    bail!(
+                        "public_url {u:?} must be an origin (https://host[:port]) without path, query or user"
+                    );
+                }
                 Some(url)
             }
             None => None,
@@ -425,6 +438,20 @@ mod tests {
         check("lisen = \"x\"", "unknown field `lisen`");
         check("listen = \"nowhere\"", "is not IP:PORT");
         check("public_url = \"http://x\"", "https://");
+        check("public_url = \"https://x.example:8443\"", "ok ");
+        check("public_url = \"https://x.example/\"", "ok ");
+        for not_an_origin in [
+            "https://x.example/redoubt",
+            "https://x.example/?a=b",
+            "https://x.example/#f",
+            "https://user@x.example",
+            "https://user:pw@x.example",
+        ] {
+            check(
+                &format!("public_url = \"{not_an_origin}\""),
+                "must be an origin",
+            );
+        }
         check("check_in_interval_secs = 0", "at least 1");
         check("listen = ", "c.toml");
         check("max_connections_per_address = 0", "at least 1");

@@ -17,14 +17,13 @@
 
 use std::fmt::Write as _;
 
+use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::header::{
     AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE,
 };
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
 use qrcode::{Color, QrCode};
 use redoubt_proto::api::IssuedCode;
 use redoubt_proto::{CheckpointName, Direction, ZoneName};
@@ -33,14 +32,20 @@ use serde::{Deserialize, Serialize};
 use crate::app::hash_token;
 use crate::error::ServiceError;
 use crate::http::HttpState;
+use crate::routes::{Access, Routes};
 
 const COOKIE_NAME: &str = "redoubt_gate";
 
 /// Routes at the top level (`/gate/...`).
-pub fn routes() -> Router<HttpState> {
-    Router::new()
-        .route("/gate/{zone}/{checkpoint}", get(page))
-        .route("/gate/{zone}/{checkpoint}/codes", get(codes))
+pub fn routes() -> Routes {
+    Routes::new()
+        .add(Method::GET, "/gate/{zone}/{checkpoint}", Access::Gate, page)
+        .add(
+            Method::GET,
+            "/gate/{zone}/{checkpoint}/codes",
+            Access::Gate,
+            codes,
+        )
 }
 
 #[derive(Deserialize)]
@@ -233,7 +238,8 @@ async fn page(
         );
         return Ok(resp);
     }
-    if !authorized(&s, cookie_token(&headers).as_deref(), &zone, &checkpoint).await? {
+    let token = header_token(&headers).or_else(|| cookie_token(&headers));
+    if !authorized(&s, token.as_deref(), &zone, &checkpoint).await? {
         return Ok(unauthorized());
     }
     let title = format!("Gate {zone}/{checkpoint}");

@@ -2,18 +2,21 @@
 //! extraction with API-shaped errors, request metrics, `/healthz` and `/metrics`.
 //! Handlers are thin: extract, call one service, map the result.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{
-    ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Path, Request, State,
+    ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Path, RawPathParams,
+    Request, State,
 };
+use axum::http::Method;
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use redoubt_proto::api::{CreateEnrollment, CredentialId, EnrollRequest, Role, SetMode, WhoAmI};
@@ -28,6 +31,9 @@ use crate::app::{SharedApp, Source, hash_token};
 use crate::audit::Who;
 use crate::error::ServiceError;
 use crate::messaging::DeviceSession;
+use crate::routes::{
+    ANY_ADMIN, Access, OFFICER, OPERATOR, OWNER, OWNER_AUDITOR, RouteSpec, Routes,
+};
 
 /// Router state: the services and the metrics handle.
 #[derive(Clone)]
@@ -36,45 +42,86 @@ pub struct HttpState {
     pub app: SharedApp,
     /// Prometheus renderer.
     pub metrics: PrometheusHandle,
+    /// Who may call each route (method, route template), filled by [`router`] from the
+    /// route table; the `Admin` and `Device` extractors enforce it.
+    pub access: Arc<HashMap<(Method, String), Access>>,
+}
+
+impl HttpState {
+    /// The declared access of the route a request matched (none for an unmatched one).
+    fn access_of(&self, parts: &Parts) -> Option<Access> {
+        let path = parts.extensions.get::<MatchedPath>()?.as_str().to_owned();
+        self.access.get(&(parts.method.clone(), path)).copied()
+    }
 }
 
 /// Builds the router.
-pub fn router(state: HttpState) -> Router {
-    let body_limit = state.app.config.max_body_bytes;
-    let api = Router::new()
-        .route("/enroll", post(enroll))
-        .route("/device/ws", get(crate::ws::device_ws))
-        .route("/whoami", get(whoami))
-        .route("/enrollments", post(create_enrollment))
-        .route("/devices", get(list_devices))
-        .route("/devices/{id}", get(show_device))
-        .route("/devices/{id}/mode", put(set_mode))
-        .route("/modes", get(list_modes))
-        .route("/modes/{name}", get(show_mode).put(put_mode))
-        .route("/admin-tokens", get(list_admin_tokens))
-        .route("/admin-tokens/{id}/revoke", post(revoke_admin_token))
-        .route("/device/challenge", post(device_challenge))
-        .route("/device/session", post(device_session));
+pub fn router(mut state: HttpState) -> Router {
+    let (router, table) = routes(&state.app.config);
+    state.access = Arc::new(
+        table
+            .into_iter()
+            .map(|r| {
+                let method = r
+                    .method
+                    .parse()
+                    .expect("the route table holds valid methods");
+                ((method, r.path), r.access)
+            })
+            .collect(),
+    );
+    router
+        .fallback(|| async { ServiceError::NotFound("no such endpoint".into()) })
+        .layer(DefaultBodyLimit::max(state.app.config.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), track))
+        .with_state(state)
+}
+
+/// Every route with the access it requires (`routes.rs`): the router is built from it.
+pub fn routes(config: &crate::config::Config) -> (Router<HttpState>, Vec<RouteSpec>) {
+    use Access::{Admin as A, Device as D, Member as M, Public as P};
+    use Method as V;
+    let api = Routes::new()
+        .add(V::POST, "/enroll", P, enroll)
+        // The agent proves itself inside the WebSocket (a signed challenge).
+        .add(V::GET, "/device/ws", P, crate::ws::device_ws)
+        .add(V::GET, "/whoami", A(ANY_ADMIN), whoami)
+        .add(V::POST, "/enrollments", A(OPERATOR), create_enrollment)
+        .add(V::GET, "/devices", A(ANY_ADMIN), list_devices)
+        .add(V::GET, "/devices/{id}", A(ANY_ADMIN), show_device)
+        .add(V::PUT, "/devices/{id}/mode", A(OPERATOR), set_mode)
+        .add(V::GET, "/modes", A(ANY_ADMIN), list_modes)
+        .add(V::GET, "/modes/{name}", A(ANY_ADMIN), show_mode)
+        .add(V::PUT, "/modes/{name}", A(OFFICER), put_mode)
+        .add(V::GET, "/admin-tokens", A(OWNER_AUDITOR), list_admin_tokens)
+        .add(
+            V::POST,
+            "/admin-tokens/{id}/revoke",
+            A(OWNER),
+            revoke_admin_token,
+        )
+        .add(V::POST, "/device/challenge", P, device_challenge)
+        .add(V::POST, "/device/session", P, device_session);
     // MLS messages (a Welcome for a large group) and files are bigger than admin bodies.
-    let message_limit = state.app.config.max_message_bytes * 4 + 64 * 1024;
-    let file_limit = state.app.config.max_file_bytes as usize + 64 * 1024;
-    let messenger = Router::new()
-        .route("/certificate", post(certify))
-        .route("/revocations", get(revocations))
-        .route("/key-packages", post(upload_key_packages))
-        .route("/key-packages/claim", post(claim_key_packages))
-        .route("/groups", post(create_group))
-        .route("/groups/{id}", get(show_group))
-        .route("/groups/{id}/commit", post(post_commit))
-        .route("/groups/{id}/messages", post(post_message))
-        .route("/queue", get(fetch_queue))
-        .route("/queue/ack", post(ack_queue))
-        .route("/ws", get(crate::messenger_ws::messenger_ws))
+    let message_limit = config.max_message_bytes * 4 + 64 * 1024;
+    let file_limit = config.max_file_bytes as usize + 64 * 1024;
+    let messenger = Routes::new()
+        .add(V::POST, "/certificate", D, certify)
+        .add(V::GET, "/revocations", D, revocations)
+        .add(V::POST, "/key-packages", D, upload_key_packages)
+        .add(V::POST, "/key-packages/claim", D, claim_key_packages)
+        .add(V::POST, "/groups", D, create_group)
+        .add(V::GET, "/groups/{id}", M, show_group)
+        .add(V::POST, "/groups/{id}/commit", M, post_commit)
+        .add(V::POST, "/groups/{id}/messages", M, post_message)
+        .add(V::GET, "/queue", D, fetch_queue)
+        .add(V::POST, "/queue/ack", D, ack_queue)
+        .add(V::GET, "/ws", D, crate::messenger_ws::messenger_ws)
         .layer(DefaultBodyLimit::max(message_limit))
         .merge(
-            Router::new()
-                .route("/blobs", post(upload_blob))
-                .route("/blobs/{id}", get(download_blob))
+            Routes::new()
+                .add(V::POST, "/blobs", D, upload_blob)
+                .add(V::GET, "/blobs/{id}", D, download_blob)
                 .layer(DefaultBodyLimit::max(file_limit)),
         );
     let api = api
@@ -82,15 +129,12 @@ pub fn router(state: HttpState) -> Router {
         .nest("/audit", crate::audit::routes())
         .nest("/zones", crate::zones::routes())
         .merge(crate::commands::routes());
-    Router::new()
+    Routes::new()
         .nest(redoubt_proto::API_PREFIX, api)
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
+        .add(V::GET, "/healthz", P, healthz)
+        .add(V::GET, "/metrics", A(ANY_ADMIN), metrics)
         .merge(crate::gate::routes())
-        .fallback(|| async { ServiceError::NotFound("no such endpoint".into()) })
-        .layer(DefaultBodyLimit::max(body_limit))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), track))
-        .with_state(state)
+        .into_parts()
 }
 
 /// Records request counts and latencies per route. Every label has a fixed set of
@@ -265,6 +309,27 @@ impl FromRequestParts<HttpState> for Admin {
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0.ip().to_string())
             .unwrap_or_default();
+        // The route table decides which roles may call a route, before any body is read
+        // (a role that may not act learns nothing about the body it would need).
+        match state.access_of(parts) {
+            Some(Access::Admin(roles)) if roles.contains(&rec.role) => {}
+            Some(Access::Admin(roles)) => {
+                let needed: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+                return Err(ServiceError::Forbidden(format!(
+                    "role {} may not call {} {} (needs {})",
+                    rec.role,
+                    parts.method,
+                    parts.uri.path(),
+                    needed.join(" or ")
+                )));
+            }
+            // A handler asking for an admin on a route not declared for admins: closed.
+            _ => {
+                return Err(ServiceError::Forbidden(
+                    "this route does not take admin credentials".into(),
+                ));
+            }
+        }
         Ok(Admin {
             id: rec.id,
             expires_at: rec.expires_at,
@@ -293,16 +358,47 @@ impl FromRequestParts<HttpState> for Device {
             .ok_or_else(|| {
                 ServiceError::Unauthorized("expected Authorization: Device <session token>".into())
             })?;
-        state
+        let session = state
             .app
             .sessions
             .check(token.trim(), Timestamp::now())
-            .map(Device)
             .ok_or_else(|| {
                 ServiceError::Unauthorized(
                     "device session unknown or expired; sign a new challenge".into(),
                 )
-            })
+            })?;
+        match state.access_of(parts) {
+            Some(Access::Device) => {}
+            // Membership is checked before any body is read: a device outside the group
+            // gets the 404 of a group that does not exist, whatever it sent.
+            Some(Access::Member) => {
+                let params = RawPathParams::from_request_parts(parts, state)
+                    .await
+                    .map_err(|e| ServiceError::BadRequest(e.body_text()))?;
+                let raw = params
+                    .iter()
+                    .find(|(k, _)| *k == "id")
+                    .map(|(_, v)| v)
+                    .ok_or_else(|| {
+                        ServiceError::Internal("a member route without a group id".into())
+                    })?;
+                let group: GroupId = parse_path(raw)?;
+                if !state
+                    .app
+                    .store
+                    .is_group_member(&group, &session.device)
+                    .await?
+                {
+                    return Err(crate::messaging::not_a_member(&group));
+                }
+            }
+            _ => {
+                return Err(ServiceError::Forbidden(
+                    "this route does not take device sessions".into(),
+                ));
+            }
+        }
+        Ok(Device(session))
     }
 }
 

@@ -1,5 +1,5 @@
 //! `redoubt-server`: the organization's server. Subcommands `serve`, `ca-fingerprint`,
-//! `admin-token`.
+//! `admin-token`, `routes`.
 
 mod app;
 mod audit;
@@ -12,6 +12,7 @@ mod http;
 mod messaging;
 mod messenger_ws;
 mod pki;
+mod routes;
 mod serve;
 mod ws;
 mod zones;
@@ -69,6 +70,12 @@ enum Command {
         #[arg(long, value_name = "TTL", default_value = "90d")]
         ttl: Ttl,
     },
+    /// List every HTTP route and who may call it: the table the router is built from.
+    Routes {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn init_logging() {
@@ -110,6 +117,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 raw.listen = listen;
             }
             serve::serve(raw.resolve()?).await
+        }
+        Command::Routes { json } => {
+            let config = config::RawConfig::load(None)?.resolve()?;
+            let (_, table) = http::routes(&config);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&table)?);
+            } else {
+                for r in table {
+                    println!("{:<5} {:<58} {}", r.method, r.path, r.access);
+                }
+            }
+            Ok(())
         }
         Command::CaFingerprint { data } => {
             println!("{}", pki::Keys::open(&data)?.fingerprint());

@@ -177,6 +177,14 @@ fn refusal(e: Refused) -> ServiceError {
     }
 }
 
+/// The same answer for a group that does not exist and one the device is not a member
+/// of: a non-member learns nothing about a group.
+pub fn not_a_member(id: &GroupId) -> ServiceError {
+    ServiceError::NotFound(format!(
+        "no conversation {id} that this device is a member of"
+    ))
+}
+
 fn group_state(g: GroupRecord) -> GroupState {
     GroupState {
         group_id: g.id,
@@ -421,14 +429,6 @@ impl App {
         Ok(group_state(g))
     }
 
-    /// The same answer for a group that does not exist and one the device is not a
-    /// member of: a non-member learns nothing about a group.
-    fn not_a_member(id: &GroupId) -> ServiceError {
-        ServiceError::NotFound(format!(
-            "no conversation {id} that this device is a member of"
-        ))
-    }
-
     async fn member_group(
         &self,
         s: &DeviceSession,
@@ -436,7 +436,7 @@ impl App {
     ) -> Result<GroupRecord, ServiceError> {
         match self.store.get_group(id).await? {
             Some(g) if g.members.contains(&s.device) => Ok(g),
-            _ => Err(Self::not_a_member(id)),
+            _ => Err(not_a_member(id)),
         }
     }
 
@@ -468,7 +468,7 @@ impl App {
         }
         let base = match self.store.commit_base(id).await? {
             Some(b) if b.group.members.contains(&s.device) => b,
-            _ => return Err(Self::not_a_member(id)),
+            _ => return Err(not_a_member(id)),
         };
         let commit_hash: [u8; 32] = Sha256::digest(&req.commit.0).into();
         if base.last_commit_hash.as_deref() == Some(&commit_hash[..])
@@ -527,7 +527,7 @@ impl App {
             .await
             .map_err(|e| match e {
                 redoubt_store::StoreError::Forbidden(_)
-                | redoubt_store::StoreError::NotFound(_) => Self::not_a_member(id),
+                | redoubt_store::StoreError::NotFound(_) => not_a_member(id),
                 other => other.into(),
             })?;
         match outcome {
@@ -592,7 +592,7 @@ impl App {
             .await
             .map_err(|e| match e {
                 redoubt_store::StoreError::Forbidden(_)
-                | redoubt_store::StoreError::NotFound(_) => Self::not_a_member(id),
+                | redoubt_store::StoreError::NotFound(_) => not_a_member(id),
                 other => other.into(),
             })?;
         metrics::counter!("redoubt_messages_total", "outcome" => if out.duplicate { "retry" } else { "accepted" }).increment(1);

@@ -151,6 +151,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let service = router(HttpState {
         app: app.clone(),
         metrics,
+        access: Default::default(),
     });
     let limits = app.config.limits;
     let connections = ConnectionLimiter::new(&limits);

@@ -8,11 +8,10 @@
 //! phone verifies a code offline. Checkpoint keys are derived from the organization key
 //! ([`crate::pki::Keys::checkpoint_key`]); nothing more secret is stored.
 
+use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand_core::RngCore;
@@ -30,21 +29,34 @@ use serde_json::json;
 use crate::app::{App, Push, hash_token, new_token};
 use crate::error::ServiceError;
 use crate::http::{Admin, ApiJson, HttpState, parse_path};
+use crate::routes::{ANY_ADMIN, Access, GATE_READERS, OFFICER, Routes};
 
 /// Routes under `/api/v1/zones`.
-pub fn routes() -> Router<HttpState> {
-    Router::new()
-        .route("/", get(list))
-        .route("/{name}", get(show).put(put))
-        .route("/{name}/codes", post(issue_code))
-        .route("/{name}/gate-credentials", get(list_gate_credentials))
-        .route(
-            "/{name}/gate-credentials/{id}/revoke",
-            post(revoke_gate_credential),
+pub fn routes() -> Routes {
+    use Access::Admin as A;
+    use Method as V;
+    Routes::new()
+        .add(V::GET, "/", A(ANY_ADMIN), list)
+        .add(V::GET, "/{name}", A(ANY_ADMIN), show)
+        .add(V::PUT, "/{name}", A(OFFICER), put)
+        .add(V::POST, "/{name}/codes", A(OFFICER), issue_code)
+        .add(
+            V::GET,
+            "/{name}/gate-credentials",
+            A(GATE_READERS),
+            list_gate_credentials,
         )
-        .route(
+        .add(
+            V::POST,
+            "/{name}/gate-credentials/{id}/revoke",
+            A(OFFICER),
+            revoke_gate_credential,
+        )
+        .add(
+            V::POST,
             "/{name}/checkpoints/{checkpoint}/gate-credentials",
-            post(create_gate_credential),
+            A(OFFICER),
+            create_gate_credential,
         )
 }
 

@@ -208,12 +208,15 @@ fn a_revoked_gate_credential_closes_the_gate_page_and_its_json_at_once() {
             .0
     };
     let codes_by_cookie = |http: &Http| {
-        http.get_with("/gate/lab/north-gate/codes", &[("cookie", &cookie)])
-            .0
+        http.get_with(
+            "/gate/lab/north-gate/codes?direction=in",
+            &[("cookie", &cookie)],
+        )
+        .0
     };
     let codes_by_header = |http: &Http| {
         http.get_with(
-            "/gate/lab/north-gate/codes",
+            "/gate/lab/north-gate/codes?direction=out",
             &[("authorization", &gate_header)],
         )
         .0

@@ -913,6 +913,19 @@ impl Store {
         Ok(())
     }
 
+    /// Whether `device` is a current member of `group` (false for a group that does not
+    /// exist).
+    pub async fn is_group_member(&self, group: &GroupId, device: &DeviceId) -> Result<bool> {
+        Ok(sqlx::query_scalar::<_, i64>(
+            "SELECT 1 FROM group_members WHERE group_id = ? AND device_id = ?",
+        )
+        .bind(group.as_str())
+        .bind(device.as_str())
+        .fetch_optional(&self.pool)
+        .await?
+        .is_some())
+    }
+
     /// A blob that has not expired.
     pub async fn get_blob(&self, id: &BlobId, now: Timestamp) -> Result<Option<BlobRecord>> {
         let row = sqlx::query("SELECT size, expires_at FROM blobs WHERE id = ? AND expires_at > ?")

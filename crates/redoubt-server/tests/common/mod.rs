@@ -393,6 +393,30 @@ impl Http {
 }
 
 impl Http {
+    /// Any request with the given headers and body; returns status and body.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> (u16, String) {
+        self.rt.block_on(async {
+            let mut req = self
+                .client
+                .request(method.parse().unwrap(), format!("{}{path}", self.base))
+                .header("content-type", "application/json");
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            if let Some(b) = body {
+                req = req.body(b.to_vec());
+            }
+            let resp = req.send().await.unwrap();
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        })
+    }
+
     /// A GET with extra headers; returns status, response headers (lowercase names) and body.
     pub fn get_with(
         &self,

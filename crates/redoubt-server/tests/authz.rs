@@ -1,0 +1,441 @@
+//! The authorization matrix, generated from the router: `redoubt-server routes --json`
+//! prints the table the router is built from (every route is registered with the access
+//! it requires), and this test calls every route as every kind of caller — nobody, each
+//! admin role, an enrolled device, a revoked device, a device outside the conversation,
+//! a gate credential — and checks the answer against the declared access.
+//!
+//! The test also holds its own copy of the table: a route added to the server without a
+//! row here (or with another access than the row says) fails it, so every new route is
+//! reviewed for who may call it.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::Command;
+
+use common::{Agent, Http, Server, bin, chat};
+use serde_json::Value;
+
+/// Every route and who may call it, as reviewed. `admin:` lists the roles allowed.
+const EXPECTED: &[(&str, &str, &str)] = &[
+    ("POST", "/api/v1/enroll", "public"),
+    ("GET", "/api/v1/device/ws", "public"),
+    (
+        "GET",
+        "/api/v1/whoami",
+        "admin:owner,officer,operator,auditor",
+    ),
+    ("POST", "/api/v1/enrollments", "admin:owner,operator"),
+    (
+        "GET",
+        "/api/v1/devices",
+        "admin:owner,officer,operator,auditor",
+    ),
+    (
+        "GET",
+        "/api/v1/devices/{id}",
+        "admin:owner,officer,operator,auditor",
+    ),
+    ("PUT", "/api/v1/devices/{id}/mode", "admin:owner,operator"),
+    (
+        "GET",
+        "/api/v1/modes",
+        "admin:owner,officer,operator,auditor",
+    ),
+    (
+        "GET",
+        "/api/v1/modes/{name}",
+        "admin:owner,officer,operator,auditor",
+    ),
+    ("PUT", "/api/v1/modes/{name}", "admin:owner,officer"),
+    ("GET", "/api/v1/admin-tokens", "admin:owner,auditor"),
+    ("POST", "/api/v1/admin-tokens/{id}/revoke", "admin:owner"),
+    ("POST", "/api/v1/device/challenge", "public"),
+    ("POST", "/api/v1/device/session", "public"),
+    ("POST", "/api/v1/messenger/certificate", "device"),
+    ("GET", "/api/v1/messenger/revocations", "device"),
+    ("POST", "/api/v1/messenger/key-packages", "device"),
+    ("POST", "/api/v1/messenger/key-packages/claim", "device"),
+    ("POST", "/api/v1/messenger/groups", "device"),
+    ("GET", "/api/v1/messenger/groups/{id}", "member"),
+    ("POST", "/api/v1/messenger/groups/{id}/commit", "member"),
+    ("POST", "/api/v1/messenger/groups/{id}/messages", "member"),
+    ("GET", "/api/v1/messenger/queue", "device"),
+    ("POST", "/api/v1/messenger/queue/ack", "device"),
+    ("GET", "/api/v1/messenger/ws", "device"),
+    ("POST", "/api/v1/messenger/blobs", "device"),
+    ("GET", "/api/v1/messenger/blobs/{id}", "device"),
+    (
+        "GET",
+        "/api/v1/audit",
+        "admin:owner,officer,operator,auditor",
+    ),
+    (
+        "GET",
+        "/api/v1/audit/head",
+        "admin:owner,officer,operator,auditor",
+    ),
+    (
+        "GET",
+        "/api/v1/audit/export",
+        "admin:owner,officer,operator,auditor",
+    ),
+    (
+        "GET",
+        "/api/v1/audit/key",
+        "admin:owner,officer,operator,auditor",
+    ),
+    (
+        "GET",
+        "/api/v1/zones",
+        "admin:owner,officer,operator,auditor",
+    ),
+    (
+        "GET",
+        "/api/v1/zones/{name}",
+        "admin:owner,officer,operator,auditor",
+    ),
+    ("PUT", "/api/v1/zones/{name}", "admin:owner,officer"),
+    ("POST", "/api/v1/zones/{name}/codes", "admin:owner,officer"),
+    (
+        "GET",
+        "/api/v1/zones/{name}/gate-credentials",
+        "admin:owner,officer,auditor",
+    ),
+    (
+        "POST",
+        "/api/v1/zones/{name}/gate-credentials/{id}/revoke",
+        "admin:owner,officer",
+    ),
+    (
+        "POST",
+        "/api/v1/zones/{name}/checkpoints/{checkpoint}/gate-credentials",
+        "admin:owner,officer",
+    ),
+    (
+        "POST",
+        "/api/v1/devices/{id}/commands",
+        "admin:owner,operator",
+    ),
+    (
+        "GET",
+        "/api/v1/devices/{id}/commands",
+        "admin:owner,officer,operator,auditor",
+    ),
+    ("GET", "/healthz", "public"),
+    ("GET", "/metrics", "admin:owner,officer,operator,auditor"),
+    ("GET", "/gate/{zone}/{checkpoint}", "gate"),
+    ("GET", "/gate/{zone}/{checkpoint}/codes", "gate"),
+];
+
+const ROLES: [&str; 4] = ["owner", "officer", "operator", "auditor"];
+
+/// One row of `redoubt-server routes --json`.
+#[derive(Debug, Clone)]
+struct Route {
+    method: String,
+    path: String,
+    access: String,
+}
+
+fn route_table() -> Vec<Route> {
+    let out = Command::new(bin("redoubt-server"))
+        .args(["routes", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    rows.iter()
+        .map(|r| {
+            let access = &r["access"];
+            let access = match access["kind"].as_str().unwrap() {
+                "admin" => format!(
+                    "admin:{}",
+                    access["role"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|x| x.as_str().unwrap())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
+                other => other.to_owned(),
+            };
+            Route {
+                method: r["method"].as_str().unwrap().to_owned(),
+                path: r["path"].as_str().unwrap().to_owned(),
+                access,
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn every_route_has_a_reviewed_row() {
+    let table: BTreeSet<(String, String, String)> = route_table()
+        .into_iter()
+        .map(|r| (r.method, r.path, r.access))
+        .collect();
+    let expected: BTreeSet<(String, String, String)> = EXPECTED
+        .iter()
+        .map(|(m, p, a)| (m.to_string(), p.to_string(), a.to_string()))
+        .collect();
+    let unreviewed: Vec<_> = table.difference(&expected).collect();
+    let gone: Vec<_> = expected.difference(&table).collect();
+    assert!(
+        unreviewed.is_empty() && gone.is_empty(),
+        "routes without a reviewed row (add them to EXPECTED after deciding who may call them): \
+         {unreviewed:#?}\nrows without a route: {gone:#?}"
+    );
+}
+
+/// Who calls.
+#[derive(Debug, Clone)]
+enum Caller {
+    Nobody,
+    Admin(&'static str, String),
+    /// A member of the conversation.
+    Device(String),
+    /// A member whose device was revoked after its session opened.
+    Revoked(String),
+    /// An enrolled device that is not in the conversation.
+    Outsider(String),
+    Gate(String),
+}
+
+impl Caller {
+    fn name(&self) -> String {
+        match self {
+            Caller::Nobody => "no credential".into(),
+            Caller::Admin(r, _) => format!("admin {r}"),
+            Caller::Device(_) => "enrolled member device".into(),
+            Caller::Revoked(_) => "revoked device".into(),
+            Caller::Outsider(_) => "device outside the conversation".into(),
+            Caller::Gate(_) => "gate credential".into(),
+        }
+    }
+
+    fn authorization(&self) -> Option<String> {
+        match self {
+            Caller::Nobody => None,
+            Caller::Admin(_, t) => Some(format!("Bearer {t}")),
+            Caller::Device(t) | Caller::Revoked(t) | Caller::Outsider(t) => {
+                Some(format!("Device {t}"))
+            }
+            Caller::Gate(t) => Some(format!("Gate {t}")),
+        }
+    }
+}
+
+/// What the answer must be.
+#[derive(Debug, PartialEq)]
+enum Verdict {
+    /// Past authorization: anything but 401, 403 (and, for members, 404).
+    Allowed,
+    /// 401 (no or the wrong kind of credential), 403 (a role that may not).
+    Refused(u16),
+}
+
+fn verdict(access: &str, caller: &Caller) -> Verdict {
+    use Verdict::{Allowed, Refused};
+    match (access, caller) {
+        ("public", _) => Allowed,
+        (a, Caller::Admin(role, _)) if a.starts_with("admin:") => {
+            if a["admin:".len()..].split(',').any(|r| r == *role) {
+                Allowed
+            } else {
+                Refused(403)
+            }
+        }
+        ("device", Caller::Device(_) | Caller::Outsider(_)) => Allowed,
+        ("member", Caller::Device(_)) => Allowed,
+        // A device outside the group learns nothing: the group does not exist for it.
+        ("member", Caller::Outsider(_)) => Refused(404),
+        ("gate", Caller::Gate(_)) => Allowed,
+        _ => Refused(401),
+    }
+}
+
+/// Opens a device session the way the messenger does: a fresh challenge signed with the
+/// device key.
+fn device_session(http: &Http, state: &std::path::Path) -> String {
+    use ed25519_dalek::Signer;
+    use ed25519_dalek::pkcs8::DecodePrivateKey;
+    let identity: Value =
+        serde_json::from_slice(&std::fs::read(state.join("identity.json")).unwrap()).unwrap();
+    let device_id = identity["device_id"].as_str().unwrap();
+    let pem = std::fs::read_to_string(state.join("device-key.pem")).unwrap();
+    let key = ed25519_dalek::SigningKey::from_pkcs8_pem(&pem).unwrap();
+    let (status, body) = http.request("POST", "/api/v1/device/challenge", &[], Some(b"{}"));
+    assert_eq!(status, 200, "{body}");
+    let nonce = serde_json::from_str::<Value>(&body).unwrap()["nonce"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let signature = key.sign(&redoubt_proto::messaging::session_message(
+        &nonce,
+        &device_id.parse().unwrap(),
+    ));
+    let req = serde_json::json!({
+        "device_id": device_id,
+        "nonce": nonce,
+        "signature": redoubt_proto::envelope::encode_signature(&signature),
+    });
+    let (status, body) = http.request(
+        "POST",
+        "/api/v1/device/session",
+        &[],
+        Some(req.to_string().as_bytes()),
+    );
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str::<Value>(&body).unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn every_route_answers_every_caller_as_its_row_says() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server"), &[]);
+    let http = Http::new(&server);
+
+    // A zone with a checkpoint and a gate credential for it.
+    let zone_file = tmp.path().join("lab.toml");
+    std::fs::write(
+        &zone_file,
+        "name = \"lab\"\nmode = \"secure-site\"\ncheckpoints = [\"north-gate\"]\n",
+    )
+    .unwrap();
+    server.cli_json(&["zones", "apply", zone_file.to_str().unwrap()]);
+    let gate = server.cli_json(&["zones", "gate", "lab", "north-gate"]);
+    let gate_url = gate["url"].as_str().unwrap();
+    let gate_key = gate_url[gate_url.find("key=").unwrap() + 4..].to_owned();
+
+    // Alice, Bob and Dave talk; Carol is enrolled but not in their conversation.
+    let phones: Vec<(String, Agent)> = ["alice", "bob", "carol", "dave"]
+        .iter()
+        .map(|u| {
+            let a = Agent::new(tmp.path().join(u));
+            let id = a.enroll(&server.enrollment_url(u));
+            (id, a)
+        })
+        .collect();
+    for (_, p) in &phones[1..] {
+        chat(&p.state, &["list"]);
+    }
+    let created = chat(
+        &phones[0].1.state,
+        &["create", "Ops", "--members", "bob,dave"],
+    );
+    let group = created["conversation"].as_str().unwrap().to_owned();
+    let member = device_session(&http, &phones[0].1.state);
+    let outsider = device_session(&http, &phones[2].1.state);
+    let revoked = device_session(&http, &phones[3].1.state);
+    let (status, body) = http.send(
+        "POST",
+        &format!("/api/v1/devices/{}/commands", phones[3].0),
+        Some(&server.owner_token),
+        Some(br#"{"action":"revoke"}"#.to_vec()),
+    );
+    assert!(status == 200 || status == 201, "revoke: {status} {body}");
+
+    let mut callers = vec![Caller::Nobody];
+    for role in ROLES {
+        callers.push(Caller::Admin(
+            role,
+            server.admin_token(&format!("matrix-{role}"), role),
+        ));
+    }
+    callers.extend([
+        Caller::Device(member),
+        Caller::Revoked(revoked),
+        Caller::Outsider(outsider),
+        Caller::Gate(gate_key),
+    ]);
+
+    // Path parameters: real objects, so an allowed call reaches the service; actions
+    // that would change something name objects that do not exist.
+    let fill = |method: &str, path: &str| -> String {
+        let destructive = method == "POST" && path.ends_with("/revoke");
+        path.replace("/devices/{id}", &format!("/devices/{}", phones[0].0))
+            .replace("/groups/{id}", &format!("/groups/{group}"))
+            .replace(
+                "/blobs/{id}",
+                "/blobs/blob_00000000000000000000000000000000",
+            )
+            .replace(
+                "{name}",
+                if path.contains("/modes/") {
+                    "standard"
+                } else {
+                    "lab"
+                },
+            )
+            .replace("{zone}", "lab")
+            .replace("{checkpoint}", "north-gate")
+            .replace(
+                "{id}",
+                if destructive {
+                    "0000000000000000"
+                } else {
+                    "unknown"
+                },
+            )
+    };
+
+    let mut wrong = Vec::new();
+    let mut calls = 0;
+    for route in route_table() {
+        let path = fill(&route.method, &route.path);
+        assert!(
+            !path.contains('{'),
+            "no fixture for a parameter of {}",
+            route.path
+        );
+        // The gate page is asked for one direction so an allowed call answers 200.
+        let path = if path.starts_with("/gate/") {
+            format!("{path}?direction=in")
+        } else {
+            path
+        };
+        for caller in &callers {
+            let auth = caller.authorization();
+            let headers: Vec<(&str, &str)> = auth
+                .as_deref()
+                .map(|a| vec![("authorization", a)])
+                .unwrap_or_default();
+            let body = (route.method != "GET").then_some(&b"{}"[..]);
+            let (status, answer) = http.request(&route.method, &path, &headers, body);
+            calls += 1;
+            let expected = verdict(&route.access, caller);
+            let ok = match expected {
+                Verdict::Allowed => {
+                    !(status == 401 || status == 403 || (route.access == "member" && status == 404))
+                }
+                Verdict::Refused(code) => status == code,
+            };
+            if !ok {
+                wrong.push(format!(
+                    "{} {} ({}) as {}: expected {expected:?}, got {status} {}",
+                    route.method,
+                    route.path,
+                    route.access,
+                    caller.name(),
+                    answer.chars().take(160).collect::<String>()
+                ));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {calls} calls answered against the route table:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+}

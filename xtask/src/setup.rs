@@ -1,0 +1,110 @@
+//! What the tests need from the machine, checked (and installed, as root) before
+//! `cargo xtask test` runs anything, so the test command works on a fresh machine:
+//!
+//! - `nftables`, `iproute2`: the linux backend's tests load real rule sets in network
+//!   namespaces of their own (`ip netns`, root);
+//! - `dbus-daemon`: the sailfish backend's tests run mock system services on a private bus;
+//! - `qemu-system-x86`, `linux-image-amd64`, `busybox-static`, `kmod`, `libc6-dev`: the VM
+//!   test boots Debian's kernel under qemu with a static agent in a busybox initramfs.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+/// Whether `name` is an executable on `PATH` (or in the sbin directories root has).
+fn have_command(name: &str) -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(Into::into))
+        .any(|dir| dir.join(name).is_file())
+}
+
+/// Whether a Debian package is installed.
+fn have_package(name: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f", "${Status}", name])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).ends_with("ok installed"))
+}
+
+/// A kernel image with its modules (what the VM test boots).
+fn have_kernel() -> bool {
+    std::fs::read_dir("/boot").is_ok_and(|entries| {
+        entries.flatten().any(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_prefix("vmlinuz-"))
+                .is_some_and(|v| Path::new("/lib/modules").join(v).is_dir())
+        })
+    })
+}
+
+/// The Debian packages the tests need that are missing here.
+pub fn missing_packages() -> Vec<&'static str> {
+    let mut missing = Vec::new();
+    for (command, package) in [
+        ("nft", "nftables"),
+        ("ip", "iproute2"),
+        ("dbus-daemon", "dbus-daemon"),
+        ("qemu-system-x86_64", "qemu-system-x86"),
+        ("modprobe", "kmod"),
+    ] {
+        if !have_command(command) {
+            missing.push(package);
+        }
+    }
+    if !have_kernel() {
+        missing.push("linux-image-amd64");
+    }
+    if !have_package("busybox-static") {
+        missing.push("busybox-static");
+    }
+    if !Path::new("/usr/lib/x86_64-linux-gnu/libc.a").exists() {
+        missing.push("libc6-dev");
+    }
+    missing
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+}
+
+/// Installs the missing packages as root; otherwise fails naming them.
+pub fn ensure_packages() -> anyhow::Result<()> {
+    let missing = missing_packages();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let list = missing.join(" ");
+    if !is_root() {
+        bail!(
+            "the tests need Debian packages that are not installed: {list}\n\
+             install them as root: apt-get install --no-install-recommends {list}"
+        );
+    }
+    eprintln!("installing the Debian packages the tests need: {list}");
+    let apt = |args: &[&str]| -> anyhow::Result<()> {
+        let status = Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .context("running apt-get")?;
+        if !status.success() {
+            bail!("apt-get {} failed ({status})", args.join(" "));
+        }
+        Ok(())
+    };
+    apt(&["update", "-qq"])?;
+    let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
+    args.extend(&missing);
+    apt(&args)?;
+    let still = missing_packages();
+    if !still.is_empty() {
+        bail!("still missing after apt-get install: {}", still.join(" "));
+    }
+    Ok(())
+}
