@@ -281,9 +281,7 @@ impl RawConfig {
             .max_file_bytes
             .unwrap_or(25 * 1024 * 1024)
             .clamp(1024, 4 * 1024 * 1024 * 1024);
-        let max_blob_bytes_per_device = self
-            .max_blob_bytes_per_device
-            .unwrap_or(256 * 1024 * 1024);
+        let max_blob_bytes_per_device = self.max_blob_bytes_per_device.unwrap_or(256 * 1024 * 1024);
         if max_blob_bytes_per_device < max_file_bytes {
             bail!(
                 "max_blob_bytes_per_device ({max_blob_bytes_per_device}) must be at least max_file_bytes ({max_file_bytes})"

@@ -102,9 +102,7 @@ impl ServiceError {
             ServiceError::EpochConflict { .. } => (StatusCode::CONFLICT, "epoch_conflict"),
             ServiceError::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ServiceError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
-            ServiceError::QuotaExceeded { .. } => {
-                (StatusCode::PAYLOAD_TOO_LARGE, "quota_exceeded")
-            }
+            ServiceError::QuotaExceeded { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "quota_exceeded"),
             ServiceError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ServiceError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }

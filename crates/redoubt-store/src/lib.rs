@@ -47,7 +47,9 @@ pub enum StoreError {
     #[error("{0}")]
     Forbidden(String),
     /// A device's live files would exceed its storage quota.
-    #[error("the device stores {used} bytes of files; with {size} more it would exceed its quota of {limit} bytes")]
+    #[error(
+        "the device stores {used} bytes of files; with {size} more it would exceed its quota of {limit} bytes"
+    )]
     QuotaExceeded {
         /// Bytes of live files the device stores now.
         used: u64,

@@ -943,13 +943,12 @@ impl Store {
         expires_at: Timestamp,
     ) -> Result<()> {
         let mut tx = self.write_tx().await?;
-        let member: Option<i64> = sqlx::query_scalar(
-            "SELECT 1 FROM group_members WHERE group_id = ? AND device_id = ?",
-        )
-        .bind(group.as_str())
-        .bind(uploader.as_str())
-        .fetch_optional(&mut *tx)
-        .await?;
+        let member: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM group_members WHERE group_id = ? AND device_id = ?")
+                .bind(group.as_str())
+                .bind(uploader.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
         if member.is_none() {
             return Err(StoreError::NotFound(format!("conversation {group}")));
         }
@@ -1051,10 +1050,11 @@ async fn handouts_in_window(
         .bind(now.plus_secs(-HANDOUT_WINDOW_SECS).unix())
         .execute(&mut **tx)
         .await?;
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM key_package_handouts WHERE device_id = ?")
-        .bind(device.as_str())
-        .fetch_one(&mut **tx)
-        .await?;
+    let n: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM key_package_handouts WHERE device_id = ?")
+            .bind(device.as_str())
+            .fetch_one(&mut **tx)
+            .await?;
     Ok(n as u64)
 }
 

@@ -11,7 +11,9 @@ mod common;
 use common::{NOW, issue, open, sign};
 use redoubt_proto::messaging::ItemKind;
 use redoubt_proto::{BlobId, DeviceId, GroupId, HardwareKind, ModeName, UserName};
-use redoubt_store::{CommitInput, CommitOutcome, HANDOUT_WINDOW_SECS, NewDevice, Store, StoreError};
+use redoubt_store::{
+    CommitInput, CommitOutcome, HANDOUT_WINDOW_SECS, NewDevice, Store, StoreError,
+};
 
 async fn enroll(store: &Store, n: u8, user: &str) -> DeviceId {
     let hash = [n; 32];
@@ -166,7 +168,13 @@ async fn a_device_hands_out_its_hourly_share_of_one_time_key_packages_then_its_l
     }
     assert_eq!(
         got,
-        vec![one_time(0), one_time(1), one_time(2), last.clone(), last.clone()]
+        vec![
+            one_time(0),
+            one_time(1),
+            one_time(2),
+            last.clone(),
+            last.clone()
+        ]
     );
     assert_eq!(
         claim(&store, &alice, &["bob"], NOW.plus_secs(20)).await,
@@ -180,7 +188,10 @@ async fn a_device_hands_out_its_hourly_share_of_one_time_key_packages_then_its_l
         claim(&store, &alice, &["bob"], hour.plus_secs(-1)).await,
         vec![last]
     );
-    assert_eq!(claim(&store, &alice, &["bob"], hour).await, vec![one_time(3)]);
+    assert_eq!(
+        claim(&store, &alice, &["bob"], hour).await,
+        vec![one_time(3)]
+    );
 
     // Without a last-resort KeyPackage, a device past its share is reported missing
     // (with the reason), not drained.
@@ -253,7 +264,13 @@ async fn files_belong_to_a_conversation_and_count_against_a_quota_until_they_exp
     // Members get it; Eve, a member of another conversation, does not, by either id.
     let got = store.member_blob(&blob(2), &g, &b, NOW).await.unwrap();
     assert_eq!(got.map(|r| (r.size, r.group_id)), Some((600, g.clone())));
-    assert!(store.member_blob(&blob(2), &g, &e, NOW).await.unwrap().is_none());
+    assert!(
+        store
+            .member_blob(&blob(2), &g, &e, NOW)
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert!(
         store
             .member_blob(&blob(2), &other, &e, NOW)
@@ -298,14 +315,40 @@ async fn files_belong_to_a_conversation_and_count_against_a_quota_until_they_exp
         .accept_commit(commit(&g, &a, 1, b"c1", std::slice::from_ref(&a), &[]))
         .await
         .unwrap();
-    assert!(store.member_blob(&blob(2), &g, &b, NOW).await.unwrap().is_none());
-    assert!(store.member_blob(&blob(2), &g, &a, NOW).await.unwrap().is_some());
+    assert!(
+        store
+            .member_blob(&blob(2), &g, &b, NOW)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .member_blob(&blob(2), &g, &a, NOW)
+            .await
+            .unwrap()
+            .is_some()
+    );
     // Expired files no longer count, before and after the sweeper deletes them.
     store
-        .reserve_blob(&blob(6), &g, &a, 1000, 1000, expires, expires.plus_secs(100))
+        .reserve_blob(
+            &blob(6),
+            &g,
+            &a,
+            1000,
+            1000,
+            expires,
+            expires.plus_secs(100),
+        )
         .await
         .unwrap();
-    assert!(store.member_blob(&blob(2), &g, &a, expires).await.unwrap().is_none());
+    assert!(
+        store
+            .member_blob(&blob(2), &g, &a, expires)
+            .await
+            .unwrap()
+            .is_none()
+    );
     let mut swept = store.expire_blobs(expires).await.unwrap();
     swept.sort();
     assert_eq!(swept, vec![blob(2), blob(4)]);
