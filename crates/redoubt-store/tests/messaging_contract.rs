@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{NOW, issue, open, sign};
+use common::{NOW, issue, open, sign, tamper};
 use redoubt_proto::messaging::ItemKind;
 use redoubt_proto::{BlobId, DeviceId, GroupId, HardwareKind, ModeName, UserName};
 use redoubt_store::{
@@ -352,6 +352,60 @@ async fn files_belong_to_a_conversation_and_count_against_a_quota_until_they_exp
     let mut swept = store.expire_blobs(expires).await.unwrap();
     swept.sort();
     assert_eq!(swept, vec![blob(2), blob(4)]);
+}
+
+#[tokio::test]
+async fn files_from_before_conversations_expire_at_the_upgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let a = enroll(&store, 1, "alice").await;
+    let g = GroupId::from_random([7; 16]);
+    store
+        .create_group(&g, None, &a, b"state-0", b"info-0", NOW)
+        .await
+        .unwrap();
+    store.close().await;
+    drop(store);
+    // The database as migration 0006 left it, holding a file that names no group.
+    let old = BlobId::from_random([1; 16]);
+    tamper(
+        dir.path(),
+        &[
+            "DROP INDEX blobs_uploader",
+            "DROP TABLE key_package_handouts",
+            "ALTER TABLE blobs DROP COLUMN group_id",
+            "DELETE FROM _sqlx_migrations WHERE version = 7",
+            &format!(
+                "INSERT INTO blobs (id, uploader, size, created_at, expires_at) VALUES ('{old}', '{a}', 1000, {}, {})",
+                NOW.unix(),
+                NOW.plus_secs(3600).unix()
+            ),
+        ],
+    )
+    .await;
+    let store = Store::open_sqlite(&dir.path().join("t.db")).await.unwrap();
+    // Nobody can fetch it, it no longer counts against the quota, and the sweeper
+    // deletes it.
+    assert!(
+        store
+            .member_blob(&old, &g, &a, NOW)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    store
+        .reserve_blob(
+            &BlobId::from_random([2; 16]),
+            &g,
+            &a,
+            1000,
+            1000,
+            NOW,
+            NOW.plus_secs(60),
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.expire_blobs(NOW).await.unwrap(), vec![old]);
 }
 
 #[tokio::test]
