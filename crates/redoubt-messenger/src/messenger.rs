@@ -606,14 +606,13 @@ impl Messenger {
 
     /// Adds every enrolled device of these people.
     pub async fn add(&self, gid: &GroupId, users: &[UserName]) -> Result<AddReport> {
+        // The server refuses a claim that names a person twice.
+        let mut users = users.to_vec();
+        users.sort();
+        users.dedup();
         let claimed: ClaimedKeyPackages = self
             .net
-            .post(
-                "/key-packages/claim",
-                &ClaimKeyPackages {
-                    users: users.to_vec(),
-                },
-            )
+            .post("/key-packages/claim", &ClaimKeyPackages { users })
             .await
             .context("fetching the new members' KeyPackages")?;
         let revoked = self.revoked().await?;
@@ -791,7 +790,7 @@ impl Messenger {
         let sealed = files::seal(&data)?;
         let stored: BlobStored = self
             .net
-            .post_bytes("/blobs", sealed.ciphertext)
+            .post_bytes(&format!("/groups/{gid}/blobs"), sealed.ciphertext)
             .await
             .context("uploading the encrypted file")?;
         let body = Body::File(FileRef {
@@ -826,7 +825,7 @@ impl Messenger {
         };
         let ciphertext = self
             .net
-            .get_bytes(&format!("/blobs/{}", file.blob_id))
+            .get_bytes(&format!("/groups/{gid}/blobs/{}", file.blob_id))
             .await
             .with_context(|| format!("downloading {}", file.name))?;
         let plaintext = files::open(

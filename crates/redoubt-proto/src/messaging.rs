@@ -12,15 +12,15 @@
 //! | `POST /messenger/certificate` | device session | [`CertificateRequest`] → [`CertificateIssued`] |
 //! | `GET /messenger/revocations` | device session | → [`SignedEnvelope`] of a [`RevocationList`] |
 //! | `POST /messenger/key-packages` | device session | [`UploadKeyPackages`] → [`KeyPackageStock`] |
-//! | `POST /messenger/key-packages/claim` | device session | [`ClaimKeyPackages`] → [`ClaimedKeyPackages`] |
+//! | `POST /messenger/key-packages/claim` | device session | [`ClaimKeyPackages`] (each person once) → [`ClaimedKeyPackages`] |
 //! | `POST /messenger/groups` | device session | [`CreateGroup`] → [`GroupState`] |
 //! | `GET /messenger/groups/{id}` | member | → [`GroupState`] |
 //! | `POST /messenger/groups/{id}/commit` | member | [`PostCommit`] → [`GroupState`]; 409 [`EpochConflict`] |
 //! | `POST /messenger/groups/{id}/messages` | member | [`PostMessage`] → [`MessageAccepted`] |
 //! | `GET /messenger/queue?limit=N` | device session | → [`QueueBatch`] |
 //! | `POST /messenger/queue/ack` | device session | [`Ack`] → [`AckResult`] |
-//! | `POST /messenger/blobs` | device session | raw bytes → [`BlobStored`] |
-//! | `GET /messenger/blobs/{id}` | device session | → raw bytes |
+//! | `POST /messenger/groups/{id}/blobs` | member | raw bytes → [`BlobStored`]; 413 `quota_exceeded` past the device's storage quota |
+//! | `GET /messenger/groups/{id}/blobs/{blob}` | member | → raw bytes (a file of another conversation: 404, as for none) |
 //! | `GET /messenger/ws` | device session | WebSocket of [`MessengerPush`] frames |
 //! | `POST /devices/{id}/commands` `{"action":"revoke"}` | operator (admin) | → `CommandView` (see `commands`) |
 
@@ -217,7 +217,10 @@ pub struct KeyPackageStock {
     pub low_watermark: u64,
 }
 
-/// Claim one KeyPackage for every enrolled device of these people.
+/// Claim one KeyPackage for every enrolled device of these people. Each person is
+/// named once (a repeated name is refused with 400). A device hands out a limited
+/// number of one-time KeyPackages per hour to all claimers together; past that the
+/// claim gets its last-resort KeyPackage.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClaimKeyPackages {
@@ -454,7 +457,9 @@ pub struct AckResult {
     pub removed: u64,
 }
 
-/// An uploaded encrypted file.
+/// An uploaded encrypted file. It belongs to the conversation it was uploaded into:
+/// only that conversation's current members fetch it, and it counts against the
+/// uploading device's storage quota until it expires.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BlobStored {

@@ -37,6 +37,8 @@ pub struct RawConfig {
     pub message_ttl_secs: Option<u64>,
     /// Largest file a device may upload (encrypted size).
     pub max_file_bytes: Option<u64>,
+    /// Most bytes of live (not expired) files one device may store.
+    pub max_blob_bytes_per_device: Option<u64>,
     /// Largest MLS message accepted.
     pub max_message_bytes: Option<usize>,
     /// KeyPackage claims a device may make per minute.
@@ -45,6 +47,9 @@ pub struct RawConfig {
     pub key_package_low_watermark: Option<u64>,
     /// Most one-time KeyPackages kept per device.
     pub key_package_max_stock: Option<u64>,
+    /// Most one-time KeyPackages one device hands out per hour, to all claimers
+    /// together (then its last-resort one).
+    pub key_package_handouts_per_hour: Option<u64>,
     /// Lifetime of a device session (messenger).
     pub device_session_ttl_secs: Option<u64>,
     /// Validity of a checkpoint code shown by a gate terminal (seconds).
@@ -85,10 +90,12 @@ const KEYS: &[&str] = &[
     "max_body_bytes",
     "message_ttl_secs",
     "max_file_bytes",
+    "max_blob_bytes_per_device",
     "max_message_bytes",
     "key_package_claims_per_minute",
     "key_package_low_watermark",
     "key_package_max_stock",
+    "key_package_handouts_per_hour",
     "device_session_ttl_secs",
     "gate_code_secs",
     "command_ttl_secs",
@@ -129,6 +136,8 @@ pub struct Config {
     pub message_ttl_secs: u64,
     /// Largest upload.
     pub max_file_bytes: u64,
+    /// Storage quota of each device: bytes of live (not expired) files.
+    pub max_blob_bytes_per_device: u64,
     /// Largest MLS message.
     pub max_message_bytes: usize,
     /// KeyPackage claims per device per minute.
@@ -137,6 +146,8 @@ pub struct Config {
     pub key_package_low_watermark: u64,
     /// Most one-time KeyPackages per device.
     pub key_package_max_stock: u64,
+    /// One-time KeyPackages a device hands out per hour to all claimers together.
+    pub key_package_handouts_per_hour: u64,
     /// Device session lifetime.
     pub device_session_ttl_secs: u64,
     /// Validity of a gate terminal's checkpoint codes.
@@ -278,6 +289,17 @@ impl RawConfig {
             bail!("max_message_bytes must be between 4096 and 67108864");
         }
         let key_package_max_stock = self.key_package_max_stock.unwrap_or(500).max(1);
+        let key_package_handouts_per_hour = self.key_package_handouts_per_hour.unwrap_or(50);
+        let max_file_bytes = self
+            .max_file_bytes
+            .unwrap_or(25 * 1024 * 1024)
+            .clamp(1024, 4 * 1024 * 1024 * 1024);
+        let max_blob_bytes_per_device = self.max_blob_bytes_per_device.unwrap_or(256 * 1024 * 1024);
+        if max_blob_bytes_per_device < max_file_bytes {
+            bail!(
+                "max_blob_bytes_per_device ({max_blob_bytes_per_device}) must be at least max_file_bytes ({max_file_bytes})"
+            );
+        }
         let gate_code_secs = self.gate_code_secs.unwrap_or(30);
         if !(5..=300).contains(&gate_code_secs) {
             bail!("gate_code_secs must be between 5 and 300");
@@ -381,10 +403,8 @@ impl RawConfig {
             gate_code_secs,
             command_ttl_secs,
             message_ttl_secs,
-            max_file_bytes: self
-                .max_file_bytes
-                .unwrap_or(25 * 1024 * 1024)
-                .clamp(1024, 4 * 1024 * 1024 * 1024),
+            max_file_bytes,
+            max_blob_bytes_per_device,
             max_message_bytes,
             key_package_claims_per_minute: self.key_package_claims_per_minute.unwrap_or(600).max(1),
             key_package_low_watermark: self
@@ -392,6 +412,7 @@ impl RawConfig {
                 .unwrap_or(20)
                 .min(key_package_max_stock),
             key_package_max_stock,
+            key_package_handouts_per_hour,
             device_session_ttl_secs: self
                 .device_session_ttl_secs
                 .unwrap_or(3600)
@@ -459,6 +480,17 @@ mod tests {
             "header_timeout_secs = 0",
             "header_timeout_secs must be between",
         );
+        check(
+            "max_file_bytes = 2048\nmax_blob_bytes_per_device = 1024",
+            "max_blob_bytes_per_device (1024) must be at least max_file_bytes (2048)",
+        );
+    }
+
+    #[test]
+    fn storage_and_key_package_limits_have_defaults() {
+        let c = RawConfig::default().resolve().unwrap();
+        assert_eq!(c.max_blob_bytes_per_device, 256 * 1024 * 1024);
+        assert_eq!(c.key_package_handouts_per_hour, 50);
     }
 
     fn addresses(text: &str) -> Result<Vec<String>, String> {

@@ -47,6 +47,19 @@ pub enum ServiceError {
     /// The body is larger than allowed.
     #[error("{0}")]
     TooLarge(String),
+    /// The device's live files would exceed its storage quota.
+    #[error(
+        "storage quota exceeded: this device stores {used} bytes of files that have not expired; \
+         {size} more would pass its quota of {limit} bytes (files free their space when they expire)"
+    )]
+    QuotaExceeded {
+        /// Bytes of live files the device stores.
+        used: u64,
+        /// Size of the refused file.
+        size: u64,
+        /// The quota.
+        limit: u64,
+    },
     /// Too many attempts.
     #[error("too many attempts; try again in a minute")]
     RateLimited,
@@ -65,6 +78,9 @@ impl From<StoreError> for ServiceError {
             StoreError::Conflict(m) => ServiceError::Conflict(m),
             StoreError::Forbidden(m) => ServiceError::Forbidden(m),
             StoreError::Enroll(_) => ServiceError::TokenInvalid,
+            StoreError::QuotaExceeded { used, size, limit } => {
+                ServiceError::QuotaExceeded { used, size, limit }
+            }
             StoreError::Database(e) => ServiceError::Unavailable(e.to_string()),
             other => ServiceError::Internal(other.to_string()),
         }
@@ -86,6 +102,7 @@ impl ServiceError {
             ServiceError::EpochConflict { .. } => (StatusCode::CONFLICT, "epoch_conflict"),
             ServiceError::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ServiceError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            ServiceError::QuotaExceeded { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "quota_exceeded"),
             ServiceError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ServiceError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }

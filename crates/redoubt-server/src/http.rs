@@ -120,8 +120,8 @@ pub fn routes(config: &crate::config::Config) -> (Router<HttpState>, Vec<RouteSp
         .layer(DefaultBodyLimit::max(message_limit))
         .merge(
             Routes::new()
-                .add(V::POST, "/blobs", D, upload_blob)
-                .add(V::GET, "/blobs/{id}", D, download_blob)
+                .add(V::POST, "/groups/{id}/blobs", M, upload_blob)
+                .add(V::GET, "/groups/{id}/blobs/{blob}", M, download_blob)
                 .layer(DefaultBodyLimit::max(file_limit)),
         );
     let api = api
@@ -670,8 +670,10 @@ async fn ack_queue(
 async fn upload_blob(
     State(s): State<HttpState>,
     Device(d): Device,
+    Path(id): Path<String>,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<impl IntoResponse, ServiceError> {
+    let id: GroupId = parse_path(&id)?;
     let bytes = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ServiceError::TooLarge(format!(
@@ -684,17 +686,18 @@ async fn upload_blob(
     })?;
     Ok((
         StatusCode::CREATED,
-        Json(s.app.store_blob(&d, bytes).await?),
+        Json(s.app.store_blob(&d, &id, bytes).await?),
     ))
 }
 
 async fn download_blob(
     State(s): State<HttpState>,
-    _d: Device,
-    Path(id): Path<String>,
+    Device(d): Device,
+    Path((id, blob)): Path<(String, String)>,
 ) -> Result<impl IntoResponse, ServiceError> {
-    let id: BlobId = parse_path(&id)?;
-    let bytes = s.app.load_blob(&id).await?;
+    let id: GroupId = parse_path(&id)?;
+    let blob: BlobId = parse_path(&blob)?;
+    let bytes = s.app.load_blob(&d, &id, &blob).await?;
     Ok((
         [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
         bytes,

@@ -358,6 +358,18 @@ impl App {
                 "claim for 1-1000 people at a time".into(),
             ));
         }
+        // One KeyPackage per device per claim: a person named twice is a client bug or
+        // an attempt to drain their stock.
+        let mut names: Vec<&UserName> = req.users.iter().collect();
+        names.sort();
+        if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+            metrics::counter!("redoubt_key_package_claims_refused_total", "reason" => "duplicate")
+                .increment(1);
+            return Err(ServiceError::BadRequest(format!(
+                "{} is named more than once; a claim names each person once (one KeyPackage per device)",
+                w[0]
+            )));
+        }
         let now = Timestamp::now();
         for _ in 0..req.users.len() {
             if !self.claim_limiter.allow(s.device.clone(), now) {
@@ -365,10 +377,22 @@ impl App {
                 return Err(ServiceError::RateLimited);
             }
         }
-        let (claimed, missing) = self.store.claim_key_packages(&s.device, &req.users).await?;
+        let (claimed, missing) = self
+            .store
+            .claim_key_packages(
+                &s.device,
+                &req.users,
+                self.config.key_package_handouts_per_hour,
+                now,
+            )
+            .await?;
         let mut out = Vec::with_capacity(claimed.len());
         for c in claimed {
             metrics::counter!("redoubt_key_packages_claimed_total", "kind" => if c.last_resort { "last_resort" } else { "one_time" }).increment(1);
+            if c.throttled {
+                // The target handed out its hourly share of one-time KeyPackages.
+                metrics::counter!("redoubt_key_package_handouts_limited_total").increment(1);
+            }
             if c.remaining < self.config.key_package_low_watermark {
                 self.doorbells.ring(
                     &c.device_id,
@@ -683,10 +707,15 @@ impl App {
         Ok(AckResult { removed })
     }
 
-    /// `POST /messenger/blobs`: stores an encrypted file (fsync'd before the answer).
+    /// `POST /messenger/groups/{id}/blobs`: stores an encrypted file for a conversation
+    /// the device is a current member of (anyone else gets the 404 of a conversation
+    /// that does not exist). The record is made first, in one transaction that checks
+    /// membership and the device's storage quota, so a refused file never touches the
+    /// disk; the bytes are then written and fsync'd before the answer.
     pub async fn store_blob(
         &self,
         s: &DeviceSession,
+        group: &GroupId,
         bytes: axum::body::Bytes,
     ) -> Result<BlobStored, ServiceError> {
         if bytes.is_empty() || bytes.len() as u64 > self.config.max_file_bytes {
@@ -698,22 +727,50 @@ impl App {
         let mut raw = [0u8; 16];
         rand_core::OsRng.fill_bytes(&mut raw);
         let id = BlobId::from_random(raw);
-        let dir = blob_dir(&self.config.data);
-        let path = dir.join(id.as_str());
         let size = bytes.len() as u64;
-        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            std::fs::create_dir_all(&dir)?;
-            crate::pki::write_atomic(&path, &bytes, 0o600)
-                .map_err(|e| std::io::Error::other(e.to_string()))
-        })
-        .await
-        .map_err(|e| ServiceError::Internal(e.to_string()))?
-        .map_err(|e| ServiceError::Unavailable(format!("writing the file: {e}")))?;
         let now = Timestamp::now();
         let expires_at = self.message_expiry(now);
         self.store
-            .insert_blob(&id, &s.device, size, now, expires_at)
-            .await?;
+            .reserve_blob(
+                &id,
+                group,
+                &s.device,
+                size,
+                self.config.max_blob_bytes_per_device,
+                now,
+                expires_at,
+            )
+            .await
+            .map_err(|e| match e {
+                redoubt_store::StoreError::NotFound(_) => not_a_member(group),
+                e @ redoubt_store::StoreError::QuotaExceeded { .. } => {
+                    metrics::counter!("redoubt_blob_quota_refusals_total").increment(1);
+                    tracing::info!(device = %s.device, size, "file refused: storage quota");
+                    e.into()
+                }
+                other => other.into(),
+            })?;
+        let dir = blob_dir(&self.config.data);
+        let path = dir.join(id.as_str());
+        let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            std::fs::create_dir_all(&dir)?;
+            let done = crate::pki::write_atomic(&path, &bytes, 0o600)
+                .map_err(|e| std::io::Error::other(e.to_string()));
+            if done.is_err() {
+                // Nothing half-written stays behind.
+                let _ = std::fs::remove_file(path.with_extension("tmp"));
+            }
+            done
+        })
+        .await
+        .map_err(|e| ServiceError::Internal(e.to_string()))
+        .and_then(|r| r.map_err(|e| ServiceError::Unavailable(format!("writing the file: {e}"))));
+        if let Err(e) = written {
+            if let Err(d) = self.store.drop_blob(&id).await {
+                tracing::warn!(blob = %id, error = %d, "could not forget an unwritten file");
+            }
+            return Err(e);
+        }
         metrics::counter!("redoubt_blob_bytes_total").increment(size);
         Ok(BlobStored {
             blob_id: id,
@@ -722,11 +779,24 @@ impl App {
         })
     }
 
-    /// `GET /messenger/blobs/{id}`.
-    pub async fn load_blob(&self, id: &BlobId) -> Result<Vec<u8>, ServiceError> {
-        if self.store.get_blob(id, Timestamp::now()).await?.is_none() {
+    /// `GET /messenger/groups/{id}/blobs/{blob}`: a file of a conversation, for its
+    /// current members only. A file that does not exist, has expired or belongs to
+    /// another conversation, and a device that is not (or no longer) a member, all get
+    /// the same 404.
+    pub async fn load_blob(
+        &self,
+        s: &DeviceSession,
+        group: &GroupId,
+        id: &BlobId,
+    ) -> Result<Vec<u8>, ServiceError> {
+        if self
+            .store
+            .member_blob(id, group, &s.device, Timestamp::now())
+            .await?
+            .is_none()
+        {
             return Err(ServiceError::NotFound(format!(
-                "no file {id} (it may have expired)"
+                "no file {id} in a conversation {group} that this device is a member of (it may have expired)"
             )));
         }
         let path = blob_dir(&self.config.data).join(id.as_str());

@@ -27,8 +27,8 @@ pub use audit::{AuditDraft, AuditFilter, HeadSigner};
 pub use commands::{CommandRecord, NewCommand};
 pub use devices::{BundleRequest, DeviceRecord, IssuedBundle, NewDevice, ReportOutcome};
 pub use messaging::{
-    BlobRecord, ClaimedRecord, CommitBase, CommitInput, CommitOutcome, GroupRecord, MessageOutcome,
-    QueuedGroup,
+    BlobRecord, ClaimedRecord, CommitBase, CommitInput, CommitOutcome, GroupRecord,
+    HANDOUT_WINDOW_SECS, MessageOutcome, QueuedGroup,
 };
 pub use modes::ModeRecord;
 pub use tokens::{AdminRecord, EnrollRefusal};
@@ -46,6 +46,18 @@ pub enum StoreError {
     /// The caller may not do this to this thing.
     #[error("{0}")]
     Forbidden(String),
+    /// A device's live files would exceed its storage quota.
+    #[error(
+        "the device stores {used} bytes of files; with {size} more it would exceed its quota of {limit} bytes"
+    )]
+    QuotaExceeded {
+        /// Bytes of live files the device stores now.
+        used: u64,
+        /// Size of the refused file.
+        size: u64,
+        /// The quota.
+        limit: u64,
+    },
     /// An enrollment token was refused.
     #[error("enrollment refused: {0:?}")]
     Enroll(EnrollRefusal),
@@ -81,6 +93,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         6,
         "credentials",
         include_str!("../migrations/0006_credentials.sql"),
+    ),
+    (
+        7,
+        "blob_owners",
+        include_str!("../migrations/0007_blob_owners.sql"),
     ),
 ];
 

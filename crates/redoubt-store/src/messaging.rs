@@ -7,6 +7,9 @@ use sqlx::{Row, Sqlite, Transaction};
 
 use crate::{Result, Store, StoreError, parse};
 
+/// The window over which a device's one-time KeyPackage handouts are counted.
+pub const HANDOUT_WINDOW_SECS: i64 = 3600;
+
 /// A group as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupRecord {
@@ -107,6 +110,9 @@ pub struct ClaimedRecord {
     pub data: Vec<u8>,
     /// Whether it is the (kept) last-resort one.
     pub last_resort: bool,
+    /// Whether the device had handed out its share of one-time KeyPackages for the
+    /// window, so the last-resort one was handed out (or nothing, without one).
+    pub throttled: bool,
     /// One-time KeyPackages the device has left.
     pub remaining: u64,
 }
@@ -127,6 +133,8 @@ pub struct QueuedGroup {
 pub struct BlobRecord {
     /// Id.
     pub id: BlobId,
+    /// The conversation it was uploaded into.
+    pub group_id: GroupId,
     /// Size in bytes.
     pub size: u64,
     /// Expiry.
@@ -314,16 +322,26 @@ impl Store {
     /// Hands out one KeyPackage for each live device of each person (the claimer's own
     /// device excluded), atomically: a one-time KeyPackage is deleted as it is handed
     /// out, so it goes to exactly one claimer; the last-resort one is handed out when
-    /// nothing else is left, and kept.
+    /// nothing else is left, and kept. A person or device named twice gets one
+    /// KeyPackage. Each device hands out at most `per_window` one-time KeyPackages per
+    /// [`HANDOUT_WINDOW_SECS`] to all claimers together; past that it hands out its
+    /// last-resort one (`throttled`), so no claimer can drain a person's stock.
     pub async fn claim_key_packages(
         &self,
         claimer: &DeviceId,
         users: &[UserName],
+        per_window: u64,
+        now: Timestamp,
     ) -> Result<(Vec<ClaimedRecord>, Vec<Unclaimable>)> {
         let mut tx = self.write_tx().await?;
         let mut claimed = Vec::new();
         let mut missing = Vec::new();
+        let mut seen_users = std::collections::HashSet::new();
+        let mut seen_devices = std::collections::HashSet::new();
         for user in users {
+            if !seen_users.insert(user) {
+                continue;
+            }
             let devices: Vec<String> = sqlx::query_scalar(
                 "SELECT id FROM devices WHERE user_name = ? AND revoked_at IS NULL ORDER BY enrolled_at, id",
             )
@@ -339,18 +357,32 @@ impl Store {
             }
             for id in devices {
                 let device: DeviceId = parse("device id", &id)?;
-                if &device == claimer {
+                if &device == claimer || !seen_devices.insert(device.clone()) {
                     continue;
                 }
-                let one_time = sqlx::query(
-                    "DELETE FROM key_packages WHERE id = (SELECT id FROM key_packages WHERE device_id = ? AND last_resort = 0
-                     ORDER BY id LIMIT 1) RETURNING data",
-                )
-                .bind(device.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
+                let throttled = handouts_in_window(&mut tx, &device, now).await? >= per_window;
+                let one_time = if throttled {
+                    None
+                } else {
+                    sqlx::query(
+                        "DELETE FROM key_packages WHERE id = (SELECT id FROM key_packages WHERE device_id = ? AND last_resort = 0
+                         ORDER BY id LIMIT 1) RETURNING data",
+                    )
+                    .bind(device.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?
+                };
                 let (data, last_resort) = match one_time {
-                    Some(row) => (row.try_get::<Vec<u8>, _>("data")?, false),
+                    Some(row) => {
+                        sqlx::query(
+                            "INSERT INTO key_package_handouts (device_id, handed_at) VALUES (?, ?)",
+                        )
+                        .bind(device.as_str())
+                        .bind(now.unix())
+                        .execute(&mut *tx)
+                        .await?;
+                        (row.try_get::<Vec<u8>, _>("data")?, false)
+                    }
                     None => {
                         let lr: Option<Vec<u8>> = sqlx::query_scalar(
                             "SELECT data FROM key_packages WHERE device_id = ? AND last_resort = 1",
@@ -361,12 +393,15 @@ impl Store {
                         match lr {
                             Some(d) => (d, true),
                             None => {
+                                let reason = if throttled {
+                                    "the device handed out its hourly share of KeyPackages and has no last-resort one; try again later"
+                                } else {
+                                    "the device has no KeyPackage (its messenger never started)"
+                                };
                                 missing.push(Unclaimable {
                                     user: user.clone(),
                                     device_id: Some(device),
-                                    reason:
-                                        "the device has no KeyPackage (its messenger never started)"
-                                            .into(),
+                                    reason: reason.into(),
                                 });
                                 continue;
                             }
@@ -379,6 +414,7 @@ impl Store {
                     user: user.clone(),
                     data,
                     last_resort,
+                    throttled,
                     remaining,
                 });
             }
@@ -889,20 +925,53 @@ impl Store {
         rows.iter().map(|s| parse("device id", s)).collect()
     }
 
-    /// Records an uploaded blob (its bytes are already on disk).
-    pub async fn insert_blob(
+    /// Records a file about to be uploaded into conversation `group`, before its bytes
+    /// are written, in one transaction that checks that `uploader` is a current member
+    /// of the group ([`StoreError::NotFound`] otherwise, as for a group that does not
+    /// exist) and that its live (not expired) files plus this one stay within `quota`
+    /// bytes ([`StoreError::QuotaExceeded`]). The caller writes the bytes next and calls
+    /// [`Store::drop_blob`] if it cannot.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn reserve_blob(
         &self,
         id: &BlobId,
+        group: &GroupId,
         uploader: &DeviceId,
         size: u64,
+        quota: u64,
         now: Timestamp,
         expires_at: Timestamp,
     ) -> Result<()> {
         let mut tx = self.write_tx().await?;
+        let member: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM group_members WHERE group_id = ? AND device_id = ?")
+                .bind(group.as_str())
+                .bind(uploader.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+        if member.is_none() {
+            return Err(StoreError::NotFound(format!("conversation {group}")));
+        }
+        let used: i64 = sqlx::query_scalar(
+            "SELECT coalesce(sum(size), 0) FROM blobs WHERE uploader = ? AND expires_at > ?",
+        )
+        .bind(uploader.as_str())
+        .bind(now.unix())
+        .fetch_one(&mut *tx)
+        .await?;
+        let used = used.max(0) as u64;
+        if used.saturating_add(size) > quota {
+            return Err(StoreError::QuotaExceeded {
+                used,
+                size,
+                limit: quota,
+            });
+        }
         sqlx::query(
-            "INSERT INTO blobs (id, uploader, size, created_at, expires_at) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO blobs (id, group_id, uploader, size, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
         )
         .bind(id.as_str())
+        .bind(group.as_str())
         .bind(uploader.as_str())
         .bind(size as i64)
         .bind(now.unix())
@@ -926,16 +995,43 @@ impl Store {
         .is_some())
     }
 
-    /// A blob that has not expired.
-    pub async fn get_blob(&self, id: &BlobId, now: Timestamp) -> Result<Option<BlobRecord>> {
-        let row = sqlx::query("SELECT size, expires_at FROM blobs WHERE id = ? AND expires_at > ?")
+    /// Forgets a reserved file whose bytes could not be written.
+    pub async fn drop_blob(&self, id: &BlobId) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        sqlx::query("DELETE FROM blobs WHERE id = ?")
             .bind(id.as_str())
-            .bind(now.unix())
-            .fetch_optional(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A file of conversation `group` that has not expired, if `device` is a current
+    /// member of that conversation: `None` alike for a file that does not exist, has
+    /// expired, belongs to another conversation, or a device that is not (or no
+    /// longer) a member.
+    pub async fn member_blob(
+        &self,
+        id: &BlobId,
+        group: &GroupId,
+        device: &DeviceId,
+        now: Timestamp,
+    ) -> Result<Option<BlobRecord>> {
+        let row = sqlx::query(
+            "SELECT b.size, b.expires_at FROM blobs b
+             JOIN group_members m ON m.group_id = b.group_id AND m.device_id = ?
+             WHERE b.id = ? AND b.group_id = ? AND b.expires_at > ?",
+        )
+        .bind(device.as_str())
+        .bind(id.as_str())
+        .bind(group.as_str())
+        .bind(now.unix())
+        .fetch_optional(&self.pool)
+        .await?;
         row.map(|r| {
             Ok(BlobRecord {
                 id: id.clone(),
+                group_id: group.clone(),
                 size: r.try_get::<i64, _>("size")? as u64,
                 expires_at: Timestamp(r.try_get("expires_at")?),
             })
@@ -953,6 +1049,26 @@ impl Store {
                 .await?;
         rows.iter().map(|s| parse("blob id", s)).collect()
     }
+}
+
+/// One-time KeyPackages `device` handed out in the window ending at `now`; older
+/// handouts are forgotten here.
+async fn handouts_in_window(
+    tx: &mut Transaction<'_, Sqlite>,
+    device: &DeviceId,
+    now: Timestamp,
+) -> Result<u64> {
+    sqlx::query("DELETE FROM key_package_handouts WHERE device_id = ? AND handed_at <= ?")
+        .bind(device.as_str())
+        .bind(now.plus_secs(-HANDOUT_WINDOW_SECS).unix())
+        .execute(&mut **tx)
+        .await?;
+    let n: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM key_package_handouts WHERE device_id = ?")
+            .bind(device.as_str())
+            .fetch_one(&mut **tx)
+            .await?;
+    Ok(n as u64)
 }
 
 async fn one_time_stock(tx: &mut Transaction<'_, Sqlite>, device: &DeviceId) -> Result<u64> {

@@ -1,15 +1,19 @@
 //! The delivery service's contract on the embedded SQLite backend: KeyPackages are
 //! handed out exactly once (the last-resort one kept), one commit per epoch wins, a
 //! Welcome is queued only with its accepted commit, queues are ordered and survive
-//! reopening, acknowledged items leave, sends are deduplicated.
+//! reopening, acknowledged items leave, sends are deduplicated; a claim hands out one
+//! KeyPackage per device and a device at most its hourly share of one-time ones; files
+//! belong to a conversation and count against their uploader's quota until they expire.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
-use common::{NOW, issue, open, sign};
+use common::{NOW, issue, open, sign, tamper};
 use redoubt_proto::messaging::ItemKind;
-use redoubt_proto::{DeviceId, GroupId, HardwareKind, ModeName, UserName};
-use redoubt_store::{CommitInput, CommitOutcome, NewDevice, Store};
+use redoubt_proto::{BlobId, DeviceId, GroupId, HardwareKind, ModeName, UserName};
+use redoubt_store::{
+    CommitInput, CommitOutcome, HANDOUT_WINDOW_SECS, NewDevice, Store, StoreError,
+};
 
 async fn enroll(store: &Store, n: u8, user: &str) -> DeviceId {
     let hash = [n; 32];
@@ -90,7 +94,10 @@ async fn key_packages_are_handed_out_once_and_the_last_resort_is_kept() {
     let users = ["bob".parse().unwrap()];
     let mut got = Vec::new();
     for _ in 0..4 {
-        let (claimed, missing) = store.claim_key_packages(&alice, &users).await.unwrap();
+        let (claimed, missing) = store
+            .claim_key_packages(&alice, &users, 50, NOW)
+            .await
+            .unwrap();
         assert!(missing.is_empty());
         got.push((claimed[0].data.clone(), claimed[0].last_resort));
     }
@@ -112,11 +119,293 @@ async fn key_packages_are_handed_out_once_and_the_last_resort_is_kept() {
     );
     // A person without KeyPackages is reported, not silently skipped.
     let (claimed, missing) = store
-        .claim_key_packages(&bob, &["alice".parse().unwrap()])
+        .claim_key_packages(&bob, &["alice".parse().unwrap()], 50, NOW)
         .await
         .unwrap();
     assert!(claimed.is_empty());
     assert_eq!(missing[0].device_id.as_ref(), Some(&alice));
+}
+
+/// `(data, last_resort, throttled)` of what `claimer` gets for `users` at `now`, with a
+/// limit of three one-time KeyPackages per device per window.
+async fn claim(
+    store: &Store,
+    claimer: &DeviceId,
+    users: &[&str],
+    now: redoubt_proto::Timestamp,
+) -> Vec<(Vec<u8>, bool, bool)> {
+    let users: Vec<UserName> = users.iter().map(|u| u.parse().unwrap()).collect();
+    let (claimed, missing) = store
+        .claim_key_packages(claimer, &users, 3, now)
+        .await
+        .unwrap();
+    assert!(missing.is_empty(), "{missing:?}");
+    claimed
+        .into_iter()
+        .map(|c| (c.data, c.last_resort, c.throttled))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_device_hands_out_its_hourly_share_of_one_time_key_packages_then_its_last_resort() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let alice = enroll(&store, 1, "alice").await;
+    let bob = enroll(&store, 2, "bob").await;
+    let mallory = enroll(&store, 3, "mallory").await;
+    let kps: Vec<Vec<u8>> = (0..10).map(|i| format!("kp{i}").into_bytes()).collect();
+    store
+        .upload_key_packages(&bob, &kps, Some(b"last"), 100, NOW)
+        .await
+        .unwrap();
+    let one_time = |i: usize| (format!("kp{i}").into_bytes(), false, false);
+    let last = (b"last".to_vec(), true, true);
+    // Mallory claims Bob over and over: three one-time KeyPackages, then the last-resort
+    // one; the limit counts every claimer together, so Alice gets the last-resort too.
+    let mut got = Vec::new();
+    for _ in 0..5 {
+        got.extend(claim(&store, &mallory, &["bob"], NOW.plus_secs(10)).await);
+    }
+    assert_eq!(
+        got,
+        vec![
+            one_time(0),
+            one_time(1),
+            one_time(2),
+            last.clone(),
+            last.clone()
+        ]
+    );
+    assert_eq!(
+        claim(&store, &alice, &["bob"], NOW.plus_secs(20)).await,
+        vec![last.clone()]
+    );
+    // Bob keeps his stock.
+    assert_eq!(store.key_package_stock(&bob).await.unwrap(), (7, true));
+    // Until the hour since the first handout has passed.
+    let hour = NOW.plus_secs(10 + HANDOUT_WINDOW_SECS);
+    assert_eq!(
+        claim(&store, &alice, &["bob"], hour.plus_secs(-1)).await,
+        vec![last]
+    );
+    assert_eq!(
+        claim(&store, &alice, &["bob"], hour).await,
+        vec![one_time(3)]
+    );
+
+    // Without a last-resort KeyPackage, a device past its share is reported missing
+    // (with the reason), not drained.
+    store
+        .upload_key_packages(&alice, &kps, None, 100, NOW)
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        claim(&store, &mallory, &["alice"], NOW).await;
+    }
+    let (claimed, missing) = store
+        .claim_key_packages(&mallory, &["alice".parse().unwrap()], 3, NOW)
+        .await
+        .unwrap();
+    assert!(claimed.is_empty(), "{claimed:?}");
+    assert!(missing[0].reason.contains("hourly share"), "{missing:?}");
+    assert_eq!(store.key_package_stock(&alice).await.unwrap(), (7, false));
+}
+
+#[tokio::test]
+async fn a_claim_hands_out_one_key_package_per_device_however_often_a_person_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let alice = enroll(&store, 1, "alice").await;
+    let bob = enroll(&store, 2, "bob").await;
+    let kps: Vec<Vec<u8>> = (0..10).map(|i| format!("kp{i}").into_bytes()).collect();
+    store
+        .upload_key_packages(&bob, &kps, Some(b"last"), 100, NOW)
+        .await
+        .unwrap();
+    let got = claim(&store, &alice, &["bob", "bob", "bob"], NOW).await;
+    assert_eq!(got, vec![(b"kp0".to_vec(), false, false)]);
+    assert_eq!(store.key_package_stock(&bob).await.unwrap(), (9, true));
+}
+
+#[tokio::test]
+async fn files_belong_to_a_conversation_and_count_against_a_quota_until_they_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let a = enroll(&store, 1, "alice").await;
+    let b = enroll(&store, 2, "bob").await;
+    let e = enroll(&store, 3, "eve").await;
+    let g = GroupId::from_random([7; 16]);
+    let other = GroupId::from_random([8; 16]);
+    store
+        .create_group(&g, None, &a, b"state-0", b"info-0", NOW)
+        .await
+        .unwrap();
+    store
+        .create_group(&other, None, &e, b"state-0", b"info-0", NOW)
+        .await
+        .unwrap();
+    let ab = [a.clone(), b.clone()];
+    store
+        .accept_commit(commit(&g, &a, 0, b"c0", &ab, std::slice::from_ref(&b)))
+        .await
+        .unwrap();
+    let blob = |n: u8| BlobId::from_random([n; 16]);
+    let expires = NOW.plus_secs(100);
+    // Eve is not a member: refused as if the conversation did not exist.
+    let err = store
+        .reserve_blob(&blob(1), &g, &e, 10, 1000, NOW, expires)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+    store
+        .reserve_blob(&blob(2), &g, &a, 600, 1000, NOW, expires)
+        .await
+        .unwrap();
+    // Members get it; Eve, a member of another conversation, does not, by either id.
+    let got = store.member_blob(&blob(2), &g, &b, NOW).await.unwrap();
+    assert_eq!(got.map(|r| (r.size, r.group_id)), Some((600, g.clone())));
+    assert!(
+        store
+            .member_blob(&blob(2), &g, &e, NOW)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .member_blob(&blob(2), &other, &e, NOW)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Alice's quota: 600 of 1000 bytes used, so 500 more are refused with the figures.
+    let err = store
+        .reserve_blob(&blob(3), &g, &a, 500, 1000, NOW, expires)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::QuotaExceeded {
+                used: 600,
+                size: 500,
+                limit: 1000
+            }
+        ),
+        "{err}"
+    );
+    // Bob's quota is his own.
+    store
+        .reserve_blob(&blob(4), &g, &b, 1000, 1000, NOW, expires)
+        .await
+        .unwrap();
+    // A file whose bytes could not be written frees its space at once.
+    store
+        .reserve_blob(&blob(5), &g, &a, 400, 1000, NOW, expires)
+        .await
+        .unwrap();
+    store.drop_blob(&blob(5)).await.unwrap();
+    store
+        .reserve_blob(&blob(5), &g, &a, 400, 1000, NOW, expires)
+        .await
+        .unwrap();
+    store.drop_blob(&blob(5)).await.unwrap();
+    // Bob, once removed from the conversation, gets nothing.
+    store
+        .accept_commit(commit(&g, &a, 1, b"c1", std::slice::from_ref(&a), &[]))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .member_blob(&blob(2), &g, &b, NOW)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .member_blob(&blob(2), &g, &a, NOW)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    // Expired files no longer count, before and after the sweeper deletes them.
+    store
+        .reserve_blob(
+            &blob(6),
+            &g,
+            &a,
+            1000,
+            1000,
+            expires,
+            expires.plus_secs(100),
+        )
+        .await
+        .unwrap();
+    assert!(
+        store
+            .member_blob(&blob(2), &g, &a, expires)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let mut swept = store.expire_blobs(expires).await.unwrap();
+    swept.sort();
+    assert_eq!(swept, vec![blob(2), blob(4)]);
+}
+
+#[tokio::test]
+async fn files_from_before_conversations_expire_at_the_upgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let a = enroll(&store, 1, "alice").await;
+    let g = GroupId::from_random([7; 16]);
+    store
+        .create_group(&g, None, &a, b"state-0", b"info-0", NOW)
+        .await
+        .unwrap();
+    store.close().await;
+    drop(store);
+    // The database as migration 0006 left it, holding a file that names no group.
+    let old = BlobId::from_random([1; 16]);
+    tamper(
+        dir.path(),
+        &[
+            "DROP INDEX blobs_uploader",
+            "DROP TABLE key_package_handouts",
+            "ALTER TABLE blobs DROP COLUMN group_id",
+            "DELETE FROM _sqlx_migrations WHERE version = 7",
+            &format!(
+                "INSERT INTO blobs (id, uploader, size, created_at, expires_at) VALUES ('{old}', '{a}', 1000, {}, {})",
+                NOW.unix(),
+                NOW.plus_secs(3600).unix()
+            ),
+        ],
+    )
+    .await;
+    let store = Store::open_sqlite(&dir.path().join("t.db")).await.unwrap();
+    // Nobody can fetch it, it no longer counts against the quota, and the sweeper
+    // deletes it.
+    assert!(
+        store
+            .member_blob(&old, &g, &a, NOW)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    store
+        .reserve_blob(
+            &BlobId::from_random([2; 16]),
+            &g,
+            &a,
+            1000,
+            1000,
+            NOW,
+            NOW.plus_secs(60),
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.expire_blobs(NOW).await.unwrap(), vec![old]);
 }
 
 #[tokio::test]

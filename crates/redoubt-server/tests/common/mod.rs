@@ -503,3 +503,37 @@ pub fn files_containing(dir: &Path, needle: &str) -> Vec<String> {
     }
     hits
 }
+
+/// A device-session call's outcome as `(status, body)`: 200 and the answer, or the
+/// API error's status with `{"code", "message"}` (any other failure panics).
+pub fn answer<T: serde::Serialize>(r: Result<T, redoubt_client::ClientError>) -> (u16, Value) {
+    match r {
+        Ok(v) => (200, serde_json::to_value(v).unwrap()),
+        Err(redoubt_client::ClientError::Api {
+            status,
+            code,
+            message,
+            ..
+        }) => (
+            status,
+            serde_json::json!({"code": code, "message": message}),
+        ),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// The value of a metric series (name with its labels, as exposed) on `/metrics`,
+/// read with the owner token; 0 when it is not exposed yet.
+pub fn metric(server: &Server, series: &str) -> f64 {
+    let (status, body) = Http::new(server).send("GET", "/metrics", Some(&server.owner_token), None);
+    assert_eq!(status, 200, "{body}");
+    body.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
+}
