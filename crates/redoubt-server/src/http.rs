@@ -49,6 +49,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/devices", get(list_devices))
         .route("/devices/{id}", get(show_device))
         .route("/devices/{id}/mode", put(set_mode))
+        .route("/devices/{id}/approve", post(approve_device))
         .route("/modes", get(list_modes))
         .route("/modes/{name}", get(show_mode).put(put_mode))
         .route("/admin-tokens", get(list_admin_tokens))
@@ -426,6 +427,16 @@ async fn set_mode(
     Ok(Json(
         s.app.set_mode(&Who::admin(&admin), &id, &req.mode).await?,
     ))
+}
+
+async fn approve_device(
+    State(s): State<HttpState>,
+    admin: Admin,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ServiceError> {
+    admin.require(Role::Owner, "approve devices")?;
+    let id: DeviceId = parse_path(&id)?;
+    Ok(Json(s.app.approve_device(&Who::admin(&admin), &id).await?))
 }
 
 async fn list_modes(
