@@ -185,9 +185,11 @@ fn an_additional_device_waits_for_an_owners_approval_and_members_see_it_come_and
     let read = chat(&alice.state, &["read", &gid]);
     let shown = notices(&read);
     assert!(
-        shown.iter().any(|n| n.starts_with("bob: 2 devices in this conversation")
-            && n.contains(&bob1_id)
-            && n.contains(&bob2_id)),
+        shown
+            .iter()
+            .any(|n| n.starts_with("bob: 2 devices in this conversation")
+                && n.contains(&bob1_id)
+                && n.contains(&bob2_id)),
         "{shown:?}"
     );
     assert!(

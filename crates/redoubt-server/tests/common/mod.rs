@@ -437,7 +437,10 @@ impl Http {
                 .unwrap();
             let status = resp.status().as_u16();
             let text = resp.text().await.unwrap();
-            (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+            (
+                status,
+                serde_json::from_str(&text).unwrap_or(Value::String(text)),
+            )
         })
     }
 
@@ -448,8 +451,12 @@ impl Http {
         use ed25519_dalek::pkcs8::DecodePrivateKey as _;
         let pem = std::fs::read_to_string(state.join("device-key.pem")).unwrap();
         let key = ed25519_dalek::SigningKey::from_pkcs8_pem(&pem).unwrap();
-        let (status, challenge) =
-            self.send_auth("POST", "/api/v1/device/challenge", "", &serde_json::json!({}));
+        let (status, challenge) = self.send_auth(
+            "POST",
+            "/api/v1/device/challenge",
+            "",
+            &serde_json::json!({}),
+        );
         assert_eq!(status, 200, "{challenge}");
         let nonce = challenge["nonce"].as_str().unwrap().to_owned();
         let device: redoubt_proto::DeviceId = device_id.parse().unwrap();
