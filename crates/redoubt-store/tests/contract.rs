@@ -308,6 +308,33 @@ async fn a_persons_additional_device_awaits_an_approval_its_enroller_cannot_give
 }
 
 #[tokio::test]
+async fn devices_enrolled_before_approvals_existed_are_approved_by_the_upgrade() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path()).await;
+    enroll_as(&store, 1, "bob", "admin:op").await;
+    let second = enroll_as(&store, 2, "bob", "admin:op").await;
+    assert!(!second.is_approved());
+    store.close().await;
+    // The database as it was before migration 0008.
+    common::tamper(
+        tmp.path(),
+        &[
+            "ALTER TABLE devices DROP COLUMN enrolled_by",
+            "ALTER TABLE devices DROP COLUMN approved_by",
+            "ALTER TABLE devices DROP COLUMN approved_at",
+            "DELETE FROM _sqlx_migrations WHERE version = 8",
+        ],
+    )
+    .await;
+    let store = open(tmp.path()).await;
+    for d in store.list_devices().await.unwrap() {
+        assert!(d.is_approved(), "{d:?}");
+        assert_eq!(d.approved_by.as_deref(), Some("migration"));
+        assert_eq!(d.enrolled_by.as_deref(), Some("admin:op"));
+    }
+}
+
+#[tokio::test]
 async fn bundle_versions_grow_and_presets_are_protected() {
     let tmp = tempfile::tempdir().unwrap();
     let store = open(tmp.path()).await;
