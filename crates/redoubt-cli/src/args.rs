@@ -252,6 +252,13 @@ pub enum DevicesCommand {
         #[arg(value_name = "DEVICE")]
         device: DeviceId,
     },
+    /// Approve a person's additional device (owner only, and not the owner who created
+    /// its enrollment code): until then it cannot join conversations.
+    Approve {
+        /// The device id (dev_ + 24 hex digits).
+        #[arg(value_name = "DEVICE")]
+        device: DeviceId,
+    },
     /// Assign a base mode to a device.
     SetMode {
         /// The device id (dev_ + 24 hex digits).

@@ -19,6 +19,10 @@ fn print_json(v: &serde_json::Value) -> anyhow::Result<()> {
 }
 
 fn message_line(m: &MessageView) -> String {
+    if m.notice {
+        // Not written by anyone: this device noticed a change of people's devices.
+        return format!("{}  * {}", m.sent_at, clean(&m.text));
+    }
     let what = match &m.file {
         Some(f) => format!(
             "[file {} ({} bytes); save-file {} PATH]",
@@ -58,7 +62,7 @@ async fn print_messages(
     json_out: bool,
     after: Option<i64>,
 ) -> anyhow::Result<Option<i64>> {
-    let messages = m.messages(gid, after).await?;
+    let messages = m.history(gid, after).await?;
     let last = messages.last().map(|x| x.local_id).or(after);
     if json_out {
         for msg in &messages {
@@ -143,10 +147,17 @@ pub async fn run(json_out: bool, args: ChatArgs) -> anyhow::Result<()> {
             let conv = m.conversation(&conversation).await?;
             if json_out {
                 let messages = m.messages(&conversation, None).await?;
+                let notices: Vec<MessageView> = m
+                    .history(&conversation, None)
+                    .await?
+                    .into_iter()
+                    .filter(|x| x.notice)
+                    .collect();
                 m.mark_read(&conversation).await?;
                 print_json(&json!({
                     "conversation": conv,
                     "messages": messages,
+                    "notices": notices,
                     "refused": report.refused,
                     "expired_total": report.expired_total,
                 }))
@@ -233,7 +244,7 @@ pub async fn run(json_out: bool, args: ChatArgs) -> anyhow::Result<()> {
 async fn listen(m: &Messenger, json_out: bool) -> anyhow::Result<()> {
     let mut seen: std::collections::BTreeMap<GroupId, Option<i64>> = Default::default();
     for c in m.conversations().await? {
-        let last = m.messages(&c.id, None).await?.last().map(|x| x.local_id);
+        let last = m.history(&c.id, None).await?.last().map(|x| x.local_id);
         seen.insert(c.id, last);
     }
     let stop = tokio::signal::ctrl_c();
@@ -297,6 +308,7 @@ mod tests {
             status: "received".into(),
             delivered_to: 0,
             read_by: 0,
+            notice: false,
         };
         let line = message_line(&m);
         assert!(

@@ -566,6 +566,31 @@ impl App {
 
     fn lines_of(&self, m: &MessageView, width: usize) -> Vec<Line<'static>> {
         let time = short_time(m.sent_at, &self.today);
+        if m.notice {
+            // Nobody wrote it: a change of people's devices, set apart in dim italics.
+            let style = Style::new()
+                .fg(Color::Yellow)
+                .add_modifier(Modifier::ITALIC);
+            let prefix = str_width(&time) + 3;
+            let rest = width.saturating_sub(4).max(1);
+            let first = width.saturating_sub(prefix);
+            let mut rows = wrap(&clean(&m.text), if first >= 10 { first } else { 0 }, rest);
+            let first_row = if rows.is_empty() {
+                String::new()
+            } else {
+                rows.remove(0)
+            };
+            let mut lines = vec![Line::from(vec![
+                Span::styled(time, Style::new().fg(Color::DarkGray)),
+                Span::styled(" * ", style),
+                Span::styled(first_row, style),
+            ])];
+            lines.extend(
+                rows.into_iter()
+                    .map(|r| Line::from(vec![Span::raw("    "), Span::styled(r, style)])),
+            );
+            return lines;
+        }
         let who = format!("{}: ", m.from_user);
         let prefix_width = str_width(&time) + 1 + str_width(&who);
         let (body, body_style) = match &m.file {
@@ -1304,7 +1329,7 @@ async fn load_snapshot(m: &Messenger) -> anyhow::Result<Snapshot> {
     let conversations = m.conversations().await?;
     let mut messages = HashMap::with_capacity(conversations.len());
     for c in &conversations {
-        messages.insert(c.id.clone(), m.messages(&c.id, None).await?);
+        messages.insert(c.id.clone(), m.history(&c.id, None).await?);
     }
     Ok(Snapshot {
         conversations,
@@ -1516,6 +1541,7 @@ mod tests {
             status: if outgoing { "sent" } else { "received" }.to_owned(),
             delivered_to: 0,
             read_by: 0,
+            notice: false,
             local_id,
         }
     }
@@ -1890,6 +1916,33 @@ mod tests {
         }
         // Above the messages and in the status line.
         assert_eq!(screen.matches("2 message(s) held by the server").count(), 2);
+    }
+
+    #[test]
+    fn device_notices_are_set_apart_from_what_people_wrote() {
+        let mut app = app();
+        let mut snapshot = Snapshot {
+            conversations: app.conversations.clone(),
+            messages: app.messages.clone(),
+        };
+        let mut notice = message(
+            3,
+            "bob",
+            "bob added a device (dev_x) to this conversation: now 2 devices",
+            false,
+        );
+        notice.notice = true;
+        notice.status = "read".into();
+        snapshot.messages.entry(gid(1)).or_default().push(notice);
+        app.set_snapshot(snapshot);
+        let screen = screen(&app, 160, 20);
+        assert!(
+            screen
+                .contains("22:16 * bob added a device (dev_x) to this conversation: now 2 devices"),
+            "{screen}"
+        );
+        assert!(!screen.contains("bob: bob added"), "{screen}");
+        assert_eq!(app.unread(&gid(1)), 1, "a notice is never unread");
     }
 
     #[test]

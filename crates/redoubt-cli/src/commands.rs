@@ -40,6 +40,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let view: Answer<DeviceView> = Api::new(g)?.get(&device_path(&device)).await?;
             view.print(g, |d| output::device(d, Timestamp::now()))
         }
+        Command::Devices(DevicesCommand::Approve { device }) => {
+            let path = format!("{}/approve", device_path(&device));
+            let view: Answer<DeviceView> = Api::new(g)?.post(&path, &serde_json::json!({})).await?;
+            view.print(g, |d| {
+                format!(
+                    "approved {} of {}\n\n{}",
+                    d.id,
+                    d.user,
+                    output::device(d, Timestamp::now())
+                )
+            })
+        }
         Command::Devices(DevicesCommand::Lock(a)) => send_command(g, &a, DeviceAction::Lock).await,
         Command::Devices(DevicesCommand::Unlock(a)) => {
             send_command(g, &a, DeviceAction::Unlock).await

@@ -7,7 +7,9 @@ use std::io::Write as _;
 
 use anyhow::Context as _;
 
-use redoubt_proto::api::{CommandView, DeviceView, EnrollmentCreated, ModeView, WhoAmI, ZoneView};
+use redoubt_proto::api::{
+    Approval, CommandView, DeviceView, EnrollmentCreated, ModeView, WhoAmI, ZoneView,
+};
 use redoubt_proto::{Capability, Rule, Timestamp};
 
 /// Writes `text` to stdout. A reader that went away (`redoubt devices list | head`)
@@ -144,6 +146,7 @@ pub fn device_table(devices: &[DeviceView], now: Timestamp) -> String {
         "ASSIGNED",
         "COMPLIANCE",
         "LAST REPORT",
+        "APPROVAL",
     ]);
     for d in devices {
         table.row([
@@ -154,9 +157,30 @@ pub fn device_table(devices: &[DeviceView], now: Timestamp) -> String {
             d.compliance.to_string(),
             d.last_report_at
                 .map_or_else(|| "never".into(), |t| relative(t, now)),
+            match d.approval {
+                Approval::Approved => "approved".into(),
+                Approval::Pending => "PENDING".into(),
+            },
         ]);
     }
     table.render()
+}
+
+/// A device's approval state, with who and when, or what is awaited.
+fn approval(d: &DeviceView, now: Timestamp) -> String {
+    match d.approval {
+        Approval::Pending => format!(
+            "PENDING: awaiting an owner's approval (redoubt devices approve {})",
+            d.id
+        ),
+        Approval::Approved => {
+            let by = d.approved_by.as_deref().unwrap_or("unknown");
+            match d.approved_at {
+                Some(t) => format!("approved by {by}, {}", when(t, now)),
+                None => format!("approved by {by}"),
+            }
+        }
+    }
 }
 
 /// Every field of one device, capabilities one per line.
@@ -204,6 +228,7 @@ pub fn device(d: &DeviceView, now: Timestamp) -> String {
             "revoked",
             d.revoked_at.map_or_else(|| "no".into(), |t| when(t, now)),
         ),
+        ("approval", approval(d, now)),
         ("compliance", d.compliance.to_string()),
         ("hardware", d.hardware.to_string()),
         ("connected", if d.connected { "yes" } else { "no" }.into()),
@@ -527,6 +552,10 @@ mod tests {
             zones: vec!["lab".parse().expect("zone")],
             locked_by: None,
             revoked_at: None,
+            approval: Approval::Approved,
+            approved_by: Some("first-device".into()),
+            approved_at: Some(Timestamp(NOW.0 - 3 * 86_400)),
+            enrolled_by: Some("admin:op".into()),
         }
     }
 
@@ -538,11 +567,12 @@ mod tests {
         pending.mode = "standard".into();
         pending.compliance = Compliance::Pending;
         pending.last_report_at = None;
+        pending.approval = Approval::Pending;
         check(
             &device_table(&[device_view(), pending], NOW),
-            "ID                            USER   MODE         ASSIGNED  COMPLIANCE     LAST REPORT\n\
-             dev_0123456789abcdef01234567  alice  secure-site  standard  non_compliant  2m ago\n\
-             dev_ffffffffffffffffffffffff  bob    standard     standard  pending        never\n",
+            "ID                            USER   MODE         ASSIGNED  COMPLIANCE     LAST REPORT  APPROVAL\n\
+             dev_0123456789abcdef01234567  alice  secure-site  standard  non_compliant  2m ago       approved\n\
+             dev_ffffffffffffffffffffffff  bob    standard     standard  pending        never        PENDING\n",
         );
         check(&device_table(&[], NOW), "no devices enrolled\n");
     }
@@ -559,6 +589,7 @@ mod tests {
              zones:          lab\n\
              locked:         no\n\
              revoked:        no\n\
+             approval:       approved by first-device, 2026-09-18T14:13:20Z (3d ago)\n\
              compliance:     non_compliant\n\
              hardware:       sim (SIMULATED)\n\
              connected:      yes\n\
@@ -573,6 +604,21 @@ mod tests {
              capabilities:\n  \
              camera         on\n  \
              cellular_data  off\n",
+        );
+    }
+
+    #[test]
+    fn a_pending_device_says_what_it_awaits() {
+        let mut d = device_view();
+        d.approval = Approval::Pending;
+        d.approved_by = None;
+        d.approved_at = None;
+        let out = device(&d, NOW);
+        assert!(
+            out.contains(
+                "approval:       PENDING: awaiting an owner's approval (redoubt devices approve dev_0123456789abcdef01234567)\n"
+            ),
+            "{out}"
         );
     }
 

@@ -246,7 +246,11 @@ fn device_json(assigned: &str) -> Value {
         "last_report_seq": 9,
         "hardware": "sim",
         "connected": true,
-        "enrolled_at": "2025-12-01T00:00:00Z"
+        "enrolled_at": "2025-12-01T00:00:00Z",
+        "approval": "approved",
+        "approved_by": "admin:boss",
+        "approved_at": "2025-12-01T00:10:00Z",
+        "enrolled_by": "admin:op"
     })
 }
 
@@ -442,6 +446,12 @@ fn write_commands_send_validated_bodies() {
             200,
             mode_json("night", false).to_string(),
         ),
+        (
+            "POST",
+            format!("/api/v1/devices/{DEVICE}/approve"),
+            200,
+            device_json("standard").to_string(),
+        ),
     ]);
     let env = server.env();
     let out = redoubt(&["devices", "set-mode", DEVICE, "secure-site"], &env)
@@ -455,8 +465,24 @@ fn write_commands_send_validated_bodies() {
         .succeeds()
         .to_owned();
     assert!(out.contains("applied f.toml as mode night"), "{out}");
+    let out = redoubt(&["devices", "approve", DEVICE], &env)
+        .succeeds()
+        .to_owned();
+    assert!(
+        out.contains(&format!("approved {DEVICE} of alice")),
+        "{out}"
+    );
+    assert!(
+        out.contains("approval:       approved by admin:boss"),
+        "{out}"
+    );
 
     let requests = server.requests();
+    assert_eq!(requests[2].method, "POST");
+    assert_eq!(
+        requests[2].path,
+        format!("/api/v1/devices/{DEVICE}/approve")
+    );
     assert_eq!(requests[0].body, r#"{"mode":"secure-site"}"#);
     let mode: Value = serde_json::from_str(&requests[1].body).expect("json body");
     assert_eq!(mode["description"], "Guards on the night shift");

@@ -100,6 +100,10 @@ pub struct MessageView {
     pub delivered_to: u64,
     /// Devices that read it (outgoing only).
     pub read_by: u64,
+    /// Written by this device, not by a person: a change of a person's devices in the
+    /// conversation (`from_user` is that person, `from_device` the device concerned).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub notice: bool,
     #[serde(skip)]
     /// Local order.
     pub local_id: i64,
@@ -192,6 +196,141 @@ fn is_unreachable(e: &anyhow::Error) -> bool {
 fn is_code(e: &anyhow::Error, code: &str) -> bool {
     e.downcast_ref::<ClientError>()
         .is_some_and(|c| c.code() == Some(code))
+}
+
+/// Each person's devices in a group.
+type Roster = BTreeMap<UserName, BTreeSet<DeviceId>>;
+
+fn roster(group: &MlsGroup) -> Roster {
+    let mut r = Roster::new();
+    for (_, c) in member_devices(group) {
+        r.entry(c.user).or_default().insert(c.device_id);
+    }
+    r
+}
+
+fn device_list(devices: &BTreeSet<DeviceId>) -> String {
+    devices
+        .iter()
+        .map(DeviceId::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn count_devices(n: usize) -> String {
+    if n == 1 {
+        "1 device".into()
+    } else {
+        format!("{n} devices")
+    }
+}
+
+/// What members are shown when people's devices in a conversation change: from no
+/// roster (`before` = `None`: this device just joined or created it) one line per
+/// person; otherwise one per device gained or lost (a person who joins or leaves with
+/// all their devices gets one line). Each is `(person, device concerned, text)`.
+fn roster_notices(before: Option<&Roster>, after: &Roster) -> Vec<(UserName, DeviceId, String)> {
+    let mut out = Vec::new();
+    let Some(before) = before else {
+        for (user, devices) in after {
+            if let Some(first) = devices.first() {
+                out.push((
+                    user.clone(),
+                    first.clone(),
+                    format!(
+                        "{user}: {} in this conversation ({})",
+                        count_devices(devices.len()),
+                        device_list(devices)
+                    ),
+                ));
+            }
+        }
+        return out;
+    };
+    let empty = BTreeSet::new();
+    let users: BTreeSet<&UserName> = before.keys().chain(after.keys()).collect();
+    for user in users {
+        let was = before.get(user).unwrap_or(&empty);
+        let now = after.get(user).unwrap_or(&empty);
+        let gained: BTreeSet<DeviceId> = now.difference(was).cloned().collect();
+        let lost: BTreeSet<DeviceId> = was.difference(now).cloned().collect();
+        if was.is_empty() {
+            if let Some(first) = gained.first() {
+                out.push((
+                    user.clone(),
+                    first.clone(),
+                    format!(
+                        "{user} joined this conversation with {} ({})",
+                        count_devices(gained.len()),
+                        device_list(&gained)
+                    ),
+                ));
+            }
+            continue;
+        }
+        if now.is_empty() {
+            if let Some(first) = lost.first() {
+                out.push((
+                    user.clone(),
+                    first.clone(),
+                    format!(
+                        "{user} left this conversation (their {} {} left)",
+                        count_devices(lost.len()),
+                        device_list(&lost)
+                    ),
+                ));
+            }
+            continue;
+        }
+        for d in &gained {
+            out.push((
+                user.clone(),
+                d.clone(),
+                format!(
+                    "{user} added a device ({d}) to this conversation: now {}",
+                    count_devices(now.len())
+                ),
+            ));
+        }
+        for d in &lost {
+            out.push((
+                user.clone(),
+                d.clone(),
+                format!(
+                    "{user}'s device {d} left this conversation: now {}",
+                    count_devices(now.len())
+                ),
+            ));
+        }
+    }
+    out
+}
+
+/// Stores the notices of a roster change in the conversation's history, inside the
+/// transaction of the MLS change that caused it.
+async fn record_roster_change(
+    tx: &mut Tx<'_>,
+    gid: &GroupId,
+    before: Option<&Roster>,
+    after: &Roster,
+) -> Result<()> {
+    let now = Timestamp::now();
+    for (user, device, text) in roster_notices(before, after) {
+        sqlx::query(
+            "INSERT INTO messages (group_id, id, from_user, from_device, kind, text, file, sent_at, received_at, outgoing, status)
+             VALUES (?, ?, ?, ?, 'notice', ?, NULL, ?, ?, 0, 'read')",
+        )
+        .bind(gid.as_str())
+        .bind(format!("notice-{}", new_message_id()))
+        .bind(user.as_str())
+        .bind(device.as_str())
+        .bind(text)
+        .bind(now.unix())
+        .bind(now.unix())
+        .execute(tx.conn())
+        .await?;
+    }
+    Ok(())
 }
 
 /// The device ids of a group's members.
@@ -474,9 +613,18 @@ impl Messenger {
         let provider = Provider::new(tx.state());
         if let Some(mut group) = MlsGroup::load(tx.state(), &mls_group_id(gid))? {
             match &outcome {
-                Ok(()) => group
-                    .merge_pending_commit(&provider)
-                    .map_err(|e| anyhow!("merging the commit: {e:?}"))?,
+                Ok(()) => {
+                    // The first commit of a group this device created (epoch 0, only
+                    // this device) brings its members: shown as the initial roster.
+                    let before = (group.epoch().as_u64() > 0).then(|| roster(&group));
+                    group
+                        .merge_pending_commit(&provider)
+                        .map_err(|e| anyhow!("merging the commit: {e:?}"))?;
+                    if group.is_active() {
+                        record_roster_change(&mut tx, gid, before.as_ref(), &roster(&group))
+                            .await?;
+                    }
+                }
                 Err(_) => group
                     .clear_pending_commit(tx.state())
                     .map_err(|e| anyhow!("discarding the commit: {e:?}"))?,
@@ -1200,6 +1348,7 @@ impl Messenger {
             .execute(tx.conn())
             .await?;
         }
+        record_roster_change(tx, &gid, None, &roster(&group)).await?;
         tracing::info!(group = %gid, "joined a conversation");
         Ok(())
     }
@@ -1277,9 +1426,14 @@ impl Messenger {
                         .map_err(|e| anyhow!("commit refused: {e}"))?;
                 }
                 let self_removed = staged.self_removed();
+                let before = roster(&group);
                 group
                     .merge_staged_commit(&provider, *staged)
                     .map_err(|e| anyhow!("merging: {e:?}"))?;
+                if !self_removed {
+                    record_roster_change(tx, &item.group_id, Some(&before), &roster(&group))
+                        .await?;
+                }
                 if self_removed {
                     sqlx::query("UPDATE conversations SET status = 'removed' WHERE group_id = ?")
                         .bind(item.group_id.as_str())
@@ -1518,17 +1672,34 @@ impl Messenger {
             .ok_or_else(|| anyhow!("no conversation {gid} on this device"))
     }
 
-    /// Messages of a conversation, in the order this device learned of them, after
-    /// `after` (a local id) when given.
+    /// Messages people wrote in a conversation, in the order this device learned of
+    /// them, after `after` (a local id) when given.
     pub async fn messages(&self, gid: &GroupId, after: Option<i64>) -> Result<Vec<MessageView>> {
+        self.entries(gid, after, false).await
+    }
+
+    /// The conversation's history as shown to the person: the messages and, in their
+    /// place, the notices of people's devices joining or leaving it (`notice`).
+    pub async fn history(&self, gid: &GroupId, after: Option<i64>) -> Result<Vec<MessageView>> {
+        self.entries(gid, after, true).await
+    }
+
+    async fn entries(
+        &self,
+        gid: &GroupId,
+        after: Option<i64>,
+        notices: bool,
+    ) -> Result<Vec<MessageView>> {
         let rows = sqlx::query(
-            "SELECT m.local_id, m.id, m.from_user, m.from_device, m.text, m.file, m.sent_at, m.outgoing, m.status,
+            "SELECT m.local_id, m.id, m.from_user, m.from_device, m.kind, m.text, m.file, m.sent_at, m.outgoing, m.status,
              (SELECT count(*) FROM receipts r WHERE r.group_id = m.group_id AND r.message_id = m.id AND r.kind = 'delivered') AS delivered,
              (SELECT count(*) FROM receipts r WHERE r.group_id = m.group_id AND r.message_id = m.id AND r.kind = 'read') AS readers
-             FROM messages m WHERE m.group_id = ? AND m.local_id > ? ORDER BY m.local_id",
+             FROM messages m WHERE m.group_id = ? AND m.local_id > ? AND (? OR m.kind != 'notice')
+             ORDER BY m.local_id",
         )
         .bind(gid.as_str())
         .bind(after.unwrap_or(0))
+        .bind(notices)
         .fetch_all(self.db.pool())
         .await?;
         let mut out = Vec::with_capacity(rows.len());
@@ -1552,6 +1723,7 @@ impl Messenger {
                 status: r.try_get("status")?,
                 delivered_to: r.try_get::<i64, _>("delivered")? as u64,
                 read_by: r.try_get::<i64, _>("readers")? as u64,
+                notice: r.try_get::<String, _>("kind")? == "notice",
             });
         }
         Ok(out)
@@ -1594,7 +1766,71 @@ impl Messenger {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+
+    fn dev(n: u8) -> DeviceId {
+        DeviceId::from_random([n; 12])
+    }
+
+    fn roster_of(entries: &[(&str, &[u8])]) -> Roster {
+        entries
+            .iter()
+            .map(|(u, ds)| (u.parse().unwrap(), ds.iter().map(|n| dev(*n)).collect()))
+            .collect()
+    }
+
+    fn texts(notices: Vec<(UserName, DeviceId, String)>) -> Vec<String> {
+        notices.into_iter().map(|(_, _, t)| t).collect()
+    }
+
+    #[test]
+    fn roster_changes_are_told_per_person_and_device() {
+        let (a, b1, b2) = (dev(1), dev(2), dev(3));
+        let start = roster_of(&[("alice", &[1]), ("bob", &[2, 3])]);
+        assert_eq!(
+            texts(roster_notices(None, &start)),
+            vec![
+                format!("alice: 1 device in this conversation ({a})"),
+                format!("bob: 2 devices in this conversation ({b1}, {b2})"),
+            ]
+        );
+        assert!(
+            roster_notices(Some(&start), &start).is_empty(),
+            "no change, no notice"
+        );
+        let gained = roster_of(&[("alice", &[1]), ("bob", &[2, 3, 4])]);
+        let notices = roster_notices(Some(&start), &gained);
+        assert_eq!(notices.len(), 1);
+        assert_eq!(notices[0].0.as_str(), "bob");
+        assert_eq!(notices[0].1, dev(4));
+        assert_eq!(
+            notices[0].2,
+            format!(
+                "bob added a device ({}) to this conversation: now 3 devices",
+                dev(4)
+            )
+        );
+        let lost = roster_of(&[("alice", &[1]), ("bob", &[2])]);
+        assert_eq!(
+            texts(roster_notices(Some(&start), &lost)),
+            vec![format!(
+                "bob's device {b2} left this conversation: now 1 device"
+            )]
+        );
+        let carol = roster_of(&[("alice", &[1]), ("carol", &[5, 6])]);
+        assert_eq!(
+            texts(roster_notices(Some(&start), &carol)),
+            vec![
+                format!("bob left this conversation (their 2 devices {b1}, {b2} left)"),
+                format!(
+                    "carol joined this conversation with 2 devices ({}, {})",
+                    dev(5),
+                    dev(6)
+                ),
+            ]
+        );
+    }
 
     #[test]
     fn a_message_more_than_past_epochs_old_is_not_sent() {

@@ -9,6 +9,7 @@
 //! | `GET /devices` | auditor | → `Vec<DeviceView>` |
 //! | `GET /devices/{id}` | auditor | → [`DeviceView`] |
 //! | `PUT /devices/{id}/mode` | operator | [`SetMode`] → [`DeviceView`] |
+//! | `POST /devices/{id}/approve` | owner (not the one who created its enrollment code) | → [`DeviceView`] |
 //! | `GET /modes` | auditor | → `Vec<ModeView>` |
 //! | `GET /modes/{name}` | auditor | → [`ModeView`] |
 //! | `PUT /modes/{name}` | officer | [`crate::Mode`] → [`ModeView`] |
@@ -217,6 +218,47 @@ pub struct DeviceView {
     /// When the device was revoked.
     #[serde(default)]
     pub revoked_at: Option<Timestamp>,
+    /// Whether it may take part in conversations: a person's additional device waits
+    /// for an owner's approval.
+    pub approval: Approval,
+    /// Who approved it: `admin:NAME`, `first-device` (its person had no other live
+    /// device when it enrolled) or `migration` (enrolled before approvals existed).
+    #[serde(default)]
+    pub approved_by: Option<String>,
+    /// When it was approved.
+    #[serde(default)]
+    pub approved_at: Option<Timestamp>,
+    /// Who created the enrollment code it enrolled with (`admin:NAME`); that admin
+    /// cannot approve it.
+    #[serde(default)]
+    pub enrolled_by: Option<String>,
+}
+
+/// A device's approval state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Approval {
+    /// It may certify its MLS key, publish KeyPackages and be added to conversations.
+    Approved,
+    /// It awaits an owner's approval: no MLS certificate, no KeyPackages, never
+    /// handed out by a claim.
+    Pending,
+}
+
+impl Approval {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Approval::Approved => "approved",
+            Approval::Pending => "pending",
+        }
+    }
+}
+
+impl fmt::Display for Approval {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// One mode as the console sees it.

@@ -10,8 +10,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ed25519_dalek::{Verifier, VerifyingKey};
 use rand_core::RngCore;
 use redoubt_proto::api::{
-    AdminTokenView, CreateEnrollment, CredentialId, CredentialState, DeviceView, EnrollRequest,
-    EnrollResponse, EnrollmentCreated, ModeView, Role, enroll_proof_message,
+    AdminTokenView, Approval, CreateEnrollment, CredentialId, CredentialState, DeviceView,
+    EnrollRequest, EnrollResponse, EnrollmentCreated, ModeView, Role, enroll_proof_message,
 };
 use redoubt_proto::envelope::{decode_public_key, decode_signature, encode_public_key};
 use redoubt_proto::{CheckpointKey, ZonePolicy};
@@ -549,6 +549,7 @@ impl App {
                             "mode": rec.assigned_mode,
                             "hardware": rec.hardware,
                             "bundle_version": rec.bundle_version,
+                            "approval": if rec.is_approved() { "approved" } else { "pending" },
                         }),
                     )]
                 },
@@ -580,7 +581,7 @@ impl App {
             }
             Err(other) => return Err(other.into()),
         };
-        tracing::info!(device = %rec.id, user = %rec.user, "device enrolled");
+        tracing::info!(device = %rec.id, user = %rec.user, approved = rec.is_approved(), "device enrolled");
         Ok(EnrollResponse {
             device_id: rec.id,
             user: rec.user,
@@ -637,6 +638,11 @@ impl App {
             reasons.insert(0, "device is revoked".into());
         }
         let connected = self.hub.is_connected(&d.id);
+        let approval = if d.is_approved() {
+            Approval::Approved
+        } else {
+            Approval::Pending
+        };
         DeviceView {
             capabilities: d
                 .last_report
@@ -665,6 +671,10 @@ impl App {
             hardware: d.hardware,
             connected,
             enrolled_at: d.enrolled_at,
+            approval,
+            approved_by: d.approved_by,
+            approved_at: d.approved_at,
+            enrolled_by: d.enrolled_by,
         }
     }
 
@@ -688,6 +698,38 @@ impl App {
             .await?
             .ok_or_else(|| ServiceError::NotFound(format!("no device {id}")))?;
         Ok(self.device_view(d, Timestamp::now()))
+    }
+
+    /// `POST /devices/{id}/approve`: an owner approves a person's additional device,
+    /// audited (`device.approve`) in the same transaction. Refused when `by` created the
+    /// device's enrollment code, and when the device is not pending.
+    pub async fn approve_device(
+        &self,
+        by: &Who,
+        id: &DeviceId,
+    ) -> Result<DeviceView, ServiceError> {
+        let now = Timestamp::now();
+        let rec = self
+            .store
+            .approve_device(
+                id,
+                &by.actor,
+                now,
+                |rec| {
+                    vec![by.draft(
+                        "device.approve",
+                        Some(id),
+                        serde_json::json!({
+                            "user": rec.user,
+                            "enrolled_by": rec.enrolled_by,
+                        }),
+                    )]
+                },
+                &crate::audit::signer(self),
+            )
+            .await?;
+        tracing::info!(device = %id, user = %rec.user, by = %by.actor, "device approved");
+        Ok(self.device_view(rec, now))
     }
 
     /// `PUT /devices/{id}/mode`: assigns a base mode, issues a bundle, pushes it.

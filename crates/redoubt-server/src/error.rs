@@ -19,6 +19,9 @@ pub enum ServiceError {
     /// The credential may not do this.
     #[error("{0}")]
     Forbidden(String),
+    /// The device awaits an owner's approval before it may take part in conversations.
+    #[error("{0}")]
+    AwaitingApproval(String),
     /// No such thing.
     #[error("{0}")]
     NotFound(String),
@@ -94,6 +97,7 @@ impl ServiceError {
             ServiceError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ServiceError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ServiceError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ServiceError::AwaitingApproval(_) => (StatusCode::FORBIDDEN, "awaiting_approval"),
             ServiceError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ServiceError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ServiceError::TokenInvalid => (StatusCode::UNAUTHORIZED, "token_invalid"),

@@ -90,6 +90,7 @@ pub fn routes(config: &crate::config::Config) -> (Router<HttpState>, Vec<RouteSp
         .add(V::GET, "/devices", A(ANY_ADMIN), list_devices)
         .add(V::GET, "/devices/{id}", A(ANY_ADMIN), show_device)
         .add(V::PUT, "/devices/{id}/mode", A(OPERATOR), set_mode)
+        .add(V::POST, "/devices/{id}/approve", A(OWNER), approve_device)
         .add(V::GET, "/modes", A(ANY_ADMIN), list_modes)
         .add(V::GET, "/modes/{name}", A(ANY_ADMIN), show_mode)
         .add(V::PUT, "/modes/{name}", A(OFFICER), put_mode)
@@ -522,6 +523,16 @@ async fn set_mode(
     Ok(Json(
         s.app.set_mode(&Who::admin(&admin), &id, &req.mode).await?,
     ))
+}
+
+async fn approve_device(
+    State(s): State<HttpState>,
+    admin: Admin,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ServiceError> {
+    admin.require(Role::Owner, "approve devices")?;
+    let id: DeviceId = parse_path(&id)?;
+    Ok(Json(s.app.approve_device(&Who::admin(&admin), &id).await?))
 }
 
 async fn list_modes(

@@ -255,12 +255,32 @@ impl App {
         })
     }
 
-    /// `POST /messenger/certificate`: certifies the device's MLS signature key.
+    /// Fails with `awaiting_approval` unless the device is approved: a person's
+    /// additional device takes no part in conversations before an owner approves it.
+    pub async fn require_approved(&self, device: &DeviceId) -> Result<(), ServiceError> {
+        let rec = self
+            .store
+            .get_device(device)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(format!("no device {device}")))?;
+        if rec.is_approved() {
+            return Ok(());
+        }
+        metrics::counter!("redoubt_unapproved_device_refusals_total").increment(1);
+        Err(ServiceError::AwaitingApproval(format!(
+            "device {device} is awaiting an owner's approval: {} already has a device, so this additional one takes part in conversations only once an owner approves it (redoubt devices approve {device})",
+            rec.user
+        )))
+    }
+
+    /// `POST /messenger/certificate`: certifies the device's MLS signature key (an
+    /// approved device only).
     pub async fn certify_mls_key(
         &self,
         s: &DeviceSession,
         req: CertificateRequest,
     ) -> Result<CertificateIssued, ServiceError> {
+        self.require_approved(&s.device).await?;
         let key_bytes: [u8; 32] = req.mls_key.0.as_slice().try_into().map_err(|_| {
             ServiceError::BadRequest("mls_key must be a 32-byte Ed25519 public key".into())
         })?;
@@ -320,12 +340,13 @@ impl App {
         }
     }
 
-    /// `POST /messenger/key-packages`.
+    /// `POST /messenger/key-packages` (an approved device only).
     pub async fn upload_key_packages(
         &self,
         s: &DeviceSession,
         req: UploadKeyPackages,
     ) -> Result<KeyPackageStock, ServiceError> {
+        self.require_approved(&s.device).await?;
         let max = self.config.max_message_bytes;
         let all = req.key_packages.iter().chain(req.last_resort.iter());
         if all.clone().any(|k| k.0.is_empty() || k.0.len() > max) {
@@ -347,12 +368,15 @@ impl App {
         Ok(self.stock(stock))
     }
 
-    /// `POST /messenger/key-packages/claim`: one KeyPackage per device of each person.
+    /// `POST /messenger/key-packages/claim`: one KeyPackage per approved device of each
+    /// person (a device awaiting approval is listed in `missing`). A device awaiting
+    /// approval may not claim: it would drain others' KeyPackages for nothing.
     pub async fn claim_key_packages(
         &self,
         s: &DeviceSession,
         req: ClaimKeyPackages,
     ) -> Result<ClaimedKeyPackages, ServiceError> {
+        self.require_approved(&s.device).await?;
         if req.users.is_empty() || req.users.len() > 1000 {
             return Err(ServiceError::BadRequest(
                 "claim for 1-1000 people at a time".into(),

@@ -38,6 +38,7 @@ const EXPECTED: &[(&str, &str, &str)] = &[
         "admin:owner,officer,operator,auditor",
     ),
     ("PUT", "/api/v1/devices/{id}/mode", "admin:owner,operator"),
+    ("POST", "/api/v1/devices/{id}/approve", "admin:owner"),
     (
         "GET",
         "/api/v1/modes",

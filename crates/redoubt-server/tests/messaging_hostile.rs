@@ -86,6 +86,17 @@ async fn craft_add(state: &Path, m: &Messenger, gid: &str, user: &str) -> (B64, 
         })
         .collect();
     assert!(!kps.is_empty(), "{claimed:?}");
+    craft_add_of(state, gid, |_| kps).await
+}
+
+/// A commit adding the KeyPackages `make` builds (with the device's MLS provider), made
+/// with the device's own MLS state and not merged; returns `(commit, welcome,
+/// group_info)`.
+async fn craft_add_of(
+    state: &Path,
+    gid: &str,
+    make: impl FnOnce(&Provider<'_>) -> Vec<KeyPackage>,
+) -> (B64, B64, B64) {
     let db = Db::open(&state.join("messenger.db")).await.unwrap();
     let pk: String = sqlx::query_scalar("SELECT value FROM settings WHERE name = 'mls_public_key'")
         .fetch_one(db.pool())
@@ -105,6 +116,7 @@ async fn craft_add(state: &Path, m: &Messenger, gid: &str, user: &str) -> (B64, 
     )
     .unwrap()
     .unwrap();
+    let kps = make(&provider);
     let (commit, welcome, gi) = g.add_members(&provider, &signer, &kps).unwrap();
     // Dropped without commit: the device's own state does not move.
     drop(tx);
@@ -234,6 +246,66 @@ fn a_member_cannot_rewrite_the_group_with_what_it_declares() {
         let g = group(&a, &gid).await;
         assert_eq!(g.members.len(), 2, "{g:?}");
         assert!(!g.members.contains(&w.mallory_device()), "{g:?}");
+    });
+    w.server.stop();
+}
+
+#[test]
+fn a_member_cannot_add_a_device_awaiting_approval_with_a_key_package_it_made() {
+    let w = world();
+    let rt = rt();
+    let gid = w.gid.clone();
+    // An operator enrolls a second device for Bob; nobody approves it.
+    let ghost = Agent::new(w._tmp.path().join("bob-ghost"));
+    let ghost_id: redoubt_proto::DeviceId = ghost
+        .enroll(&w.server.enrollment_url("bob"))
+        .parse()
+        .unwrap();
+    assert_eq!(w.server.device(ghost_id.as_str())["approval"], "pending");
+    rt.block_on(async {
+        let m = Messenger::open(&w.mallory.state).await.unwrap();
+        let before = group(&m, &gid).await;
+        // The organization will not certify the ghost's key, so Mallory makes the
+        // KeyPackage herself, with a certificate she signed, naming the ghost device.
+        let (commit, welcome, gi) = craft_add_of(&w.mallory.state, &gid, |provider| {
+            let ghost_key = SignatureKeyPair::new(SignatureScheme::ED25519).unwrap();
+            let cert = redoubt_proto::messaging::MemberCertificate {
+                device_id: ghost_id.clone(),
+                user: "bob".parse().unwrap(),
+                mls_key: B64(ghost_key.to_public_vec()),
+                issued_at: redoubt_proto::Timestamp::now(),
+            };
+            let forged = redoubt_proto::SignedEnvelope::sign(
+                redoubt_proto::messaging::MemberCertificate::KIND,
+                &cert,
+                &ed25519_dalek::SigningKey::from_bytes(&[13; 32]),
+            );
+            let credential = CredentialWithKey {
+                credential: redoubt_messenger::identity::credential_for(&forged),
+                signature_key: ghost_key.to_public_vec().into(),
+            };
+            let kp = KeyPackage::builder()
+                .build(
+                    redoubt_messenger::messenger::CIPHERSUITE,
+                    provider,
+                    &ghost_key,
+                    credential,
+                )
+                .unwrap();
+            vec![kp.key_package().clone()]
+        })
+        .await;
+        let (status, v) = post(
+            &m,
+            &format!("/groups/{gid}/commit"),
+            &json!({"commit": commit, "welcome": welcome, "group_info": gi}),
+        )
+        .await;
+        assert_eq!(status, 400, "a self-certified ghost device was added: {v}");
+        let after = group(&m, &gid).await;
+        assert_eq!(after.members, before.members, "the member list changed");
+        assert!(!after.members.contains(&ghost_id));
+        assert_eq!(after.epoch, before.epoch, "the epoch moved");
     });
     w.server.stop();
 }

@@ -95,7 +95,25 @@ pub struct DeviceRecord {
     pub last_report_at: Option<Timestamp>,
     /// The latest report.
     pub last_report: Option<ComplianceReport>,
+    /// Who created the enrollment code that enrolled it (`admin:NAME`), when known.
+    pub enrolled_by: Option<String>,
+    /// Who approved it: `admin:NAME`, `first-device` (its person had no other live
+    /// device at enrollment) or `migration`; `None` while it awaits an owner's approval.
+    pub approved_by: Option<String>,
+    /// When it was approved; `None` while pending.
+    pub approved_at: Option<Timestamp>,
 }
+
+impl DeviceRecord {
+    /// Whether the device may take part in conversations (certify its MLS key, publish
+    /// KeyPackages, be claimed): approved, automatically or by an owner.
+    pub fn is_approved(&self) -> bool {
+        self.approved_at.is_some()
+    }
+}
+
+/// Who approved the first live device of a person: nobody needed to.
+pub const APPROVED_AS_FIRST_DEVICE: &str = "first-device";
 
 /// What happened to a report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,7 +126,7 @@ pub enum ReportOutcome {
 
 const DEVICE_COLUMNS: &str = "id, user_name, public_key, hardware, assigned_mode, enrolled_at, revoked_at, \
      bundle_version, bundle_envelope, bundle_issued_at, bundle_expires_at, effective_mode, compliance, \
-     compliance_reasons, last_report_seq, last_report_at, last_report";
+     compliance_reasons, last_report_seq, last_report_at, last_report, enrolled_by, approved_by, approved_at";
 
 /// The audit action of a device event.
 fn event_action(kind: &redoubt_proto::DeviceEventKind) -> &'static str {
@@ -178,6 +196,9 @@ fn device_record(r: &sqlx::sqlite::SqliteRow) -> Result<DeviceRecord> {
             .try_get::<Option<&str>, _>("last_report")?
             .map(|s| from_json("last report", s))
             .transpose()?,
+        enrolled_by: r.try_get("enrolled_by")?,
+        approved_by: r.try_get("approved_by")?,
+        approved_at: r.try_get::<Option<i64>, _>("approved_at")?.map(Timestamp),
     })
 }
 
@@ -247,6 +268,9 @@ pub(crate) async fn reissue(
 impl Store {
     /// Consumes an enrollment token and enrolls a device with its first bundle, all in
     /// one transaction: a token can enroll exactly one device, even under races. The
+    /// device is approved at once only when its person has no other live device (a
+    /// first phone, or the replacement of a revoked one); otherwise it awaits an
+    /// owner's approval ([`Store::approve_device`]). The
     /// entries `audit` makes from the new device are appended in the same transaction
     /// (`sign` signs the log's new head).
     pub async fn enroll_device(
@@ -262,7 +286,7 @@ impl Store {
         let row = sqlx::query(
             "UPDATE enrollment_tokens SET used_at = ?, device_id = ?
              WHERE token_hash = ? AND used_at IS NULL AND expires_at > ?
-             RETURNING user_name, mode",
+             RETURNING user_name, mode, created_by",
         )
         .bind(now.unix())
         .bind(device.id.as_str())
@@ -286,6 +310,16 @@ impl Store {
         };
         let user: UserName = parse("user name", row.try_get("user_name")?)?;
         let mode_name: ModeName = parse("mode name", row.try_get("mode")?)?;
+        let created_by: String = row.try_get("created_by")?;
+        // Decided inside the write transaction: two codes for one person used at once
+        // cannot both count as the first device.
+        let live_devices: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM devices WHERE user_name = ? AND revoked_at IS NULL",
+        )
+        .bind(user.as_str())
+        .fetch_one(&mut *tx)
+        .await?;
+        let approved = (live_devices == 0).then_some(APPROVED_AS_FIRST_DEVICE);
         let base_mode = load_mode(&mut tx, &mode_name).await?;
         let issued = issue(&BundleRequest {
             device_id: device.id.clone(),
@@ -298,7 +332,8 @@ impl Store {
         let inserted = sqlx::query(
             "INSERT INTO devices (id, user_name, public_key, hardware, assigned_mode, enrolled_at, bundle_version,
              bundle_envelope, bundle_payload, bundle_issued_at, bundle_expires_at, effective_mode, compliance,
-             compliance_reasons) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             compliance_reasons, enrolled_by, approved_by, approved_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(device.id.as_str())
         .bind(user.as_str())
@@ -314,6 +349,9 @@ impl Store {
         .bind(&issued.effective_mode)
         .bind(compliance_str(issued.compliance))
         .bind(to_json(&issued.reasons))
+        .bind(&created_by)
+        .bind(approved)
+        .bind(approved.map(|_| now.unix()))
         .execute(&mut *tx)
         .await;
         if let Err(sqlx::Error::Database(e)) = &inserted
@@ -325,6 +363,50 @@ impl Store {
         }
         inserted?;
         let rec = load_device(&mut tx, &device.id).await?;
+        crate::audit::append(&mut tx, &audit(&rec), now, sign).await?;
+        tx.commit().await?;
+        Ok(rec)
+    }
+
+    /// Approves a device awaiting approval on behalf of `approver` (`admin:NAME`), and
+    /// appends the entries `audit` makes from the approved device, in one transaction
+    /// (`sign` signs the log's new head). Refused with `Forbidden` when `approver`
+    /// created the enrollment code that enrolled the device (nobody approves a device
+    /// they enrolled themselves), with `Conflict` when it is revoked or already approved.
+    pub async fn approve_device(
+        &self,
+        id: &DeviceId,
+        approver: &str,
+        now: Timestamp,
+        audit: impl FnOnce(&DeviceRecord) -> Vec<crate::AuditDraft>,
+        sign: crate::HeadSigner<'_>,
+    ) -> Result<DeviceRecord> {
+        let mut tx = self.write_tx().await?;
+        let dev = load_device(&mut tx, id).await?;
+        if dev.revoked_at.is_some() {
+            return Err(StoreError::Conflict(format!(
+                "device {id} is revoked; a revoked device cannot be approved"
+            )));
+        }
+        if let Some(by) = &dev.approved_by {
+            return Err(StoreError::Conflict(format!(
+                "device {id} is already approved (by {by})"
+            )));
+        }
+        if dev.enrolled_by.as_deref() == Some(approver) {
+            return Err(StoreError::Forbidden(format!(
+                "{approver} created the enrollment code of device {id} and so may not approve it; another owner must"
+            )));
+        }
+        sqlx::query(
+            "UPDATE devices SET approved_by = ?, approved_at = ? WHERE id = ? AND approved_at IS NULL",
+        )
+        .bind(approver)
+        .bind(now.unix())
+        .bind(id.as_str())
+        .execute(&mut *tx)
+        .await?;
+        let rec = load_device(&mut tx, id).await?;
         crate::audit::append(&mut tx, &audit(&rec), now, sign).await?;
         tx.commit().await?;
         Ok(rec)

@@ -25,10 +25,12 @@ use sqlx::sqlite::{
 
 pub use audit::{AuditDraft, AuditFilter, HeadSigner};
 pub use commands::{CommandRecord, NewCommand};
-pub use devices::{BundleRequest, DeviceRecord, IssuedBundle, NewDevice, ReportOutcome};
+pub use devices::{
+    APPROVED_AS_FIRST_DEVICE, BundleRequest, DeviceRecord, IssuedBundle, NewDevice, ReportOutcome,
+};
 pub use messaging::{
-    BlobRecord, ClaimedRecord, CommitBase, CommitInput, CommitOutcome, GroupRecord,
-    HANDOUT_WINDOW_SECS, MessageOutcome, QueuedGroup,
+    AWAITING_APPROVAL, BlobRecord, ClaimedRecord, CommitBase, CommitInput, CommitOutcome,
+    GroupRecord, HANDOUT_WINDOW_SECS, MessageOutcome, QueuedGroup,
 };
 pub use modes::ModeRecord;
 pub use tokens::{AdminRecord, EnrollRefusal};
@@ -98,6 +100,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         7,
         "blob_owners",
         include_str!("../migrations/0007_blob_owners.sql"),
+    ),
+    (
+        8,
+        "device_approval",
+        include_str!("../migrations/0008_device_approval.sql"),
     ),
 ];
 

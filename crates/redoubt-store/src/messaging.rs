@@ -246,6 +246,9 @@ async fn live_device_ids(
     Ok(live)
 }
 
+/// Why a device that awaits an owner's approval is not handed out.
+pub const AWAITING_APPROVAL: &str = "the device is awaiting an owner's approval";
+
 impl Store {
     /// Records the MLS key certified for a device (replacing an older one).
     pub async fn put_member_certificate(
@@ -319,8 +322,9 @@ impl Store {
         stock_of(&mut tx, device).await
     }
 
-    /// Hands out one KeyPackage for each live device of each person (the claimer's own
-    /// device excluded), atomically: a one-time KeyPackage is deleted as it is handed
+    /// Hands out one KeyPackage for each live, approved device of each person (the
+    /// claimer's own device excluded; a device awaiting approval is listed as missing),
+    /// atomically: a one-time KeyPackage is deleted as it is handed
     /// out, so it goes to exactly one claimer; the last-resort one is handed out when
     /// nothing else is left, and kept. A person or device named twice gets one
     /// KeyPackage. Each device hands out at most `per_window` one-time KeyPackages per
@@ -342,8 +346,9 @@ impl Store {
             if !seen_users.insert(user) {
                 continue;
             }
-            let devices: Vec<String> = sqlx::query_scalar(
-                "SELECT id FROM devices WHERE user_name = ? AND revoked_at IS NULL ORDER BY enrolled_at, id",
+            let devices: Vec<(String, bool)> = sqlx::query_as(
+                "SELECT id, approved_at IS NOT NULL FROM devices WHERE user_name = ? AND revoked_at IS NULL
+                 ORDER BY enrolled_at, id",
             )
             .bind(user.as_str())
             .fetch_all(&mut *tx)
@@ -355,9 +360,17 @@ impl Store {
                     reason: format!("{user} has no enrolled device"),
                 });
             }
-            for id in devices {
+            for (id, approved) in devices {
                 let device: DeviceId = parse("device id", &id)?;
                 if &device == claimer || !seen_devices.insert(device.clone()) {
+                    continue;
+                }
+                if !approved {
+                    missing.push(Unclaimable {
+                        user: user.clone(),
+                        device_id: Some(device),
+                        reason: AWAITING_APPROVAL.into(),
+                    });
                     continue;
                 }
                 let throttled = handouts_in_window(&mut tx, &device, now).await? >= per_window;

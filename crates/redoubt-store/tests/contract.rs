@@ -132,6 +132,208 @@ async fn unknown_and_expired_tokens_are_refused() {
     assert!(store.list_devices().await.unwrap().is_empty());
 }
 
+/// A token for `user` created by `by` (the `created_by` of the code).
+async fn token_for(store: &Store, n: u8, user: &str, by: &str) -> [u8; 32] {
+    let hash = [n; 32];
+    store
+        .create_enrollment_token(
+            &hash,
+            &user.parse().unwrap(),
+            &"standard".parse().unwrap(),
+            by,
+            NOW,
+            NOW.plus_secs(600),
+            &[],
+            &sign_head,
+        )
+        .await
+        .unwrap();
+    hash
+}
+
+async fn enroll_as(store: &Store, n: u8, user: &str, by: &str) -> redoubt_store::DeviceRecord {
+    let hash = token_for(store, n, user, by).await;
+    store
+        .enroll_device(&hash, device(n), NOW, issue, |_| vec![], &sign_head)
+        .await
+        .unwrap()
+}
+
+async fn claim_for(
+    store: &Store,
+    claimer: u8,
+    user: &str,
+) -> redoubt_proto::messaging::ClaimedKeyPackages {
+    let (claimed, missing) = store
+        .claim_key_packages(&device(claimer).id, &[user.parse().unwrap()], 50, NOW)
+        .await
+        .unwrap();
+    redoubt_proto::messaging::ClaimedKeyPackages {
+        key_packages: claimed
+            .into_iter()
+            .map(|c| redoubt_proto::messaging::ClaimedKeyPackage {
+                device_id: c.device_id,
+                user: c.user,
+                key_package: redoubt_proto::messaging::B64(c.data),
+                last_resort: c.last_resort,
+            })
+            .collect(),
+        missing,
+    }
+}
+
+#[tokio::test]
+async fn a_persons_additional_device_awaits_an_approval_its_enroller_cannot_give() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path()).await;
+    let first = enroll_as(&store, 1, "bob", "admin:op").await;
+    assert!(first.is_approved(), "a person's first device needs nobody");
+    assert_eq!(
+        first.approved_by.as_deref(),
+        Some(redoubt_store::APPROVED_AS_FIRST_DEVICE)
+    );
+    assert_eq!(first.enrolled_by.as_deref(), Some("admin:op"));
+    // Another person's first device is not affected by Bob's.
+    assert!(
+        enroll_as(&store, 3, "carol", "admin:op")
+            .await
+            .is_approved()
+    );
+
+    let second = enroll_as(&store, 2, "bob", "admin:op").await;
+    assert!(!second.is_approved(), "{second:?}");
+    assert_eq!(second.approved_at, None);
+    for d in [2u8, 1] {
+        store
+            .upload_key_packages(&device(d).id, &[vec![d; 8]], Some(&[d; 9]), 100, NOW)
+            .await
+            .unwrap();
+    }
+    // A claim for Bob hands out his approved device only, and says why not the other.
+    let claim = claim_for(&store, 3, "bob").await;
+    let got: Vec<_> = claim
+        .key_packages
+        .iter()
+        .map(|k| k.device_id.clone())
+        .collect();
+    assert_eq!(got, vec![first.id.clone()]);
+    assert_eq!(claim.missing.len(), 1, "{claim:?}");
+    assert_eq!(claim.missing[0].device_id, Some(second.id.clone()));
+    assert!(claim.missing[0].reason.contains("approval"), "{claim:?}");
+
+    // Whoever created the code may not approve; the refusal changes nothing.
+    let own = store
+        .approve_device(&second.id, "admin:op", NOW, |_| vec![], &sign_head)
+        .await;
+    assert!(matches!(own, Err(StoreError::Forbidden(_))), "{own:?}");
+    assert!(
+        !store
+            .get_device(&second.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .is_approved()
+    );
+
+    let audited = std::cell::Cell::new(false);
+    let approved = store
+        .approve_device(
+            &second.id,
+            "admin:boss",
+            NOW.plus_secs(5),
+            |rec| {
+                audited.set(rec.approved_by.as_deref() == Some("admin:boss"));
+                vec![]
+            },
+            &sign_head,
+        )
+        .await
+        .unwrap();
+    assert!(
+        audited.get(),
+        "the audit entry is made from the approved device"
+    );
+    assert_eq!(approved.approved_by.as_deref(), Some("admin:boss"));
+    assert_eq!(approved.approved_at, Some(NOW.plus_secs(5)));
+    let again = store
+        .approve_device(&second.id, "admin:other", NOW, |_| vec![], &sign_head)
+        .await;
+    assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
+    let claim = claim_for(&store, 3, "bob").await;
+    assert_eq!(claim.key_packages.len(), 2, "{claim:?}");
+    assert!(claim.missing.is_empty(), "{claim:?}");
+
+    // Revoked, both of Bob's devices: his replacement phone is his only live device and
+    // is approved at once. A revoked device cannot be approved.
+    for d in [&first.id, &second.id] {
+        store
+            .revoke_device(
+                d,
+                NOW,
+                NOW.plus_secs(60),
+                |_| vec![],
+                |_| vec![],
+                &sign_head,
+            )
+            .await
+            .unwrap();
+    }
+    let replacement = enroll_as(&store, 4, "bob", "admin:op").await;
+    assert!(replacement.is_approved(), "{replacement:?}");
+    let pending = enroll_as(&store, 5, "bob", "admin:op").await;
+    store
+        .revoke_device(
+            &pending.id,
+            NOW,
+            NOW.plus_secs(60),
+            |_| vec![],
+            |_| vec![],
+            &sign_head,
+        )
+        .await
+        .unwrap();
+    let revoked = store
+        .approve_device(&pending.id, "admin:boss", NOW, |_| vec![], &sign_head)
+        .await;
+    assert!(
+        matches!(revoked, Err(StoreError::Conflict(_))),
+        "{revoked:?}"
+    );
+
+    // The state survives reopening.
+    drop(store);
+    let store = open(tmp.path()).await;
+    let back = store.get_device(&second.id).await.unwrap().unwrap();
+    assert_eq!(back.approved_by.as_deref(), Some("admin:boss"));
+}
+
+#[tokio::test]
+async fn devices_enrolled_before_approvals_existed_are_approved_by_the_upgrade() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path()).await;
+    enroll_as(&store, 1, "bob", "admin:op").await;
+    let second = enroll_as(&store, 2, "bob", "admin:op").await;
+    assert!(!second.is_approved());
+    store.close().await;
+    // The database as it was before migration 0008.
+    common::tamper(
+        tmp.path(),
+        &[
+            "ALTER TABLE devices DROP COLUMN enrolled_by",
+            "ALTER TABLE devices DROP COLUMN approved_by",
+            "ALTER TABLE devices DROP COLUMN approved_at",
+            "DELETE FROM _sqlx_migrations WHERE version = 8",
+        ],
+    )
+    .await;
+    let store = open(tmp.path()).await;
+    for d in store.list_devices().await.unwrap() {
+        assert!(d.is_approved(), "{d:?}");
+        assert_eq!(d.approved_by.as_deref(), Some("migration"));
+        assert_eq!(d.enrolled_by.as_deref(), Some("admin:op"));
+    }
+}
+
 #[tokio::test]
 async fn bundle_versions_grow_and_presets_are_protected() {
     let tmp = tempfile::tempdir().unwrap();

@@ -440,6 +440,64 @@ impl Http {
     }
 }
 
+impl Http {
+    /// Sends a JSON request with a raw `Authorization` header; returns status and body.
+    pub fn send_auth(
+        &self,
+        method: &str,
+        path: &str,
+        authorization: &str,
+        body: &serde_json::Value,
+    ) -> (u16, Value) {
+        self.rt.block_on(async {
+            let resp = self
+                .client
+                .request(method.parse().unwrap(), format!("{}{path}", self.base))
+                .header("content-type", "application/json")
+                .header("authorization", authorization)
+                .body(serde_json::to_vec(body).unwrap())
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            let text = resp.text().await.unwrap();
+            (
+                status,
+                serde_json::from_str(&text).unwrap_or(Value::String(text)),
+            )
+        })
+    }
+
+    /// Opens a device session the way a phone does (a challenge signed with the device
+    /// key from the agent's state dir); returns the `Authorization` header value.
+    pub fn device_session(&self, state: &Path, device_id: &str) -> String {
+        use ed25519_dalek::Signer as _;
+        use ed25519_dalek::pkcs8::DecodePrivateKey as _;
+        let pem = std::fs::read_to_string(state.join("device-key.pem")).unwrap();
+        let key = ed25519_dalek::SigningKey::from_pkcs8_pem(&pem).unwrap();
+        let (status, challenge) = self.send_auth(
+            "POST",
+            "/api/v1/device/challenge",
+            "",
+            &serde_json::json!({}),
+        );
+        assert_eq!(status, 200, "{challenge}");
+        let nonce = challenge["nonce"].as_str().unwrap().to_owned();
+        let device: redoubt_proto::DeviceId = device_id.parse().unwrap();
+        let signature = redoubt_proto::envelope::encode_signature(
+            &key.sign(&redoubt_proto::messaging::session_message(&nonce, &device)),
+        );
+        let (status, granted) = self.send_auth(
+            "POST",
+            "/api/v1/device/session",
+            "",
+            &serde_json::json!({"device_id": device_id, "nonce": nonce, "signature": signature}),
+        );
+        assert_eq!(status, 200, "{granted}");
+        format!("Device {}", granted["token"].as_str().unwrap())
+    }
+}
+
 /// `redoubt --json chat --state DIR ARGS`, not yet run.
 pub fn chat_cmd(state: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(bin("redoubt"));
