@@ -248,6 +248,11 @@ impl Agent {
             .unwrap()
     }
 
+    /// The messenger directory enrollment wrote (`STATE/messenger/`).
+    pub fn messenger(&self) -> PathBuf {
+        self.state.join("messenger")
+    }
+
     /// Enrolls; returns the device id.
     pub fn enroll(&self, url: &str) -> String {
         let out = self.cmd(&["enroll", url, "--json"]);
