@@ -87,13 +87,13 @@ pub async fn enroll(
     refuse_if_enrolled(dir)?;
     dir.create()?;
     let record = MessengerRecord {
-        dir: std::path::absolute(
-            messenger
+        dir: crate::messenger_dir::resolve_target(
+            &messenger
                 .dir
                 .clone()
                 .unwrap_or_else(|| dir.path(MESSENGER_DIR)),
         )
-        .context("resolving the messenger directory")?,
+        .context("enrollment not attempted: the messenger directory cannot be used")?,
         owner: messenger.owner,
     };
     crate::messenger_dir::check_placement(dir, &record)

@@ -9,6 +9,7 @@
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
+use std::path::{Component, Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use ed25519_dalek::SigningKey;
@@ -18,14 +19,45 @@ use redoubt_proto::{SignedEnvelope, Timestamp};
 
 use crate::state::{Identity, LEGACY_MESSENGER_DB, MessengerDir, MessengerRecord, StateDir};
 
+/// `path` made absolute with its existing part resolved (links followed), so that the
+/// placement checks compare real locations; `..` is refused.
+pub fn resolve_target(path: &Path) -> Result<PathBuf> {
+    if path.components().any(|c| c == Component::ParentDir) {
+        bail!(
+            "give the messenger directory without `..` (got {})",
+            path.display()
+        );
+    }
+    let absolute =
+        std::path::absolute(path).with_context(|| format!("resolving {}", path.display()))?;
+    let mut existing = absolute.as_path();
+    let mut rest = Vec::new();
+    loop {
+        match fs::canonicalize(existing) {
+            Ok(real) => {
+                let mut out = real;
+                out.extend(rest.iter().rev());
+                return Ok(out);
+            }
+            Err(_) => {
+                let (Some(parent), Some(name)) = (existing.parent(), existing.file_name()) else {
+                    return Ok(absolute);
+                };
+                rest.push(name.to_owned());
+                existing = parent;
+            }
+        }
+    }
+}
+
 /// Checks where the messenger directory goes, before anything is spent: not the state
 /// directory nor one that contains it (the messenger must never see the device key, and
 /// a wipe deletes the whole messenger directory); not inside the state directory (0700)
 /// when handed to another user, who could not enter it; a new or empty directory, or one
 /// holding only a messenger's files (created here, 0700).
 pub fn check_placement(state: &StateDir, record: &MessengerRecord) -> Result<()> {
-    let root = std::path::absolute(state.root()).context("resolving the state directory")?;
-    if root.starts_with(&record.dir) {
+    let root = resolve_target(state.root())?;
+    if root.starts_with(resolve_target(&record.dir)?) {
         bail!(
             "the messenger directory {} must not be the agent's state directory nor contain it",
             record.dir.display()
@@ -35,7 +67,7 @@ pub fn check_placement(state: &StateDir, record: &MessengerRecord) -> Result<()>
         let state_uid = fs::metadata(&root)
             .with_context(|| format!("reading {}", root.display()))?
             .uid();
-        if owner.uid != state_uid && record.dir.starts_with(&root) {
+        if owner.uid != state_uid && resolve_target(&record.dir)?.starts_with(&root) {
             bail!(
                 "the messenger directory {} is inside the agent's state directory, which user {} cannot enter; give --messenger-dir outside it (e.g. /var/lib/redoubt-messenger)",
                 record.dir.display(),

@@ -561,7 +561,10 @@ mod tests {
                 "{:#}",
                 crate::messenger_dir::check_placement(&dir, &record).unwrap_err()
             );
-            assert!(err.contains("must not be the agent's state directory"), "{err}");
+            assert!(
+                err.contains("must not be the agent's state directory"),
+                "{err}"
+            );
         }
         let key = SigningKey::from_bytes(&[3; 32]);
         let record = MessengerRecord {
@@ -581,7 +584,11 @@ mod tests {
         for e in fs::read_dir(m.root()).unwrap() {
             let p = e.unwrap().path();
             let text = fs::read_to_string(&p).unwrap();
-            assert!(pem.is_empty() || !text.contains(pem.trim()), "{}", p.display());
+            assert!(
+                pem.is_empty() || !text.contains(pem.trim()),
+                "{}",
+                p.display()
+            );
             assert_ne!(p.file_name().unwrap(), KEY_FILE);
         }
         assert_ne!(

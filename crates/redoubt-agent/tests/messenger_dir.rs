@@ -23,7 +23,14 @@ fn a_messenger_directory_the_chat_cannot_use_is_refused_before_the_code_is_spent
     let state = tmp.path().join("s");
     let s = state.to_str().unwrap();
     // Handed to another user inside the agent's state directory (0700): unreachable.
-    let err = fails(&agent(&["enroll", URL, "--state", s, "--messenger-owner", "4242:4242"]));
+    let err = fails(&agent(&[
+        "enroll",
+        URL,
+        "--state",
+        s,
+        "--messenger-owner",
+        "4242:4242",
+    ]));
     assert!(
         err.contains("enrollment not attempted")
             && err.contains("inside the agent's state directory"),
@@ -31,13 +38,33 @@ fn a_messenger_directory_the_chat_cannot_use_is_refused_before_the_code_is_spent
     );
     // The state directory itself, or one that contains it: the messenger would see
     // the device key, and a wipe of the messenger directory would take the state.
-    for bad in [s, tmp.path().to_str().unwrap()] {
-        let err = fails(&agent(&["enroll", URL, "--state", s, "--messenger-dir", bad]));
+    let dotted = format!("{s}/../s");
+    let linked = tmp.path().join("link");
+    std::os::unix::fs::symlink(&state, &linked).unwrap();
+    std::fs::create_dir_all(&state).unwrap();
+    for bad in [s, tmp.path().to_str().unwrap(), linked.to_str().unwrap()] {
+        let err = fails(&agent(&[
+            "enroll",
+            URL,
+            "--state",
+            s,
+            "--messenger-dir",
+            bad,
+        ]));
         assert!(
             err.contains("must not be the agent's state directory nor contain it"),
             "{bad}: {err}"
         );
     }
+    let err = fails(&agent(&[
+        "enroll",
+        URL,
+        "--state",
+        s,
+        "--messenger-dir",
+        &dotted,
+    ]));
+    assert!(err.contains("without `..`"), "{err}");
     // A directory with someone's files: a wipe would delete them.
     let home = tmp.path().join("home");
     std::fs::create_dir(&home).unwrap();
@@ -52,7 +79,10 @@ fn a_messenger_directory_the_chat_cannot_use_is_refused_before_the_code_is_spent
     ]));
     assert!(err.contains("not the messenger's (notes.txt)"), "{err}");
     assert!(!state.join("identity.json").exists());
-    assert!(!err.contains("127.0.0.1:9"), "the server was contacted: {err}");
+    assert!(
+        !err.contains("127.0.0.1:9"),
+        "the server was contacted: {err}"
+    );
 }
 
 #[test]

@@ -717,7 +717,10 @@ async fn commands_lock_unlock_refusals_and_a_wipe() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(left, ["agent.lock"], "{left:?}");
-    assert!(!chat_dir.exists(), "the messenger directory survived the wipe");
+    assert!(
+        !chat_dir.exists(),
+        "the messenger directory survived the wipe"
+    );
     assert!(tmp.path().join("chat").exists(), "its parent stays");
     let err = fails(&cli(&["status", "--state", state]).await);
     assert!(err.contains("not an enrolled"), "{err}");

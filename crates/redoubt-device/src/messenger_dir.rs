@@ -36,7 +36,9 @@ impl FromStr for Owner {
     fn from_str(s: &str) -> Result<Owner> {
         let number = |t: &str, what: &str| {
             t.parse::<u32>().map_err(|_| {
-                anyhow!("{what} {t:?} is not a number (expected UID or UID:GID, e.g. 100000:100000)")
+                anyhow!(
+                    "{what} {t:?} is not a number (expected UID or UID:GID, e.g. 100000:100000)"
+                )
             })
         };
         match s.split_once(':') {
@@ -398,8 +400,12 @@ mod tests {
             messenger_key: B64(key.verifying_key().as_bytes().to_vec()),
             issued_at: Timestamp(1_800_000_000),
         };
-        dir.store_delegation(&SignedEnvelope::sign(MessengerDelegation::KIND, &d, &device))
-            .unwrap();
+        dir.store_delegation(&SignedEnvelope::sign(
+            MessengerDelegation::KIND,
+            &d,
+            &device,
+        ))
+        .unwrap();
         (dir, device)
     }
 
@@ -437,12 +443,19 @@ mod tests {
             messenger_key: B64(other.verifying_key().as_bytes().to_vec()),
             issued_at: Timestamp(1_800_000_000),
         };
-        dir.store_delegation(&SignedEnvelope::sign(MessengerDelegation::KIND, &d, &device))
-            .unwrap();
+        dir.store_delegation(&SignedEnvelope::sign(
+            MessengerDelegation::KIND,
+            &d,
+            &device,
+        ))
+        .unwrap();
         let err = format!("{:#}", dir.load_credential().unwrap_err());
         assert!(err.contains("another messenger key"), "{err}");
         let mut d = d;
-        d.messenger_key = B64(SigningKey::from_bytes(&[6; 32]).verifying_key().as_bytes().to_vec());
+        d.messenger_key = B64(SigningKey::from_bytes(&[6; 32])
+            .verifying_key()
+            .as_bytes()
+            .to_vec());
         dir.store_delegation(&SignedEnvelope::sign(MessengerDelegation::KIND, &d, &other))
             .unwrap();
         let err = format!("{:#}", dir.load_credential().unwrap_err());
@@ -456,8 +469,14 @@ mod tests {
         fs::create_dir(&state).unwrap();
         fs::write(state.join(agent::KEY_FILE), b"k").unwrap();
         let err = format!("{:#}", MessengerDir::resolve(&state).unwrap_err());
-        assert!(err.contains("agent state directory without a messenger directory"), "{err}");
-        let err = format!("{:#}", MessengerDir::new(&state).load_credential().unwrap_err());
+        assert!(
+            err.contains("agent state directory without a messenger directory"),
+            "{err}"
+        );
+        let err = format!(
+            "{:#}",
+            MessengerDir::new(&state).load_credential().unwrap_err()
+        );
         assert!(err.contains("agent state directory"), "{err}");
         let (dir, _) = provisioned(&state.join(agent::MESSENGER_DIR));
         assert_eq!(MessengerDir::resolve(&state).unwrap(), dir);
@@ -519,7 +538,12 @@ mod tests {
             dir.path(messenger::IDENTITY_FILE),
         ] {
             let m = fs::metadata(&p).unwrap();
-            assert_eq!((m.uid(), Some(m.gid())), (target.uid, target.gid), "{}", p.display());
+            assert_eq!(
+                (m.uid(), Some(m.gid())),
+                (target.uid, target.gid),
+                "{}",
+                p.display()
+            );
         }
     }
 

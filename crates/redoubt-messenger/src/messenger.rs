@@ -11,8 +11,8 @@ use openmls::prelude::*;
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_traits::signatures::Signer as _;
 use rand_core::RngCore;
-use redoubt_device::{MessengerDir, PublicIdentity as Identity};
 use redoubt_client::ClientError;
+use redoubt_device::{MessengerDir, PublicIdentity as Identity};
 use redoubt_proto::messaging::{
     Ack, B64, BlobStored, CertificateIssued, CertificateRequest, ClaimKeyPackages,
     ClaimedKeyPackages, CreateGroup, GroupState, ItemKind, MemberCertificate, PostCommit,

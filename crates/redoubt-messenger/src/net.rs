@@ -5,8 +5,8 @@
 //! an expired session (401) opens a new one and is retried once.
 
 use ed25519_dalek::{Signer, SigningKey};
-use redoubt_device::PublicIdentity;
 use redoubt_client::{ClientError, DeviceSocket, ServerClient};
+use redoubt_device::PublicIdentity;
 use redoubt_proto::envelope::encode_signature;
 use redoubt_proto::messaging::{
     Challenge, MessengerLimits, SessionGranted, SessionRequest, session_message,

@@ -19,10 +19,9 @@ use redoubt_proto::envelope::decode_signature;
 use redoubt_proto::messaging::{
     Ack, AckResult, B64, BlobStored, CertificateIssued, CertificateRequest, Challenge,
     ClaimKeyPackages, ClaimedKeyPackage, ClaimedKeyPackages, CreateGroup, GroupState, HeldGroup,
-    KeyPackageStock, MemberCertificate, MessageAccepted, MessengerLimits, MessengerPush,
-    PostCommit, PostMessage, QueueBatch, RemovalRequest, RevocationList, SessionGranted,
-    MessengerDelegation, SessionRequest, UploadKeyPackages, certificate_proof_message,
-    session_message,
+    KeyPackageStock, MemberCertificate, MessageAccepted, MessengerDelegation, MessengerLimits,
+    MessengerPush, PostCommit, PostMessage, QueueBatch, RemovalRequest, RevocationList,
+    SessionGranted, SessionRequest, UploadKeyPackages, certificate_proof_message, session_message,
 };
 use redoubt_proto::{BlobId, DeviceId, GroupId, PolicyBundle, SignedEnvelope, Timestamp, UserName};
 use redoubt_store::{CommitInput, CommitOutcome, GroupRecord};

@@ -311,8 +311,8 @@ fn logs_hold_no_secret() {
         .lines()
         .filter(|l| !l.starts_with("-----"))
         .collect();
-    let messenger_key = std::fs::read_to_string(phone.messenger().join("messenger-key.pem"))
-        .unwrap();
+    let messenger_key =
+        std::fs::read_to_string(phone.messenger().join("messenger-key.pem")).unwrap();
     let messenger_key_body: String = messenger_key
         .lines()
         .filter(|l| !l.starts_with("-----"))

@@ -86,7 +86,9 @@ async fn craft_add(state: &Path, m: &Messenger, gid: &str, user: &str) -> (B64, 
         })
         .collect();
     assert!(!kps.is_empty(), "{claimed:?}");
-    let db = Db::open(&state.join("messenger").join("messenger.db")).await.unwrap();
+    let db = Db::open(&state.join("messenger").join("messenger.db"))
+        .await
+        .unwrap();
     let pk: String = sqlx::query_scalar("SELECT value FROM settings WHERE name = 'mls_public_key'")
         .fetch_one(db.pool())
         .await

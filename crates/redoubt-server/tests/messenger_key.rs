@@ -72,7 +72,12 @@ fn session(
     signer: &SigningKey,
     delegation: &SignedEnvelope,
 ) -> (u16, Value) {
-    let (status, body) = http.send("POST", "/api/v1/device/challenge", None, Some(b"{}".to_vec()));
+    let (status, body) = http.send(
+        "POST",
+        "/api/v1/device/challenge",
+        None,
+        Some(b"{}".to_vec()),
+    );
     assert_eq!(status, 200, "{body}");
     let nonce = serde_json::from_str::<Value>(&body).unwrap()["nonce"]
         .as_str()
@@ -118,13 +123,21 @@ fn enrollment_writes_a_private_messenger_directory_without_the_device_key() {
     for e in std::fs::read_dir(&m).unwrap() {
         let p = e.unwrap().path();
         let text = std::fs::read_to_string(&p).unwrap();
-        assert!(!text.contains(&device_body), "{} holds the device key", p.display());
+        assert!(
+            !text.contains(&device_body),
+            "{} holds the device key",
+            p.display()
+        );
         names.push(p.file_name().unwrap().to_string_lossy().into_owned());
     }
     names.sort();
     assert_eq!(
         names,
-        ["identity.json", "messenger-delegation.json", "messenger-key.pem"]
+        [
+            "identity.json",
+            "messenger-delegation.json",
+            "messenger-key.pem"
+        ]
     );
     // The delegation is the device key's, for this device, naming the messenger key.
     let phone = Phone::read(&alice, &id);
@@ -133,7 +146,10 @@ fn enrollment_writes_a_private_messenger_directory_without_the_device_key() {
         .verify(MessengerDelegation::KIND, &phone.device_key.verifying_key())
         .unwrap();
     assert_eq!(d.device_id, phone.id);
-    assert_eq!(d.messenger_key.0, phone.messenger_key.verifying_key().as_bytes());
+    assert_eq!(
+        d.messenger_key.0,
+        phone.messenger_key.verifying_key().as_bytes()
+    );
     assert_ne!(phone.messenger_key.to_bytes(), phone.device_key.to_bytes());
 }
 
@@ -162,7 +178,10 @@ fn the_messenger_works_from_its_directory_alone() {
     let gid = created["conversation"].as_str().unwrap().to_owned();
     let text = random_text("from-the-messenger-dir");
     chat(&phone_user, &["send", &gid, &text]);
-    assert_eq!(texts(&chat(&bob.state, &["read", &gid])), vec![text.clone()]);
+    assert_eq!(
+        texts(&chat(&bob.state, &["read", &gid])),
+        vec![text.clone()]
+    );
     // Bob's own messenger directory, named directly, works the same.
     let reply = random_text("reply");
     chat(&bob.messenger(), &["send", &gid, &reply]);
@@ -202,7 +221,12 @@ fn forged_tampered_and_foreign_delegations_are_refused() {
         session(&http, &alice.id, &alice.device_key, &alice.delegation),
         "not signed by the delegated messenger key",
     );
-    let (status, body) = http.send("POST", "/api/v1/device/challenge", None, Some(b"{}".to_vec()));
+    let (status, body) = http.send(
+        "POST",
+        "/api/v1/device/challenge",
+        None,
+        Some(b"{}".to_vec()),
+    );
     assert_eq!(status, 200);
     let nonce = serde_json::from_str::<Value>(&body).unwrap()["nonce"]
         .as_str()
@@ -219,14 +243,21 @@ fn forged_tampered_and_foreign_delegations_are_refused() {
         None,
         Some(serde_json::to_vec(&old_style).unwrap()),
     );
-    assert!((400..500).contains(&status) && body.contains("delegation"), "{status} {body}");
+    assert!(
+        (400..500).contains(&status) && body.contains("delegation"),
+        "{status} {body}"
+    );
     // A delegation naming the device key itself.
     refused(
         session(
             &http,
             &alice.id,
             &alice.device_key,
-            &delegation(&alice.device_key, &alice.id, &alice.device_key.verifying_key()),
+            &delegation(
+                &alice.device_key,
+                &alice.id,
+                &alice.device_key.verifying_key(),
+            ),
         ),
         "other than the device key",
     );
@@ -350,7 +381,10 @@ fn the_messenger_key_cannot_open_the_agent_socket() {
         })
     };
     // The device key opens it (so the refusal below is about the key).
-    assert!(matches!(hello(&phone.device_key), ServerFrame::Welcome { .. }));
+    assert!(matches!(
+        hello(&phone.device_key),
+        ServerFrame::Welcome { .. }
+    ));
     match hello(&phone.messenger_key) {
         ServerFrame::Error { code, .. } => assert_eq!(code, "unauthorized"),
         other => panic!("the messenger key opened the agent socket: {other:?}"),
@@ -367,12 +401,20 @@ fn a_revoked_devices_messenger_is_refused() {
     let revoked = server.cli_json(&["devices", "revoke", &id]);
     assert_eq!(revoked["state"], "verified", "{revoked}");
     let out = chat_cmd(&agent.messenger(), &["list"]).output().unwrap();
-    assert!(!out.status.success(), "a revoked device's messenger still works");
+    assert!(
+        !out.status.success(),
+        "a revoked device's messenger still works"
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("device authentication failed"), "{err}");
     let phone = Phone::read(&agent, &id);
     refused(
-        session(&Http::new(&server), &phone.id, &phone.messenger_key, &phone.delegation),
+        session(
+            &Http::new(&server),
+            &phone.id,
+            &phone.messenger_key,
+            &phone.delegation,
+        ),
         "unknown or revoked device",
     );
 }
