@@ -312,10 +312,17 @@ impl StateDir {
         let mut failures = Vec::new();
         // The record goes only once its directory is gone, so a wipe interrupted or
         // failed here still finds it at the next start.
-        let messenger = self
-            .messenger_record()
-            .map(|r| MessengerDir::new(r.dir))
-            .and_then(|m| m.destroy());
+        let messenger = match self.messenger_record() {
+            Ok(r) => MessengerDir::new(r.dir).destroy(),
+            // An unreadable record: the default place is still destroyed, and the
+            // record kept for whoever looks into the failure.
+            Err(e) => {
+                if let Err(d) = MessengerDir::new(self.path(MESSENGER_DIR)).destroy() {
+                    failures.push(format!("the messenger directory: {d:#}"));
+                }
+                Err(e)
+            }
+        };
         match messenger {
             Ok(()) => {
                 if let Err(e) = fs::remove_file(self.path(MESSENGER_RECORD))
@@ -544,6 +551,17 @@ mod tests {
         inner.create().unwrap();
         fs::write(inner.db_path(), b"conversations").unwrap();
         assert_eq!(dir.destroy_local_data(), Vec::<String>::new());
+        assert!(!inner.root().exists());
+        // A corrupt record is reported, and the default place is destroyed anyway.
+        inner.create().unwrap();
+        fs::write(inner.db_path(), b"conversations").unwrap();
+        fs::write(dir.path(MESSENGER_RECORD), b"{").unwrap();
+        let failures = dir.destroy_local_data();
+        assert_eq!(failures.len(), 1, "{failures:?}");
+        assert!(
+            failures[0].contains("messenger-dir.json is corrupt"),
+            "{failures:?}"
+        );
         assert!(!inner.root().exists());
     }
 
