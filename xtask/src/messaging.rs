@@ -334,7 +334,8 @@ async fn end_to_end(root: &Path, p: &E2e) -> Result<()> {
     );
     let messengers: Vec<Arc<Messenger>> =
         spawn_all(dirs.into_iter().enumerate().map(|(i, dir)| async move {
-            let m = Messenger::open(&dir)
+            let dir = redoubt_messenger::MessengerDir::resolve(&dir)?;
+            let m = Messenger::open(dir.root())
                 .await
                 .with_context(|| format!("device {i}: opening the messenger"))?;
             m.sync()

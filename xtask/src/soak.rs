@@ -220,7 +220,8 @@ async fn soak(
     for i in 0..n_messengers {
         let state = tmp.path().join(format!("talker{i}"));
         enroll_phone(root, &client, &format!("talker{i}"), &state).await?;
-        let m = Messenger::open(&state)
+        // The messenger directory enrollment wrote (`STATE/messenger/`).
+        let m = Messenger::open(redoubt_messenger::MessengerDir::resolve(&state)?.root())
             .await
             .with_context(|| format!("messenger {i}: open"))?;
         m.sync()

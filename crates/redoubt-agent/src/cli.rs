@@ -16,11 +16,11 @@ use crate::agent::{Agent, BundleOutcome, CheckpointOutcome};
 use crate::clock::{Clock, SystemClock};
 use crate::connection::{RunOptions, run};
 use crate::control;
-use crate::enroll::enroll;
+use crate::enroll::{MessengerPlacement, enroll};
 use crate::hardware::linux::Roots;
 use crate::hardware::sim::{SimChange, SimHardware};
 use crate::hardware::{Hardware, HardwareError};
-use crate::state::{LockProbe, StateDir};
+use crate::state::{LockProbe, Owner, StateDir};
 use crate::status;
 
 /// The Redoubt device agent.
@@ -91,6 +91,15 @@ pub enum Command {
         /// The hardware backend.
         #[arg(long, value_enum, default_value = "sim")]
         hardware: HardwareArg,
+        /// Where to write the messenger directory (the messenger's own key, its
+        /// delegation by the device key, the public identity; `redoubt chat --state`
+        /// takes it). Default: `messenger/` inside the state directory.
+        #[arg(long, value_name = "DIR")]
+        messenger_dir: Option<PathBuf>,
+        /// Hand the messenger directory to the user that runs the chat (numeric
+        /// `UID` or `UID:GID`); it must then lie outside the state directory.
+        #[arg(long, value_name = "UID[:GID]")]
+        messenger_owner: Option<Owner>,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -257,6 +266,8 @@ pub async fn dispatch(command: Command) -> Result<()> {
             url,
             state,
             hardware,
+            messenger_dir,
+            messenger_owner,
             json,
         } => {
             let url = if url == "-" {
@@ -274,6 +285,10 @@ pub async fn dispatch(command: Command) -> Result<()> {
                 &url,
                 &StateDir::new(state.state),
                 hardware.resolve()?,
+                &MessengerPlacement {
+                    dir: messenger_dir,
+                    owner: messenger_owner,
+                },
                 &*system_clock()?,
             )
             .await?;
@@ -288,6 +303,7 @@ pub async fn dispatch(command: Command) -> Result<()> {
                     "mode: {} (bundle version {})",
                     done.effective_mode, done.bundle_version
                 );
+                println!("messenger directory: {}", done.messenger_dir.display());
             }
             Ok(())
         }

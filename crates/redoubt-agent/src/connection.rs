@@ -390,6 +390,13 @@ pub async fn run(dir: StateDir, opts: RunOptions) -> Result<()> {
     }
     let mut agent = blocking(|| Agent::open(dir.clone(), opts.clock.clone()))?;
     let identity = agent.identity().clone();
+    // An agent enrolled before the messenger had a credential of its own makes it now;
+    // messaging must not stop enforcement, so a failure is reported and the run goes on.
+    let now = opts.clock.wall();
+    if let Err(e) = blocking(|| crate::messenger_dir::ensure(&dir, &identity, now)) {
+        tracing::error!(error = %format!("{e:#}"), "cannot prepare the messenger directory");
+        agent.status.error(format!("messenger directory: {e:#}"));
+    }
     let client = ServerClient::new(identity.server.clone(), identity.ca_fingerprint, None)
         .context("preparing the connection to the server")?;
     let shutdown = shutdown_signal().await?;

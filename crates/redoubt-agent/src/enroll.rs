@@ -1,6 +1,7 @@
 //! Enrollment: create the device key on the device, prove it to the server with the
 //! single-use token from the enrollment URL (over TLS pinned to the CA in that URL),
-//! verify the first bundle, and write the state directory.
+//! verify the first bundle, write the state directory, and write the messenger
+//! directory with a messenger key the device key delegates (see [`crate::messenger_dir`]).
 
 use anyhow::{Context, Result, anyhow, bail};
 use ed25519_dalek::{Signer, SigningKey};
@@ -15,8 +16,18 @@ use serde::Serialize;
 use crate::clock::{Clock, TIME_FLOOR_FILE, TimeFloor};
 use crate::hardware::sim::SimHardware;
 use crate::state::{
-    Identity, OUTBOX_DIR, SEQ_FILE, STATUS_FILE, StateDir, WIPE_MARKER, ZONES_FILE,
+    Identity, MESSENGER_DIR, MessengerRecord, OUTBOX_DIR, Owner, SEQ_FILE, STATUS_FILE, StateDir,
+    WIPE_MARKER, ZONES_FILE,
 };
+
+/// Where enrollment writes the messenger directory and whom it hands it to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MessengerPlacement {
+    /// The directory; `None`: `messenger/` inside the state directory.
+    pub dir: Option<std::path::PathBuf>,
+    /// The user (and group) that runs the chat; `None`: the agent's own user.
+    pub owner: Option<Owner>,
+}
 
 /// The result of a successful enrollment (the `enroll --json` output).
 #[derive(Debug, Clone, Serialize)]
@@ -35,6 +46,8 @@ pub struct Enrolled {
     pub bundle_version: u64,
     /// The mode that bundle puts in force.
     pub effective_mode: String,
+    /// The messenger directory (give it to `redoubt chat --state`).
+    pub messenger_dir: std::path::PathBuf,
 }
 
 /// Turns a refusal of `POST /enroll` into one clear sentence.
@@ -68,10 +81,23 @@ pub async fn enroll(
     url: &EnrollmentUrl,
     dir: &StateDir,
     hardware: HardwareKind,
+    messenger: &MessengerPlacement,
     clock: &dyn Clock,
 ) -> Result<Enrolled> {
     refuse_if_enrolled(dir)?;
     dir.create()?;
+    let record = MessengerRecord {
+        dir: crate::messenger_dir::resolve_target(
+            &messenger
+                .dir
+                .clone()
+                .unwrap_or_else(|| dir.path(MESSENGER_DIR)),
+        )
+        .context("enrollment not attempted: the messenger directory cannot be used")?,
+        owner: messenger.owner,
+    };
+    crate::messenger_dir::check_placement(dir, &record)
+        .context("enrollment not attempted: the messenger directory cannot be used")?;
     let _lock = dir.lock()?;
     refuse_if_enrolled(dir)?;
     // A backend that cannot start here (no system bus for `sailfish`) would leave an
@@ -142,6 +168,10 @@ pub async fn enroll(
         hardware,
         enrolled_at: now,
     };
+    // The messenger gets a key of its own, delegated by the device key; the device key
+    // stays here. The bundle's issue time is the server's.
+    crate::messenger_dir::provision(dir, &identity, &key, &record, bundle.issued_at, true)
+        .context("writing the messenger directory")?;
     // Written last: its presence is what makes the directory enrolled.
     dir.store_identity(&identity)?;
     tracing::info!(device = %identity.device_id, bundle_version = bundle.version, "enrolled");
@@ -154,6 +184,7 @@ pub async fn enroll(
         hardware,
         simulated: hardware.is_simulated(),
         bundle_version: bundle.version,
+        messenger_dir: record.dir,
     })
 }
 

@@ -14,6 +14,7 @@
 //! | [`control`] | the running agent's control socket (`redoubt-agent checkpoint` while `run` runs) |
 //! | [`status`] | the status file the run loop keeps, and the `status` view |
 //! | [`enroll`] | enrollment |
+//! | [`messenger_dir`] | the messenger's own key, its delegation by the device key, the messenger directory |
 //! | [`cli`] | command-line parsing and dispatch |
 //!
 //! Invariants: "off" is always a measurement read back from the backend, never an
@@ -29,6 +30,7 @@ pub mod control;
 pub mod enforce;
 pub mod enroll;
 pub mod hardware;
+pub mod messenger_dir;
 pub mod outbox;
 pub mod state;
 pub mod status;

@@ -1,5 +1,8 @@
-//! The agent's state directory: its layout, atomic file writes, the exclusive run
-//! lock, the device identity, the device key, the held bundle and the report counter.
+//! The agent's state directory: the run lock, the device identity, the device key,
+//! the held bundle, the report counter, the zone state, the record of where the
+//! messenger directory is, and the wipe. Its layout, the atomic file writes and the
+//! identity type live in `redoubt-device` (shared with the messenger) and are
+//! re-exported here.
 //!
 //! ```text
 //! DIR/                      0700
@@ -13,97 +16,39 @@
 //!   control.sock            0600, `run` takes checkpoint codes from `redoubt-agent checkpoint` here
 //!   wipe-pending            a remote wipe was accepted and is not finished yet
 //!   agent.lock              `run` holds an exclusive lock on it
+//!   messenger-dir.json      where the messenger directory is and whom it was handed to
+//!   messenger/              the messenger directory (unless `enroll --messenger-dir` put it elsewhere)
 //!   sim-hardware.json       the SIMULATED hardware (only with `--hardware sim`)
-//!   messenger.db*           the messenger's database (written by redoubt-messenger)
 //! ```
 //!
 //! Every file is written to a temporary file, synced, renamed over the old one, and
 //! the directory is synced, so a crash leaves either the old or the new content.
 
 use std::fs::{self, File, OpenOptions, TryLockError};
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
-use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
-use ed25519_dalek::{SigningKey, VerifyingKey};
+use ed25519_dalek::SigningKey;
+use redoubt_device::keys;
 use redoubt_policy::{ZoneState, verify_bundle};
-use redoubt_proto::envelope::{decode_public_key, encode_public_key};
-use redoubt_proto::{
-    CommandId, DeviceId, Fingerprint, HardwareKind, PolicyBundle, SignedEnvelope, Timestamp,
-    UserName,
-};
+use redoubt_proto::{CommandId, PolicyBundle, SignedEnvelope, Timestamp};
 use serde::{Deserialize, Serialize};
 
-/// File name of the identity.
-pub const IDENTITY_FILE: &str = "identity.json";
-/// File name of the device key.
-pub const KEY_FILE: &str = "device-key.pem";
-/// File name of the held bundle.
-pub const BUNDLE_FILE: &str = "bundle.json";
-/// File name of the report counter.
-pub const SEQ_FILE: &str = "seq";
-/// Directory of unacknowledged reports.
-pub const OUTBOX_DIR: &str = "outbox";
-/// File name of the run status.
-pub const STATUS_FILE: &str = "status.json";
-/// File name of the run lock.
-pub const LOCK_FILE: &str = "agent.lock";
-/// File name of the zone and lock state.
-pub const ZONES_FILE: &str = "zones.json";
-/// The running agent's control socket.
-pub const CONTROL_SOCKET: &str = "control.sock";
-/// Present while an accepted remote wipe is not finished.
-pub const WIPE_MARKER: &str = "wipe-pending";
-/// The messenger's database (`redoubt-messenger`'s `DB_FILE`) and, by prefix, its
-/// `-wal`, `-shm` and `-journal` companions.
-pub const MESSENGER_DB: &str = "messenger.db";
+pub use redoubt_device::files::read_json;
+pub use redoubt_device::layout::agent::*;
+pub use redoubt_device::{Identity, MessengerDir, Owner, sync_dir, write_atomic, write_json};
 
-/// Writes `bytes` to `path` atomically with permissions `mode`: temporary file in
-/// the same directory, `fsync`, rename, `fsync` of the directory.
-pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        // `mode` is filtered by the umask at creation; make it exact.
-        f.set_permissions(fs::Permissions::from_mode(mode))?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, path)?;
-        sync_dir(dir)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}
-
-/// Makes a directory's entries (creations, renames, deletions) durable.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-/// Writes `value` as pretty JSON, atomically, readable by the owner only.
-pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let mut bytes = serde_json::to_vec_pretty(value).context("serializing")?;
-    bytes.push(b'\n');
-    write_atomic(path, &bytes, 0o600).with_context(|| format!("writing {}", path.display()))
+/// Where the messenger directory of this device is (`messenger-dir.json`), so that a
+/// wipe finds it wherever enrollment put it and `run` can complete it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessengerRecord {
+    /// The directory (absolute).
+    pub dir: PathBuf,
+    /// The user it was handed to; `None`: the agent's own user.
+    pub owner: Option<Owner>,
 }
 
 /// Whether another process holds the run lock of a state directory.
@@ -231,45 +176,39 @@ impl StateDir {
     /// Reads the identity.
     pub fn load_identity(&self) -> Result<Identity> {
         self.require_enrolled()?;
-        let path = self.path(IDENTITY_FILE);
-        let text =
-            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        let raw: IdentityFile = serde_json::from_str(&text)
-            .with_context(|| format!("{} is corrupt", path.display()))?;
-        raw.resolve()
-            .with_context(|| format!("{} is corrupt", path.display()))
+        Identity::load(&self.path(IDENTITY_FILE))
     }
 
     /// Writes the identity (the last step of enrollment).
     pub fn store_identity(&self, identity: &Identity) -> Result<()> {
-        write_json(&self.path(IDENTITY_FILE), &IdentityFile::from(identity))
+        identity.store(&self.path(IDENTITY_FILE))
     }
 
     /// Writes the device key, readable by the owner only.
     pub fn store_key(&self, key: &SigningKey) -> Result<()> {
-        let pem = key
-            .to_pkcs8_pem(LineEnding::LF)
-            .map_err(|_| anyhow::anyhow!("cannot encode the device key"))?;
-        write_atomic(&self.path(KEY_FILE), pem.as_bytes(), 0o600).context("writing the device key")
+        keys::store_key(&self.path(KEY_FILE), key, "the device key")
     }
 
     /// Reads the device key; refuses a key file that others can read.
     pub fn load_key(&self) -> Result<SigningKey> {
-        let path = self.path(KEY_FILE);
-        let meta = fs::metadata(&path).with_context(|| format!("reading {}", path.display()))?;
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            bail!(
-                "{} is accessible by other users (mode {mode:o}); fix it with `chmod 600 {}`",
-                path.display(),
-                path.display()
-            );
-        }
-        let pem = zeroize::Zeroizing::new(
-            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?,
-        );
-        SigningKey::from_pkcs8_pem(&pem)
-            .map_err(|_| anyhow::anyhow!("{} is not a valid Ed25519 PKCS#8 key", path.display()))
+        keys::load_key(&self.path(KEY_FILE))
+    }
+
+    /// Where the messenger directory is: as recorded at enrollment, else (an agent
+    /// enrolled before the messenger had a directory of its own) `messenger/` inside
+    /// this directory, handed to nobody.
+    pub fn messenger_record(&self) -> Result<MessengerRecord> {
+        Ok(
+            read_json(&self.path(MESSENGER_RECORD))?.unwrap_or_else(|| MessengerRecord {
+                dir: self.path(MESSENGER_DIR),
+                owner: None,
+            }),
+        )
+    }
+
+    /// Records where the messenger directory is.
+    pub fn store_messenger_record(&self, record: &MessengerRecord) -> Result<()> {
+        write_json(&self.path(MESSENGER_RECORD), record)
     }
 
     /// Writes the held bundle.
@@ -364,12 +303,36 @@ impl StateDir {
             .context("recording the pending wipe")
     }
 
-    /// Wipe, first part: deletes the messenger's database, the outbox, the bundle, the
-    /// zone state, the report counter, the status file, the simulated hardware and
-    /// leftover temporary files. The key, the identity and the wipe marker stay (see
+    /// Wipe, first part: destroys the messenger directory wherever it is (its key, its
+    /// delegation, its database), then deletes the outbox, the bundle, the zone state,
+    /// the report counter, the status file, the simulated hardware and leftover
+    /// temporary files. The key, the identity and the wipe marker stay (see
     /// [`StateDir::destroy_key_and_identity`]). Returns what could not be deleted.
     pub fn destroy_local_data(&self) -> Vec<String> {
         let mut failures = Vec::new();
+        // The record goes only once its directory is gone, so a wipe interrupted or
+        // failed here still finds it at the next start.
+        let messenger = match self.messenger_record() {
+            Ok(r) => MessengerDir::new(r.dir).destroy(),
+            // An unreadable record: the default place is still destroyed, and the
+            // record kept for whoever looks into the failure.
+            Err(e) => {
+                if let Err(d) = MessengerDir::new(self.path(MESSENGER_DIR)).destroy() {
+                    failures.push(format!("the messenger directory: {d:#}"));
+                }
+                Err(e)
+            }
+        };
+        match messenger {
+            Ok(()) => {
+                if let Err(e) = fs::remove_file(self.path(MESSENGER_RECORD))
+                    && e.kind() != io::ErrorKind::NotFound
+                {
+                    failures.push(format!("{MESSENGER_RECORD}: {e}"));
+                }
+            }
+            Err(e) => failures.push(format!("the messenger directory: {e:#}")),
+        }
         let mut remove = |path: PathBuf| {
             let result = if path.is_dir() {
                 fs::remove_dir_all(&path)
@@ -392,7 +355,7 @@ impl StateDir {
             .unwrap_or_default();
         for name in &names {
             let temporary = name.starts_with('.') && name.ends_with(".tmp");
-            if name.starts_with(MESSENGER_DB) || temporary {
+            if name.starts_with(LEGACY_MESSENGER_DB) || temporary {
                 remove(self.path(name));
             }
         }
@@ -418,20 +381,7 @@ impl StateDir {
     /// then deletes the identity (the directory is no longer enrolled) and the wipe
     /// marker.
     pub fn destroy_key_and_identity(&self) -> Result<()> {
-        let key = self.path(KEY_FILE);
-        match OpenOptions::new().write(true).open(&key) {
-            Ok(mut f) => {
-                let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-                let zeros = vec![0u8; usize::try_from(len).unwrap_or(0).max(1)];
-                f.write_all(&zeros)
-                    .and_then(|()| f.sync_all())
-                    .with_context(|| format!("overwriting {}", key.display()))?;
-                drop(f);
-                fs::remove_file(&key).with_context(|| format!("deleting {}", key.display()))?;
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("opening {}", key.display())),
-        }
+        keys::destroy_key(&self.path(KEY_FILE))?;
         for name in [IDENTITY_FILE, WIPE_MARKER] {
             match fs::remove_file(self.path(name)) {
                 Ok(()) => {}
@@ -443,71 +393,10 @@ impl StateDir {
     }
 }
 
-/// Who this device is and whom it trusts, fixed at enrollment.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
-    /// The id the server assigned.
-    pub device_id: DeviceId,
-    /// The person the device belongs to.
-    pub user: UserName,
-    /// The server's base URL.
-    pub server: url::Url,
-    /// The pinned organization CA.
-    pub ca_fingerprint: Fingerprint,
-    /// The organization's bundle-signing key.
-    pub organization_key: VerifyingKey,
-    /// The hardware backend in use.
-    pub hardware: HardwareKind,
-    /// When the device enrolled.
-    pub enrolled_at: Timestamp,
-}
-
-/// `identity.json` as stored.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct IdentityFile {
-    device_id: DeviceId,
-    user: UserName,
-    server: String,
-    ca_fingerprint: Fingerprint,
-    organization_key: String,
-    hardware: HardwareKind,
-    enrolled_at: Timestamp,
-}
-
-impl IdentityFile {
-    fn resolve(self) -> Result<Identity> {
-        let server = url::Url::parse(&self.server).context("server is not a URL")?;
-        let organization_key = decode_public_key(&self.organization_key)
-            .context("organization_key is not an Ed25519 public key")?;
-        Ok(Identity {
-            device_id: self.device_id,
-            user: self.user,
-            server,
-            ca_fingerprint: self.ca_fingerprint,
-            organization_key,
-            hardware: self.hardware,
-            enrolled_at: self.enrolled_at,
-        })
-    }
-}
-
-impl From<&Identity> for IdentityFile {
-    fn from(i: &Identity) -> Self {
-        IdentityFile {
-            device_id: i.device_id.clone(),
-            user: i.user.clone(),
-            server: i.server.as_str().trim_end_matches('/').to_owned(),
-            ca_fingerprint: i.ca_fingerprint,
-            organization_key: encode_public_key(&i.organization_key),
-            hardware: i.hardware,
-            enrolled_at: i.enrolled_at,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use redoubt_proto::{DeviceId, Fingerprint, HardwareKind};
+
     use super::*;
 
     fn identity() -> Identity {
@@ -627,6 +516,104 @@ mod tests {
         assert_eq!(left(&dir), Vec::<String>::new());
         assert!(!dir.is_enrolled());
         assert_eq!(dir.wipe_pending().unwrap(), None);
+    }
+
+    #[test]
+    fn a_wipe_destroys_the_messenger_directory_wherever_it_is() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(tmp.path().join("state"));
+        dir.create().unwrap();
+        let key = SigningKey::from_bytes(&[3; 32]);
+        dir.store_key(&key).unwrap();
+        let record = MessengerRecord {
+            dir: tmp.path().join("elsewhere").join("messenger"),
+            owner: None,
+        };
+        let m = crate::messenger_dir::provision(
+            &dir,
+            &identity(),
+            &key,
+            &record,
+            Timestamp(1_800_000_000),
+            true,
+        )
+        .unwrap();
+        assert_eq!(dir.messenger_record().unwrap(), record);
+        m.load_credential().unwrap();
+        fs::write(m.db_path(), b"conversations").unwrap();
+        fs::write(m.path("messenger.db-wal"), b"conversations").unwrap();
+        assert_eq!(dir.destroy_local_data(), Vec::<String>::new());
+        assert!(!record.dir.exists(), "the messenger directory is gone");
+        assert!(tmp.path().join("elsewhere").exists(), "its parent stays");
+        assert!(!dir.path(MESSENGER_RECORD).exists());
+        // Without a record (an agent enrolled before): `messenger/` in the state dir.
+        let inner = MessengerDir::new(dir.path(MESSENGER_DIR));
+        inner.create().unwrap();
+        fs::write(inner.db_path(), b"conversations").unwrap();
+        assert_eq!(dir.destroy_local_data(), Vec::<String>::new());
+        assert!(!inner.root().exists());
+        // A corrupt record is reported, and the default place is destroyed anyway.
+        inner.create().unwrap();
+        fs::write(inner.db_path(), b"conversations").unwrap();
+        fs::write(dir.path(MESSENGER_RECORD), b"{").unwrap();
+        let failures = dir.destroy_local_data();
+        assert_eq!(failures.len(), 1, "{failures:?}");
+        assert!(
+            failures[0].contains("messenger-dir.json is corrupt"),
+            "{failures:?}"
+        );
+        assert!(!inner.root().exists());
+    }
+
+    #[test]
+    fn the_messenger_directory_never_holds_the_device_key_nor_the_state() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(tmp.path().join("state"));
+        dir.create().unwrap();
+        for bad in [dir.root().to_path_buf(), tmp.path().to_path_buf()] {
+            let record = MessengerRecord {
+                dir: bad,
+                owner: None,
+            };
+            let err = format!(
+                "{:#}",
+                crate::messenger_dir::check_placement(&dir, &record).unwrap_err()
+            );
+            assert!(
+                err.contains("must not be the agent's state directory"),
+                "{err}"
+            );
+        }
+        let key = SigningKey::from_bytes(&[3; 32]);
+        let record = MessengerRecord {
+            dir: std::path::absolute(dir.path(MESSENGER_DIR)).unwrap(),
+            owner: None,
+        };
+        let m = crate::messenger_dir::provision(
+            &dir,
+            &identity(),
+            &key,
+            &record,
+            Timestamp(1_800_000_000),
+            true,
+        )
+        .unwrap();
+        let pem = fs::read_to_string(dir.path(KEY_FILE)).unwrap_or_default();
+        for e in fs::read_dir(m.root()).unwrap() {
+            let p = e.unwrap().path();
+            let text = fs::read_to_string(&p).unwrap();
+            assert!(
+                pem.is_empty() || !text.contains(pem.trim()),
+                "{}",
+                p.display()
+            );
+            assert_ne!(p.file_name().unwrap(), KEY_FILE);
+        }
+        assert_ne!(
+            m.load_credential().unwrap().key.to_bytes(),
+            key.to_bytes(),
+            "the messenger key is its own"
+        );
     }
 
     #[test]

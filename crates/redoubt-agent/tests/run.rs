@@ -589,9 +589,36 @@ async fn commands_lock_unlock_refusals_and_a_wipe() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("state");
     let state = root.to_str().unwrap();
-    ok(&cli(&["enroll", &server.url, "--state", state]).await);
-    // What the messenger would have written into the same directory.
+    // The messenger directory outside the state directory, handed to the chat's user
+    // (here the test's own: only root may give files away).
+    let chat_dir = tmp.path().join("chat").join("messenger");
+    let me = {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(tmp.path()).unwrap();
+        format!("{}:{}", m.uid(), m.gid())
+    };
+    ok(&cli(&[
+        "enroll",
+        &server.url,
+        "--state",
+        state,
+        "--messenger-dir",
+        chat_dir.to_str().unwrap(),
+        "--messenger-owner",
+        &me,
+    ])
+    .await);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&chat_dir), 0o700);
+        assert_eq!(mode(&chat_dir.join("messenger-key.pem")), 0o600);
+        assert!(!chat_dir.join("device-key.pem").exists());
+    }
+    // What the messenger would have written into its directory, and what an older
+    // one wrote into the state directory.
     for name in ["messenger.db", "messenger.db-wal", "messenger.db-shm"] {
+        std::fs::write(chat_dir.join(name), b"conversations").unwrap();
         std::fs::write(root.join(name), b"conversations").unwrap();
     }
     let mut agent = tokio::process::Command::new(BIN)
@@ -690,6 +717,11 @@ async fn commands_lock_unlock_refusals_and_a_wipe() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(left, ["agent.lock"], "{left:?}");
+    assert!(
+        !chat_dir.exists(),
+        "the messenger directory survived the wipe"
+    );
+    assert!(tmp.path().join("chat").exists(), "its parent stays");
     let err = fails(&cli(&["status", "--state", state]).await);
     assert!(err.contains("not an enrolled"), "{err}");
 }

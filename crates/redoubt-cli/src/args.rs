@@ -111,7 +111,8 @@ pub enum Command {
     /// Show who the admin token belongs to and its role.
     Whoami,
     /// The messenger on a phone: end-to-end encrypted conversations of the device
-    /// enrolled in --state (needs no admin credential).
+    /// whose messenger directory is --state (needs no admin credential, nor the
+    /// agent's state directory or device key).
     Chat(ChatArgs),
     /// Secured zones, their checkpoints, gate terminals and checkpoint codes.
     #[command(subcommand)]
@@ -127,7 +128,8 @@ pub enum Command {
 /// `redoubt chat --state DIR ...`
 #[derive(Debug, Args)]
 pub struct ChatArgs {
-    /// The device's state directory (as given to `redoubt-agent enroll`).
+    /// The messenger directory written by `redoubt-agent enroll` (its
+    /// `--messenger-dir`), or an agent state directory holding one in `messenger/`.
     #[arg(long, value_name = "DIR")]
     pub state: PathBuf,
     /// What to do; without one, the interactive terminal chat opens.

@@ -1,12 +1,13 @@
-//! `redoubt chat --state DIR ...`: the messenger of the device enrolled in DIR. Every
-//! command first applies what the server holds for the device, so what it prints is
-//! current. Works whether or not `redoubt-agent run` uses the same state dir.
+//! `redoubt chat --state DIR ...`: the messenger whose directory is DIR (or the
+//! `messenger/` directory of the agent state directory DIR). Every command first
+//! applies what the server holds for the device, so what it prints is current. Needs
+//! only the messenger directory: never the agent's state nor the device key.
 
 use std::time::Duration;
 
 use anyhow::Context as _;
 use futures_util::StreamExt;
-use redoubt_messenger::{ConversationView, MessageView, Messenger};
+use redoubt_messenger::{ConversationView, MessageView, Messenger, MessengerDir};
 use redoubt_proto::GroupId;
 use serde_json::json;
 
@@ -78,9 +79,10 @@ async fn print_messages(
 
 /// Runs a chat command.
 pub async fn run(json_out: bool, args: ChatArgs) -> anyhow::Result<()> {
-    let m = Messenger::open(&args.state)
+    let dir = MessengerDir::resolve(&args.state)?;
+    let m = Messenger::open(dir.root())
         .await
-        .with_context(|| format!("opening the messenger of {}", args.state.display()))?;
+        .with_context(|| format!("opening the messenger in {}", dir.root().display()))?;
     let Some(command) = args.command else {
         return crate::chat_tui::run(m).await;
     };

@@ -1,4 +1,4 @@
-//! The messenger's local database (`messenger.db` in the device state dir): the MLS
+//! The messenger's local database (`messenger.db` in the messenger directory): the MLS
 //! state rows, conversations, messages, receipts, the processed-item log, the outbox
 //! and buffered future-epoch items. The only module of the messenger that speaks SQL.
 //!

@@ -2,6 +2,10 @@
 //! conversations over MLS (RFC 9420, `openmls`), with the organization's server as the
 //! delivery and authentication service.
 //!
+//! - It runs as the phone's user and works from its own directory
+//!   ([`redoubt_device::MessengerDir`], written by the agent at enrollment): a messenger
+//!   key that the device key delegated opens its sessions; it never reads the agent's
+//!   state directory nor the device key, and does not link the agent.
 //! - Each enrolled device is one MLS member; its MLS signature key is certified by the
 //!   organization (`member-certificate/v1`), and every member's certificate is checked
 //!   against the organization key before a Welcome or a commit is accepted.
@@ -19,3 +23,4 @@ pub mod net;
 pub mod testpoint;
 
 pub use messenger::{ConversationView, MessageView, Messenger, Queued, SyncReport};
+pub use redoubt_device::MessengerDir;

@@ -11,8 +11,8 @@ use openmls::prelude::*;
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_traits::signatures::Signer as _;
 use rand_core::RngCore;
-use redoubt_agent::state::{Identity, StateDir};
 use redoubt_client::ClientError;
+use redoubt_device::{MessengerDir, PublicIdentity as Identity};
 use redoubt_proto::messaging::{
     Ack, B64, BlobStored, CertificateIssued, CertificateRequest, ClaimKeyPackages,
     ClaimedKeyPackages, CreateGroup, GroupState, ItemKind, MemberCertificate, PostCommit,
@@ -50,8 +50,8 @@ pub const RECEIPTS_UP_TO: usize = 32;
 /// How many times a commit is retried after losing the race for an epoch.
 const COMMIT_ATTEMPTS: usize = 8;
 
-/// The file of the messenger's database in the state dir.
-pub const DB_FILE: &str = "messenger.db";
+/// The file of the messenger's database in the messenger directory.
+pub const DB_FILE: &str = redoubt_device::layout::messenger::DB_FILE;
 
 /// A conversation as listed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -399,16 +399,18 @@ async fn put_setting(tx: &mut Tx<'_>, name: &str, value: &str) -> Result<()> {
 }
 
 impl Messenger {
-    /// Opens the messenger of the enrolled device in `dir`: creates and certifies its
-    /// MLS key on first use, uploads KeyPackages, and finishes what a crash interrupted.
+    /// Opens the messenger whose directory (written by the agent at enrollment) is
+    /// `dir`: proves itself with the messenger key the device delegated (never the
+    /// device key, which it cannot read), creates and certifies its MLS key on first
+    /// use, uploads KeyPackages, and finishes what a crash interrupted.
     pub async fn open(dir: &Path) -> Result<Messenger> {
-        let state = StateDir::new(dir);
-        let identity = state.load_identity()?;
-        let key = state.load_key()?;
-        let db = Db::open(&state.path(DB_FILE))
+        let dir = MessengerDir::new(dir);
+        let credential = dir.load_credential()?;
+        let identity = credential.identity.clone();
+        let db = Db::open(&dir.db_path())
             .await
-            .with_context(|| format!("opening {}", state.path(DB_FILE).display()))?;
-        let net = Net::new(&identity, key)?;
+            .with_context(|| format!("opening {}", dir.db_path().display()))?;
+        let net = Net::new(&identity, credential.key, credential.delegation)?;
         let mut first_start = false;
         let (signer, certificate) = match (
             setting(&db, "mls_public_key").await?,

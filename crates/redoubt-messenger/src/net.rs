@@ -1,16 +1,17 @@
 //! The messenger's connection to the server: a device session opened by signing a
-//! fresh challenge with the device key (the token lives in memory only), JSON calls
+//! fresh challenge with the messenger key and showing the device key's delegation of it
+//! (the token lives in memory only; the device key is never used here), JSON calls
 //! under `/api/v1/messenger`, blob transfer, and the push WebSocket. A call that meets
 //! an expired session (401) opens a new one and is retried once.
 
 use ed25519_dalek::{Signer, SigningKey};
-use redoubt_agent::state::Identity;
 use redoubt_client::{ClientError, DeviceSocket, ServerClient};
+use redoubt_device::PublicIdentity;
 use redoubt_proto::envelope::encode_signature;
 use redoubt_proto::messaging::{
     Challenge, MessengerLimits, SessionGranted, SessionRequest, session_message,
 };
-use redoubt_proto::{DeviceId, Timestamp, UserName};
+use redoubt_proto::{DeviceId, SignedEnvelope, Timestamp, UserName};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::Mutex;
@@ -23,6 +24,7 @@ pub struct Net {
     base: ServerClient,
     device_id: DeviceId,
     key: SigningKey,
+    delegation: SignedEnvelope,
     session: Mutex<Option<(ServerClient, SessionGranted)>>,
 }
 
@@ -40,12 +42,18 @@ fn is_unauthorized(e: &ClientError) -> bool {
 }
 
 impl Net {
-    /// A connection for the enrolled device `identity`, proving itself with `key`.
-    pub fn new(identity: &Identity, key: SigningKey) -> Result<Net, ClientError> {
+    /// A connection for the messenger of the device `identity`, proving itself with
+    /// the messenger key `key` that `delegation` (signed by the device key) names.
+    pub fn new(
+        identity: &PublicIdentity,
+        key: SigningKey,
+        delegation: SignedEnvelope,
+    ) -> Result<Net, ClientError> {
         Ok(Net {
             base: ServerClient::new(identity.server.clone(), identity.ca_fingerprint, None)?,
             device_id: identity.device_id.clone(),
             key,
+            delegation,
             session: Mutex::new(None),
         })
     }
@@ -73,6 +81,7 @@ impl Net {
                     device_id: self.device_id.clone(),
                     nonce: challenge.nonce,
                     signature: encode_signature(&signature),
+                    delegation: self.delegation.clone(),
                 },
             )
             .await?;

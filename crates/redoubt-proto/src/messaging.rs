@@ -8,7 +8,7 @@
 //! | method, path | who | body → answer |
 //! |---|---|---|
 //! | `POST /device/challenge` | anyone | → [`Challenge`] |
-//! | `POST /device/session` | device key | [`SessionRequest`] → [`SessionGranted`] |
+//! | `POST /device/session` | messenger key, delegated by the device key | [`SessionRequest`] → [`SessionGranted`] |
 //! | `POST /messenger/certificate` | device session | [`CertificateRequest`] → [`CertificateIssued`] |
 //! | `GET /messenger/revocations` | device session | → [`SignedEnvelope`] of a [`RevocationList`] |
 //! | `POST /messenger/key-packages` | device session | [`UploadKeyPackages`] → [`KeyPackageStock`] |
@@ -73,7 +73,8 @@ pub struct Challenge {
     pub nonce: String,
 }
 
-/// A device proves possession of its key.
+/// A device's messenger proves possession of its messenger key, and shows the device
+/// key's delegation of that key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SessionRequest {
@@ -81,8 +82,31 @@ pub struct SessionRequest {
     pub device_id: DeviceId,
     /// The nonce from [`Challenge`].
     pub nonce: String,
-    /// Base64 Ed25519 signature over [`session_message`].
+    /// Base64 Ed25519 signature over [`session_message`], made with the messenger key
+    /// that `delegation` names.
     pub signature: String,
+    /// A [`MessengerDelegation`] signed by the device key.
+    pub delegation: SignedEnvelope,
+}
+
+/// The device key's statement, made at enrollment, that a messenger key speaks for the
+/// device's messenger. The messenger runs as the phone's user and never holds the
+/// device key (root's); this key opens messenger sessions of this device and nothing
+/// else (never the agent's WebSocket). Revoking the device ends both.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessengerDelegation {
+    /// The delegating device.
+    pub device_id: DeviceId,
+    /// The messenger's Ed25519 public key (32 bytes).
+    pub messenger_key: B64,
+    /// When the agent made it (the phone's time; informative).
+    pub issued_at: Timestamp,
+}
+
+impl MessengerDelegation {
+    /// Envelope kind.
+    pub const KIND: &'static str = "messenger-delegation/v1";
 }
 
 /// A short-lived session credential, kept in memory only (`Authorization: Device …`).

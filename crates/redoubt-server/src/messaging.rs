@@ -19,9 +19,9 @@ use redoubt_proto::envelope::decode_signature;
 use redoubt_proto::messaging::{
     Ack, AckResult, B64, BlobStored, CertificateIssued, CertificateRequest, Challenge,
     ClaimKeyPackages, ClaimedKeyPackage, ClaimedKeyPackages, CreateGroup, GroupState, HeldGroup,
-    KeyPackageStock, MemberCertificate, MessageAccepted, MessengerLimits, MessengerPush,
-    PostCommit, PostMessage, QueueBatch, RemovalRequest, RevocationList, SessionGranted,
-    SessionRequest, UploadKeyPackages, certificate_proof_message, session_message,
+    KeyPackageStock, MemberCertificate, MessageAccepted, MessengerDelegation, MessengerLimits,
+    MessengerPush, PostCommit, PostMessage, QueueBatch, RemovalRequest, RevocationList,
+    SessionGranted, SessionRequest, UploadKeyPackages, certificate_proof_message, session_message,
 };
 use redoubt_proto::{BlobId, DeviceId, GroupId, PolicyBundle, SignedEnvelope, Timestamp, UserName};
 use redoubt_store::{CommitInput, CommitOutcome, GroupRecord};
@@ -215,7 +215,11 @@ impl App {
         }
     }
 
-    /// `POST /device/session`: a signed challenge opens a short session.
+    /// `POST /device/session`: a challenge signed by the device's messenger key, with
+    /// the device key's delegation of that key, opens a short session. The device key
+    /// itself does not: the request must carry a delegation, the delegation must be
+    /// signed by the device's registered key, for this device, naming a key other than
+    /// the device key, and the challenge must be signed by the key it names.
     pub async fn open_device_session(
         &self,
         req: SessionRequest,
@@ -223,26 +227,52 @@ impl App {
         let now = Timestamp::now();
         let fresh = self.sessions.take_challenge(&req.nonce, now);
         let device = self.store.get_device(&req.device_id).await?;
-        let verified = fresh
-            && device.as_ref().is_some_and(|d| {
-                d.revoked_at.is_none()
-                    && match (
-                        VerifyingKey::from_bytes(&d.public_key).ok(),
-                        decode_signature(&req.signature),
-                    ) {
-                        (Some(k), Some(s)) => k
-                            .verify_strict(&session_message(&req.nonce, &req.device_id), &s)
-                            .is_ok(),
-                        _ => false,
-                    }
-            });
-        let Some(device) = device.filter(|_| verified) else {
+        let refuse = |why: &str| {
             metrics::counter!("redoubt_device_auth_failures_total").increment(1);
-            return Err(ServiceError::Unauthorized(
-                "device authentication failed (unknown, revoked, or a bad or used challenge)"
-                    .into(),
+            ServiceError::Unauthorized(format!("device authentication failed: {why}"))
+        };
+        let (Some(device), true) = (device, fresh) else {
+            return Err(refuse(
+                "unknown or revoked device, or a bad or used challenge",
             ));
         };
+        let device_key = match VerifyingKey::from_bytes(&device.public_key) {
+            Ok(k) if device.revoked_at.is_none() => k,
+            _ => {
+                return Err(refuse(
+                    "unknown or revoked device, or a bad or used challenge",
+                ));
+            }
+        };
+        let Ok(delegation) = req
+            .delegation
+            .verify::<MessengerDelegation>(MessengerDelegation::KIND, &device_key)
+        else {
+            return Err(refuse(
+                "the messenger delegation is not signed by this device's key",
+            ));
+        };
+        if delegation.device_id != req.device_id {
+            return Err(refuse("the messenger delegation is for another device"));
+        }
+        let messenger_key = <[u8; 32]>::try_from(delegation.messenger_key.0.as_slice())
+            .ok()
+            .and_then(|b| VerifyingKey::from_bytes(&b).ok());
+        let Some(messenger_key) = messenger_key.filter(|k| *k != device_key) else {
+            return Err(refuse(
+                "the messenger delegation must name an Ed25519 key other than the device key",
+            ));
+        };
+        let signed = decode_signature(&req.signature).is_some_and(|s| {
+            messenger_key
+                .verify_strict(&session_message(&req.nonce, &req.device_id), &s)
+                .is_ok()
+        });
+        if !signed {
+            return Err(refuse(
+                "the challenge is not signed by the delegated messenger key",
+            ));
+        }
         let expires_at = now.plus_secs(self.config.device_session_ttl_secs as i64);
         let token = self
             .sessions

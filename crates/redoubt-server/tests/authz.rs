@@ -266,44 +266,6 @@ fn verdict(access: &str, caller: &Caller) -> Verdict {
     }
 }
 
-/// Opens a device session the way the messenger does: a fresh challenge signed with the
-/// device key.
-fn device_session(http: &Http, state: &std::path::Path) -> String {
-    use ed25519_dalek::Signer;
-    use ed25519_dalek::pkcs8::DecodePrivateKey;
-    let identity: Value =
-        serde_json::from_slice(&std::fs::read(state.join("identity.json")).unwrap()).unwrap();
-    let device_id = identity["device_id"].as_str().unwrap();
-    let pem = std::fs::read_to_string(state.join("device-key.pem")).unwrap();
-    let key = ed25519_dalek::SigningKey::from_pkcs8_pem(&pem).unwrap();
-    let (status, body) = http.request("POST", "/api/v1/device/challenge", &[], Some(b"{}"));
-    assert_eq!(status, 200, "{body}");
-    let nonce = serde_json::from_str::<Value>(&body).unwrap()["nonce"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let signature = key.sign(&redoubt_proto::messaging::session_message(
-        &nonce,
-        &device_id.parse().unwrap(),
-    ));
-    let req = serde_json::json!({
-        "device_id": device_id,
-        "nonce": nonce,
-        "signature": redoubt_proto::envelope::encode_signature(&signature),
-    });
-    let (status, body) = http.request(
-        "POST",
-        "/api/v1/device/session",
-        &[],
-        Some(req.to_string().as_bytes()),
-    );
-    assert_eq!(status, 200, "{body}");
-    serde_json::from_str::<Value>(&body).unwrap()["token"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
 #[test]
 fn every_route_answers_every_caller_as_its_row_says() {
     let tmp = tempfile::tempdir().unwrap();
@@ -339,9 +301,11 @@ fn every_route_answers_every_caller_as_its_row_says() {
         &["create", "Ops", "--members", "bob,dave"],
     );
     let group = created["conversation"].as_str().unwrap().to_owned();
-    let member = device_session(&http, &phones[0].1.state);
-    let outsider = device_session(&http, &phones[2].1.state);
-    let revoked = device_session(&http, &phones[3].1.state);
+    let session = |i: usize| {
+        let auth = http.device_session(&phones[i].1.state, &phones[i].0);
+        auth.strip_prefix("Device ").unwrap().to_owned()
+    };
+    let (member, outsider, revoked) = (session(0), session(2), session(3));
     let (status, body) = http.send(
         "POST",
         &format!("/api/v1/devices/{}/commands", phones[3].0),

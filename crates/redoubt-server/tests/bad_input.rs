@@ -311,6 +311,12 @@ fn logs_hold_no_secret() {
         .lines()
         .filter(|l| !l.starts_with("-----"))
         .collect();
+    let messenger_key =
+        std::fs::read_to_string(phone.messenger().join("messenger-key.pem")).unwrap();
+    let messenger_key_body: String = messenger_key
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
     drop(phone);
     server.stop();
     let logs = std::fs::read_to_string(data.with_extension("log")).unwrap()
@@ -324,6 +330,7 @@ fn logs_hold_no_secret() {
         ("enrollment token", token.as_str()),
         ("bundle signature", bundle_sig.as_str()),
         ("device key", key_body.as_str()),
+        ("messenger key", messenger_key_body.as_str()),
     ] {
         assert!(!logs.contains(secret), "the {what} appears in a log");
     }

@@ -263,7 +263,7 @@ fn a_member_whose_key_the_organization_never_certified_is_refused() {
 
     // Mallory replaces her organization certificate with one she signed herself for
     // the same device and MLS key.
-    let db = mallory.state.join("messenger.db");
+    let db = mallory.messenger().join("messenger.db");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

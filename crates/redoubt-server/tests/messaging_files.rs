@@ -117,10 +117,10 @@ fn a_file_is_fetched_only_by_the_current_members_of_its_conversation() {
 
     let rt = rt();
     let blob = rt.block_on(async {
-        let a = Messenger::open(&alice.state).await.unwrap();
-        let b = Messenger::open(&bob.state).await.unwrap();
-        let c = Messenger::open(&carol.state).await.unwrap();
-        let e = Messenger::open(&eve.state).await.unwrap();
+        let a = Messenger::open(&alice.messenger()).await.unwrap();
+        let b = Messenger::open(&bob.messenger()).await.unwrap();
+        let c = Messenger::open(&carol.messenger()).await.unwrap();
+        let e = Messenger::open(&eve.messenger()).await.unwrap();
         let bytes = b"ciphertext of a file".to_vec();
         let (status, stored) = upload(&a, &gid, bytes.clone()).await;
         assert_eq!(status, 200, "{stored}");
@@ -167,8 +167,8 @@ fn a_file_is_fetched_only_by_the_current_members_of_its_conversation() {
     // Carol, once removed, is an outsider too.
     chat(&alice.state, &["remove", &gid, "carol"]);
     rt.block_on(async {
-        let a = Messenger::open(&alice.state).await.unwrap();
-        let c = Messenger::open(&carol.state).await.unwrap();
+        let a = Messenger::open(&alice.messenger()).await.unwrap();
+        let c = Messenger::open(&carol.messenger()).await.unwrap();
         let (s, stored) = upload(&a, &gid, b"after carol".to_vec()).await;
         assert_eq!(s, 200, "{stored}");
         let after = stored["blob_id"].as_str().unwrap().to_owned();
@@ -206,8 +206,8 @@ fn a_device_past_its_storage_quota_is_refused_before_anything_is_written_until_f
     let gid = create(alice, "bob");
     let rt = rt();
     let first = rt.block_on(async {
-        let a = Messenger::open(&alice.state).await.unwrap();
-        let b = Messenger::open(&bob.state).await.unwrap();
+        let a = Messenger::open(&alice.messenger()).await.unwrap();
+        let b = Messenger::open(&bob.messenger()).await.unwrap();
         let mut first = Vec::new();
         for _ in 0..2 {
             let (s, v) = upload(&a, &gid, vec![7; 4096]).await;
@@ -240,8 +240,8 @@ fn a_device_past_its_storage_quota_is_refused_before_anything_is_written_until_f
     });
     assert_eq!(metric(&server, "redoubt_blob_quota_refusals_total"), 1.0);
     rt.block_on(async {
-        let a = Messenger::open(&alice.state).await.unwrap();
-        let b = Messenger::open(&bob.state).await.unwrap();
+        let a = Messenger::open(&alice.messenger()).await.unwrap();
+        let b = Messenger::open(&bob.messenger()).await.unwrap();
 
         // Once they expire, the sweeper deletes the files and the quota is free again.
         wait_for(
@@ -278,7 +278,7 @@ fn a_claim_names_each_person_once_and_cannot_drain_a_persons_key_packages() {
             .collect(),
     };
     rt.block_on(async {
-        let m = Messenger::open(&mallory.state).await.unwrap();
+        let m = Messenger::open(&mallory.messenger()).await.unwrap();
         // Naming Bob twice is refused, and hands out nothing.
         let (s, v) = answer(
             m.net()

@@ -97,7 +97,9 @@ async fn craft_add_of(
     gid: &str,
     make: impl FnOnce(&Provider<'_>) -> Vec<KeyPackage>,
 ) -> (B64, B64, B64) {
-    let db = Db::open(&state.join("messenger.db")).await.unwrap();
+    let db = Db::open(&state.join("messenger").join("messenger.db"))
+        .await
+        .unwrap();
     let pk: String = sqlx::query_scalar("SELECT value FROM settings WHERE name = 'mls_public_key'")
         .fetch_one(db.pool())
         .await
@@ -171,7 +173,7 @@ fn a_member_cannot_rewrite_the_group_with_what_it_declares() {
     let rt = rt();
     let gid = w.gid.clone();
     rt.block_on(async {
-        let m = Messenger::open(&w.mallory.state).await.unwrap();
+        let m = Messenger::open(&w.mallory.messenger()).await.unwrap();
         let before = group(&m, &gid).await;
         assert_eq!(before.members.len(), 3, "{before:?}");
         let path = format!("/groups/{gid}/commit");
@@ -242,7 +244,7 @@ fn a_member_cannot_rewrite_the_group_with_what_it_declares() {
     let read = chat(&w.bob.state, &["read", &gid]);
     assert!(texts(&read).contains(&text), "{read}");
     rt.block_on(async {
-        let a = Messenger::open(&w.alice.state).await.unwrap();
+        let a = Messenger::open(&w.alice.messenger()).await.unwrap();
         let g = group(&a, &gid).await;
         assert_eq!(g.members.len(), 2, "{g:?}");
         assert!(!g.members.contains(&w.mallory_device()), "{g:?}");
@@ -263,7 +265,7 @@ fn a_member_cannot_add_a_device_awaiting_approval_with_a_key_package_it_made() {
         .unwrap();
     assert_eq!(w.server.device(ghost_id.as_str())["approval"], "pending");
     rt.block_on(async {
-        let m = Messenger::open(&w.mallory.state).await.unwrap();
+        let m = Messenger::open(&w.mallory.messenger()).await.unwrap();
         let before = group(&m, &gid).await;
         // The organization will not certify the ghost's key, so Mallory makes the
         // KeyPackage herself, with a certificate she signed, naming the ghost device.
@@ -319,7 +321,7 @@ fn a_non_member_learns_nothing_about_a_group() {
     // Alice removes Mallory; the removal commit is in Mallory's queue.
     chat(&w.alice.state, &["remove", &gid, "mallory"]);
     rt.block_on(async {
-        let m = Messenger::open(&w.mallory.state).await.unwrap();
+        let m = Messenger::open(&w.mallory.messenger()).await.unwrap();
         let batch: QueueBatch = m.net().get("/queue?limit=100").await.unwrap();
         let removal = batch
             .items
@@ -329,7 +331,7 @@ fn a_non_member_learns_nothing_about_a_group() {
             .expect("the removal commit is queued for the removed member")
             .payload
             .clone();
-        let e = Messenger::open(&w.eve.state).await.unwrap();
+        let e = Messenger::open(&w.eve.messenger()).await.unwrap();
         for who in [&m, &e] {
             // Reading, committing (old and new shape), sending, and the retry path
             // with the last accepted commit: every answer is the one for a group

@@ -108,7 +108,8 @@ fn a_hundred_member_group_works_end_to_end() {
     rt.block_on(async {
         let mut ms = Vec::with_capacity(MEMBERS);
         for chunk in states.chunks(10) {
-            for m in join_all(chunk.iter().map(|s| Messenger::open(s))).await {
+            let dirs: Vec<_> = chunk.iter().map(|s| s.join("messenger")).collect();
+            for m in join_all(dirs.iter().map(|d| Messenger::open(d))).await {
                 ms.push(m.unwrap());
             }
         }

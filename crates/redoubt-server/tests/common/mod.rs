@@ -248,6 +248,11 @@ impl Agent {
             .unwrap()
     }
 
+    /// The messenger directory enrollment wrote (`STATE/messenger/`).
+    pub fn messenger(&self) -> PathBuf {
+        self.state.join("messenger")
+    }
+
     /// Enrolls; returns the device id.
     pub fn enroll(&self, url: &str) -> String {
         let out = self.cmd(&["enroll", url, "--json"]);
@@ -468,12 +473,17 @@ impl Http {
         })
     }
 
-    /// Opens a device session the way a phone does (a challenge signed with the device
-    /// key from the agent's state dir); returns the `Authorization` header value.
+    /// Opens a device session the way the phone's messenger does (a challenge signed
+    /// with the messenger key, with its delegation, from the messenger directory of the
+    /// agent state dir `state`); returns the `Authorization` header value.
     pub fn device_session(&self, state: &Path, device_id: &str) -> String {
         use ed25519_dalek::Signer as _;
         use ed25519_dalek::pkcs8::DecodePrivateKey as _;
-        let pem = std::fs::read_to_string(state.join("device-key.pem")).unwrap();
+        let dir = state.join("messenger");
+        let delegation: Value =
+            serde_json::from_slice(&std::fs::read(dir.join("messenger-delegation.json")).unwrap())
+                .unwrap();
+        let pem = std::fs::read_to_string(dir.join("messenger-key.pem")).unwrap();
         let key = ed25519_dalek::SigningKey::from_pkcs8_pem(&pem).unwrap();
         let (status, challenge) = self.send_auth(
             "POST",
@@ -491,7 +501,12 @@ impl Http {
             "POST",
             "/api/v1/device/session",
             "",
-            &serde_json::json!({"device_id": device_id, "nonce": nonce, "signature": signature}),
+            &serde_json::json!({
+                "device_id": device_id,
+                "nonce": nonce,
+                "signature": signature,
+                "delegation": delegation,
+            }),
         );
         assert_eq!(status, 200, "{granted}");
         format!("Device {}", granted["token"].as_str().unwrap())
