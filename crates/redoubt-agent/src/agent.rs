@@ -423,21 +423,13 @@ impl Agent {
         }
     }
 
-    /// Hosts that stay reachable under an organization-only network: the bundle's
-    /// endpoints and always the server itself.
+    /// Hosts that stay reachable under an organization-only network. The organization's addresses, from the signed bundle only: the enrollment URL's
+    /// host (a name the phone's resolver would answer) never opens the network.
     fn endpoints(&self) -> Vec<String> {
-        let mut out: Vec<String> = self
-            .bundle
+        self.bundle
             .as_ref()
             .map(|b| b.organization_endpoints.clone())
-            .unwrap_or_default();
-        if let Some(host) = self.identity.server.host_str() {
-            let host = host.to_owned();
-            if !out.contains(&host) {
-                out.push(host);
-            }
-        }
-        out
+            .unwrap_or_default()
     }
 
     fn enforce(&mut self, decision: &Decision, scope: Scope) {

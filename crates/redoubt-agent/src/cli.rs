@@ -499,13 +499,14 @@ fn sim(cmd: SimCommand) -> Result<()> {
             let hw = sim_of(state.state)?;
             let capabilities = hw.verify_all();
             let network = hw.verify_network();
-            let (stuck, visible, problem) = match hw.read() {
+            let (stuck, visible, reachable, problem) = match hw.read() {
                 Ok(s) => (
                     s.stuck.into_iter().collect::<Vec<Capability>>(),
                     s.visible_bssids,
+                    s.allowed_endpoints,
                     None,
                 ),
-                Err(e) => (Vec::new(), Vec::new(), Some(e.to_string())),
+                Err(e) => (Vec::new(), Vec::new(), Vec::new(), Some(e.to_string())),
             };
             if json {
                 print_json(&json!({
@@ -515,6 +516,7 @@ fn sim(cmd: SimCommand) -> Result<()> {
                     "network": network,
                     "stuck": stuck,
                     "visible_bssids": visible,
+                    "allowed_endpoints": reachable,
                     "error": problem,
                 }))
             } else {

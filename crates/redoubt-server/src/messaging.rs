@@ -655,6 +655,14 @@ impl App {
                 "client_id must be 1-64 characters of letters, digits, '-' and '_'".into(),
             ));
         }
+        let epoch = public_group::check_application_message(id, &req.message.0)
+            .map_err(|e| ServiceError::BadRequest(e.to_string()))?;
+        if epoch != req.epoch {
+            return Err(ServiceError::BadRequest(format!(
+                "the message was encrypted in epoch {epoch}, not the epoch {} it names",
+                req.epoch
+            )));
+        }
         let now = Timestamp::now();
         let out = self
             .store

@@ -104,7 +104,13 @@ fn set_mode_reaches_the_phone_and_comes_back_compliant() {
     let tmp = tempfile::tempdir().unwrap();
     let server = Server::start(&tmp.path().join("server"), &[]);
     let mut phone = Agent::new(tmp.path().join("phone"));
-    let id = phone.enroll(&server.enrollment_url("alice"));
+    // Enrolled by name: the name is what the phone's resolver (the holder's DNS) answers,
+    // so it must never be what the reach table lets through.
+    let url = server
+        .enrollment_url("alice")
+        .replace("127.0.0.1", "localhost");
+    assert!(url.contains("localhost"), "{url}");
+    let id = phone.enroll(&url);
     phone.start();
     let d = wait_compliant(&server, &id, "standard");
     assert_eq!(d["capabilities"]["camera"], "on");
@@ -137,6 +143,12 @@ fn set_mode_reaches_the_phone_and_comes_back_compliant() {
     let hw = phone.sim();
     assert_eq!(hw["capabilities"]["camera"], "off");
     assert_eq!(hw["simulated"], true);
+    // Only the signed bundle's addresses stay reachable, never the enrollment host name.
+    assert_eq!(
+        hw["allowed_endpoints"],
+        serde_json::json!(["127.0.0.1"]),
+        "{hw}"
+    );
     let status = phone.status();
     assert_eq!(status["effective_mode"], "secure-site");
     assert_eq!(status["simulated"], true);
@@ -338,7 +350,8 @@ fn roles_are_enforced() {
     let out = server.cli_as(&auditor, &["devices", "set-mode", &id, "secure-site"]);
     assert!(!out.status.success());
     assert!(
-        stderr(&out).contains("role auditor may not change a device's mode"),
+        stderr(&out).contains("role auditor may not call PUT /devices/")
+            && stderr(&out).contains("(needs owner or operator)"),
         "{}",
         stderr(&out)
     );

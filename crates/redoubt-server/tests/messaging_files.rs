@@ -135,18 +135,25 @@ fn a_file_is_fetched_only_by_the_current_members_of_its_conversation() {
                 .unwrap();
             assert_eq!(got, bytes);
         }
-        // Eve, outside, gets the answer for a file that does not exist, whether she
-        // names this conversation, her own, or one that does not exist.
+        // Eve, outside, gets the answer for a conversation that does not exist, whether
+        // she names this one or one that does not exist; under her own conversation,
+        // the answer for a file that does not exist.
         let (s, missing) = download(&b, &gid, &no_blob).await;
         assert_eq!(s, 404, "{missing}");
         let expected = neutral(&missing, &[&gid, &no_blob]);
-        for g in [&gid, &eve_gid, &nowhere] {
-            let (s, v) = download(&e, g, &blob).await;
-            assert_eq!(s, 404, "Eve fetched a file of another conversation: {v}");
-            assert_eq!(v["code"], "not_found");
-            assert_eq!(neutral(&v, &[g, &blob]), expected);
-        }
-        // A member of this conversation cannot fetch it under another conversation.
+        let (s, none) = download(&e, &nowhere, &blob).await;
+        assert_eq!(s, 404, "{none}");
+        let no_group = neutral(&none, &[&nowhere, &blob]);
+        let (s, v) = download(&e, &gid, &blob).await;
+        assert_eq!(s, 404, "Eve fetched a file of another conversation: {v}");
+        assert_eq!(v["code"], "not_found");
+        assert_eq!(neutral(&v, &[&gid, &blob]), no_group);
+        let (s, v) = download(&e, &eve_gid, &blob).await;
+        assert_eq!(
+            (s, neutral(&v, &[&eve_gid, &blob])),
+            (404, expected.clone())
+        );
+        // A member of both conversations cannot fetch it under the other one.
         let (s, v) = download(&b, &eve_gid, &blob).await;
         assert_eq!(
             (s, neutral(&v, &[&eve_gid, &blob])),
@@ -172,14 +179,15 @@ fn a_file_is_fetched_only_by_the_current_members_of_its_conversation() {
         let (s, stored) = upload(&a, &gid, b"after carol".to_vec()).await;
         assert_eq!(s, 200, "{stored}");
         let after = stored["blob_id"].as_str().unwrap().to_owned();
-        let (s, missing) = download(&a, &gid, &no_blob).await;
+        let (s, none) = download(&c, &nowhere, &after).await;
         assert_eq!(s, 404);
-        let expected = neutral(&missing, &[&gid, &no_blob]);
-        // Neither the file sent while she was a member nor the one sent after.
+        let no_group = neutral(&none, &[&nowhere, &after]);
+        // Neither the file sent while she was a member nor the one sent after: the
+        // conversation does not exist for her any more.
         for blob in [&blob, &after] {
             let (s, v) = download(&c, &gid, blob).await;
             assert_eq!(s, 404, "a removed member fetched a file: {v}");
-            assert_eq!(neutral(&v, &[&gid, blob]), expected);
+            assert_eq!(neutral(&v, &[&gid, blob]), no_group);
         }
         let (s, v) = upload(&c, &gid, b"x".to_vec()).await;
         assert_eq!(

@@ -313,6 +313,46 @@ fn a_member_cannot_add_a_device_awaiting_approval_with_a_key_package_it_made() {
 }
 
 #[test]
+fn a_member_cannot_smuggle_a_commit_or_junk_as_a_message() {
+    let w = world();
+    let rt = rt();
+    let gid = w.gid.clone();
+    rt.block_on(async {
+        let m = Messenger::open(&w.mallory.messenger()).await.unwrap();
+        let before = group(&m, &gid).await;
+        let path = format!("/groups/{gid}/messages");
+        // Junk would be queued to every member.
+        let (status, v) = post(
+            &m,
+            &path,
+            &json!({"epoch": before.epoch, "message": B64(b"not mls".to_vec()), "client_id": "junk-1"}),
+        )
+        .await;
+        assert_eq!(status, 400, "junk accepted as a message: {v}");
+        // A signed commit (public framing) sent as a message would reach the members
+        // without the server's commit check: an add of Eve nobody verified.
+        let (commit, _, _) = craft_add(&w.mallory.state, &m, &gid, "eve").await;
+        let (status, v) = post(
+            &m,
+            &path,
+            &json!({"epoch": before.epoch, "message": commit, "client_id": "smuggle-1"}),
+        )
+        .await;
+        assert_eq!(status, 400, "a commit was accepted as a message: {v}");
+        assert!(v["message"].as_str().unwrap().contains("PrivateMessage"), "{v}");
+        let after = group(&m, &gid).await;
+        assert_eq!((after.epoch, after.members), (before.epoch, before.members));
+    });
+    // Nothing reached the others: Bob syncs cleanly and reads Alice's next message.
+    let text = random_text("clean");
+    chat(&w.alice.state, &["send", &gid, &text]);
+    chat(&w.bob.state, &["sync"]);
+    let read = chat(&w.bob.state, &["read", &gid]);
+    assert_eq!(texts(&read), vec![text], "{read}");
+    w.server.stop();
+}
+
+#[test]
 fn a_non_member_learns_nothing_about_a_group() {
     let w = world();
     let rt = rt();

@@ -379,6 +379,30 @@ pub struct Verified {
     pub group_info: Option<Vec<u8>>,
 }
 
+/// Checks what a member posts to `…/messages`: an MLS `PrivateMessage` (encrypted, so
+/// the server never stores a readable one) carrying application content, for this group;
+/// returns the epoch in its header. A handshake message (a commit or proposal) sent this
+/// way would reach the members without the server's commit check, and anything else
+/// would be queued to every member as junk: both are refused.
+pub fn check_application_message(id: &RedoubtGroupId, bytes: &[u8]) -> Result<u64, Refused> {
+    let msg = MlsMessageIn::tls_deserialize_exact(bytes)
+        .map_err(|_| invalid("the message is not an MLS message"))?;
+    if msg.wire_format() != WireFormat::PrivateMessage {
+        return Err(invalid("a message must be an encrypted MLS PrivateMessage"));
+    }
+    let framed = ProtocolMessage::try_from(msg)
+        .map_err(|_| invalid("the message is not an MLS group message"))?;
+    if framed.content_type() != ContentType::Application {
+        return Err(invalid(
+            "only application messages are sent here; commits and proposals go to …/commit",
+        ));
+    }
+    if framed.group_id() != &mls_group_id(id) {
+        return Err(invalid("the message is for another group"));
+    }
+    Ok(framed.epoch().as_u64())
+}
+
 /// Verifies a commit posted by `sender` against the group's `state`, with its Welcome
 /// and GroupInfo; nothing is changed here (the caller stores the result).
 pub fn verify_commit(
