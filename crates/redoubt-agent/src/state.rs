@@ -270,15 +270,7 @@ impl StateDir {
     /// unlocked); `Err` when the file is there but unreadable: the caller must fail
     /// closed and never take that for "outside".
     pub fn load_zones(&self) -> Result<Option<ZoneState>> {
-        let path = self.path(ZONES_FILE);
-        let text = match fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-        };
-        serde_json::from_str(&text)
-            .map(Some)
-            .with_context(|| format!("{} is corrupt", path.display()))
+        redoubt_device::read_json(&self.path(ZONES_FILE))
     }
 
     /// Writes the zone state (atomically, before anything is enforced from it).

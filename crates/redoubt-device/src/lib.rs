@@ -20,6 +20,6 @@ pub mod keys;
 pub mod layout;
 pub mod messenger_dir;
 
-pub use files::{sync_dir, write_atomic, write_json};
+pub use files::{read_json, sync_dir, write_atomic, write_json};
 pub use identity::{Identity, PublicIdentity};
 pub use messenger_dir::{MessengerDir, Owner};
