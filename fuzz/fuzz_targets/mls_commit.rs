@@ -6,10 +6,8 @@
 //! Properties: nothing panics; whatever deserializes serializes back to bytes that
 //! deserialize to the same message.
 //!
-//! Slot for the server's own check: once `redoubt-server` verifies commits against
-//! the openmls public group (issue 12, part 2), call its pure check function here on
-//! the same bytes (with a fixture public group built by the seed generator) and assert
-//! that it refuses everything not signed by a current member.
+//! The server's own check of a commit against its public view of the group
+//! (`verify_commit`) is fuzzed by `server_commit`.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

@@ -54,7 +54,12 @@ fuzz_target!(|data: &[u8]| {
         format!("e{ids}")
     };
     let visible: Vec<_> = bundle.zones[0].wifi_bssids.clone();
-    state.observe_wifi(&visible, Some(&bundle), PhoneTime::trusted(NOW), &mut id_gen);
+    state.observe_wifi(
+        &visible,
+        Some(&bundle),
+        PhoneTime::trusted(NOW),
+        &mut id_gen,
+    );
     round_trips(&state);
 
     let code = CheckpointCode {

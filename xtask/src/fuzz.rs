@@ -31,6 +31,7 @@ pub const TARGETS: &[&str] = &[
     "ws_frames",
     "zone_state",
     "mls_commit",
+    "server_commit",
 ];
 
 /// What one run of a target did.

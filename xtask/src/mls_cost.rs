@@ -29,10 +29,11 @@ use tls_codec::{Deserialize as _, Serialize as _};
 
 use crate::common::{ms, percentile};
 
-/// The server's commit verification, measured as the server runs it.
+/// The server's commit verification, measured as the server runs it (the fuzz seeds'
+/// tests check their commits with it too).
 #[allow(dead_code)]
 #[path = "../../crates/redoubt-server/src/messaging/public_group.rs"]
-mod public_group;
+pub(crate) mod public_group;
 
 /// The bench's organization key (certifies every member's MLS key).
 fn org() -> ed25519_dalek::SigningKey {

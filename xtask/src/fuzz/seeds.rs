@@ -159,6 +159,7 @@ fn seeds(target: &str) -> Result<Vec<Vec<u8>>> {
             vec![empty, inside, json(&state)?]
         }
         "mls_commit" => mls_seeds()?,
+        "server_commit" => server_commit_seeds()?,
         other => anyhow::bail!("no seeds for target {other}"),
     })
 }
@@ -224,4 +225,198 @@ fn mls_seeds() -> Result<Vec<Vec<u8>>> {
         }
     }
     Ok(out)
+}
+
+/// Commits against the fixture group (`fixtures::group`: alice, bob and carol at
+/// epoch 1), made by its members' real clients and framed as `server_commit` reads
+/// them: alice adds dave (with the Welcome and GroupInfo), removes carol, updates
+/// herself (with and without the GroupInfo); bob, joined from the fixture's Welcome,
+/// updates himself; and the fixture's own build commit, now an epoch behind.
+fn server_commit_seeds() -> Result<Vec<Vec<u8>>> {
+    use fixtures::group::{self, Posted, encode, frame, key_package, member};
+    let info = |gi: Option<&openmls::messages::group_info::GroupInfo>| {
+        gi.map(|g| encode(&MlsMessageOut::from(g.clone())))
+            .transpose()
+            .map_err(|e| anyhow!("{e}"))
+    };
+    let fixture = group::build().map_err(|e| anyhow!("the fixture group: {e}"))?;
+    let provider = &fixture.alice_provider;
+    let mut alice = fixture.alice;
+    let alice_key = member(0).signer;
+    let mut out = Vec::new();
+
+    let dave = group::Provider::new("dave");
+    let kp = key_package(&dave, &member(3)).map_err(|e| anyhow!("{e}"))?;
+    let (commit, welcome, gi) = alice
+        .add_members(provider, &alice_key, &[kp])
+        .map_err(|e| anyhow!("adding dave: {e:?}"))?;
+    out.push(frame(
+        0,
+        &Posted {
+            commit: encode(&commit).map_err(|e| anyhow!("{e}"))?,
+            welcome: Some(encode(&welcome).map_err(|e| anyhow!("{e}"))?),
+            group_info: info(gi.as_ref())?,
+        },
+    ));
+    alice
+        .clear_pending_commit(provider.storage())
+        .map_err(|e| anyhow!("clearing: {e:?}"))?;
+
+    let (commit, _, gi) = alice
+        .remove_members(provider, &alice_key, &[LeafNodeIndex::new(2)])
+        .map_err(|e| anyhow!("removing carol: {e:?}"))?;
+    out.push(frame(
+        0,
+        &Posted {
+            commit: encode(&commit).map_err(|e| anyhow!("{e}"))?,
+            welcome: None,
+            group_info: info(gi.as_ref())?,
+        },
+    ));
+    alice
+        .clear_pending_commit(provider.storage())
+        .map_err(|e| anyhow!("clearing: {e:?}"))?;
+
+    let update = alice
+        .self_update(provider, &alice_key, LeafNodeParameters::default())
+        .map_err(|e| anyhow!("alice's self-update: {e:?}"))?;
+    let commit = encode(update.commit()).map_err(|e| anyhow!("{e}"))?;
+    for group_info in [info(update.group_info())?, None] {
+        out.push(frame(
+            0,
+            &Posted {
+                commit: commit.clone(),
+                welcome: None,
+                group_info,
+            },
+        ));
+    }
+
+    let Some(welcome) = fixture.build.welcome.as_deref() else {
+        anyhow::bail!("the fixture's build commit has no Welcome");
+    };
+    let MlsMessageBodyIn::Welcome(welcome) = MlsMessageIn::tls_deserialize_exact_bytes(welcome)
+        .map_err(|e| anyhow!("decoding the Welcome: {e:?}"))?
+        .extract()
+    else {
+        anyhow::bail!("the fixture's Welcome is not a Welcome");
+    };
+    let mut bob = StagedWelcome::new_from_welcome(
+        &fixture.joiners,
+        group::config().join_config(),
+        welcome,
+        None,
+    )
+    .and_then(|s| s.into_group(&fixture.joiners))
+    .map_err(|e| anyhow!("bob joining: {e:?}"))?;
+    let update = bob
+        .self_update(
+            &fixture.joiners,
+            &member(1).signer,
+            LeafNodeParameters::default(),
+        )
+        .map_err(|e| anyhow!("bob's self-update: {e:?}"))?;
+    out.push(frame(
+        1,
+        &Posted {
+            commit: encode(update.commit()).map_err(|e| anyhow!("{e}"))?,
+            welcome: None,
+            group_info: info(update.group_info())?,
+        },
+    ));
+
+    out.push(frame(0, &fixture.build));
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::{self, group};
+    use super::server_commit_seeds;
+    use crate::mls_cost::public_group::{self, Refused};
+
+    /// The server's state of the fixture group, as the `server_commit` target
+    /// computes it: `start` at epoch 0, then the build commit.
+    fn fixture_state() -> Vec<u8> {
+        let org = fixtures::org_key().verifying_key();
+        let f = group::build().expect("the fixture builds");
+        let alice = group::member(0).device;
+        let started = public_group::start(
+            &group::group_id(),
+            &f.start_group_info,
+            &f.start_tree,
+            &alice,
+            &org,
+        )
+        .expect("start");
+        public_group::verify_commit(
+            &started.state,
+            &group::group_id(),
+            &alice,
+            &f.build.commit,
+            f.build.welcome.as_deref(),
+            f.build.group_info.as_deref(),
+            &org,
+        )
+        .expect("the build commit verifies")
+        .state
+    }
+
+    /// The target and the seed generator run in different processes: the fixture
+    /// must come out the same each time, or no seed would verify in the target.
+    #[test]
+    fn the_fixture_group_is_the_same_on_every_build() {
+        assert_eq!(fixture_state(), fixture_state());
+    }
+
+    /// Every seed reaches the end of the server's check: the members' commits are
+    /// accepted (with the added device as the Welcome's recipient), the stale build
+    /// commit is refused for its epoch only.
+    #[test]
+    fn server_commit_seeds_pass_the_servers_check() {
+        let org = fixtures::org_key().verifying_key();
+        let state = fixture_state();
+        let seeds = server_commit_seeds().expect("seeds");
+        assert_eq!(seeds.len(), 6);
+        let (last, members) = seeds.split_last().expect("seeds");
+        for (i, seed) in members.iter().enumerate() {
+            let (sender, posted) = group::unframe(seed);
+            assert_eq!(group::frame(sender, &posted), *seed, "seed {i} round-trips");
+            let v = public_group::verify_commit(
+                &state,
+                &group::group_id(),
+                &group::member(sender).device,
+                &posted.commit,
+                posted.welcome.as_deref(),
+                posted.group_info.as_deref(),
+                &org,
+            )
+            .unwrap_or_else(|e| panic!("seed {i} refused: {e}"));
+            assert_eq!(v.epoch, 1);
+            let expected_added = if i == 0 {
+                vec![group::member(3).device]
+            } else {
+                vec![]
+            };
+            assert_eq!(v.added, expected_added, "seed {i}");
+            assert_eq!(v.members.len(), if i == 1 { 2 } else { 3 + v.added.len() });
+        }
+        let (sender, posted) = group::unframe(last);
+        let refused = public_group::verify_commit(
+            &state,
+            &group::group_id(),
+            &group::member(sender).device,
+            &posted.commit,
+            posted.welcome.as_deref(),
+            posted.group_info.as_deref(),
+            &org,
+        );
+        assert_eq!(
+            refused,
+            Err(Refused::WrongEpoch {
+                sent: 0,
+                current: 1
+            })
+        );
+    }
 }
