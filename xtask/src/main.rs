@@ -73,6 +73,5 @@ fn test_all() -> anyhow::Result<()> {
         bail!("cargo test --workspace failed ({status})");
     }
     vm::main(&[])?;
-    fuzz::ensure_tools()?;
     fuzz::main(&["--seconds", "10"])
 }

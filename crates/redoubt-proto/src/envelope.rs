@@ -131,6 +131,40 @@ mod tests {
         assert_eq!(back, vec![1, 2, 3]);
     }
 
+    /// Found by the `envelope` fuzz target: a number with more digits than an `f64`
+    /// holds was parsed (without exact rounding) to a value that, printed and parsed
+    /// again, became a different `f64`, so a signed document did not verify back to
+    /// what was signed. JSON numbers are now parsed with correct rounding.
+    #[test]
+    fn numbers_verify_back_to_exactly_what_was_signed() {
+        let vk = key(1).verifying_key();
+        let long = format!("{{\"a\":-{}}}", "3".repeat(104));
+        for text in [
+            long.as_str(),
+            r#"{"a":0.30000000000000004}"#,
+            r#"[1e-320,2.5e308]"#,
+        ] {
+            let Ok(value) = serde_json::from_str::<serde_json::Value>(text) else {
+                continue;
+            };
+            let env = SignedEnvelope::sign("t/v1", &value, &key(1));
+            let back: serde_json::Value = env.verify("t/v1", &vk).unwrap();
+            assert_eq!(back, value, "{text}");
+        }
+        for x in [
+            0.1f64,
+            1.0 / 3.0,
+            -3.333_333_333_333_333e103,
+            f64::MIN_POSITIVE,
+        ] {
+            let env = SignedEnvelope::sign("t/v1", &x, &key(1));
+            assert_eq!(
+                env.verify::<f64>("t/v1", &vk).unwrap().to_bits(),
+                x.to_bits()
+            );
+        }
+    }
+
     #[test]
     fn refuses_tampering_wrong_key_and_wrong_kind() {
         let env = SignedEnvelope::sign("t/v1", &vec![1u32], &key(1));

@@ -38,6 +38,24 @@ fn audit_actions(server: &Server) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Runs one statement on the running server's database: the way tests let time pass
+/// for a stored expiry.
+fn sql(server: &Server, statement: &'static str) {
+    let db = server.data.join("redoubt.db");
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+                .await
+                .unwrap();
+            let done = sqlx::query(statement).execute(&pool).await.unwrap();
+            assert_eq!(done.rows_affected(), 1, "{statement}");
+            pool.close().await;
+        });
+}
+
 #[test]
 fn an_expired_admin_token_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
@@ -50,23 +68,10 @@ fn an_expired_admin_token_is_refused() {
     assert!(me["expires_at"].is_string(), "{me}");
 
     // Its expiry passes (moved into the past in the database, as time would).
-    let db = server.data.join("redoubt.db");
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async {
-            let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
-                .await
-                .unwrap();
-            sqlx::query(
-                "UPDATE admin_tokens SET expires_at = expires_at - 91 * 86400 WHERE name = 'olga'",
-            )
-            .execute(&pool)
-            .await
-            .unwrap();
-            pool.close().await;
-        });
+    sql(
+        &server,
+        "UPDATE admin_tokens SET expires_at = expires_at - 91 * 86400 WHERE name = 'olga'",
+    );
     let (status, body) = http.send("GET", "/api/v1/whoami", Some(&olga), None);
     assert_eq!(status, 401, "{body}");
     assert!(body.contains("expired"), "{body}");
@@ -278,4 +283,60 @@ fn a_revoked_gate_credential_closes_the_gate_page_and_its_json_at_once() {
     assert!(
         audit_actions(&server).contains(&("gate.credential_revoked".into(), "admin:olga".into()))
     );
+}
+
+#[test]
+fn an_expired_gate_credential_closes_the_gate_page_and_its_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server"), &[]);
+    let http = Http::new(&server);
+    let file = tmp.path().join("lab.toml");
+    std::fs::write(
+        &file,
+        "name = \"lab\"\nmode = \"secure-site\"\ncheckpoints = [\"north-gate\"]\n",
+    )
+    .unwrap();
+    server.cli_json(&["zones", "apply", file.to_str().unwrap()]);
+    let gate = server.cli_json(&["zones", "gate", "lab", "north-gate", "--ttl", "2d"]);
+    let url = gate["url"].as_str().unwrap();
+    let path = &url[url.find("/gate/").unwrap()..];
+    let key = path[path.find("key=").unwrap() + 4..].to_owned();
+    let (status, headers, _) = http.get_with(path, &[]);
+    assert_eq!(status, 303);
+    let cookie = headers
+        .iter()
+        .find(|(k, _)| k == "set-cookie")
+        .map(|(_, v)| v.split(';').next().unwrap().to_owned())
+        .unwrap();
+    let gate_header = format!("Gate {key}");
+    let answers = |http: &Http| {
+        (
+            http.get_with("/gate/lab/north-gate", &[("cookie", &cookie)])
+                .0,
+            http.get_with(
+                "/gate/lab/north-gate/codes?direction=in",
+                &[("authorization", &gate_header)],
+            )
+            .0,
+        )
+    };
+    assert_eq!(answers(&http), (200, 200));
+    assert_eq!(
+        server.cli_json(&["zones", "gate-list", "lab"])[0]["state"],
+        "live"
+    );
+
+    // Two days pass (the expiry moved into the past, as time would).
+    sql(
+        &server,
+        "UPDATE gate_credentials SET expires_at = expires_at - 2 * 86400 - 1",
+    );
+    assert_eq!(answers(&http), (401, 401), "an expired gate still opens");
+    let (status, _, _) = http.get_with(path, &[]);
+    assert_eq!(status, 401, "the link does not work either");
+    assert_eq!(
+        server.cli_json(&["zones", "gate-list", "lab"])[0]["state"],
+        "expired"
+    );
+    server.stop();
 }

@@ -215,8 +215,19 @@ fn a_member_cannot_rewrite_the_group_with_what_it_declares() {
             post(&m, &path, &json!({"commit": commit2, "welcome": welcome, "group_info": gi2})).await;
         assert_eq!(status, 400, "a Welcome for other KeyPackages was accepted: {v}");
         drop(commit);
-        // A correct add with its Welcome, of a device revoked meanwhile, is refused.
+        // A correct add with its Welcome, carrying the GroupInfo of another commit
+        // (signed by Mallory, of the same epoch number, another tree): the stored
+        // GroupInfo would no longer describe the group.
         let (commit3, welcome3, gi3) = craft_add(&w.mallory.state, &m, &gid, "eve").await;
+        let (status, v) = post(
+            &m,
+            &path,
+            &json!({"commit": commit3, "welcome": welcome3, "group_info": gi2}),
+        )
+        .await;
+        assert_eq!(status, 400, "another commit's GroupInfo was accepted: {v}");
+        assert!(v["message"].as_str().unwrap().contains("GroupInfo"), "{v}");
+        // A correct add with its Welcome, of a device revoked meanwhile, is refused.
         let revoked = w
             .server
             .cli_json(&["devices", "revoke", w.eve_device().as_str()]);
@@ -233,6 +244,8 @@ fn a_member_cannot_rewrite_the_group_with_what_it_declares() {
         let after = group(&m, &gid).await;
         assert_eq!(after.members, before.members, "the member list changed");
         assert_eq!(after.epoch, before.epoch, "the epoch moved");
+        assert_eq!(after.group_info, before.group_info, "the GroupInfo was replaced");
+        assert!(before.group_info.is_some());
         drop(m);
     });
 

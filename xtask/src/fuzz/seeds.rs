@@ -104,6 +104,9 @@ fn seeds(target: &str) -> Result<Vec<Vec<u8>>> {
             ))?,
             json(&signed_bundle)?,
             br#"{"a":[1,{"b":"c"}],"d":-1e3}"#.to_vec(),
+            // The crash of 2026-12-04: more digits than an f64 holds (see
+            // redoubt-proto's `numbers_verify_back_to_exactly_what_was_signed`).
+            format!("{{\"a\":-{}}}", "3".repeat(104)).into_bytes(),
         ],
         "bundle" => vec![json(&signed_bundle)?, json(&bundle())?],
         "compliance_report" => {
