@@ -183,31 +183,54 @@ fn a_revoked_admin_token_is_refused_at_its_next_request_and_only_owners_revoke()
     );
 }
 
-#[test]
-fn a_revoked_gate_credential_closes_the_gate_page_and_its_json_at_once() {
-    let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(&tmp.path().join("server"), &[]);
-    let http = Http::new(&server);
-    let file = tmp.path().join("lab.toml");
+/// A gate credential of zone `lab`'s north gate, opened as a gate device would: its
+/// link (path with the key), the `Authorization: Gate` header, the id and the cookie the link sets.
+struct Gate {
+    link: String,
+    header: String,
+    id: String,
+    cookie: String,
+}
+
+fn open_gate(server: &Server, http: &Http, dir: &std::path::Path, ttl: &str) -> Gate {
+    let file = dir.join("lab.toml");
     std::fs::write(
         &file,
         "name = \"lab\"\nmode = \"secure-site\"\ncheckpoints = [\"north-gate\"]\n",
     )
     .unwrap();
     server.cli_json(&["zones", "apply", file.to_str().unwrap()]);
-    let gate = server.cli_json(&["zones", "gate", "lab", "north-gate", "--ttl", "30d"]);
+    let gate = server.cli_json(&["zones", "gate", "lab", "north-gate", "--ttl", ttl]);
     let url = gate["url"].as_str().unwrap();
-    let id = gate["id"].as_str().unwrap().to_owned();
-    let path = &url[url.find("/gate/").unwrap()..];
-    let key = path[path.find("key=").unwrap() + 4..].to_owned();
-    let (status, headers, _) = http.get_with(path, &[]);
+    let link = url[url.find("/gate/").unwrap()..].to_owned();
+    let key = link[link.find("key=").unwrap() + 4..].to_owned();
+    let (status, headers, _) = http.get_with(&link, &[]);
     assert_eq!(status, 303);
     let cookie = headers
         .iter()
         .find(|(k, _)| k == "set-cookie")
         .map(|(_, v)| v.split(';').next().unwrap().to_owned())
         .unwrap();
-    let gate_header = format!("Gate {key}");
+    Gate {
+        link,
+        header: format!("Gate {key}"),
+        id: gate["id"].as_str().unwrap().to_owned(),
+        cookie,
+    }
+}
+
+#[test]
+fn a_revoked_gate_credential_closes_the_gate_page_and_its_json_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server"), &[]);
+    let http = Http::new(&server);
+    let Gate {
+        link,
+        header: gate_header,
+        id,
+        cookie,
+    } = open_gate(&server, &http, tmp.path(), "30d");
+    let path = link.as_str();
     let page = |http: &Http| {
         http.get_with("/gate/lab/north-gate", &[("cookie", &cookie)])
             .0
@@ -235,7 +258,11 @@ fn a_revoked_gate_credential_closes_the_gate_page_and_its_json_at_once() {
     let list = server.cli_json(&["zones", "gate-list", "lab"]);
     assert_eq!(list[0]["id"], id.as_str());
     assert_eq!(list[0]["state"], "live");
-    assert!(!list.to_string().contains(&key));
+    assert!(
+        !list
+            .to_string()
+            .contains(gate_header.trim_start_matches("Gate "))
+    );
     let oscar = server.admin_token("oscar", "operator");
     let audrey = server.admin_token("audrey", "auditor");
     let (status, _) = http.send(
@@ -290,25 +317,13 @@ fn an_expired_gate_credential_closes_the_gate_page_and_its_json() {
     let tmp = tempfile::tempdir().unwrap();
     let server = Server::start(&tmp.path().join("server"), &[]);
     let http = Http::new(&server);
-    let file = tmp.path().join("lab.toml");
-    std::fs::write(
-        &file,
-        "name = \"lab\"\nmode = \"secure-site\"\ncheckpoints = [\"north-gate\"]\n",
-    )
-    .unwrap();
-    server.cli_json(&["zones", "apply", file.to_str().unwrap()]);
-    let gate = server.cli_json(&["zones", "gate", "lab", "north-gate", "--ttl", "2d"]);
-    let url = gate["url"].as_str().unwrap();
-    let path = &url[url.find("/gate/").unwrap()..];
-    let key = path[path.find("key=").unwrap() + 4..].to_owned();
-    let (status, headers, _) = http.get_with(path, &[]);
-    assert_eq!(status, 303);
-    let cookie = headers
-        .iter()
-        .find(|(k, _)| k == "set-cookie")
-        .map(|(_, v)| v.split(';').next().unwrap().to_owned())
-        .unwrap();
-    let gate_header = format!("Gate {key}");
+    let Gate {
+        link,
+        header: gate_header,
+        cookie,
+        ..
+    } = open_gate(&server, &http, tmp.path(), "2d");
+    let path = link.as_str();
     let answers = |http: &Http| {
         (
             http.get_with("/gate/lab/north-gate", &[("cookie", &cookie)])
