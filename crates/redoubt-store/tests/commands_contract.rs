@@ -307,3 +307,51 @@ async fn overdue_commands_expire_and_are_not_sent_any_more() {
     assert_eq!(expired_entries, 2);
     verify(&store).await.unwrap();
 }
+
+#[tokio::test]
+async fn an_acknowledged_wipe_without_its_final_report_expires() {
+    // The phone said "wiping" but its final report never came (it was switched off, or
+    // its holder stopped the agent): at the wipe's expiry the server must learn it, so
+    // it can do its part of the wipe (revoke the device).
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path()).await;
+    let dev = enrolled(&store, 5).await;
+    let (wipe, _) = create(&store, &dev, 50, DeviceAction::Wipe, NOW).await;
+    store
+        .mark_delivered(&dev, std::slice::from_ref(&wipe.id), NOW, &sign)
+        .await
+        .unwrap();
+    let acked = store
+        .acknowledge_command(&dev, &wipe.id, true, None, NOW.plus_secs(1), &sign)
+        .await
+        .unwrap();
+    assert_eq!(acked.state, CommandState::Acknowledged);
+
+    assert!(
+        store
+            .expire_commands(NOW.plus_secs(599), &sign)
+            .await
+            .unwrap()
+            .is_empty(),
+        "not before its expiry"
+    );
+    let expired = store
+        .expire_commands(NOW.plus_secs(600), &sign)
+        .await
+        .unwrap();
+    assert_eq!(expired.len(), 1, "{expired:?}");
+    assert_eq!(expired[0].id, wipe.id);
+    assert_eq!(expired[0].action, DeviceAction::Wipe);
+    assert_eq!(expired[0].state, CommandState::Expired);
+    let entry = all(&store)
+        .await
+        .into_iter()
+        .find(|e| e.action == "command.expired")
+        .expect("an audit entry for the expiry");
+    assert!(
+        entry.detail.to_string().contains("final report"),
+        "{:?}",
+        entry.detail
+    );
+    verify(&store).await.unwrap();
+}
