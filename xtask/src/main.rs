@@ -64,6 +64,7 @@ fn main() -> anyhow::Result<()> {
 /// First the Debian packages the tests use are checked (and installed, as root).
 fn test_all() -> anyhow::Result<()> {
     setup::ensure_packages()?;
+    setup::ensure_services()?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = std::process::Command::new(&cargo)
         .args(["test", "--workspace"])

@@ -5,7 +5,13 @@
 //!   namespaces of their own (`ip netns`, root);
 //! - `dbus-daemon`: the sailfish backend's tests run mock system services on a private bus;
 //! - `qemu-system-x86`, `linux-image-amd64`, `busybox-static`, `kmod`, `libc6-dev`: the VM
-//!   test boots Debian's kernel under qemu with a static agent in a busybox initramfs.
+//!   test boots Debian's kernel under qemu with a static agent in a busybox initramfs;
+//! - `postgresql`: the store contract suite and the multi-node tests run against a
+//!   PostgreSQL server on loopback (each test in a database of its own);
+//! - `nats-server`: the multi-node tests carry cross-node pushes over NATS.
+//!
+//! Both services are started when they are installed but not answering (as root, with
+//! the commands the machine's own service scripts use).
 
 use std::path::Path;
 use std::process::Command;
@@ -63,7 +69,98 @@ pub fn missing_packages() -> Vec<&'static str> {
     if !Path::new("/usr/lib/x86_64-linux-gnu/libc.a").exists() {
         missing.push("libc6-dev");
     }
+    if !have_command("pg_ctlcluster") && !have_command("postgres") {
+        missing.push("postgresql");
+    }
+    if !have_command("nats-server") {
+        missing.push("nats-server");
+    }
     missing
+}
+
+/// Whether something accepts TCP connections at `addr` (loopback, within a second).
+fn answers(addr: &str) -> bool {
+    addr.parse::<std::net::SocketAddr>().is_ok_and(|a| {
+        std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_secs(1)).is_ok()
+    })
+}
+
+/// Waits up to 30 s for `addr` to answer.
+fn wait_answering(addr: &str) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        if answers(addr) {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    false
+}
+
+/// PostgreSQL's and NATS's loopback addresses the tests use by default.
+pub const POSTGRES_ADDR: &str = "127.0.0.1:5432";
+/// See [`POSTGRES_ADDR`].
+pub const NATS_ADDR: &str = "127.0.0.1:4222";
+
+/// Makes sure PostgreSQL and NATS answer on loopback, starting them as root when they
+/// are installed but stopped. A `REDOUBT_TEST_POSTGRES` / `REDOUBT_TEST_NATS` set by the
+/// caller points the tests elsewhere, and nothing is started then.
+pub fn ensure_services() -> anyhow::Result<()> {
+    if std::env::var_os("REDOUBT_TEST_POSTGRES").is_none() && !answers(POSTGRES_ADDR) {
+        if !is_root() {
+            bail!(
+                "the tests need PostgreSQL on {POSTGRES_ADDR} (a role that may CREATE DATABASE, \
+                 default postgres://postgres@{POSTGRES_ADDR}/postgres); start it, or set \
+                 REDOUBT_TEST_POSTGRES to one that answers"
+            );
+        }
+        eprintln!("starting PostgreSQL");
+        let versions: Vec<String> = std::fs::read_dir("/etc/postgresql")
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if versions.is_empty() {
+            bail!("PostgreSQL is installed but has no cluster in /etc/postgresql");
+        }
+        for v in &versions {
+            let _ = Command::new("pg_ctlcluster")
+                .args(["--skip-systemctl-redirect", v, "main", "start"])
+                .status();
+        }
+        if !wait_answering(POSTGRES_ADDR) {
+            bail!("PostgreSQL was started but does not answer on {POSTGRES_ADDR}");
+        }
+    }
+    if std::env::var_os("REDOUBT_TEST_NATS").is_none() && !answers(NATS_ADDR) {
+        if !is_root() {
+            bail!(
+                "the tests need a NATS server on {NATS_ADDR}; start nats-server, or set REDOUBT_TEST_NATS"
+            );
+        }
+        eprintln!("starting NATS");
+        let status = Command::new("start-stop-daemon")
+            .args([
+                "--start",
+                "--oknodo",
+                "--background",
+                "--exec",
+                "/usr/sbin/nats-server",
+                "--",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                "4222",
+            ])
+            .status()
+            .context("starting nats-server")?;
+        if !status.success() || !wait_answering(NATS_ADDR) {
+            bail!("nats-server was started but does not answer on {NATS_ADDR}");
+        }
+    }
+    Ok(())
 }
 
 fn is_root() -> bool {

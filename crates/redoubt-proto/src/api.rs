@@ -423,6 +423,18 @@ impl CredentialId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The first bytes of the hash this id names (the digits decoded).
+    pub fn hash_prefix(&self) -> Vec<u8> {
+        self.0
+            .as_bytes()
+            .chunks(2)
+            .map(|pair| {
+                let digit = |c: u8| char::from(c).to_digit(16).unwrap_or(0) as u8;
+                digit(pair[0]) << 4 | digit(pair.get(1).copied().unwrap_or(b'0'))
+            })
+            .collect()
+    }
 }
 
 impl fmt::Display for CredentialId {

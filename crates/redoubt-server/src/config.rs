@@ -74,6 +74,9 @@ pub struct RawConfig {
     pub gate_credential_ttl_secs: Option<u64>,
     /// Window over which refused enrollments from one source share one audit entry.
     pub refusal_audit_window_secs: Option<u64>,
+    /// The PostgreSQL database (`postgres://…`) that several server nodes share;
+    /// without it, the embedded SQLite file in the data directory.
+    pub database_url: Option<String>,
 }
 
 /// Names of the keys, for the `REDOUBT_*` environment overlay.
@@ -107,6 +110,7 @@ const KEYS: &[&str] = &[
     "max_connections_per_address",
     "gate_credential_ttl_secs",
     "refusal_audit_window_secs",
+    "database_url",
 ];
 
 /// The validated configuration.
@@ -162,6 +166,40 @@ pub struct Config {
     pub gate_credential_ttl_secs: u64,
     /// Window over which refused enrollments from one source share one audit entry.
     pub refusal_audit_window_secs: u64,
+    /// The shared PostgreSQL database, if configured (else SQLite in `data`).
+    pub database_url: Option<String>,
+}
+
+impl Config {
+    /// What `Store::open` takes: the PostgreSQL URL, or the SQLite file's path.
+    pub fn database(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.clone(),
+            None => crate::pki::database_path(&self.data)
+                .to_string_lossy()
+                .into_owned(),
+        }
+    }
+
+    /// The database named for people and logs: never the URL's password.
+    pub fn database_label(&self) -> String {
+        match self
+            .database_url
+            .as_deref()
+            .and_then(|u| Url::parse(u).ok())
+        {
+            Some(url) => format!(
+                "PostgreSQL at {}:{}{}",
+                url.host_str().unwrap_or("?"),
+                url.port().unwrap_or(5432),
+                url.path()
+            ),
+            None => format!(
+                "SQLite at {}",
+                crate::pki::database_path(&self.data).display()
+            ),
+        }
+    }
 }
 
 /// How long a client may take and how many connections it may hold.
@@ -395,7 +433,23 @@ impl RawConfig {
         if !(1..=86400).contains(&refusal_audit_window_secs) {
             bail!("refusal_audit_window_secs must be between 1 and 86400");
         }
+        let database_url = match self.database_url {
+            Some(u) if u.trim().is_empty() => None,
+            Some(u) => {
+                let parsed = Url::parse(&u)
+                    .map_err(|e| anyhow::anyhow!("database_url is not a URL ({e})"))?;
+                if !matches!(parsed.scheme(), "postgres" | "postgresql") {
+                    bail!(
+                        "database_url must be a postgres:// URL (without it the embedded SQLite \
+                         database in the data directory is used)"
+                    );
+                }
+                Some(u)
+            }
+            None => None,
+        };
         Ok(Config {
+            database_url,
             organization_addresses,
             limits,
             gate_credential_ttl_secs,

@@ -69,6 +69,10 @@ enum Command {
         /// so that a forgotten or leaked one does not open the server forever.
         #[arg(long, value_name = "TTL", default_value = "90d")]
         ttl: Ttl,
+        /// The shared PostgreSQL database of a multi-node deployment (postgres://…);
+        /// without it, the SQLite database in the data directory.
+        #[arg(long, env = "REDOUBT_DATABASE_URL", value_name = "URL")]
+        database_url: Option<String>,
     },
     /// List every HTTP route and who may call it: the table the router is built from.
     Routes {
@@ -139,11 +143,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             name,
             role,
             ttl,
+            database_url,
         } => {
             let keys = pki::Keys::open_or_create(&data)?;
-            let store = redoubt_store::Store::open_sqlite(&pki::database_path(&data))
+            let config = config::RawConfig {
+                data: Some(data.clone()),
+                database_url,
+                ..Default::default()
+            }
+            .resolve()?;
+            let store = redoubt_store::Store::open(&config.database())
                 .await
-                .with_context(|| format!("opening the database in {}", data.display()))?;
+                .with_context(|| format!("opening the database ({})", config.database_label()))?;
             let token = app::create_admin_token(
                 &store,
                 &name,

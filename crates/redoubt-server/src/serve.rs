@@ -23,7 +23,7 @@ use crate::app::{App, Hub, RateLimiter, RefusalLog, Source};
 use crate::config::{Config, ConnectionLimits};
 use crate::conn::{Activity, ConnectionLimiter, Counted};
 use crate::http::{HttpState, router};
-use crate::pki::{Keys, database_path};
+use crate::pki::Keys;
 
 /// Runs the server until a shutdown signal.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
@@ -43,9 +43,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             lock_path.display()
         );
     }
-    let store = Store::open_sqlite(&database_path(&config.data))
+    let store = Store::open(&config.database())
         .await
-        .with_context(|| format!("opening the database in {}", config.data.display()))?;
+        .with_context(|| format!("opening the database ({})", config.database_label()))?;
     store
         .install_builtin_modes(&redoubt_policy::presets(), Timestamp::now())
         .await?;
@@ -110,6 +110,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         );
     }
     println!("Data directory: {data}");
+    println!("Database: {}", app.config.database_label());
     if admins == 0 {
         println!("No admin credential yet. Create the first one (printed once) with:");
         println!("  redoubt-server admin-token --data {data} --name YOUR-NAME --role owner");

@@ -9,7 +9,7 @@
 
 use redoubt_policy::{GENESIS, entry_hash};
 use redoubt_proto::{AuditEntry, AuditHead, DeviceId, SignedEnvelope, Timestamp};
-use sqlx::{Row, SqliteConnection};
+use sqlx::{AnyConnection, Row};
 
 use crate::{Result, Store, StoreError, corrupt, from_json, to_json};
 
@@ -46,7 +46,7 @@ pub struct AuditFilter {
 
 const ENTRY_COLUMNS: &str = "seq, at, actor, source, action, device_id, detail, prev_hash, hash";
 
-fn entry(r: &sqlx::sqlite::SqliteRow) -> Result<AuditEntry> {
+fn entry(r: &sqlx::any::AnyRow) -> Result<AuditEntry> {
     let seq = r.try_get::<i64, _>("seq")? as u64;
     let what = |field: &str| format!("audit entry #{seq} {field}");
     Ok(AuditEntry {
@@ -66,7 +66,7 @@ fn entry(r: &sqlx::sqlite::SqliteRow) -> Result<AuditEntry> {
 }
 
 /// The `(seq, hash)` the next entry chains to: the signed head's.
-async fn chain_tip(conn: &mut SqliteConnection) -> Result<(u64, String)> {
+async fn chain_tip(conn: &mut AnyConnection) -> Result<(u64, String)> {
     let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
         .fetch_optional(&mut *conn)
         .await?;
@@ -94,7 +94,7 @@ async fn chain_tip(conn: &mut SqliteConnection) -> Result<(u64, String)> {
 /// then `sign` signs the new head, which replaces the stored one. Nothing is written
 /// (and nothing signed) when `drafts` is empty.
 pub(crate) async fn append(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     drafts: &[AuditDraft],
     at: Timestamp,
     sign: HeadSigner<'_>,
@@ -117,7 +117,7 @@ pub(crate) async fn append(
         );
         sqlx::query(
             "INSERT INTO audit_log (seq, at, actor, source, action, device_id, detail, prev_hash, hash)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(seq as i64)
         .bind(at.unix())
@@ -138,7 +138,7 @@ pub(crate) async fn append(
         signed_at: at,
     });
     sqlx::query(
-        "INSERT INTO audit_head (id, seq, hash, envelope) VALUES (1, ?, ?, ?)
+        "INSERT INTO audit_head (id, seq, hash, envelope) VALUES (1, $1, $2, $3)
          ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, envelope = excluded.envelope",
     )
     .bind(seq as i64)
@@ -149,7 +149,7 @@ pub(crate) async fn append(
     Ok(())
 }
 
-async fn head(conn: &mut SqliteConnection) -> Result<Option<SignedEnvelope>> {
+async fn head(conn: &mut AnyConnection) -> Result<Option<SignedEnvelope>> {
     let envelope: Option<String> =
         sqlx::query_scalar("SELECT envelope FROM audit_head WHERE id = 1")
             .fetch_optional(&mut *conn)
@@ -177,14 +177,14 @@ impl Store {
         let since = filter.since.map(Timestamp::unix);
         let limit = filter
             .limit
-            .map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
+            .map_or(i64::MAX, |l| i64::try_from(l).unwrap_or(i64::MAX));
         let after = filter
             .after_seq
             .map_or(0, |s| i64::try_from(s).unwrap_or(i64::MAX));
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {ENTRY_COLUMNS} FROM audit_log
-             WHERE (? IS NULL OR device_id = ?) AND (? IS NULL OR at >= ?) AND seq > ?
-             ORDER BY seq LIMIT ?"
+             WHERE ($1 IS NULL OR device_id = $2) AND ($3 IS NULL OR at >= $4) AND seq > $5
+             ORDER BY seq LIMIT $6"
         )))
         .bind(device)
         .bind(device)
@@ -206,7 +206,7 @@ impl Store {
     /// Every entry, oldest first, and the signed head, read from one snapshot of the
     /// database (an append in between cannot make them disagree).
     pub async fn audit_snapshot(&self) -> Result<(Vec<AuditEntry>, Option<SignedEnvelope>)> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.read_tx().await?;
         let head = head(&mut tx).await?;
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {ENTRY_COLUMNS} FROM audit_log ORDER BY seq"

@@ -4,7 +4,7 @@
 
 use redoubt_proto::{CommandId, CommandState, DeviceAction, DeviceId, SignedEnvelope, Timestamp};
 use serde_json::json;
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{Any, Row, Transaction};
 
 use crate::audit::{AuditDraft, HeadSigner};
 use crate::{Result, Store, StoreError, from_json, parse, to_json};
@@ -60,7 +60,7 @@ pub struct NewCommand {
 const COLUMNS: &str = "id, device_id, body, envelope, state, created_by, created_at, expires_at, \
      delivered_at, acknowledged_at, verified_at, note";
 
-fn record(r: &sqlx::sqlite::SqliteRow) -> Result<CommandRecord> {
+fn record(r: &sqlx::any::AnyRow) -> Result<CommandRecord> {
     let state: &str = r.try_get("state")?;
     Ok(CommandRecord {
         id: parse("command id", r.try_get("id")?)?,
@@ -104,12 +104,12 @@ fn draft(
 }
 
 pub(crate) async fn load(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut Transaction<'_, Any>,
     device: &DeviceId,
     id: &CommandId,
 ) -> Result<Option<CommandRecord>> {
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM device_commands WHERE id = ? AND device_id = ?"
+        "SELECT {COLUMNS} FROM device_commands WHERE id = $1 AND device_id = $2"
     )))
     .bind(id.as_str())
     .bind(device.as_str())
@@ -120,12 +120,12 @@ pub(crate) async fn load(
 
 /// Commands of a device that are not final, oldest first.
 pub(crate) async fn open_in(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut Transaction<'_, Any>,
     device: &DeviceId,
 ) -> Result<Vec<CommandRecord>> {
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM device_commands
-         WHERE device_id = ? AND state IN ('queued', 'delivered', 'acknowledged')
+         WHERE device_id = $1 AND state IN ('queued', 'delivered', 'acknowledged')
          ORDER BY created_at, rowid"
     )))
     .bind(device.as_str())
@@ -136,7 +136,7 @@ pub(crate) async fn open_in(
 
 /// Moves a command to `state` (with its time column) and appends the audit entry.
 pub(crate) async fn transition(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut Transaction<'_, Any>,
     c: &CommandRecord,
     state: CommandState,
     note: Option<&str>,
@@ -152,10 +152,10 @@ pub(crate) async fn transition(
     };
     let sql = match column {
         Some(col) => format!(
-            "UPDATE device_commands SET state = ?, note = coalesce(?, note), {col} = coalesce({col}, ?) WHERE id = ?"
+            "UPDATE device_commands SET state = $1, note = coalesce($2, note), {col} = coalesce({col}, $3) WHERE id = $4"
         ),
         None => {
-            "UPDATE device_commands SET state = ?, note = coalesce(?, note) WHERE id = ?".into()
+            "UPDATE device_commands SET state = $1, note = coalesce($2, note) WHERE id = $3".into()
         }
     };
     let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -206,7 +206,7 @@ impl Store {
     ) -> Result<(CommandRecord, bool)> {
         let mut tx = self.write_tx().await?;
         let revoked: Option<Option<i64>> =
-            sqlx::query_scalar("SELECT revoked_at FROM devices WHERE id = ?")
+            sqlx::query_scalar("SELECT revoked_at FROM devices WHERE id = $1")
                 .bind(new.device_id.as_str())
                 .fetch_optional(&mut *tx)
                 .await?;
@@ -221,7 +221,7 @@ impl Store {
             _ => {}
         }
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM device_commands WHERE device_id = ? ORDER BY created_at DESC, rowid DESC"
+            "SELECT {COLUMNS} FROM device_commands WHERE device_id = $1 ORDER BY created_at DESC, rowid DESC"
         )))
         .bind(new.device_id.as_str())
         .fetch_all(&mut *tx)
@@ -251,7 +251,7 @@ impl Store {
         }
         sqlx::query(
             "INSERT INTO device_commands (id, device_id, action, body, envelope, state, created_by, created_at, expires_at)
-             VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, 'queued', $6, $7, $8)",
         )
         .bind(new.id.as_str())
         .bind(new.device_id.as_str())
@@ -286,7 +286,7 @@ impl Store {
     /// When the device's newest command was issued, if it has any.
     pub async fn newest_command_at(&self, device: &DeviceId) -> Result<Option<Timestamp>> {
         let at: Option<i64> =
-            sqlx::query_scalar("SELECT MAX(created_at) FROM device_commands WHERE device_id = ?")
+            sqlx::query_scalar("SELECT MAX(created_at) FROM device_commands WHERE device_id = $1")
                 .bind(device.as_str())
                 .fetch_one(&self.pool)
                 .await?;
@@ -296,7 +296,7 @@ impl Store {
     /// A device's commands, newest first.
     pub async fn list_commands(&self, device: &DeviceId) -> Result<Vec<CommandRecord>> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM device_commands WHERE device_id = ? ORDER BY created_at DESC, rowid DESC"
+            "SELECT {COLUMNS} FROM device_commands WHERE device_id = $1 ORDER BY created_at DESC, rowid DESC"
         )))
         .bind(device.as_str())
         .fetch_all(&self.pool)
@@ -313,7 +313,7 @@ impl Store {
     ) -> Result<Vec<CommandRecord>> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM device_commands
-             WHERE device_id = ? AND state IN ('queued', 'delivered') AND expires_at > ? AND action != 'revoke'
+             WHERE device_id = $1 AND state IN ('queued', 'delivered') AND expires_at > $2 AND action != 'revoke'
              ORDER BY created_at, rowid"
         )))
         .bind(device.as_str())
@@ -419,7 +419,7 @@ impl Store {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM device_commands
              WHERE (state IN ('queued', 'delivered') OR (state = 'acknowledged' AND action = 'wipe'))
-               AND expires_at <= ? ORDER BY created_at, rowid"
+               AND expires_at <= $1 ORDER BY created_at, rowid"
         )))
         .bind(now.unix())
         .fetch_all(&mut *tx)

@@ -4,7 +4,7 @@ use redoubt_proto::{
     Compliance, ComplianceReport, DeviceId, HardwareKind, Mode, ModeName, SignedEnvelope,
     Timestamp, UserName,
 };
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{Any, Row, Transaction};
 
 use crate::tokens::EnrollRefusal;
 use crate::{Result, Store, StoreError, from_json, parse, to_json};
@@ -161,7 +161,7 @@ fn hardware_str(h: HardwareKind) -> &'static str {
     }
 }
 
-fn device_record(r: &sqlx::sqlite::SqliteRow) -> Result<DeviceRecord> {
+fn device_record(r: &sqlx::any::AnyRow) -> Result<DeviceRecord> {
     let key: Vec<u8> = r.try_get("public_key")?;
     let hardware = match r.try_get::<&str, _>("hardware")? {
         "sim" => HardwareKind::Sim,
@@ -202,8 +202,8 @@ fn device_record(r: &sqlx::sqlite::SqliteRow) -> Result<DeviceRecord> {
     })
 }
 
-pub(crate) async fn load_mode(tx: &mut Transaction<'_, Sqlite>, name: &ModeName) -> Result<Mode> {
-    let def: Option<String> = sqlx::query_scalar("SELECT definition FROM modes WHERE name = ?")
+pub(crate) async fn load_mode(tx: &mut Transaction<'_, Any>, name: &ModeName) -> Result<Mode> {
+    let def: Option<String> = sqlx::query_scalar("SELECT definition FROM modes WHERE name = $1")
         .bind(name.as_str())
         .fetch_optional(&mut **tx)
         .await?;
@@ -213,9 +213,9 @@ pub(crate) async fn load_mode(tx: &mut Transaction<'_, Sqlite>, name: &ModeName)
     )
 }
 
-async fn load_device(tx: &mut Transaction<'_, Sqlite>, id: &DeviceId) -> Result<DeviceRecord> {
+async fn load_device(tx: &mut Transaction<'_, Any>, id: &DeviceId) -> Result<DeviceRecord> {
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {DEVICE_COLUMNS} FROM devices WHERE id = ?"
+        "SELECT {DEVICE_COLUMNS} FROM devices WHERE id = $1"
     )))
     .bind(id.as_str())
     .fetch_optional(&mut **tx)
@@ -226,7 +226,7 @@ async fn load_device(tx: &mut Transaction<'_, Sqlite>, id: &DeviceId) -> Result<
 
 /// Issues the next bundle for `id` inside `tx`, optionally changing its base mode.
 pub(crate) async fn reissue(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut Transaction<'_, Any>,
     id: &DeviceId,
     new_mode: Option<&ModeName>,
     issue: &mut impl FnMut(&BundleRequest) -> IssuedBundle,
@@ -246,9 +246,9 @@ pub(crate) async fn reissue(
         last_report: dev.last_report.clone(),
     });
     sqlx::query(
-        "UPDATE devices SET assigned_mode = ?, bundle_version = ?, bundle_envelope = ?, bundle_payload = ?,
-         bundle_issued_at = ?, bundle_expires_at = ?, effective_mode = ?, compliance = ?, compliance_reasons = ?
-         WHERE id = ?",
+        "UPDATE devices SET assigned_mode = $1, bundle_version = $2, bundle_envelope = $3, bundle_payload = $4,
+         bundle_issued_at = $5, bundle_expires_at = $6, effective_mode = $7, compliance = $8, compliance_reasons = $9
+         WHERE id = $10",
     )
     .bind(mode_name.as_str())
     .bind(issued.version as i64)
@@ -284,8 +284,8 @@ impl Store {
     ) -> Result<DeviceRecord> {
         let mut tx = self.write_tx().await?;
         let row = sqlx::query(
-            "UPDATE enrollment_tokens SET used_at = ?, device_id = ?
-             WHERE token_hash = ? AND used_at IS NULL AND expires_at > ?
+            "UPDATE enrollment_tokens SET used_at = $1, device_id = $2
+             WHERE token_hash = $3 AND used_at IS NULL AND expires_at > $4
              RETURNING user_name, mode, created_by",
         )
         .bind(now.unix())
@@ -296,7 +296,7 @@ impl Store {
         .await?;
         let Some(row) = row else {
             let state = sqlx::query(
-                "SELECT used_at, expires_at FROM enrollment_tokens WHERE token_hash = ?",
+                "SELECT used_at, expires_at FROM enrollment_tokens WHERE token_hash = $1",
             )
             .bind(&token_hash[..])
             .fetch_optional(&mut *tx)
@@ -314,7 +314,7 @@ impl Store {
         // Decided inside the write transaction: two codes for one person used at once
         // cannot both count as the first device.
         let live_devices: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM devices WHERE user_name = ? AND revoked_at IS NULL",
+            "SELECT count(*) FROM devices WHERE user_name = $1 AND revoked_at IS NULL",
         )
         .bind(user.as_str())
         .fetch_one(&mut *tx)
@@ -333,7 +333,7 @@ impl Store {
             "INSERT INTO devices (id, user_name, public_key, hardware, assigned_mode, enrolled_at, bundle_version,
              bundle_envelope, bundle_payload, bundle_issued_at, bundle_expires_at, effective_mode, compliance,
              compliance_reasons, enrolled_by, approved_by, approved_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
         )
         .bind(device.id.as_str())
         .bind(user.as_str())
@@ -399,7 +399,7 @@ impl Store {
             )));
         }
         sqlx::query(
-            "UPDATE devices SET approved_by = ?, approved_at = ? WHERE id = ? AND approved_at IS NULL",
+            "UPDATE devices SET approved_by = $1, approved_at = $2 WHERE id = $3 AND approved_at IS NULL",
         )
         .bind(approver)
         .bind(now.unix())
@@ -415,7 +415,7 @@ impl Store {
     /// One device.
     pub async fn get_device(&self, id: &DeviceId) -> Result<Option<DeviceRecord>> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {DEVICE_COLUMNS} FROM devices WHERE id = ?"
+            "SELECT {DEVICE_COLUMNS} FROM devices WHERE id = $1"
         )))
         .bind(id.as_str())
         .fetch_optional(&self.pool)
@@ -487,7 +487,7 @@ impl Store {
             return Ok((ReportOutcome::Duplicate, Vec::new()));
         }
         let (compliance, reasons) = evaluate(&dev);
-        sqlx::query("INSERT INTO reports (device_id, seq, received_at, compliance, envelope) VALUES (?, ?, ?, ?, ?)")
+        sqlx::query("INSERT INTO reports (device_id, seq, received_at, compliance, envelope) VALUES ($1, $2, $3, $4, $5)")
             .bind(dev.id.as_str())
             .bind(report.seq as i64)
             .bind(now.unix())
@@ -496,8 +496,8 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         sqlx::query(
-            "UPDATE devices SET last_report_seq = ?, last_report_at = ?, last_report = ?, compliance = ?,
-             compliance_reasons = ? WHERE id = ?",
+            "UPDATE devices SET last_report_seq = $1, last_report_at = $2, last_report = $3, compliance = $4,
+             compliance_reasons = $5 WHERE id = $6",
         )
         .bind(report.seq as i64)
         .bind(now.unix())
@@ -511,7 +511,7 @@ impl Store {
         let mut audit = Vec::new();
         for e in &report.events {
             let fresh = sqlx::query(
-                "INSERT INTO device_events (device_id, event_id, at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                "INSERT INTO device_events (device_id, event_id, at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
             )
             .bind(dev.id.as_str())
             .bind(&e.id)
@@ -599,7 +599,7 @@ impl Store {
 
     /// Number of reports stored for a device (the history).
     pub async fn count_reports(&self, id: &DeviceId) -> Result<u64> {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM reports WHERE device_id = ?")
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM reports WHERE device_id = $1")
             .bind(id.as_str())
             .fetch_one(&self.pool)
             .await?;
@@ -613,7 +613,7 @@ impl Store {
         stale_before: Timestamp,
     ) -> Result<Vec<(Compliance, u64)>> {
         let rows = sqlx::query(
-            "SELECT CASE WHEN last_report_at IS NOT NULL AND last_report_at < ? THEN 'stale' ELSE compliance END AS c,
+            "SELECT CASE WHEN last_report_at IS NOT NULL AND last_report_at < $1 THEN 'stale' ELSE compliance END AS c,
              count(*) AS n FROM devices WHERE revoked_at IS NULL GROUP BY c",
         )
         .bind(stale_before.unix())

@@ -10,6 +10,8 @@ mod commands;
 mod devices;
 mod messaging;
 mod modes;
+#[cfg(feature = "test-support")]
+pub mod test_support;
 mod tokens;
 mod zones;
 
@@ -17,11 +19,10 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::SqlSafeStr;
+use sqlx::AnyPool;
+use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::{Any, Executor, SqlSafeStr};
 
 pub use audit::{AuditDraft, AuditFilter, HeadSigner};
 pub use commands::{CommandRecord, NewCommand};
@@ -77,59 +78,153 @@ pub enum StoreError {
 /// Result alias of the store.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[
-    (1, "devices", include_str!("../migrations/0001_devices.sql")),
+/// The SQLite migration history (version, description, SQL).
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "devices",
+        include_str!("../migrations/sqlite/0001_devices.sql"),
+    ),
     (
         2,
         "messaging",
-        include_str!("../migrations/0002_messaging.sql"),
+        include_str!("../migrations/sqlite/0002_messaging.sql"),
     ),
-    (3, "zones", include_str!("../migrations/0003_zones.sql")),
-    (4, "audit", include_str!("../migrations/0004_audit.sql")),
+    (
+        3,
+        "zones",
+        include_str!("../migrations/sqlite/0003_zones.sql"),
+    ),
+    (
+        4,
+        "audit",
+        include_str!("../migrations/sqlite/0004_audit.sql"),
+    ),
     (
         5,
         "public_groups",
-        include_str!("../migrations/0005_public_groups.sql"),
+        include_str!("../migrations/sqlite/0005_public_groups.sql"),
     ),
     (
         6,
         "credentials",
-        include_str!("../migrations/0006_credentials.sql"),
+        include_str!("../migrations/sqlite/0006_credentials.sql"),
     ),
     (
         7,
         "blob_owners",
-        include_str!("../migrations/0007_blob_owners.sql"),
+        include_str!("../migrations/sqlite/0007_blob_owners.sql"),
     ),
     (
         8,
         "device_approval",
-        include_str!("../migrations/0008_device_approval.sql"),
+        include_str!("../migrations/sqlite/0008_device_approval.sql"),
     ),
 ];
 
-/// The store: a pool of connections to the embedded database.
+/// The PostgreSQL migration history: its own, starting from the SQLite schema of 0008.
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "schema",
+    include_str!("../migrations/postgres/0001_schema.sql"),
+)];
+
+/// Which database engine a [`Store`] speaks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The embedded SQLite file (one server node).
+    Sqlite,
+    /// A PostgreSQL server (one or many server nodes).
+    Postgres,
+}
+
+impl Backend {
+    /// The name used in logs and benchmark output.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+/// A key under which every write transaction on PostgreSQL takes a transaction-level
+/// advisory lock, so writes are serialized exactly as SQLite's `BEGIN IMMEDIATE`
+/// serializes them (the audit chain and the read-then-write checks rely on it).
+const WRITE_LOCK_KEY: i64 = 0x7265_646f_7562_7401;
+
+/// The store: a pool of connections to the database (SQLite or PostgreSQL).
 #[derive(Debug, Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
+    backend: Backend,
 }
 
 impl Store {
+    /// Opens the database that `database` names: a `postgres://` (or `postgresql://`)
+    /// URL, or else the path of the SQLite file (created if missing); migrates it.
+    pub async fn open(database: &str) -> Result<Store> {
+        if database.starts_with("postgres://") || database.starts_with("postgresql://") {
+            Store::open_postgres(database).await
+        } else {
+            Store::open_sqlite(Path::new(database)).await
+        }
+    }
+
     /// Opens (creating if missing) the SQLite database at `path` and migrates it.
     pub async fn open_sqlite(path: &Path) -> Result<Store> {
-        let opts = SqliteConnectOptions::from_str("sqlite://")?
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
+        sqlx::any::install_default_drivers();
+        let name = path.to_str().ok_or_else(|| {
+            StoreError::Conflict(format!("the database path {} is not UTF-8", path.display()))
+        })?;
+        // Percent-encoded, so that `?` or `#` in a path are not read as URL syntax.
+        let mut encoded = String::with_capacity(name.len());
+        for b in name.bytes() {
+            if b.is_ascii_alphanumeric() || b"/-_.~".contains(&b) {
+                encoded.push(char::from(b));
+            } else {
+                encoded.push_str(&format!("%{b:02X}"));
+            }
+        }
+        let url = format!("sqlite://{encoded}?mode=rwc");
+        let pool = AnyPoolOptions::new()
             .max_connections(8)
-            .connect_with(opts)
+            .after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    // WAL with synchronous=FULL: what the server acknowledged survives a
+                    // crash; foreign keys enforced; a writer waits up to 10 s for the lock.
+                    conn.execute(
+                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                         PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
+                    )
+                    .await?;
+                    Ok(())
+                })
+            })
+            .connect(&url)
             .await?;
+        Store::migrate(pool, Backend::Sqlite, SQLITE_MIGRATIONS).await
+    }
+
+    /// Connects to the PostgreSQL database at `url` and migrates it (several server
+    /// nodes may do this at once: the migrator takes PostgreSQL's advisory lock).
+    pub async fn open_postgres(url: &str) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let pool = AnyPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await?;
+        Store::migrate(pool, Backend::Postgres, POSTGRES_MIGRATIONS).await
+    }
+
+    async fn migrate(
+        pool: AnyPool,
+        backend: Backend,
+        history: &[(i64, &'static str, &'static str)],
+    ) -> Result<Store> {
         let migrator = Migrator::with_migrations(
-            MIGRATIONS
+            history
                 .iter()
                 .map(|(v, d, sql)| {
                     Migration::new(
@@ -143,16 +238,53 @@ impl Store {
                 .collect(),
         );
         migrator.run(&pool).await?;
-        Ok(Store { pool })
+        Ok(Store { pool, backend })
     }
 
-    /// Begins a write transaction that takes SQLite's write lock at once, so a
-    /// read-then-write transaction never fails on a snapshot another writer made stale.
-    async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    /// Which engine this store speaks to.
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
-    /// Closes every connection (checkpointing the WAL).
+    /// Begins a write transaction that holds the write lock from its first statement,
+    /// so a read-then-write transaction never acts on a snapshot another writer made
+    /// stale: SQLite's `BEGIN IMMEDIATE`; on PostgreSQL a transaction-level advisory
+    /// lock that every writer takes (released at commit or rollback).
+    async fn write_tx(&self) -> Result<sqlx::Transaction<'static, Any>> {
+        match self.backend {
+            Backend::Sqlite => Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?),
+            Backend::Postgres => {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(WRITE_LOCK_KEY)
+                    .execute(&mut *tx)
+                    .await?;
+                Ok(tx)
+            }
+        }
+    }
+
+    /// Begins a read transaction that sees one snapshot for all its statements.
+    async fn read_tx(&self) -> Result<sqlx::Transaction<'static, Any>> {
+        match self.backend {
+            Backend::Sqlite => Ok(self.pool.begin().await?),
+            Backend::Postgres => Ok(self
+                .pool
+                .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                .await?),
+        }
+    }
+
+    /// A subquery that yields the strings of the JSON array bound at `param` (one row
+    /// each): `json_each` on SQLite, `json_array_elements_text` on PostgreSQL.
+    fn json_text_elements(&self, param: &str) -> String {
+        match self.backend {
+            Backend::Sqlite => format!("SELECT value FROM json_each({param})"),
+            Backend::Postgres => format!("SELECT json_array_elements_text(CAST({param} AS json))"),
+        }
+    }
+
+    /// Closes every connection (checkpointing SQLite's WAL).
     pub async fn close(&self) {
         self.pool.close().await;
     }

@@ -3,7 +3,7 @@
 
 use redoubt_proto::messaging::{ItemKind, QueueItem, Unclaimable};
 use redoubt_proto::{BlobId, DeviceId, GroupId, ModeName, Timestamp, UserName};
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{Any, Row, Transaction};
 
 use crate::{Result, Store, StoreError, parse};
 
@@ -141,9 +141,9 @@ pub struct BlobRecord {
     pub expires_at: Timestamp,
 }
 
-async fn members_of(tx: &mut Transaction<'_, Sqlite>, group: &GroupId) -> Result<Vec<DeviceId>> {
+async fn members_of(tx: &mut Transaction<'_, Any>, group: &GroupId) -> Result<Vec<DeviceId>> {
     let rows: Vec<String> = sqlx::query_scalar(
-        "SELECT device_id FROM group_members WHERE group_id = ? ORDER BY device_id",
+        "SELECT device_id FROM group_members WHERE group_id = $1 ORDER BY device_id",
     )
     .bind(group.as_str())
     .fetch_all(&mut **tx)
@@ -151,8 +151,8 @@ async fn members_of(tx: &mut Transaction<'_, Sqlite>, group: &GroupId) -> Result
     rows.iter().map(|s| parse("device id", s)).collect()
 }
 
-async fn load_group(tx: &mut Transaction<'_, Sqlite>, id: &GroupId) -> Result<Option<GroupRecord>> {
-    let Some(row) = sqlx::query("SELECT epoch, clearance, group_info FROM groups WHERE id = ?")
+async fn load_group(tx: &mut Transaction<'_, Any>, id: &GroupId) -> Result<Option<GroupRecord>> {
+    let Some(row) = sqlx::query("SELECT epoch, clearance, group_info FROM groups WHERE id = $1")
         .bind(id.as_str())
         .fetch_optional(&mut **tx)
         .await?
@@ -175,7 +175,7 @@ async fn load_group(tx: &mut Transaction<'_, Sqlite>, id: &GroupId) -> Result<Op
 /// Stores `payload` once and queues it for every device in `to`.
 #[allow(clippy::too_many_arguments)]
 async fn enqueue(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut Transaction<'_, Any>,
     to: &[DeviceId],
     group: &GroupId,
     kind: ItemKind,
@@ -188,14 +188,15 @@ async fn enqueue(
     if to.is_empty() {
         return Ok(());
     }
-    let payload_id: i64 = sqlx::query_scalar("INSERT INTO payloads (data) VALUES (?) RETURNING id")
-        .bind(payload)
-        .fetch_one(&mut **tx)
-        .await?;
+    let payload_id: i64 =
+        sqlx::query_scalar("INSERT INTO payloads (data) VALUES ($1) RETURNING id")
+            .bind(payload)
+            .fetch_one(&mut **tx)
+            .await?;
     for device in to {
         sqlx::query(
             "INSERT INTO queue (device_id, group_id, kind, epoch, sender, payload_id, size, enqueued_at, expires_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(device.as_str())
         .bind(group.as_str())
@@ -213,10 +214,10 @@ async fn enqueue(
 }
 
 /// Deletes payloads no queue entry refers to any more.
-async fn drop_orphan_payloads(tx: &mut Transaction<'_, Sqlite>, ids: &[i64]) -> Result<()> {
+async fn drop_orphan_payloads(tx: &mut Transaction<'_, Any>, ids: &[i64]) -> Result<()> {
     for id in ids {
         sqlx::query(
-            "DELETE FROM payloads WHERE id = ? AND NOT EXISTS (SELECT 1 FROM queue WHERE payload_id = ?)",
+            "DELETE FROM payloads WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM queue WHERE payload_id = $2)",
         )
         .bind(id)
         .bind(id)
@@ -226,14 +227,11 @@ async fn drop_orphan_payloads(tx: &mut Transaction<'_, Sqlite>, ids: &[i64]) -> 
     Ok(())
 }
 
-async fn live_device_ids(
-    tx: &mut Transaction<'_, Sqlite>,
-    ids: &[DeviceId],
-) -> Result<Vec<DeviceId>> {
+async fn live_device_ids(tx: &mut Transaction<'_, Any>, ids: &[DeviceId]) -> Result<Vec<DeviceId>> {
     let mut live = Vec::with_capacity(ids.len());
     for id in ids {
         let revoked: Option<Option<i64>> =
-            sqlx::query_scalar("SELECT revoked_at FROM devices WHERE id = ?")
+            sqlx::query_scalar("SELECT revoked_at FROM devices WHERE id = $1")
                 .bind(id.as_str())
                 .fetch_optional(&mut **tx)
                 .await?;
@@ -260,7 +258,7 @@ impl Store {
     ) -> Result<()> {
         let mut tx = self.write_tx().await?;
         sqlx::query(
-            "INSERT INTO member_certificates (device_id, mls_key, envelope, issued_at) VALUES (?, ?, ?, ?)
+            "INSERT INTO member_certificates (device_id, mls_key, envelope, issued_at) VALUES ($1, $2, $3, $4)
              ON CONFLICT (device_id) DO UPDATE SET mls_key = excluded.mls_key, envelope = excluded.envelope,
              issued_at = excluded.issued_at",
         )
@@ -292,7 +290,7 @@ impl Store {
             )));
         }
         for kp in key_packages {
-            sqlx::query("INSERT INTO key_packages (device_id, data, last_resort, uploaded_at) VALUES (?, ?, 0, ?)")
+            sqlx::query("INSERT INTO key_packages (device_id, data, last_resort, uploaded_at) VALUES ($1, $2, 0, $3)")
                 .bind(device.as_str())
                 .bind(kp)
                 .bind(now.unix())
@@ -300,11 +298,11 @@ impl Store {
                 .await?;
         }
         if let Some(kp) = last_resort {
-            sqlx::query("DELETE FROM key_packages WHERE device_id = ? AND last_resort = 1")
+            sqlx::query("DELETE FROM key_packages WHERE device_id = $1 AND last_resort = 1")
                 .bind(device.as_str())
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query("INSERT INTO key_packages (device_id, data, last_resort, uploaded_at) VALUES (?, ?, 1, ?)")
+            sqlx::query("INSERT INTO key_packages (device_id, data, last_resort, uploaded_at) VALUES ($1, $2, 1, $3)")
                 .bind(device.as_str())
                 .bind(kp)
                 .bind(now.unix())
@@ -318,7 +316,7 @@ impl Store {
 
     /// `(one-time KeyPackages left, has a last-resort one)`.
     pub async fn key_package_stock(&self, device: &DeviceId) -> Result<(u64, bool)> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.read_tx().await?;
         stock_of(&mut tx, device).await
     }
 
@@ -346,8 +344,8 @@ impl Store {
             if !seen_users.insert(user) {
                 continue;
             }
-            let devices: Vec<(String, bool)> = sqlx::query_as(
-                "SELECT id, approved_at IS NOT NULL FROM devices WHERE user_name = ? AND revoked_at IS NULL
+            let devices: Vec<(String, i64)> = sqlx::query_as(
+                "SELECT id, CASE WHEN approved_at IS NOT NULL THEN 1 ELSE 0 END FROM devices WHERE user_name = $1 AND revoked_at IS NULL
                  ORDER BY enrolled_at, id",
             )
             .bind(user.as_str())
@@ -365,7 +363,7 @@ impl Store {
                 if &device == claimer || !seen_devices.insert(device.clone()) {
                     continue;
                 }
-                if !approved {
+                if approved == 0 {
                     missing.push(Unclaimable {
                         user: user.clone(),
                         device_id: Some(device),
@@ -378,7 +376,7 @@ impl Store {
                     None
                 } else {
                     sqlx::query(
-                        "DELETE FROM key_packages WHERE id = (SELECT id FROM key_packages WHERE device_id = ? AND last_resort = 0
+                        "DELETE FROM key_packages WHERE id = (SELECT id FROM key_packages WHERE device_id = $1 AND last_resort = 0
                          ORDER BY id LIMIT 1) RETURNING data",
                     )
                     .bind(device.as_str())
@@ -388,7 +386,7 @@ impl Store {
                 let (data, last_resort) = match one_time {
                     Some(row) => {
                         sqlx::query(
-                            "INSERT INTO key_package_handouts (device_id, handed_at) VALUES (?, ?)",
+                            "INSERT INTO key_package_handouts (device_id, handed_at) VALUES ($1, $2)",
                         )
                         .bind(device.as_str())
                         .bind(now.unix())
@@ -398,7 +396,7 @@ impl Store {
                     }
                     None => {
                         let lr: Option<Vec<u8>> = sqlx::query_scalar(
-                            "SELECT data FROM key_packages WHERE device_id = ? AND last_resort = 1",
+                            "SELECT data FROM key_packages WHERE device_id = $1 AND last_resort = 1",
                         )
                         .bind(device.as_str())
                         .fetch_optional(&mut *tx)
@@ -449,7 +447,7 @@ impl Store {
     ) -> Result<GroupRecord> {
         let mut tx = self.write_tx().await?;
         if let Some(mode) = clearance {
-            let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM modes WHERE name = ?")
+            let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM modes WHERE name = $1")
                 .bind(mode.as_str())
                 .fetch_optional(&mut *tx)
                 .await?;
@@ -459,7 +457,7 @@ impl Store {
         }
         let inserted = sqlx::query(
             "INSERT INTO groups (id, epoch, clearance, created_by, created_at, updated_at, public_state, group_info)
-             VALUES (?, 0, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, 0, $2, $3, $4, $5, $6, $7)",
         )
         .bind(id.as_str())
         .bind(clearance.map(ModeName::as_str))
@@ -476,7 +474,7 @@ impl Store {
             return Err(StoreError::Conflict(format!("group {id} already exists")));
         }
         inserted?;
-        sqlx::query("INSERT INTO group_members (group_id, device_id) VALUES (?, ?)")
+        sqlx::query("INSERT INTO group_members (group_id, device_id) VALUES ($1, $2)")
             .bind(id.as_str())
             .bind(creator.as_str())
             .execute(&mut *tx)
@@ -490,19 +488,19 @@ impl Store {
 
     /// One group.
     pub async fn get_group(&self, id: &GroupId) -> Result<Option<GroupRecord>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.read_tx().await?;
         load_group(&mut tx, id).await
     }
 
     /// A group with what deciding on a commit needs: its public state and the last
     /// accepted commit's hash and sender.
     pub async fn commit_base(&self, id: &GroupId) -> Result<Option<CommitBase>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.read_tx().await?;
         let Some(group) = load_group(&mut tx, id).await? else {
             return Ok(None);
         };
         let row = sqlx::query(
-            "SELECT public_state, last_commit_hash, last_commit_sender FROM groups WHERE id = ?",
+            "SELECT public_state, last_commit_hash, last_commit_sender FROM groups WHERE id = $1",
         )
         .bind(id.as_str())
         .fetch_one(&mut *tx)
@@ -537,11 +535,12 @@ impl Store {
             )));
         }
         if c.epoch != group.epoch {
-            let row =
-                sqlx::query("SELECT last_commit_hash, last_commit_sender FROM groups WHERE id = ?")
-                    .bind(c.group_id.as_str())
-                    .fetch_one(&mut *tx)
-                    .await?;
+            let row = sqlx::query(
+                "SELECT last_commit_hash, last_commit_sender FROM groups WHERE id = $1",
+            )
+            .bind(c.group_id.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
             let last_hash: Option<Vec<u8>> = row.try_get("last_commit_hash")?;
             let last_sender: Option<String> = row.try_get("last_commit_sender")?;
             if c.epoch + 1 == group.epoch
@@ -574,8 +573,8 @@ impl Store {
             ));
         }
         sqlx::query(
-            "UPDATE groups SET epoch = epoch + 1, group_info = ?, public_state = ?, last_commit_hash = ?,
-             last_commit_sender = ?, updated_at = ? WHERE id = ? AND epoch = ?",
+            "UPDATE groups SET epoch = epoch + 1, group_info = $1, public_state = $2, last_commit_hash = $3,
+             last_commit_sender = $4, updated_at = $5 WHERE id = $6 AND epoch = $7",
         )
         .bind(c.group_info)
         .bind(c.public_state)
@@ -586,12 +585,12 @@ impl Store {
         .bind(c.epoch as i64)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("DELETE FROM group_members WHERE group_id = ?")
+        sqlx::query("DELETE FROM group_members WHERE group_id = $1")
             .bind(c.group_id.as_str())
             .execute(&mut *tx)
             .await?;
         for d in c.members {
-            sqlx::query("INSERT OR IGNORE INTO group_members (group_id, device_id) VALUES (?, ?)")
+            sqlx::query("INSERT INTO group_members (group_id, device_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
                 .bind(c.group_id.as_str())
                 .bind(d.as_str())
                 .execute(&mut *tx)
@@ -667,7 +666,7 @@ impl Store {
             )));
         }
         let prior: Option<i64> = sqlx::query_scalar(
-            "SELECT recipients FROM sent_messages WHERE device_id = ? AND client_id = ?",
+            "SELECT recipients FROM sent_messages WHERE device_id = $1 AND client_id = $2",
         )
         .bind(sender.as_str())
         .bind(client_id)
@@ -705,7 +704,7 @@ impl Store {
         )
         .await?;
         sqlx::query(
-            "INSERT INTO sent_messages (device_id, client_id, accepted_at, recipients) VALUES (?, ?, ?, ?)",
+            "INSERT INTO sent_messages (device_id, client_id, accepted_at, recipients) VALUES ($1, $2, $3, $4)",
         )
         .bind(sender.as_str())
         .bind(client_id)
@@ -725,7 +724,7 @@ impl Store {
     pub async fn queued_groups(&self, device: &DeviceId) -> Result<Vec<QueuedGroup>> {
         let rows = sqlx::query(
             "SELECT q.group_id AS gid, g.clearance AS clearance, count(*) AS n FROM queue q
-             LEFT JOIN groups g ON g.id = q.group_id WHERE q.device_id = ? GROUP BY q.group_id",
+             LEFT JOIN groups g ON g.id = q.group_id WHERE q.device_id = $1 GROUP BY q.group_id, g.clearance",
         )
         .bind(device.as_str())
         .fetch_all(&self.pool)
@@ -755,12 +754,13 @@ impl Store {
         let held_json =
             serde_json::to_string(&held.iter().map(GroupId::as_str).collect::<Vec<_>>())
                 .unwrap_or_else(|_| "[]".into());
-        let rows = sqlx::query(
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT q.seq, q.group_id, q.kind, q.epoch, q.sender, q.enqueued_at, p.data FROM queue q
              JOIN payloads p ON p.id = q.payload_id
-             WHERE q.device_id = ? AND q.group_id NOT IN (SELECT value FROM json_each(?))
-             ORDER BY q.seq LIMIT ?",
-        )
+             WHERE q.device_id = $1 AND q.group_id NOT IN ({})
+             ORDER BY q.seq LIMIT $3",
+            self.json_text_elements("$2")
+        )))
         .bind(device.as_str())
         .bind(held_json)
         .bind(i64::from(limit) + 1)
@@ -792,7 +792,7 @@ impl Store {
         let mut payloads = Vec::new();
         for seq in seqs {
             let pid: Option<i64> = sqlx::query_scalar(
-                "DELETE FROM queue WHERE seq = ? AND device_id = ? RETURNING payload_id",
+                "DELETE FROM queue WHERE seq = $1 AND device_id = $2 RETURNING payload_id",
             )
             .bind(*seq as i64)
             .bind(device.as_str())
@@ -813,7 +813,7 @@ impl Store {
     pub async fn expire_queue(&self, now: Timestamp) -> Result<Vec<(DeviceId, u64)>> {
         let mut tx = self.write_tx().await?;
         let rows =
-            sqlx::query("DELETE FROM queue WHERE expires_at <= ? RETURNING device_id, payload_id")
+            sqlx::query("DELETE FROM queue WHERE expires_at <= $1 RETURNING device_id, payload_id")
                 .bind(now.unix())
                 .fetch_all(&mut *tx)
                 .await?;
@@ -828,11 +828,13 @@ impl Store {
         drop_orphan_payloads(&mut tx, &payloads).await?;
         let mut out = Vec::new();
         for (device, n) in per_device {
-            sqlx::query("UPDATE devices SET messages_expired = messages_expired + ? WHERE id = ?")
-                .bind(n as i64)
-                .bind(&device)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "UPDATE devices SET messages_expired = messages_expired + $1 WHERE id = $2",
+            )
+            .bind(n as i64)
+            .bind(&device)
+            .execute(&mut *tx)
+            .await?;
             out.push((parse("device id", &device)?, n));
         }
         tx.commit().await?;
@@ -841,7 +843,7 @@ impl Store {
 
     /// Forgets sent-message ids older than `before` (retries are no longer expected).
     pub async fn prune_sent_ids(&self, before: Timestamp) -> Result<u64> {
-        let r = sqlx::query("DELETE FROM sent_messages WHERE accepted_at < ?")
+        let r = sqlx::query("DELETE FROM sent_messages WHERE accepted_at < $1")
             .bind(before.unix())
             .execute(&self.pool)
             .await?;
@@ -851,7 +853,7 @@ impl Store {
     /// Items that expired undelivered for a device, since enrollment.
     pub async fn messages_expired(&self, device: &DeviceId) -> Result<u64> {
         let n: Option<i64> =
-            sqlx::query_scalar("SELECT messages_expired FROM devices WHERE id = ?")
+            sqlx::query_scalar("SELECT messages_expired FROM devices WHERE id = $1")
                 .bind(device.as_str())
                 .fetch_optional(&self.pool)
                 .await?;
@@ -873,19 +875,20 @@ impl Store {
         sign_head: crate::HeadSigner<'_>,
     ) -> Result<Vec<(GroupId, Vec<DeviceId>)>> {
         let mut tx = self.write_tx().await?;
-        let r = sqlx::query("UPDATE devices SET revoked_at = coalesce(revoked_at, ?) WHERE id = ?")
-            .bind(now.unix())
-            .bind(id.as_str())
-            .execute(&mut *tx)
-            .await?;
+        let r =
+            sqlx::query("UPDATE devices SET revoked_at = coalesce(revoked_at, $1) WHERE id = $2")
+                .bind(now.unix())
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await?;
         if r.rows_affected() == 0 {
             return Err(StoreError::NotFound(format!("device {id}")));
         }
-        sqlx::query("DELETE FROM key_packages WHERE device_id = ?")
+        sqlx::query("DELETE FROM key_packages WHERE device_id = $1")
             .bind(id.as_str())
             .execute(&mut *tx)
             .await?;
-        let rows = sqlx::query("DELETE FROM queue WHERE device_id = ? RETURNING payload_id")
+        let rows = sqlx::query("DELETE FROM queue WHERE device_id = $1 RETURNING payload_id")
             .bind(id.as_str())
             .fetch_all(&mut *tx)
             .await?;
@@ -895,7 +898,7 @@ impl Store {
             .collect::<Result<_, _>>()?;
         drop_orphan_payloads(&mut tx, &payloads).await?;
         let groups: Vec<String> = sqlx::query_scalar(
-            "SELECT group_id FROM group_members WHERE device_id = ? ORDER BY group_id",
+            "SELECT group_id FROM group_members WHERE device_id = $1 ORDER BY group_id",
         )
         .bind(id.as_str())
         .fetch_all(&mut *tx)
@@ -956,17 +959,18 @@ impl Store {
         expires_at: Timestamp,
     ) -> Result<()> {
         let mut tx = self.write_tx().await?;
-        let member: Option<i64> =
-            sqlx::query_scalar("SELECT 1 FROM group_members WHERE group_id = ? AND device_id = ?")
-                .bind(group.as_str())
-                .bind(uploader.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
+        let member: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM group_members WHERE group_id = $1 AND device_id = $2",
+        )
+        .bind(group.as_str())
+        .bind(uploader.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
         if member.is_none() {
             return Err(StoreError::NotFound(format!("conversation {group}")));
         }
         let used: i64 = sqlx::query_scalar(
-            "SELECT coalesce(sum(size), 0) FROM blobs WHERE uploader = ? AND expires_at > ?",
+            "SELECT CAST(coalesce(sum(size), 0) AS BIGINT) FROM blobs WHERE uploader = $1 AND expires_at > $2",
         )
         .bind(uploader.as_str())
         .bind(now.unix())
@@ -981,7 +985,7 @@ impl Store {
             });
         }
         sqlx::query(
-            "INSERT INTO blobs (id, group_id, uploader, size, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO blobs (id, group_id, uploader, size, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(id.as_str())
         .bind(group.as_str())
@@ -999,7 +1003,7 @@ impl Store {
     /// exist).
     pub async fn is_group_member(&self, group: &GroupId, device: &DeviceId) -> Result<bool> {
         Ok(sqlx::query_scalar::<_, i64>(
-            "SELECT 1 FROM group_members WHERE group_id = ? AND device_id = ?",
+            "SELECT 1 FROM group_members WHERE group_id = $1 AND device_id = $2",
         )
         .bind(group.as_str())
         .bind(device.as_str())
@@ -1011,7 +1015,7 @@ impl Store {
     /// Forgets a reserved file whose bytes could not be written.
     pub async fn drop_blob(&self, id: &BlobId) -> Result<()> {
         let mut tx = self.write_tx().await?;
-        sqlx::query("DELETE FROM blobs WHERE id = ?")
+        sqlx::query("DELETE FROM blobs WHERE id = $1")
             .bind(id.as_str())
             .execute(&mut *tx)
             .await?;
@@ -1032,8 +1036,8 @@ impl Store {
     ) -> Result<Option<BlobRecord>> {
         let row = sqlx::query(
             "SELECT b.size, b.expires_at FROM blobs b
-             JOIN group_members m ON m.group_id = b.group_id AND m.device_id = ?
-             WHERE b.id = ? AND b.group_id = ? AND b.expires_at > ?",
+             JOIN group_members m ON m.group_id = b.group_id AND m.device_id = $1
+             WHERE b.id = $2 AND b.group_id = $3 AND b.expires_at > $4",
         )
         .bind(device.as_str())
         .bind(id.as_str())
@@ -1056,7 +1060,7 @@ impl Store {
     /// the files).
     pub async fn expire_blobs(&self, now: Timestamp) -> Result<Vec<BlobId>> {
         let rows: Vec<String> =
-            sqlx::query_scalar("DELETE FROM blobs WHERE expires_at <= ? RETURNING id")
+            sqlx::query_scalar("DELETE FROM blobs WHERE expires_at <= $1 RETURNING id")
                 .bind(now.unix())
                 .fetch_all(&self.pool)
                 .await?;
@@ -1067,26 +1071,26 @@ impl Store {
 /// One-time KeyPackages `device` handed out in the window ending at `now`; older
 /// handouts are forgotten here.
 async fn handouts_in_window(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut Transaction<'_, Any>,
     device: &DeviceId,
     now: Timestamp,
 ) -> Result<u64> {
-    sqlx::query("DELETE FROM key_package_handouts WHERE device_id = ? AND handed_at <= ?")
+    sqlx::query("DELETE FROM key_package_handouts WHERE device_id = $1 AND handed_at <= $2")
         .bind(device.as_str())
         .bind(now.plus_secs(-HANDOUT_WINDOW_SECS).unix())
         .execute(&mut **tx)
         .await?;
     let n: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM key_package_handouts WHERE device_id = ?")
+        sqlx::query_scalar("SELECT count(*) FROM key_package_handouts WHERE device_id = $1")
             .bind(device.as_str())
             .fetch_one(&mut **tx)
             .await?;
     Ok(n as u64)
 }
 
-async fn one_time_stock(tx: &mut Transaction<'_, Sqlite>, device: &DeviceId) -> Result<u64> {
+async fn one_time_stock(tx: &mut Transaction<'_, Any>, device: &DeviceId) -> Result<u64> {
     let n: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM key_packages WHERE device_id = ? AND last_resort = 0",
+        "SELECT count(*) FROM key_packages WHERE device_id = $1 AND last_resort = 0",
     )
     .bind(device.as_str())
     .fetch_one(&mut **tx)
@@ -1094,9 +1098,9 @@ async fn one_time_stock(tx: &mut Transaction<'_, Sqlite>, device: &DeviceId) -> 
     Ok(n as u64)
 }
 
-async fn stock_of(tx: &mut Transaction<'_, Sqlite>, device: &DeviceId) -> Result<(u64, bool)> {
+async fn stock_of(tx: &mut Transaction<'_, Any>, device: &DeviceId) -> Result<(u64, bool)> {
     let lr: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM key_packages WHERE device_id = ? AND last_resort = 1",
+        "SELECT count(*) FROM key_packages WHERE device_id = $1 AND last_resort = 1",
     )
     .bind(device.as_str())
     .fetch_one(&mut **tx)

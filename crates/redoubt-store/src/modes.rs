@@ -17,10 +17,10 @@ pub struct ModeRecord {
     pub updated_at: Timestamp,
 }
 
-fn record(r: &sqlx::sqlite::SqliteRow) -> Result<ModeRecord> {
+fn record(r: &sqlx::any::AnyRow) -> Result<ModeRecord> {
     Ok(ModeRecord {
         mode: from_json("mode definition", r.try_get("definition")?)?,
-        builtin: r.try_get("builtin")?,
+        builtin: r.try_get::<i64, _>("builtin")? != 0,
         updated_at: Timestamp(r.try_get("updated_at")?),
     })
 }
@@ -32,7 +32,7 @@ impl Store {
         let mut tx = self.write_tx().await?;
         for m in presets {
             sqlx::query(
-                "INSERT INTO modes (name, definition, builtin, updated_at) VALUES (?, ?, 1, ?)
+                "INSERT INTO modes (name, definition, builtin, updated_at) VALUES ($1, $2, 1, $3)
                  ON CONFLICT (name) DO UPDATE SET definition = excluded.definition, builtin = 1,
                  updated_at = CASE WHEN modes.definition = excluded.definition THEN modes.updated_at ELSE excluded.updated_at END",
             )
@@ -56,7 +56,7 @@ impl Store {
 
     /// One mode.
     pub async fn get_mode(&self, name: &ModeName) -> Result<Option<ModeRecord>> {
-        let row = sqlx::query("SELECT definition, builtin, updated_at FROM modes WHERE name = ?")
+        let row = sqlx::query("SELECT definition, builtin, updated_at FROM modes WHERE name = $1")
             .bind(name.as_str())
             .fetch_optional(&self.pool)
             .await?;
@@ -77,18 +77,18 @@ impl Store {
         sign: crate::HeadSigner<'_>,
     ) -> Result<Vec<DeviceId>> {
         let mut tx = self.write_tx().await?;
-        let builtin: Option<bool> = sqlx::query_scalar("SELECT builtin FROM modes WHERE name = ?")
+        let builtin: Option<i64> = sqlx::query_scalar("SELECT builtin FROM modes WHERE name = $1")
             .bind(mode.name.as_str())
             .fetch_optional(&mut *tx)
             .await?;
-        if builtin == Some(true) {
+        if builtin.is_some_and(|b| b != 0) {
             return Err(StoreError::Conflict(format!(
                 "{} is a built-in preset and cannot be changed; give your mode another name",
                 mode.name
             )));
         }
         sqlx::query(
-            "INSERT INTO modes (name, definition, builtin, updated_at) VALUES (?, ?, 0, ?)
+            "INSERT INTO modes (name, definition, builtin, updated_at) VALUES ($1, $2, 0, $3)
              ON CONFLICT (name) DO UPDATE SET definition = excluded.definition, updated_at = excluded.updated_at",
         )
         .bind(mode.name.as_str())
@@ -97,7 +97,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         let ids: Vec<String> = sqlx::query_scalar(
-            "SELECT id FROM devices WHERE assigned_mode = ? AND revoked_at IS NULL",
+            "SELECT id FROM devices WHERE assigned_mode = $1 AND revoked_at IS NULL",
         )
         .bind(mode.name.as_str())
         .fetch_all(&mut *tx)

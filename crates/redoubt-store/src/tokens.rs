@@ -34,7 +34,7 @@ macro_rules! admin_columns {
     };
 }
 
-fn admin_record(r: &sqlx::sqlite::SqliteRow) -> Result<AdminRecord> {
+fn admin_record(r: &sqlx::any::AnyRow) -> Result<AdminRecord> {
     let hash: Vec<u8> = r.try_get("token_hash")?;
     let hash: [u8; 32] = hash
         .try_into()
@@ -77,7 +77,7 @@ impl Store {
     ) -> Result<()> {
         let mut tx = self.write_tx().await?;
         sqlx::query(
-            "INSERT INTO admin_tokens (name, role, token_hash, created_at, expires_at) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO admin_tokens (name, role, token_hash, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(name)
         .bind(role.as_str())
@@ -102,7 +102,7 @@ impl Store {
             "SELECT ",
             admin_columns!(),
             " FROM admin_tokens
-             WHERE token_hash = ? AND revoked_at IS NULL AND expires_at > ?"
+             WHERE token_hash = $1 AND revoked_at IS NULL AND expires_at > $2"
         ))
         .bind(&token_hash[..])
         .bind(now.unix())
@@ -114,7 +114,7 @@ impl Store {
     /// Number of admin credentials live at `now`.
     pub async fn count_admin_tokens(&self, now: Timestamp) -> Result<u64> {
         let n: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM admin_tokens WHERE revoked_at IS NULL AND expires_at > ?",
+            "SELECT count(*) FROM admin_tokens WHERE revoked_at IS NULL AND expires_at > $1",
         )
         .bind(now.unix())
         .fetch_one(&self.pool)
@@ -149,9 +149,9 @@ impl Store {
         let rows = sqlx::query(concat!(
             "SELECT ",
             admin_columns!(),
-            " FROM admin_tokens WHERE lower(hex(substr(token_hash, 1, 8))) = ?"
+            " FROM admin_tokens WHERE substr(token_hash, 1, 8) = $1"
         ))
-        .bind(id.as_str())
+        .bind(id.hash_prefix())
         .fetch_all(&mut *tx)
         .await?;
         let mut rec = match rows.as_slice() {
@@ -169,12 +169,12 @@ impl Store {
             )));
         }
         sqlx::query(
-            "UPDATE admin_tokens SET revoked_at = ?, revoked_by = ?
-             WHERE lower(hex(substr(token_hash, 1, 8))) = ?",
+            "UPDATE admin_tokens SET revoked_at = $1, revoked_by = $2
+             WHERE substr(token_hash, 1, 8) = $3",
         )
         .bind(now.unix())
         .bind(by)
-        .bind(id.as_str())
+        .bind(id.hash_prefix())
         .execute(&mut *tx)
         .await?;
         rec.revoked_at = Some(now);
@@ -199,7 +199,7 @@ impl Store {
         sign: crate::HeadSigner<'_>,
     ) -> Result<()> {
         let mut tx = self.write_tx().await?;
-        let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM modes WHERE name = ?")
+        let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM modes WHERE name = $1")
             .bind(mode.as_str())
             .fetch_optional(&mut *tx)
             .await?;
@@ -207,7 +207,7 @@ impl Store {
             return Err(StoreError::NotFound(format!("mode {mode}")));
         }
         sqlx::query(
-            "INSERT INTO enrollment_tokens (token_hash, user_name, mode, created_by, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO enrollment_tokens (token_hash, user_name, mode, created_by, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(&token_hash[..])
         .bind(user.as_str())

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use redoubt_proto::api::{CredentialId, ZoneDefinition};
 use redoubt_proto::{CheckpointName, DeviceId, Mode, Timestamp, ZoneName};
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{Any, Row, Transaction};
 
 use crate::audit::{AuditDraft, HeadSigner};
 use crate::devices::{BundleRequest, IssuedBundle, load_mode, reissue};
@@ -20,7 +20,7 @@ pub struct ZoneRecord {
     pub updated_at: Timestamp,
 }
 
-fn zone_record(r: &sqlx::sqlite::SqliteRow) -> Result<ZoneRecord> {
+fn zone_record(r: &sqlx::any::AnyRow) -> Result<ZoneRecord> {
     Ok(ZoneRecord {
         definition: from_json("zone definition", r.try_get("definition")?)?,
         updated_at: Timestamp(r.try_get("updated_at")?),
@@ -55,7 +55,7 @@ macro_rules! gate_columns {
     };
 }
 
-fn gate_record(r: &sqlx::sqlite::SqliteRow) -> Result<GateCredentialRecord> {
+fn gate_record(r: &sqlx::any::AnyRow) -> Result<GateCredentialRecord> {
     let hash: Vec<u8> = r.try_get("token_hash")?;
     let hash: [u8; 32] = hash
         .try_into()
@@ -74,7 +74,7 @@ fn gate_record(r: &sqlx::sqlite::SqliteRow) -> Result<GateCredentialRecord> {
 
 /// Every zone with the definition of the mode that holds inside, for a bundle.
 pub(crate) async fn load_zone_grants(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut Transaction<'_, Any>,
 ) -> Result<Vec<(ZoneDefinition, Mode)>> {
     let defs: Vec<String> = sqlx::query_scalar("SELECT definition FROM zones ORDER BY name")
         .fetch_all(&mut **tx)
@@ -90,7 +90,7 @@ pub(crate) async fn load_zone_grants(
 
 /// Issues a new bundle to every live device (a zone changed, so every bundle must say so).
 async fn reissue_all(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut Transaction<'_, Any>,
     issue: &mut impl FnMut(&BundleRequest) -> IssuedBundle,
 ) -> Result<Vec<DeviceId>> {
     let ids: Vec<String> =
@@ -119,7 +119,7 @@ impl Store {
         mut issue: impl FnMut(&BundleRequest) -> IssuedBundle,
     ) -> Result<Vec<DeviceId>> {
         let mut tx = self.write_tx().await?;
-        let mode_known: Option<i64> = sqlx::query_scalar("SELECT 1 FROM modes WHERE name = ?")
+        let mode_known: Option<i64> = sqlx::query_scalar("SELECT 1 FROM modes WHERE name = $1")
             .bind(zone.mode.as_str())
             .fetch_optional(&mut *tx)
             .await?;
@@ -130,7 +130,7 @@ impl Store {
             )));
         }
         sqlx::query(
-            "INSERT INTO zones (name, definition, updated_at) VALUES (?, ?, ?)
+            "INSERT INTO zones (name, definition, updated_at) VALUES ($1, $2, $3)
              ON CONFLICT (name) DO UPDATE SET definition = excluded.definition, updated_at = excluded.updated_at",
         )
         .bind(zone.name.as_str())
@@ -140,7 +140,7 @@ impl Store {
         .await?;
         // A checkpoint that is gone takes its gate credentials with it.
         let creds = sqlx::query(
-            "SELECT token_hash, checkpoint FROM gate_credentials WHERE zone = ? AND revoked_at IS NULL",
+            "SELECT token_hash, checkpoint FROM gate_credentials WHERE zone = $1 AND revoked_at IS NULL",
         )
         .bind(zone.name.as_str())
         .fetch_all(&mut *tx)
@@ -150,8 +150,8 @@ impl Store {
             if !zone.checkpoints.iter().any(|k| k.as_str() == cp) {
                 let hash: Vec<u8> = c.try_get("token_hash")?;
                 sqlx::query(
-                    "UPDATE gate_credentials SET revoked_at = ?, revoked_by = 'zone change'
-                     WHERE token_hash = ?",
+                    "UPDATE gate_credentials SET revoked_at = $1, revoked_by = 'zone change'
+                     WHERE token_hash = $2",
                 )
                 .bind(now.unix())
                 .bind(hash)
@@ -175,7 +175,7 @@ impl Store {
 
     /// One zone.
     pub async fn get_zone(&self, name: &ZoneName) -> Result<Option<ZoneRecord>> {
-        let row = sqlx::query("SELECT definition, updated_at FROM zones WHERE name = ?")
+        let row = sqlx::query("SELECT definition, updated_at FROM zones WHERE name = $1")
             .bind(name.as_str())
             .fetch_optional(&self.pool)
             .await?;
@@ -197,10 +197,11 @@ impl Store {
         sign: HeadSigner<'_>,
     ) -> Result<()> {
         let mut tx = self.write_tx().await?;
-        let def: Option<String> = sqlx::query_scalar("SELECT definition FROM zones WHERE name = ?")
-            .bind(zone.as_str())
-            .fetch_optional(&mut *tx)
-            .await?;
+        let def: Option<String> =
+            sqlx::query_scalar("SELECT definition FROM zones WHERE name = $1")
+                .bind(zone.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
         let def: ZoneDefinition = from_json(
             "zone definition",
             &def.ok_or_else(|| StoreError::NotFound(format!("zone {zone}")))?,
@@ -212,7 +213,7 @@ impl Store {
         }
         sqlx::query(
             "INSERT INTO gate_credentials (token_hash, zone, checkpoint, created_by, created_at, expires_at)
-             VALUES (?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(&token_hash[..])
         .bind(zone.as_str())
@@ -236,7 +237,7 @@ impl Store {
     ) -> Result<Option<(ZoneName, CheckpointName)>> {
         let row = sqlx::query(
             "SELECT g.zone, g.checkpoint FROM gate_credentials g JOIN zones z ON z.name = g.zone
-             WHERE g.token_hash = ? AND g.revoked_at IS NULL AND g.expires_at > ?",
+             WHERE g.token_hash = $1 AND g.revoked_at IS NULL AND g.expires_at > $2",
         )
         .bind(&token_hash[..])
         .bind(now.unix())
@@ -259,7 +260,7 @@ impl Store {
     ) -> Result<BTreeMap<String, u64>> {
         let rows = sqlx::query(
             "SELECT checkpoint, count(*) AS n FROM gate_credentials
-             WHERE zone = ? AND revoked_at IS NULL AND expires_at > ? GROUP BY checkpoint",
+             WHERE zone = $1 AND revoked_at IS NULL AND expires_at > $2 GROUP BY checkpoint",
         )
         .bind(zone.as_str())
         .bind(now.unix())
@@ -284,7 +285,7 @@ impl Store {
         let rows = sqlx::query(concat!(
             "SELECT ",
             gate_columns!(),
-            " FROM gate_credentials WHERE zone = ? ORDER BY created_at, rowid"
+            " FROM gate_credentials WHERE zone = $1 ORDER BY created_at, rowid"
         ))
         .bind(zone.as_str())
         .fetch_all(&self.pool)
@@ -309,10 +310,10 @@ impl Store {
             "SELECT ",
             gate_columns!(),
             " FROM gate_credentials
-             WHERE zone = ? AND lower(hex(substr(token_hash, 1, 8))) = ?"
+             WHERE zone = $1 AND substr(token_hash, 1, 8) = $2"
         ))
         .bind(zone.as_str())
-        .bind(id.as_str())
+        .bind(id.hash_prefix())
         .fetch_all(&mut *tx)
         .await?;
         let mut rec = match rows.as_slice() {
@@ -334,13 +335,13 @@ impl Store {
             )));
         }
         sqlx::query(
-            "UPDATE gate_credentials SET revoked_at = ?, revoked_by = ?
-             WHERE zone = ? AND lower(hex(substr(token_hash, 1, 8))) = ?",
+            "UPDATE gate_credentials SET revoked_at = $1, revoked_by = $2
+             WHERE zone = $3 AND substr(token_hash, 1, 8) = $4",
         )
         .bind(now.unix())
         .bind(by)
         .bind(zone.as_str())
-        .bind(id.as_str())
+        .bind(id.hash_prefix())
         .execute(&mut *tx)
         .await?;
         rec.revoked_at = Some(now);

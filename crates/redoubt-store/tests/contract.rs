@@ -94,42 +94,42 @@ fn refusal(e: StoreError) -> EnrollRefusal {
     }
 }
 
-#[tokio::test]
-async fn a_token_enrolls_exactly_one_device_even_under_a_race() {
-    let tmp = tempfile::tempdir().unwrap();
-    let store = open(tmp.path()).await;
-    let hash = token(&store, 1, 60).await;
-    let (a, b) = tokio::join!(
-        store.enroll_device(&hash, device(1), NOW, issue, |_| vec![], &sign_head),
-        store.enroll_device(&hash, device(2), NOW, issue, |_| vec![], &sign_head)
-    );
-    assert_eq!(a.is_ok() as u8 + b.is_ok() as u8, 1, "{a:?} {b:?}");
-    let loser = if a.is_ok() { b } else { a };
-    assert_eq!(refusal(loser.unwrap_err()), EnrollRefusal::Used);
-    assert_eq!(store.list_devices().await.unwrap().len(), 1);
+contract! {
+    async fn a_token_enrolls_exactly_one_device_even_under_a_race(tmp) {
+        let store = open(&tmp).await;
+        let hash = token(&store, 1, 60).await;
+        let (a, b) = tokio::join!(
+            store.enroll_device(&hash, device(1), NOW, issue, |_| vec![], &sign_head),
+            store.enroll_device(&hash, device(2), NOW, issue, |_| vec![], &sign_head)
+        );
+        assert_eq!(a.is_ok() as u8 + b.is_ok() as u8, 1, "{a:?} {b:?}");
+        let loser = if a.is_ok() { b } else { a };
+        assert_eq!(refusal(loser.unwrap_err()), EnrollRefusal::Used);
+        assert_eq!(store.list_devices().await.unwrap().len(), 1);
+    }
 }
 
-#[tokio::test]
-async fn unknown_and_expired_tokens_are_refused() {
-    let tmp = tempfile::tempdir().unwrap();
-    let store = open(tmp.path()).await;
-    let unknown = store
-        .enroll_device(&[9; 32], device(1), NOW, issue, |_| vec![], &sign_head)
-        .await;
-    assert_eq!(refusal(unknown.unwrap_err()), EnrollRefusal::Invalid);
-    let hash = token(&store, 2, 10).await;
-    let late = store
-        .enroll_device(
-            &hash,
-            device(1),
-            NOW.plus_secs(10),
-            issue,
-            |_| vec![],
-            &sign_head,
-        )
-        .await;
-    assert_eq!(refusal(late.unwrap_err()), EnrollRefusal::Expired);
-    assert!(store.list_devices().await.unwrap().is_empty());
+contract! {
+    async fn unknown_and_expired_tokens_are_refused(tmp) {
+        let store = open(&tmp).await;
+        let unknown = store
+            .enroll_device(&[9; 32], device(1), NOW, issue, |_| vec![], &sign_head)
+            .await;
+        assert_eq!(refusal(unknown.unwrap_err()), EnrollRefusal::Invalid);
+        let hash = token(&store, 2, 10).await;
+        let late = store
+            .enroll_device(
+                &hash,
+                device(1),
+                NOW.plus_secs(10),
+                issue,
+                |_| vec![],
+                &sign_head,
+            )
+            .await;
+        assert_eq!(refusal(late.unwrap_err()), EnrollRefusal::Expired);
+        assert!(store.list_devices().await.unwrap().is_empty());
+    }
 }
 
 /// A token for `user` created by `by` (the `created_by` of the code).
@@ -182,93 +182,107 @@ async fn claim_for(
     }
 }
 
-#[tokio::test]
-async fn a_persons_additional_device_awaits_an_approval_its_enroller_cannot_give() {
-    let tmp = tempfile::tempdir().unwrap();
-    let store = open(tmp.path()).await;
-    let first = enroll_as(&store, 1, "bob", "admin:op").await;
-    assert!(first.is_approved(), "a person's first device needs nobody");
-    assert_eq!(
-        first.approved_by.as_deref(),
-        Some(redoubt_store::APPROVED_AS_FIRST_DEVICE)
-    );
-    assert_eq!(first.enrolled_by.as_deref(), Some("admin:op"));
-    // Another person's first device is not affected by Bob's.
-    assert!(
-        enroll_as(&store, 3, "carol", "admin:op")
-            .await
-            .is_approved()
-    );
+contract! {
+    async fn a_persons_additional_device_awaits_an_approval_its_enroller_cannot_give(tmp) {
+        let store = open(&tmp).await;
+        let first = enroll_as(&store, 1, "bob", "admin:op").await;
+        assert!(first.is_approved(), "a person's first device needs nobody");
+        assert_eq!(
+            first.approved_by.as_deref(),
+            Some(redoubt_store::APPROVED_AS_FIRST_DEVICE)
+        );
+        assert_eq!(first.enrolled_by.as_deref(), Some("admin:op"));
+        // Another person's first device is not affected by Bob's.
+        assert!(
+            enroll_as(&store, 3, "carol", "admin:op")
+                .await
+                .is_approved()
+        );
 
-    let second = enroll_as(&store, 2, "bob", "admin:op").await;
-    assert!(!second.is_approved(), "{second:?}");
-    assert_eq!(second.approved_at, None);
-    for d in [2u8, 1] {
-        store
-            .upload_key_packages(&device(d).id, &[vec![d; 8]], Some(&[d; 9]), 100, NOW)
+        let second = enroll_as(&store, 2, "bob", "admin:op").await;
+        assert!(!second.is_approved(), "{second:?}");
+        assert_eq!(second.approved_at, None);
+        for d in [2u8, 1] {
+            store
+                .upload_key_packages(&device(d).id, &[vec![d; 8]], Some(&[d; 9]), 100, NOW)
+                .await
+                .unwrap();
+        }
+        // A claim for Bob hands out his approved device only, and says why not the other.
+        let claim = claim_for(&store, 3, "bob").await;
+        let got: Vec<_> = claim
+            .key_packages
+            .iter()
+            .map(|k| k.device_id.clone())
+            .collect();
+        assert_eq!(got, vec![first.id.clone()]);
+        assert_eq!(claim.missing.len(), 1, "{claim:?}");
+        assert_eq!(claim.missing[0].device_id, Some(second.id.clone()));
+        assert!(claim.missing[0].reason.contains("approval"), "{claim:?}");
+
+        // Whoever created the code may not approve; the refusal changes nothing.
+        let own = store
+            .approve_device(&second.id, "admin:op", NOW, |_| vec![], &sign_head)
+            .await;
+        assert!(matches!(own, Err(StoreError::Forbidden(_))), "{own:?}");
+        assert!(
+            !store
+                .get_device(&second.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .is_approved()
+        );
+
+        let audited = std::cell::Cell::new(false);
+        let approved = store
+            .approve_device(
+                &second.id,
+                "admin:boss",
+                NOW.plus_secs(5),
+                |rec| {
+                    audited.set(rec.approved_by.as_deref() == Some("admin:boss"));
+                    vec![]
+                },
+                &sign_head,
+            )
             .await
             .unwrap();
-    }
-    // A claim for Bob hands out his approved device only, and says why not the other.
-    let claim = claim_for(&store, 3, "bob").await;
-    let got: Vec<_> = claim
-        .key_packages
-        .iter()
-        .map(|k| k.device_id.clone())
-        .collect();
-    assert_eq!(got, vec![first.id.clone()]);
-    assert_eq!(claim.missing.len(), 1, "{claim:?}");
-    assert_eq!(claim.missing[0].device_id, Some(second.id.clone()));
-    assert!(claim.missing[0].reason.contains("approval"), "{claim:?}");
+        assert!(
+            audited.get(),
+            "the audit entry is made from the approved device"
+        );
+        assert_eq!(approved.approved_by.as_deref(), Some("admin:boss"));
+        assert_eq!(approved.approved_at, Some(NOW.plus_secs(5)));
+        let again = store
+            .approve_device(&second.id, "admin:other", NOW, |_| vec![], &sign_head)
+            .await;
+        assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
+        let claim = claim_for(&store, 3, "bob").await;
+        assert_eq!(claim.key_packages.len(), 2, "{claim:?}");
+        assert!(claim.missing.is_empty(), "{claim:?}");
 
-    // Whoever created the code may not approve; the refusal changes nothing.
-    let own = store
-        .approve_device(&second.id, "admin:op", NOW, |_| vec![], &sign_head)
-        .await;
-    assert!(matches!(own, Err(StoreError::Forbidden(_))), "{own:?}");
-    assert!(
-        !store
-            .get_device(&second.id)
-            .await
-            .unwrap()
-            .unwrap()
-            .is_approved()
-    );
-
-    let audited = std::cell::Cell::new(false);
-    let approved = store
-        .approve_device(
-            &second.id,
-            "admin:boss",
-            NOW.plus_secs(5),
-            |rec| {
-                audited.set(rec.approved_by.as_deref() == Some("admin:boss"));
-                vec![]
-            },
-            &sign_head,
-        )
-        .await
-        .unwrap();
-    assert!(
-        audited.get(),
-        "the audit entry is made from the approved device"
-    );
-    assert_eq!(approved.approved_by.as_deref(), Some("admin:boss"));
-    assert_eq!(approved.approved_at, Some(NOW.plus_secs(5)));
-    let again = store
-        .approve_device(&second.id, "admin:other", NOW, |_| vec![], &sign_head)
-        .await;
-    assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
-    let claim = claim_for(&store, 3, "bob").await;
-    assert_eq!(claim.key_packages.len(), 2, "{claim:?}");
-    assert!(claim.missing.is_empty(), "{claim:?}");
-
-    // Revoked, both of Bob's devices: his replacement phone is his only live device and
-    // is approved at once. A revoked device cannot be approved.
-    for d in [&first.id, &second.id] {
+        // Revoked, both of Bob's devices: his replacement phone is his only live device and
+        // is approved at once. A revoked device cannot be approved.
+        for d in [&first.id, &second.id] {
+            store
+                .revoke_device(
+                    d,
+                    NOW,
+                    NOW.plus_secs(60),
+                    |_| vec![],
+                    |_| vec![],
+                    &sign_head,
+                )
+                .await
+                .unwrap();
+        }
+        let replacement = enroll_as(&store, 4, "bob", "admin:op").await;
+        assert!(replacement.is_approved(), "{replacement:?}");
+        let pending = enroll_as(&store, 5, "bob", "admin:op").await;
         store
             .revoke_device(
-                d,
+                &pending.id,
                 NOW,
                 NOW.plus_secs(60),
                 |_| vec![],
@@ -277,47 +291,33 @@ async fn a_persons_additional_device_awaits_an_approval_its_enroller_cannot_give
             )
             .await
             .unwrap();
-    }
-    let replacement = enroll_as(&store, 4, "bob", "admin:op").await;
-    assert!(replacement.is_approved(), "{replacement:?}");
-    let pending = enroll_as(&store, 5, "bob", "admin:op").await;
-    store
-        .revoke_device(
-            &pending.id,
-            NOW,
-            NOW.plus_secs(60),
-            |_| vec![],
-            |_| vec![],
-            &sign_head,
-        )
-        .await
-        .unwrap();
-    let revoked = store
-        .approve_device(&pending.id, "admin:boss", NOW, |_| vec![], &sign_head)
-        .await;
-    assert!(
-        matches!(revoked, Err(StoreError::Conflict(_))),
-        "{revoked:?}"
-    );
+        let revoked = store
+            .approve_device(&pending.id, "admin:boss", NOW, |_| vec![], &sign_head)
+            .await;
+        assert!(
+            matches!(revoked, Err(StoreError::Conflict(_))),
+            "{revoked:?}"
+        );
 
-    // The state survives reopening.
-    drop(store);
-    let store = open(tmp.path()).await;
-    let back = store.get_device(&second.id).await.unwrap().unwrap();
-    assert_eq!(back.approved_by.as_deref(), Some("admin:boss"));
+        // The state survives reopening.
+        drop(store);
+        let store = open(&tmp).await;
+        let back = store.get_device(&second.id).await.unwrap().unwrap();
+        assert_eq!(back.approved_by.as_deref(), Some("admin:boss"));
+    }
 }
 
 #[tokio::test]
 async fn devices_enrolled_before_approvals_existed_are_approved_by_the_upgrade() {
-    let tmp = tempfile::tempdir().unwrap();
-    let store = open(tmp.path()).await;
+    let tmp = common::TestDb::sqlite();
+    let store = open(&tmp).await;
     enroll_as(&store, 1, "bob", "admin:op").await;
     let second = enroll_as(&store, 2, "bob", "admin:op").await;
     assert!(!second.is_approved());
     store.close().await;
     // The database as it was before migration 0008.
     common::tamper(
-        tmp.path(),
+        &tmp,
         &[
             "ALTER TABLE devices DROP COLUMN enrolled_by",
             "ALTER TABLE devices DROP COLUMN approved_by",
@@ -326,7 +326,7 @@ async fn devices_enrolled_before_approvals_existed_are_approved_by_the_upgrade()
         ],
     )
     .await;
-    let store = open(tmp.path()).await;
+    let store = open(&tmp).await;
     for d in store.list_devices().await.unwrap() {
         assert!(d.is_approved(), "{d:?}");
         assert_eq!(d.approved_by.as_deref(), Some("migration"));
@@ -334,260 +334,260 @@ async fn devices_enrolled_before_approvals_existed_are_approved_by_the_upgrade()
     }
 }
 
-#[tokio::test]
-async fn bundle_versions_grow_and_presets_are_protected() {
-    let tmp = tempfile::tempdir().unwrap();
-    let store = open(tmp.path()).await;
-    let hash = token(&store, 1, 60).await;
-    let dev = store
-        .enroll_device(&hash, device(1), NOW, issue, |_| vec![], &sign_head)
-        .await
-        .unwrap();
-    assert_eq!(dev.bundle_version, 1);
-    let lockdown: ModeName = "lockdown".parse().unwrap();
-    let dev = store
-        .set_device_mode(&dev.id, &lockdown, NOW, issue, |_, _| vec![], &sign_head)
-        .await
-        .unwrap();
-    assert_eq!(
-        (dev.bundle_version, dev.assigned_mode.as_str()),
-        (2, "lockdown")
-    );
-    let missing: ModeName = "missing".parse().unwrap();
-    assert!(matches!(
-        store
-            .set_device_mode(&dev.id, &missing, NOW, issue, |_, _| vec![], &sign_head)
-            .await,
-        Err(StoreError::NotFound(_))
-    ));
-    assert_eq!(
-        store
-            .get_device(&dev.id)
-            .await
-            .unwrap()
-            .unwrap()
-            .bundle_version,
-        2
-    );
-
-    assert!(matches!(
-        store
-            .put_custom_mode(
-                &mode("standard", Rule::Deny),
-                NOW,
-                issue,
-                |_, _| vec![],
-                &sign_head
-            )
-            .await,
-        Err(StoreError::Conflict(_))
-    ));
-    let custom = mode("night", Rule::Deny);
-    assert!(
-        store
-            .put_custom_mode(&custom, NOW, issue, |_, _| vec![], &sign_head)
-            .await
-            .unwrap()
-            .is_empty()
-    );
-    let night: ModeName = "night".parse().unwrap();
-    store
-        .set_device_mode(&dev.id, &night, NOW, issue, |_, _| vec![], &sign_head)
-        .await
-        .unwrap();
-    // Changing the mode re-issues the bundle of every device assigned to it.
-    let touched = store
-        .put_custom_mode(
-            &mode("night", Rule::Allow),
-            NOW,
-            issue,
-            |_, _| vec![],
-            &sign_head,
-        )
-        .await
-        .unwrap();
-    assert_eq!(touched, vec![dev.id.clone()]);
-    assert_eq!(
-        store
-            .get_device(&dev.id)
-            .await
-            .unwrap()
-            .unwrap()
-            .bundle_version,
-        4
-    );
-}
-
-#[tokio::test]
-async fn reports_are_kept_once_in_order_and_survive_reopening() {
-    let tmp = tempfile::tempdir().unwrap();
-    let id = {
-        let store = open(tmp.path()).await;
+contract! {
+    async fn bundle_versions_grow_and_presets_are_protected(tmp) {
+        let store = open(&tmp).await;
         let hash = token(&store, 1, 60).await;
         let dev = store
             .enroll_device(&hash, device(1), NOW, issue, |_| vec![], &sign_head)
             .await
             .unwrap();
+        assert_eq!(dev.bundle_version, 1);
+        let lockdown: ModeName = "lockdown".parse().unwrap();
+        let dev = store
+            .set_device_mode(&dev.id, &lockdown, NOW, issue, |_, _| vec![], &sign_head)
+            .await
+            .unwrap();
+        assert_eq!(
+            (dev.bundle_version, dev.assigned_mode.as_str()),
+            (2, "lockdown")
+        );
+        let missing: ModeName = "missing".parse().unwrap();
+        assert!(matches!(
+            store
+                .set_device_mode(&dev.id, &missing, NOW, issue, |_, _| vec![], &sign_head)
+                .await,
+            Err(StoreError::NotFound(_))
+        ));
+        assert_eq!(
+            store
+                .get_device(&dev.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .bundle_version,
+            2
+        );
+
+        assert!(matches!(
+            store
+                .put_custom_mode(
+                    &mode("standard", Rule::Deny),
+                    NOW,
+                    issue,
+                    |_, _| vec![],
+                    &sign_head
+                )
+                .await,
+            Err(StoreError::Conflict(_))
+        ));
+        let custom = mode("night", Rule::Deny);
+        assert!(
+            store
+                .put_custom_mode(&custom, NOW, issue, |_, _| vec![], &sign_head)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let night: ModeName = "night".parse().unwrap();
+        store
+            .set_device_mode(&dev.id, &night, NOW, issue, |_, _| vec![], &sign_head)
+            .await
+            .unwrap();
+        // Changing the mode re-issues the bundle of every device assigned to it.
+        let touched = store
+            .put_custom_mode(
+                &mode("night", Rule::Allow),
+                NOW,
+                issue,
+                |_, _| vec![],
+                &sign_head,
+            )
+            .await
+            .unwrap();
+        assert_eq!(touched, vec![dev.id.clone()]);
+        assert_eq!(
+            store
+                .get_device(&dev.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .bundle_version,
+            4
+        );
+    }
+}
+
+contract! {
+    async fn reports_are_kept_once_in_order_and_survive_reopening(tmp) {
+        let id = {
+            let store = open(&tmp).await;
+            let hash = token(&store, 1, 60).await;
+            let dev = store
+                .enroll_device(&hash, device(1), NOW, issue, |_| vec![], &sign_head)
+                .await
+                .unwrap();
+            let env = SignedEnvelope {
+                kind: "r".into(),
+                payload: String::new(),
+                signature: String::new(),
+            };
+            let ok = |_: &redoubt_store::DeviceRecord| (Compliance::Compliant, vec![]);
+            assert_eq!(
+                store
+                    .record_report(&report(&dev.id, 1), &env, NOW, ok, no_judge, &sign_head)
+                    .await
+                    .unwrap()
+                    .0,
+                ReportOutcome::Stored(Compliance::Compliant)
+            );
+            assert_eq!(
+                store
+                    .record_report(&report(&dev.id, 1), &env, NOW, ok, no_judge, &sign_head)
+                    .await
+                    .unwrap()
+                    .0,
+                ReportOutcome::Duplicate
+            );
+            assert_eq!(
+                store
+                    .record_report(&report(&dev.id, 3), &env, NOW, ok, no_judge, &sign_head)
+                    .await
+                    .unwrap()
+                    .0,
+                ReportOutcome::Stored(Compliance::Compliant)
+            );
+            assert_eq!(
+                store
+                    .record_report(&report(&dev.id, 2), &env, NOW, ok, no_judge, &sign_head)
+                    .await
+                    .unwrap()
+                    .0,
+                ReportOutcome::Duplicate
+            );
+            store
+                .create_admin_token(
+                    "root",
+                    Role::Owner,
+                    &[5; 32],
+                    NOW,
+                    NOW.plus_secs(86400),
+                    &[],
+                    &sign_head,
+                )
+                .await
+                .unwrap();
+            store.close().await;
+            dev.id
+        };
+        let store = open(&tmp).await;
+        let dev = store.get_device(&id).await.unwrap().unwrap();
+        assert_eq!(
+            (dev.last_report_seq, dev.compliance),
+            (Some(3), Compliance::Compliant)
+        );
+        assert_eq!(store.count_reports(&id).await.unwrap(), 2);
+        assert_eq!(
+            store
+                .admin_by_token_hash(&[5; 32], NOW)
+                .await
+                .unwrap()
+                .unwrap()
+                .role,
+            Role::Owner
+        );
+        assert!(
+            store
+                .admin_by_token_hash(&[6; 32], NOW)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        // Expired at its expiry; revoked at once, once.
+        let later = NOW.plus_secs(86400);
+        assert!(
+            store
+                .admin_by_token_hash(&[5; 32], later)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(store.count_admin_tokens(later).await.unwrap(), 0);
+        let id = redoubt_proto::api::CredentialId::from_hash(&[5; 32]);
+        let listed = store.list_admin_tokens().await.unwrap();
+        assert_eq!((listed.len(), &listed[0].id), (1, &id));
+        let revoked = store
+            .revoke_admin_token(&id, "admin:test", NOW, |_| Vec::new(), &sign_head)
+            .await
+            .unwrap();
+        assert_eq!(revoked.revoked_by.as_deref(), Some("admin:test"));
+        assert!(
+            store
+                .admin_by_token_hash(&[5; 32], NOW)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(matches!(
+            store
+                .revoke_admin_token(&id, "admin:test", NOW, |_| Vec::new(), &sign_head)
+                .await,
+            Err(StoreError::Conflict(_))
+        ));
+        let counts = store.compliance_counts(NOW.plus_secs(1)).await.unwrap();
+        assert!(counts.contains(&(Compliance::Stale, 1)), "{counts:?}");
+        let counts = store.compliance_counts(NOW).await.unwrap();
+        assert!(counts.contains(&(Compliance::Compliant, 1)), "{counts:?}");
+    }
+}
+
+contract! {
+    async fn concurrent_reports_from_many_devices_all_land(tmp) {
+        let store = open(&tmp).await;
+        let mut ids = Vec::new();
+        for n in 1..=8u8 {
+            let hash = token(&store, n, 60).await;
+            ids.push(
+                store
+                    .enroll_device(&hash, device(n), NOW, issue, |_| vec![], &sign_head)
+                    .await
+                    .unwrap()
+                    .id,
+            );
+        }
         let env = SignedEnvelope {
             kind: "r".into(),
             payload: String::new(),
             signature: String::new(),
         };
-        let ok = |_: &redoubt_store::DeviceRecord| (Compliance::Compliant, vec![]);
-        assert_eq!(
-            store
-                .record_report(&report(&dev.id, 1), &env, NOW, ok, no_judge, &sign_head)
-                .await
-                .unwrap()
-                .0,
-            ReportOutcome::Stored(Compliance::Compliant)
-        );
-        assert_eq!(
-            store
-                .record_report(&report(&dev.id, 1), &env, NOW, ok, no_judge, &sign_head)
-                .await
-                .unwrap()
-                .0,
-            ReportOutcome::Duplicate
-        );
-        assert_eq!(
-            store
-                .record_report(&report(&dev.id, 3), &env, NOW, ok, no_judge, &sign_head)
-                .await
-                .unwrap()
-                .0,
-            ReportOutcome::Stored(Compliance::Compliant)
-        );
-        assert_eq!(
-            store
-                .record_report(&report(&dev.id, 2), &env, NOW, ok, no_judge, &sign_head)
-                .await
-                .unwrap()
-                .0,
-            ReportOutcome::Duplicate
-        );
-        store
-            .create_admin_token(
-                "root",
-                Role::Owner,
-                &[5; 32],
-                NOW,
-                NOW.plus_secs(86400),
-                &[],
-                &sign_head,
-            )
-            .await
-            .unwrap();
-        store.close().await;
-        dev.id
-    };
-    let store = open(tmp.path()).await;
-    let dev = store.get_device(&id).await.unwrap().unwrap();
-    assert_eq!(
-        (dev.last_report_seq, dev.compliance),
-        (Some(3), Compliance::Compliant)
-    );
-    assert_eq!(store.count_reports(&id).await.unwrap(), 2);
-    assert_eq!(
-        store
-            .admin_by_token_hash(&[5; 32], NOW)
-            .await
-            .unwrap()
-            .unwrap()
-            .role,
-        Role::Owner
-    );
-    assert!(
-        store
-            .admin_by_token_hash(&[6; 32], NOW)
-            .await
-            .unwrap()
-            .is_none()
-    );
-    // Expired at its expiry; revoked at once, once.
-    let later = NOW.plus_secs(86400);
-    assert!(
-        store
-            .admin_by_token_hash(&[5; 32], later)
-            .await
-            .unwrap()
-            .is_none()
-    );
-    assert_eq!(store.count_admin_tokens(later).await.unwrap(), 0);
-    let id = redoubt_proto::api::CredentialId::from_hash(&[5; 32]);
-    let listed = store.list_admin_tokens().await.unwrap();
-    assert_eq!((listed.len(), &listed[0].id), (1, &id));
-    let revoked = store
-        .revoke_admin_token(&id, "admin:test", NOW, |_| Vec::new(), &sign_head)
-        .await
-        .unwrap();
-    assert_eq!(revoked.revoked_by.as_deref(), Some("admin:test"));
-    assert!(
-        store
-            .admin_by_token_hash(&[5; 32], NOW)
-            .await
-            .unwrap()
-            .is_none()
-    );
-    assert!(matches!(
-        store
-            .revoke_admin_token(&id, "admin:test", NOW, |_| Vec::new(), &sign_head)
-            .await,
-        Err(StoreError::Conflict(_))
-    ));
-    let counts = store.compliance_counts(NOW.plus_secs(1)).await.unwrap();
-    assert!(counts.contains(&(Compliance::Stale, 1)), "{counts:?}");
-    let counts = store.compliance_counts(NOW).await.unwrap();
-    assert!(counts.contains(&(Compliance::Compliant, 1)), "{counts:?}");
-}
-
-#[tokio::test]
-async fn concurrent_reports_from_many_devices_all_land() {
-    let tmp = tempfile::tempdir().unwrap();
-    let store = open(tmp.path()).await;
-    let mut ids = Vec::new();
-    for n in 1..=8u8 {
-        let hash = token(&store, n, 60).await;
-        ids.push(
-            store
-                .enroll_device(&hash, device(n), NOW, issue, |_| vec![], &sign_head)
-                .await
-                .unwrap()
-                .id,
-        );
-    }
-    let env = SignedEnvelope {
-        kind: "r".into(),
-        payload: String::new(),
-        signature: String::new(),
-    };
-    let tasks = ids
-        .iter()
-        .flat_map(|id| (1..=5u64).map(move |seq| (id.clone(), seq)))
-        .map(|(id, seq)| {
-            let store = store.clone();
-            let env = env.clone();
-            tokio::spawn(async move {
-                store
-                    .record_report(
-                        &report(&id, seq),
-                        &env,
-                        NOW,
-                        |_| (Compliance::Compliant, vec![]),
-                        no_judge,
-                        &sign_head,
-                    )
-                    .await
-                    .map(|(o, _)| o)
-            })
-        });
-    let results: Vec<_> = futures_join(tasks.collect()).await;
-    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
-    for id in &ids {
-        assert_eq!(
-            store.get_device(id).await.unwrap().unwrap().last_report_seq,
-            Some(5)
-        );
+        let tasks = ids
+            .iter()
+            .flat_map(|id| (1..=5u64).map(move |seq| (id.clone(), seq)))
+            .map(|(id, seq)| {
+                let store = store.clone();
+                let env = env.clone();
+                tokio::spawn(async move {
+                    store
+                        .record_report(
+                            &report(&id, seq),
+                            &env,
+                            NOW,
+                            |_| (Compliance::Compliant, vec![]),
+                            no_judge,
+                            &sign_head,
+                        )
+                        .await
+                        .map(|(o, _)| o)
+                })
+            });
+        let results: Vec<_> = futures_join(tasks.collect()).await;
+        assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+        for id in &ids {
+            assert_eq!(
+                store.get_device(id).await.unwrap().unwrap().last_report_seq,
+                Some(5)
+            );
+        }
     }
 }
 

@@ -1,5 +1,7 @@
-//! Shared setup of the store contract tests: an SQLite store in a temp dir with the
-//! built-in modes, a fixed organization key for the audit head, an enrolled device.
+//! Shared setup of the store contract tests: a store on SQLite (in a temp dir) or on
+//! PostgreSQL (a database of the test's own) with the built-in modes, a fixed
+//! organization key for the audit head, an enrolled device. `contract!` runs each test
+//! on both backends: `NAME::sqlite` and `NAME::postgres`.
 #![allow(dead_code, clippy::unwrap_used)]
 
 use ed25519_dalek::SigningKey;
@@ -62,8 +64,59 @@ pub fn issue(req: &BundleRequest) -> IssuedBundle {
     }
 }
 
-pub async fn open(dir: &std::path::Path) -> Store {
-    let store = Store::open_sqlite(&dir.join("t.db")).await.unwrap();
+/// The database a contract test runs on.
+pub enum TestDb {
+    /// An SQLite file in a temp dir.
+    Sqlite(tempfile::TempDir),
+    /// A PostgreSQL database made for this test (dropped after it).
+    Postgres(redoubt_store::test_support::TempPostgres),
+}
+
+impl TestDb {
+    pub fn sqlite() -> TestDb {
+        TestDb::Sqlite(tempfile::tempdir().unwrap())
+    }
+
+    pub async fn postgres() -> TestDb {
+        TestDb::Postgres(redoubt_store::test_support::TempPostgres::create().await)
+    }
+
+    /// What `Store::open` takes for this database.
+    pub fn location(&self) -> String {
+        match self {
+            TestDb::Sqlite(dir) => dir.path().join("t.db").to_str().unwrap().to_string(),
+            TestDb::Postgres(pg) => pg.url().to_string(),
+        }
+    }
+}
+
+/// Runs each test on both backends, as `NAME::sqlite` and `NAME::postgres`.
+#[macro_export]
+macro_rules! contract {
+    ($(async fn $name:ident($db:ident) $body:block)*) => {
+        $(
+            mod $name {
+                #[allow(unused_imports)]
+                use super::*;
+
+                #[tokio::test]
+                async fn sqlite() {
+                    let $db = common::TestDb::sqlite();
+                    $body
+                }
+
+                #[tokio::test]
+                async fn postgres() {
+                    let $db = common::TestDb::postgres().await;
+                    $body
+                }
+            }
+        )*
+    };
+}
+
+pub async fn open(db: &TestDb) -> Store {
+    let store = Store::open(&db.location()).await.unwrap();
     store
         .install_builtin_modes(
             &[mode("standard", Rule::Allow), mode("lockdown", Rule::Deny)],
@@ -74,24 +127,55 @@ pub async fn open(dir: &std::path::Path) -> Store {
     store
 }
 
-/// A second connection to the database file, as someone editing it by hand would
-/// open it, with the append-only triggers dropped.
-pub async fn tamper(dir: &std::path::Path, sql: &[&str]) {
-    let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(dir.join("t.db"));
-    let pool = sqlx::SqlitePool::connect_with(opts).await.unwrap();
-    for s in [
-        "DROP TRIGGER IF EXISTS audit_log_no_update",
-        "DROP TRIGGER IF EXISTS audit_log_no_delete",
-    ]
-    .iter()
-    .chain(sql)
-    {
-        sqlx::query(sqlx::AssertSqlSafe(s.to_string()))
-            .execute(&pool)
-            .await
-            .unwrap();
+/// Runs `sql` on the database as someone with direct access to it would, with the
+/// audit log's append-only triggers dropped first.
+pub async fn tamper(db: &TestDb, sql: &[&str]) {
+    match db {
+        TestDb::Sqlite(dir) => {
+            let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(dir.path().join("t.db"));
+            let pool = sqlx::SqlitePool::connect_with(opts).await.unwrap();
+            for s in [
+                "DROP TRIGGER IF EXISTS audit_log_no_update",
+                "DROP TRIGGER IF EXISTS audit_log_no_delete",
+            ]
+            .iter()
+            .chain(sql)
+            {
+                sqlx::query(sqlx::AssertSqlSafe(s.to_string()))
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+            }
+            pool.close().await;
+        }
+        TestDb::Postgres(pg) => {
+            pg.execute("ALTER TABLE audit_log DISABLE TRIGGER USER")
+                .await;
+            for s in sql {
+                pg.execute(s).await;
+            }
+        }
     }
-    pool.close().await;
+}
+
+/// Runs one statement as someone with direct access to the database, triggers intact.
+pub async fn execute_raw(db: &TestDb, sql: &str) -> Result<(), String> {
+    use sqlx::Connection;
+    sqlx::any::install_default_drivers();
+    let url = match db {
+        TestDb::Sqlite(dir) => format!("sqlite://{}", dir.path().join("t.db").display()),
+        TestDb::Postgres(pg) => pg.url().to_string(),
+    };
+    let mut conn = sqlx::AnyConnection::connect(&url)
+        .await
+        .map_err(|e| e.to_string())?;
+    let result = sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+        .execute(&mut conn)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string());
+    conn.close().await.ok();
+    result
 }
 
 pub async fn all(store: &Store) -> Vec<AuditEntry> {
