@@ -42,6 +42,7 @@ pub fn bundle() -> PolicyBundle {
         modes: redoubt_policy::presets(),
         assignments: Assignments {
             base_mode: redoubt_policy::STANDARD.parse().expect("a valid name"),
+            group_modes: Vec::new(),
         },
         check_in_interval_secs: 60,
         organization_endpoints: vec!["redoubt.example.org".into()],

@@ -268,6 +268,7 @@ pub async fn enroll_phone(
                 user: user.parse()?,
                 mode: None,
                 ttl_secs: None,
+                groups: Vec::new(),
             },
         )
         .await?;

@@ -415,6 +415,7 @@ fn guest_files() -> Result<Vec<(String, u32, Vec<u8>)>> {
             modes: redoubt_policy::presets(),
             assignments: Assignments {
                 base_mode: mode.parse()?,
+                group_modes: Vec::new(),
             },
             check_in_interval_secs: 60,
             organization_endpoints: Vec::new(),

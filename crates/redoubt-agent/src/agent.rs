@@ -860,6 +860,7 @@ mod tests {
             modes: presets(),
             assignments: Assignments {
                 base_mode: mode.parse().unwrap(),
+                group_modes: Vec::new(),
             },
             check_in_interval_secs: 60,
             organization_endpoints: vec!["redoubt.example".into()],

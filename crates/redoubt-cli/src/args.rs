@@ -123,6 +123,9 @@ pub enum Command {
     /// Admin credentials: list them, revoke one.
     #[command(subcommand)]
     Tokens(crate::tokens::TokensCommand),
+    /// Device groups (a unit, a department, a site) and the modes they assign.
+    #[command(subcommand)]
+    Groups(crate::groups::GroupsCommand),
 }
 
 /// `redoubt chat --state DIR ...`
@@ -238,6 +241,9 @@ pub struct EnrollCreate {
     /// How long the code stays valid, e.g. 15m, 1h (server default when omitted).
     #[arg(long, value_name = "DURATION", value_parser = parse_ttl)]
     pub ttl: Option<Duration>,
+    /// Device groups the phone joins when it enrolls (repeat, or comma-separate).
+    #[arg(long = "group", value_name = "GROUP", value_delimiter = ',')]
+    pub groups: Vec<redoubt_proto::DeviceGroupName>,
     /// Also write the QR code to this PNG file.
     #[arg(long, value_name = "FILE")]
     pub png: Option<PathBuf>,

@@ -32,6 +32,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Zones(cmd) => crate::zones::run(g, cmd).await,
         Command::Audit(cmd) => crate::audit::run(g, cmd).await,
         Command::Tokens(cmd) => crate::tokens::run(g, cmd).await,
+        Command::Groups(cmd) => crate::groups::run(g, cmd).await,
         Command::Devices(DevicesCommand::List) => {
             let devices: Answer<Vec<DeviceView>> = Api::new(g)?.get("devices").await?;
             devices.print(g, |d| output::device_table(d, Timestamp::now()))
@@ -138,6 +139,7 @@ async fn enroll_create(g: &Global, args: EnrollCreate) -> anyhow::Result<()> {
         user: args.user,
         mode: args.mode,
         ttl_secs: args.ttl.map(|d| d.as_secs()),
+        groups: args.groups,
     };
     let created: Answer<EnrollmentCreated> = Api::new(g)?.post("enrollments", &body).await?;
     if let Some(path) = &args.png {

@@ -207,6 +207,18 @@ pub fn device(d: &DeviceView, now: Timestamp) -> String {
         ),
         ("assigned mode", d.assigned_mode.to_string()),
         (
+            "groups",
+            if d.groups.is_empty() {
+                "none".into()
+            } else {
+                d.groups
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+        ),
+        (
             "zones",
             if d.zones.is_empty() {
                 "none".into()
@@ -556,6 +568,7 @@ mod tests {
             approved_by: Some("first-device".into()),
             approved_at: Some(Timestamp(NOW.0 - 3 * 86_400)),
             enrolled_by: Some("admin:op".into()),
+            groups: vec!["unit-7".parse().unwrap()],
         }
     }
 
@@ -586,6 +599,7 @@ mod tests {
              effective mode: secure-site\n\
              reported mode:  secure-site\n\
              assigned mode:  standard\n\
+             groups:         unit-7\n\
              zones:          lab\n\
              locked:         no\n\
              revoked:        no\n\

@@ -5,7 +5,8 @@ use std::collections::BTreeSet;
 use ed25519_dalek::VerifyingKey;
 use redoubt_proto::envelope::decode_public_key;
 use redoubt_proto::{
-    CommandId, DeviceId, EnvelopeError, PolicyBundle, SignedEnvelope, Timestamp, ZoneName,
+    CommandId, DeviceId, EnvelopeError, Mode, ModeName, PolicyBundle, SignedEnvelope, Timestamp,
+    ZoneName,
 };
 
 use crate::modes::Effective;
@@ -81,14 +82,9 @@ pub fn verify_bundle(
     if bundle.expires_at <= now {
         return Err(BundleError::Expired(bundle.expires_at));
     }
-    if !bundle
-        .modes
-        .iter()
-        .any(|m| m.name == bundle.assignments.base_mode)
-    {
+    if let Err(missing) = assigned_modes(&bundle) {
         return Err(BundleError::Malformed(format!(
-            "assigned mode {} is not in the bundle",
-            bundle.assignments.base_mode
+            "assigned mode {missing} is not in the bundle"
         )));
     }
     check_zones(&bundle)?;
@@ -137,6 +133,22 @@ pub struct Decision {
     pub locked_by: Option<CommandId>,
 }
 
+/// The definitions of every mode the bundle assigns: the base mode and each device
+/// group's mode, or the name of the first one the bundle does not carry.
+pub fn assigned_modes(bundle: &PolicyBundle) -> Result<Vec<Mode>, ModeName> {
+    std::iter::once(&bundle.assignments.base_mode)
+        .chain(&bundle.assignments.group_modes)
+        .map(|name| {
+            bundle
+                .modes
+                .iter()
+                .find(|m| &m.name == name)
+                .cloned()
+                .ok_or_else(|| name.clone())
+        })
+        .collect()
+}
+
 /// Decides the effective mode from the bundle held (already verified when it was
 /// accepted), outside every zone and unlocked. Without a bundle, or once it has
 /// expired, the answer is `lockdown`. The agent uses [`decide_with`] and its zone state.
@@ -167,6 +179,7 @@ mod tests {
             modes: presets(),
             assignments: Assignments {
                 base_mode: "secure-site".parse().unwrap(),
+                group_modes: Vec::new(),
             },
             check_in_interval_secs: 60,
             organization_endpoints: vec![],
@@ -270,6 +283,36 @@ mod tests {
         assert_eq!(
             verify_bundle(&env, &org().verifying_key(), &device(1), None, NOW),
             Err(BundleError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn the_strictest_of_the_base_and_the_group_modes_applies() {
+        let mut b = bundle(1, 5, 60);
+        b.assignments.base_mode = "standard".parse().unwrap();
+        // A group's stricter mode wins over the base mode, in either order.
+        b.assignments.group_modes = vec!["lockdown".parse().unwrap()];
+        assert_eq!(check(&b, &org(), None), Ok(5));
+        assert_eq!(decide(Some(&b), NOW).mode.name, "lockdown");
+        b.assignments.base_mode = "lockdown".parse().unwrap();
+        b.assignments.group_modes = vec!["standard".parse().unwrap()];
+        assert_eq!(decide(Some(&b), NOW).mode.name, "lockdown");
+        // A group mode the bundle does not carry: refused, and fail-closed if held.
+        b.assignments.base_mode = "standard".parse().unwrap();
+        b.assignments.group_modes = vec!["night-shift".parse().unwrap()];
+        let err = check(&b, &org(), None).unwrap_err().to_string();
+        assert!(err.contains("night-shift"), "{err}");
+        let d = decide(Some(&b), NOW);
+        assert_eq!(d.mode.name, "lockdown");
+        assert!(d.fallback_reason.is_some());
+    }
+
+    #[test]
+    fn a_bundle_without_groups_reads_as_before_groups_existed() {
+        let json = serde_json::to_value(bundle(1, 5, 60)).unwrap();
+        assert_eq!(
+            json["assignments"],
+            serde_json::json!({"base_mode": "secure-site"})
         );
     }
 

@@ -185,6 +185,7 @@ mod tests {
             modes: presets(),
             assignments: Assignments {
                 base_mode: base.parse().unwrap(),
+                group_modes: Vec::new(),
             },
             check_in_interval_secs: 60,
             organization_endpoints: vec![],

@@ -17,7 +17,7 @@ mod zones;
 pub use audit::{
     AuditError, GENESIS, VerifiedLog, canonical_json, entry_hash, recompute_hash, verify_log,
 };
-pub use bundle::{BundleError, Decision, decide, verify_bundle};
+pub use bundle::{BundleError, Decision, assigned_modes, decide, verify_bundle};
 pub use compliance::{evaluate, evaluate_against};
 pub use mode_file::{ModeFileError, parse_mode_toml};
 pub use modes::{

@@ -896,18 +896,13 @@ pub fn decide_with(bundle: Option<&PolicyBundle>, zones: &ZoneState, time: Phone
             zones,
         );
     }
-    let Some(base) = bundle
-        .modes
-        .iter()
-        .find(|m| m.name == bundle.assignments.base_mode)
-    else {
+    let Ok(mut active) = crate::bundle::assigned_modes(bundle) else {
         return lockdown_decision(
             bundle.version,
             "assigned mode missing from bundle: lockdown".into(),
             zones,
         );
     };
-    let mut active = vec![base.clone()];
     for (zone, presence) in &zones.inside {
         active.push(zone_mode(bundle, zone).unwrap_or_else(|| presence.mode.clone()));
     }
@@ -935,14 +930,9 @@ pub fn expected_mode(
     if bundle.expires_at <= now {
         return effective(&[lockdown()]);
     }
-    let Some(base) = bundle
-        .modes
-        .iter()
-        .find(|m| m.name == bundle.assignments.base_mode)
-    else {
+    let Ok(mut active) = crate::bundle::assigned_modes(bundle) else {
         return effective(&[lockdown()]);
     };
-    let mut active = vec![base.clone()];
     for zone in &report.zones {
         active.push(zone_mode(bundle, zone).unwrap_or_else(lockdown));
     }

@@ -29,7 +29,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::envelope::SignedEnvelope;
-use crate::ids::{DeviceId, IdError, ModeName, UserName};
+use crate::ids::{DeviceGroupName, DeviceId, IdError, ModeName, UserName};
 use crate::model::{Capability, CapabilityState, Compliance, HardwareKind, Mode, NetworkState};
 use crate::time_fmt::Timestamp;
 
@@ -154,6 +154,9 @@ pub struct CreateEnrollment {
     /// Token lifetime in seconds (default from the server's configuration).
     #[serde(default)]
     pub ttl_secs: Option<u64>,
+    /// Device groups the phone joins when it enrolls (each must exist).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<DeviceGroupName>,
 }
 
 /// Answer to `POST /enrollments`.
@@ -232,6 +235,75 @@ pub struct DeviceView {
     /// cannot approve it.
     #[serde(default)]
     pub enrolled_by: Option<String>,
+    /// The device groups it belongs to.
+    #[serde(default)]
+    pub groups: Vec<DeviceGroupName>,
+}
+
+/// `POST /groups`: a new device group (a unit, a department, a site).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateDeviceGroup {
+    /// Its name.
+    pub name: DeviceGroupName,
+    /// What it is, for people.
+    #[serde(default)]
+    pub description: String,
+    /// The mode assigned to its devices (none by default).
+    #[serde(default)]
+    pub mode: Option<ModeName>,
+}
+
+/// One device group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceGroupView {
+    /// Its name.
+    pub name: DeviceGroupName,
+    /// What it is.
+    pub description: String,
+    /// The mode assigned to its devices, if any.
+    pub mode: Option<ModeName>,
+    /// How many devices (not revoked) belong to it.
+    pub devices: u64,
+    /// Who created it (`admin:NAME`).
+    pub created_by: String,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// When it last changed (mode, description or members).
+    pub updated_at: Timestamp,
+}
+
+/// `POST /groups/{name}/devices` (add) and `POST /groups/{name}/devices/remove`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupDevices {
+    /// The devices (at most [`GroupDevices::MAX`] per request).
+    pub devices: Vec<DeviceId>,
+}
+
+impl GroupDevices {
+    /// Most devices one request may name.
+    pub const MAX: usize = 10_000;
+}
+
+/// `PUT /groups/{name}/mode`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetGroupMode {
+    /// The mode for the group's devices; `null` takes the group's mode away.
+    pub mode: Option<ModeName>,
+}
+
+/// What a change of a group did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GroupChange {
+    /// The group after the change.
+    pub group: DeviceGroupView,
+    /// Devices added or removed (those already in, or not in, are not counted).
+    pub changed: u64,
+    /// Devices that get a new bundle because of the change (issued in batches right
+    /// after the answer, and pushed to those connected).
+    pub reissued: u64,
 }
 
 /// A device's approval state.

@@ -160,6 +160,25 @@ string_id!(
 );
 
 string_id!(
+    /// A device group's name (a unit, a department, a site): 1–64 characters of `a-z`,
+    /// `0-9`, `-` and `.`, starting with a letter.
+    DeviceGroupName,
+    "device group name",
+    |s| {
+        let ok_len = (1..=64).contains(&s.len());
+        let ok_first = s.bytes().next().is_some_and(|b| b.is_ascii_lowercase());
+        let ok_chars = s
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+        if ok_len && ok_first && ok_chars {
+            Ok(())
+        } else {
+            Err("use 1-64 characters a-z, 0-9, '-' and '.', starting with a letter")
+        }
+    }
+);
+
+string_id!(
     /// A person's user name: 1–64 characters of letters, digits and `. _ @ -`.
     UserName,
     "user name",

@@ -15,7 +15,9 @@ pub mod ws;
 pub mod zones;
 
 pub use envelope::{EnvelopeError, SignedEnvelope};
-pub use ids::{BlobId, DeviceId, Fingerprint, GroupId, IdError, ModeName, UserName};
+pub use ids::{
+    BlobId, DeviceGroupName, DeviceId, Fingerprint, GroupId, IdError, ModeName, UserName,
+};
 pub use model::*;
 pub use time_fmt::Timestamp;
 pub use zones::{

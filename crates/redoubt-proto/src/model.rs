@@ -247,6 +247,11 @@ impl fmt::Display for NetworkState {
 pub struct Assignments {
     /// The person's base mode, set by an operator.
     pub base_mode: ModeName,
+    /// The modes assigned to the device groups the device belongs to. The strictest of
+    /// these and `base_mode` applies (most restrictive wins); a bundle without groups
+    /// omits the field, so it reads exactly as before groups existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub group_modes: Vec<ModeName>,
 }
 
 /// Everything a phone needs to decide its mode offline; travels signed by the

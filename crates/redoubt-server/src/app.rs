@@ -361,6 +361,8 @@ pub struct App {
     /// Held while a device command is issued, so that issue times are strictly
     /// increasing per device (the phone orders lock and unlock by them).
     pub command_issue: tokio::sync::Mutex<()>,
+    /// Issues the bundles of devices whose assignments changed in bulk.
+    pub reissuer: crate::groups::Reissuer,
 }
 
 /// SHA-256 of a secret token, as stored.
@@ -390,7 +392,11 @@ impl App {
             expires_at: now.plus_secs(self.config.bundle_ttl_secs as i64),
             modes: {
                 let mut modes = vec![req.base_mode.clone()];
-                for (_, m) in &req.zones {
+                for m in req
+                    .group_modes
+                    .iter()
+                    .chain(req.zones.iter().map(|(_, m)| m))
+                {
                     if !modes.iter().any(|k| k.name == m.name) {
                         modes.push(m.clone());
                     }
@@ -399,6 +405,7 @@ impl App {
             },
             assignments: redoubt_proto::Assignments {
                 base_mode: req.base_mode.name.clone(),
+                group_modes: req.group_modes.iter().map(|m| m.name.clone()).collect(),
             },
             check_in_interval_secs: self.config.check_in_interval_secs,
             // Addresses, never names: the phone must not ask its network's resolver.
@@ -480,13 +487,14 @@ impl App {
         let audit = by.draft(
             "enrollment.create",
             None,
-            serde_json::json!({"user": req.user, "mode": mode, "expires_at": expires_at}),
+            serde_json::json!({"user": req.user, "mode": mode, "groups": req.groups, "expires_at": expires_at}),
         );
         self.store
             .create_enrollment_token(
                 &hash_token(&token),
                 &req.user,
                 &mode,
+                &req.groups,
                 &by.actor,
                 now,
                 expires_at,
@@ -675,6 +683,7 @@ impl App {
             approved_by: d.approved_by,
             approved_at: d.approved_at,
             enrolled_by: d.enrolled_by,
+            groups: d.groups,
         }
     }
 

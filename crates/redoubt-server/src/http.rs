@@ -129,7 +129,8 @@ pub fn routes(config: &crate::config::Config) -> (Router<HttpState>, Vec<RouteSp
         .nest("/messenger", messenger)
         .nest("/audit", crate::audit::routes())
         .nest("/zones", crate::zones::routes())
-        .merge(crate::commands::routes());
+        .merge(crate::commands::routes())
+        .merge(crate::groups::routes());
     Routes::new()
         .nest(redoubt_proto::API_PREFIX, api)
         .add(V::GET, "/healthz", P, healthz)

@@ -8,6 +8,7 @@ mod config;
 mod conn;
 mod error;
 mod gate;
+mod groups;
 mod http;
 mod messaging;
 mod messenger_ws;

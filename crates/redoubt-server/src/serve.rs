@@ -89,6 +89,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         sessions: Default::default(),
         doorbells: Default::default(),
         command_issue: Default::default(),
+        reissuer: Default::default(),
         store: store.clone(),
         keys,
         public_url: public_url.clone(),
@@ -117,6 +118,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!(addr = %bound, "listening");
 
+    // Bundles left to issue by a bulk change that a stop interrupted are issued now.
+    let reissuer = tokio::spawn(crate::groups::Reissuer::run(app.clone()));
+    app.reissuer.wake();
     let sweeper = {
         let app = app.clone();
         let mut stop = app.shutdown.clone();
@@ -206,6 +210,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         );
     }
     let _ = sweeper.await;
+    let _ = reissuer.await;
     store.close().await;
     drop(lock);
     println!("Redoubt server stopped");

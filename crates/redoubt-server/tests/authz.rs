@@ -38,6 +38,28 @@ const EXPECTED: &[(&str, &str, &str)] = &[
         "admin:owner,officer,operator,auditor",
     ),
     ("PUT", "/api/v1/devices/{id}/mode", "admin:owner,operator"),
+    (
+        "GET",
+        "/api/v1/groups",
+        "admin:owner,officer,operator,auditor",
+    ),
+    ("POST", "/api/v1/groups", "admin:owner,operator"),
+    (
+        "GET",
+        "/api/v1/groups/{name}",
+        "admin:owner,officer,operator,auditor",
+    ),
+    (
+        "POST",
+        "/api/v1/groups/{name}/devices",
+        "admin:owner,operator",
+    ),
+    (
+        "POST",
+        "/api/v1/groups/{name}/devices/remove",
+        "admin:owner,operator",
+    ),
+    ("PUT", "/api/v1/groups/{name}/mode", "admin:owner,operator"),
     ("POST", "/api/v1/devices/{id}/approve", "admin:owner"),
     (
         "GET",

@@ -1,8 +1,8 @@
 //! Devices: enrollment, bundles issued, compliance reports received.
 
 use redoubt_proto::{
-    Compliance, ComplianceReport, DeviceId, HardwareKind, Mode, ModeName, SignedEnvelope,
-    Timestamp, UserName,
+    Compliance, ComplianceReport, DeviceGroupName, DeviceId, HardwareKind, Mode, ModeName,
+    SignedEnvelope, Timestamp, UserName,
 };
 use sqlx::{Any, Row, Transaction};
 
@@ -31,6 +31,8 @@ pub struct BundleRequest {
     pub version: u64,
     /// The assigned base mode's definition.
     pub base_mode: Mode,
+    /// The modes its device groups assign (each once, by name).
+    pub group_modes: Vec<Mode>,
     /// Every zone with the definition of the mode that holds inside it.
     pub zones: Vec<(redoubt_proto::api::ZoneDefinition, Mode)>,
     /// The latest report, to re-evaluate compliance against the new bundle.
@@ -102,6 +104,8 @@ pub struct DeviceRecord {
     pub approved_by: Option<String>,
     /// When it was approved; `None` while pending.
     pub approved_at: Option<Timestamp>,
+    /// The device groups it belongs to, by name (filled where a record is shown).
+    pub groups: Vec<DeviceGroupName>,
 }
 
 impl DeviceRecord {
@@ -124,7 +128,7 @@ pub enum ReportOutcome {
     Duplicate,
 }
 
-const DEVICE_COLUMNS: &str = "id, user_name, public_key, hardware, assigned_mode, enrolled_at, revoked_at, \
+pub(crate) const DEVICE_COLUMNS: &str = "id, user_name, public_key, hardware, assigned_mode, enrolled_at, revoked_at, \
      bundle_version, bundle_envelope, bundle_issued_at, bundle_expires_at, effective_mode, compliance, \
      compliance_reasons, last_report_seq, last_report_at, last_report, enrolled_by, approved_by, approved_at";
 
@@ -153,7 +157,7 @@ fn parse_compliance(s: &str) -> Result<Compliance> {
     }
 }
 
-fn hardware_str(h: HardwareKind) -> &'static str {
+pub(crate) fn hardware_str(h: HardwareKind) -> &'static str {
     match h {
         HardwareKind::Sim => "sim",
         HardwareKind::Linux => "linux",
@@ -161,7 +165,7 @@ fn hardware_str(h: HardwareKind) -> &'static str {
     }
 }
 
-fn device_record(r: &sqlx::any::AnyRow) -> Result<DeviceRecord> {
+pub(crate) fn device_record(r: &sqlx::any::AnyRow) -> Result<DeviceRecord> {
     let key: Vec<u8> = r.try_get("public_key")?;
     let hardware = match r.try_get::<&str, _>("hardware")? {
         "sim" => HardwareKind::Sim,
@@ -199,7 +203,40 @@ fn device_record(r: &sqlx::any::AnyRow) -> Result<DeviceRecord> {
         enrolled_by: r.try_get("enrolled_by")?,
         approved_by: r.try_get("approved_by")?,
         approved_at: r.try_get::<Option<i64>, _>("approved_at")?.map(Timestamp),
+        groups: Vec::new(),
     })
+}
+
+/// Fills in the groups of each record, with one query.
+pub(crate) async fn fill_groups<'e>(
+    exec: impl sqlx::Executor<'e, Database = Any>,
+    store: &Store,
+    records: &mut [DeviceRecord],
+) -> Result<()> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let ids = to_json(&records.iter().map(|d| d.id.as_str()).collect::<Vec<_>>());
+    let rows: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT device_id, group_name FROM device_group_members WHERE device_id IN ({})
+         ORDER BY device_id, group_name",
+        store.json_text_elements("$1")
+    )))
+    .bind(ids)
+    .fetch_all(exec)
+    .await?;
+    let mut by_device: std::collections::HashMap<String, Vec<DeviceGroupName>> =
+        std::collections::HashMap::new();
+    for (d, g) in rows {
+        by_device
+            .entry(d)
+            .or_default()
+            .push(parse("group name", &g)?);
+    }
+    for r in records {
+        r.groups = by_device.remove(r.id.as_str()).unwrap_or_default();
+    }
+    Ok(())
 }
 
 pub(crate) async fn load_mode(tx: &mut Transaction<'_, Any>, name: &ModeName) -> Result<Mode> {
@@ -213,7 +250,10 @@ pub(crate) async fn load_mode(tx: &mut Transaction<'_, Any>, name: &ModeName) ->
     )
 }
 
-async fn load_device(tx: &mut Transaction<'_, Any>, id: &DeviceId) -> Result<DeviceRecord> {
+pub(crate) async fn load_device(
+    tx: &mut Transaction<'_, Any>,
+    id: &DeviceId,
+) -> Result<DeviceRecord> {
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {DEVICE_COLUMNS} FROM devices WHERE id = $1"
     )))
@@ -237,17 +277,20 @@ pub(crate) async fn reissue(
     }
     let mode_name = new_mode.unwrap_or(&dev.assigned_mode);
     let base_mode = load_mode(tx, mode_name).await?;
+    let group_modes = crate::groups::group_modes_of(tx, id).await?;
     let issued = issue(&BundleRequest {
         device_id: dev.id.clone(),
         user: dev.user.clone(),
         version: dev.bundle_version + 1,
         base_mode,
+        group_modes,
         zones: crate::zones::load_zone_grants(tx).await?,
         last_report: dev.last_report.clone(),
     });
     sqlx::query(
         "UPDATE devices SET assigned_mode = $1, bundle_version = $2, bundle_envelope = $3, bundle_payload = $4,
-         bundle_issued_at = $5, bundle_expires_at = $6, effective_mode = $7, compliance = $8, compliance_reasons = $9
+         bundle_issued_at = $5, bundle_expires_at = $6, effective_mode = $7, compliance = $8, compliance_reasons = $9,
+         bundle_stale = 0
          WHERE id = $10",
     )
     .bind(mode_name.as_str())
@@ -286,7 +329,7 @@ impl Store {
         let row = sqlx::query(
             "UPDATE enrollment_tokens SET used_at = $1, device_id = $2
              WHERE token_hash = $3 AND used_at IS NULL AND expires_at > $4
-             RETURNING user_name, mode, created_by",
+             RETURNING user_name, mode, created_by, groups",
         )
         .bind(now.unix())
         .bind(device.id.as_str())
@@ -311,6 +354,7 @@ impl Store {
         let user: UserName = parse("user name", row.try_get("user_name")?)?;
         let mode_name: ModeName = parse("mode name", row.try_get("mode")?)?;
         let created_by: String = row.try_get("created_by")?;
+        let groups: Vec<DeviceGroupName> = from_json("enrollment groups", row.try_get("groups")?)?;
         // Decided inside the write transaction: two codes for one person used at once
         // cannot both count as the first device.
         let live_devices: i64 = sqlx::query_scalar(
@@ -321,11 +365,13 @@ impl Store {
         .await?;
         let approved = (live_devices == 0).then_some(APPROVED_AS_FIRST_DEVICE);
         let base_mode = load_mode(&mut tx, &mode_name).await?;
+        let group_modes = crate::groups::modes_of_groups(&mut tx, &groups).await?;
         let issued = issue(&BundleRequest {
             device_id: device.id.clone(),
             user: user.clone(),
             version: 1,
             base_mode,
+            group_modes,
             zones: crate::zones::load_zone_grants(&mut tx).await?,
             last_report: None,
         });
@@ -362,7 +408,19 @@ impl Store {
             ));
         }
         inserted?;
-        let rec = load_device(&mut tx, &device.id).await?;
+        for group in &groups {
+            sqlx::query(
+                "INSERT INTO device_group_members (group_name, device_id, added_at) VALUES ($1, $2, $3)
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(group.as_str())
+            .bind(device.id.as_str())
+            .bind(now.unix())
+            .execute(&mut *tx)
+            .await?;
+        }
+        let mut rec = load_device(&mut tx, &device.id).await?;
+        fill_groups(&mut *tx, self, std::slice::from_mut(&mut rec)).await?;
         crate::audit::append(&mut tx, &audit(&rec), now, sign).await?;
         tx.commit().await?;
         Ok(rec)
@@ -406,7 +464,8 @@ impl Store {
         .bind(id.as_str())
         .execute(&mut *tx)
         .await?;
-        let rec = load_device(&mut tx, id).await?;
+        let mut rec = load_device(&mut tx, id).await?;
+        fill_groups(&mut *tx, self, std::slice::from_mut(&mut rec)).await?;
         crate::audit::append(&mut tx, &audit(&rec), now, sign).await?;
         tx.commit().await?;
         Ok(rec)
@@ -420,7 +479,11 @@ impl Store {
         .bind(id.as_str())
         .fetch_optional(&self.pool)
         .await?;
-        row.as_ref().map(device_record).transpose()
+        let Some(mut rec) = row.as_ref().map(device_record).transpose()? else {
+            return Ok(None);
+        };
+        fill_groups(&self.pool, self, std::slice::from_mut(&mut rec)).await?;
+        Ok(Some(rec))
     }
 
     /// Every device, by enrollment time.
@@ -430,7 +493,9 @@ impl Store {
         )))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(device_record).collect()
+        let mut recs = rows.iter().map(device_record).collect::<Result<Vec<_>>>()?;
+        fill_groups(&self.pool, self, &mut recs).await?;
+        Ok(recs)
     }
 
     /// Assigns a new base mode and issues the next bundle, in one transaction, which
@@ -447,8 +512,9 @@ impl Store {
     ) -> Result<DeviceRecord> {
         let mut tx = self.write_tx().await?;
         let before = load_device(&mut tx, id).await?;
-        let rec = reissue(&mut tx, id, Some(mode), &mut issue).await?;
+        let mut rec = reissue(&mut tx, id, Some(mode), &mut issue).await?;
         crate::audit::append(&mut tx, &audit(&before, &rec), now, sign).await?;
+        fill_groups(&mut *tx, self, std::slice::from_mut(&mut rec)).await?;
         tx.commit().await?;
         Ok(rec)
     }

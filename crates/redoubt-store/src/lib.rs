@@ -8,6 +8,8 @@
 mod audit;
 mod commands;
 mod devices;
+mod fleet;
+mod groups;
 mod messaging;
 mod modes;
 #[cfg(feature = "test-support")]
@@ -29,6 +31,8 @@ pub use commands::{CommandRecord, NewCommand};
 pub use devices::{
     APPROVED_AS_FIRST_DEVICE, BundleRequest, DeviceRecord, IssuedBundle, NewDevice, ReportOutcome,
 };
+pub use fleet::{DeviceCursor, DeviceFilter, MAX_PAGE};
+pub use groups::{DeviceGroupRecord, MembershipChange};
 pub use messaging::{
     AWAITING_APPROVAL, BlobRecord, ClaimedRecord, CommitBase, CommitInput, CommitOutcome,
     GroupRecord, HANDOUT_WINDOW_SECS, MessageOutcome, QueuedGroup,
@@ -120,14 +124,26 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "device_approval",
         include_str!("../migrations/sqlite/0008_device_approval.sql"),
     ),
+    (
+        9,
+        "device_groups",
+        include_str!("../migrations/sqlite/0009_device_groups.sql"),
+    ),
 ];
 
 /// The PostgreSQL migration history: its own, starting from the SQLite schema of 0008.
-const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "schema",
-    include_str!("../migrations/postgres/0001_schema.sql"),
-)];
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "schema",
+        include_str!("../migrations/postgres/0001_schema.sql"),
+    ),
+    (
+        2,
+        "device_groups",
+        include_str!("../migrations/postgres/0002_device_groups.sql"),
+    ),
+];
 
 /// Which database engine a [`Store`] speaks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -277,7 +293,7 @@ impl Store {
 
     /// A subquery that yields the strings of the JSON array bound at `param` (one row
     /// each): `json_each` on SQLite, `json_array_elements_text` on PostgreSQL.
-    fn json_text_elements(&self, param: &str) -> String {
+    pub(crate) fn json_text_elements(&self, param: &str) -> String {
         match self.backend {
             Backend::Sqlite => format!("SELECT value FROM json_each({param})"),
             Backend::Postgres => format!("SELECT json_array_elements_text(CAST({param} AS json))"),

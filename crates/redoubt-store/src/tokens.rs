@@ -3,7 +3,7 @@
 //! an expired or revoked one opens nothing from that moment on.
 
 use redoubt_proto::api::{CredentialId, Role};
-use redoubt_proto::{ModeName, Timestamp, UserName};
+use redoubt_proto::{DeviceGroupName, ModeName, Timestamp, UserName};
 use sqlx::Row;
 
 use crate::{Result, Store, StoreError, parse};
@@ -192,6 +192,7 @@ impl Store {
         token_hash: &[u8; 32],
         user: &UserName,
         mode: &ModeName,
+        groups: &[DeviceGroupName],
         created_by: &str,
         now: Timestamp,
         expires_at: Timestamp,
@@ -206,8 +207,14 @@ impl Store {
         if exists.is_none() {
             return Err(StoreError::NotFound(format!("mode {mode}")));
         }
+        // Each group must exist (its mode is read at enrollment).
+        crate::groups::modes_of_groups(&mut tx, groups).await?;
+        let mut groups = groups.to_vec();
+        groups.sort();
+        groups.dedup();
         sqlx::query(
-            "INSERT INTO enrollment_tokens (token_hash, user_name, mode, created_by, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO enrollment_tokens (token_hash, user_name, mode, created_by, created_at, expires_at, groups)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(&token_hash[..])
         .bind(user.as_str())
@@ -215,6 +222,7 @@ impl Store {
         .bind(created_by)
         .bind(now.unix())
         .bind(expires_at.unix())
+        .bind(crate::to_json(&groups))
         .execute(&mut *tx)
         .await?;
         crate::audit::append(&mut tx, audit, now, sign).await?;

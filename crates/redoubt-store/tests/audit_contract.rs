@@ -249,6 +249,7 @@ contract! {
                 &[3; 32],
                 &"dan".parse().unwrap(),
                 &"nope".parse().unwrap(),
+                &[],
                 "alice",
                 NOW,
                 NOW.plus_secs(60),

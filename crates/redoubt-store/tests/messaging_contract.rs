@@ -24,6 +24,7 @@ async fn enroll(store: &Store, n: u8, user: &str) -> DeviceId {
             &hash,
             &user,
             &standard,
+            &[],
             "test",
             NOW,
             NOW.plus_secs(60),

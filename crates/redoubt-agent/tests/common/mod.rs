@@ -78,6 +78,7 @@ pub fn signed_bundle(
         modes: redoubt_policy::presets(),
         assignments: Assignments {
             base_mode: mode.parse().expect("mode name"),
+            group_modes: Vec::new(),
         },
         check_in_interval_secs: check_in_secs,
         organization_endpoints: vec!["127.0.0.1".into()],

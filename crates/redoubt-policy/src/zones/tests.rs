@@ -95,6 +95,7 @@ fn bundle_with(
         modes,
         assignments: Assignments {
             base_mode: name(base),
+            group_modes: Vec::new(),
         },
         check_in_interval_secs: 60,
         organization_endpoints: vec![],

@@ -195,6 +195,7 @@ pub async fn enrolled(store: &Store, n: u8) -> DeviceId {
             &[n; 32],
             &user,
             &standard,
+            &[],
             "alice",
             NOW,
             NOW.plus_secs(60),

@@ -1,0 +1,297 @@
+//! Device groups (`/groups`): a unit, a department, a site. A device may be in several;
+//! a group may assign a mode, and a device's bundle carries every mode assigned to it
+//! (its own and its groups'), of which the strictest applies. Every change is audited
+//! in its own transaction.
+//!
+//! A change that touches many devices marks them `bundle_stale` in that transaction
+//! and wakes the [`Reissuer`], which issues their bundles in batches (one transaction
+//! and one fsync per batch) and pushes each to its phone if connected; it also runs at
+//! start, so a change whose bundles were not all issued before a crash is completed.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{Method, StatusCode};
+use axum::response::IntoResponse;
+use redoubt_proto::api::{
+    CreateDeviceGroup, DeviceGroupView, GroupChange, GroupDevices, Role, SetGroupMode,
+};
+use redoubt_proto::{DeviceGroupName, Timestamp};
+use redoubt_store::DeviceGroupRecord;
+
+use crate::app::{App, Push};
+use crate::audit::Who;
+use crate::error::ServiceError;
+use crate::http::{Admin, ApiJson, HttpState, parse_path};
+use crate::routes::{ANY_ADMIN, Access, OPERATOR, Routes};
+
+/// Routes merged into `/api/v1`.
+pub fn routes() -> Routes {
+    use Access::Admin as A;
+    Routes::new()
+        .add(Method::GET, "/groups", A(ANY_ADMIN), list)
+        .add(Method::POST, "/groups", A(OPERATOR), create)
+        .add(Method::GET, "/groups/{name}", A(ANY_ADMIN), show)
+        .add(Method::POST, "/groups/{name}/devices", A(OPERATOR), add)
+        .add(
+            Method::POST,
+            "/groups/{name}/devices/remove",
+            A(OPERATOR),
+            remove,
+        )
+        .add(Method::PUT, "/groups/{name}/mode", A(OPERATOR), set_mode)
+}
+
+/// The API view of a stored group.
+pub fn view(g: DeviceGroupRecord) -> DeviceGroupView {
+    DeviceGroupView {
+        name: g.name,
+        description: g.description,
+        mode: g.mode,
+        devices: g.devices,
+        created_by: g.created_by,
+        created_at: g.created_at,
+        updated_at: g.updated_at,
+    }
+}
+
+/// Longest group description accepted.
+const MAX_DESCRIPTION: usize = 500;
+
+async fn list(
+    State(s): State<HttpState>,
+    _admin: Admin,
+) -> Result<impl IntoResponse, ServiceError> {
+    let groups = s.app.store.list_device_groups().await?;
+    Ok(Json(groups.into_iter().map(view).collect::<Vec<_>>()))
+}
+
+async fn show(
+    State(s): State<HttpState>,
+    _admin: Admin,
+    Path(name): Path<String>,
+) -> Result<impl IntoResponse, ServiceError> {
+    let name: DeviceGroupName = parse_path(&name)?;
+    let g = s
+        .app
+        .store
+        .get_device_group(&name)
+        .await?
+        .ok_or_else(|| ServiceError::NotFound(format!("no device group {name}")))?;
+    Ok(Json(view(g)))
+}
+
+async fn create(
+    State(s): State<HttpState>,
+    admin: Admin,
+    ApiJson(req): ApiJson<CreateDeviceGroup>,
+) -> Result<impl IntoResponse, ServiceError> {
+    admin.require(Role::Operator, "manage device groups")?;
+    if req.description.chars().count() > MAX_DESCRIPTION
+        || req.description.chars().any(char::is_control)
+    {
+        return Err(ServiceError::BadRequest(format!(
+            "description: at most {MAX_DESCRIPTION} characters, no control characters"
+        )));
+    }
+    let by = Who::admin(&admin);
+    let now = Timestamp::now();
+    let g = s
+        .app
+        .store
+        .create_device_group(
+            &req.name,
+            &req.description,
+            req.mode.as_ref(),
+            &by.actor,
+            now,
+            |g| {
+                vec![by.draft(
+                    "group.create",
+                    None,
+                    serde_json::json!({"group": g.name, "mode": g.mode, "description": g.description}),
+                )]
+            },
+            &crate::audit::signer(&s.app),
+        )
+        .await?;
+    tracing::info!(group = %g.name, by = %by.actor, "device group created");
+    Ok((StatusCode::CREATED, Json(view(g))))
+}
+
+fn check_devices(req: &GroupDevices) -> Result<(), ServiceError> {
+    if req.devices.is_empty() || req.devices.len() > GroupDevices::MAX {
+        return Err(ServiceError::BadRequest(format!(
+            "name between 1 and {} devices per request",
+            GroupDevices::MAX
+        )));
+    }
+    Ok(())
+}
+
+async fn add(
+    State(s): State<HttpState>,
+    admin: Admin,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<GroupDevices>,
+) -> Result<impl IntoResponse, ServiceError> {
+    admin.require(Role::Operator, "manage device groups")?;
+    let name: DeviceGroupName = parse_path(&name)?;
+    check_devices(&req)?;
+    let by = Who::admin(&admin);
+    let change = s
+        .app
+        .store
+        .add_to_device_group(
+            &name,
+            &req.devices,
+            Timestamp::now(),
+            |g, added| {
+                vec![by.draft(
+                    "group.add",
+                    None,
+                    serde_json::json!({"group": g.name, "count": added.len(), "devices": added}),
+                )]
+            },
+            &crate::audit::signer(&s.app),
+        )
+        .await?;
+    s.app.reissuer.wake();
+    tracing::info!(group = %name, added = change.changed.len(), by = %by.actor, "devices added to group");
+    Ok(Json(GroupChange {
+        changed: change.changed.len() as u64,
+        reissued: change.reissued,
+        group: view(change.group),
+    }))
+}
+
+async fn remove(
+    State(s): State<HttpState>,
+    admin: Admin,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<GroupDevices>,
+) -> Result<impl IntoResponse, ServiceError> {
+    admin.require(Role::Operator, "manage device groups")?;
+    let name: DeviceGroupName = parse_path(&name)?;
+    check_devices(&req)?;
+    let by = Who::admin(&admin);
+    let change = s
+        .app
+        .store
+        .remove_from_device_group(
+            &name,
+            &req.devices,
+            Timestamp::now(),
+            |g, removed| {
+                vec![by.draft(
+                    "group.remove",
+                    None,
+                    serde_json::json!({"group": g.name, "count": removed.len(), "devices": removed}),
+                )]
+            },
+            &crate::audit::signer(&s.app),
+        )
+        .await?;
+    s.app.reissuer.wake();
+    tracing::info!(group = %name, removed = change.changed.len(), by = %by.actor, "devices removed from group");
+    Ok(Json(GroupChange {
+        changed: change.changed.len() as u64,
+        reissued: change.reissued,
+        group: view(change.group),
+    }))
+}
+
+async fn set_mode(
+    State(s): State<HttpState>,
+    admin: Admin,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<SetGroupMode>,
+) -> Result<impl IntoResponse, ServiceError> {
+    admin.require(Role::Operator, "manage device groups")?;
+    let name: DeviceGroupName = parse_path(&name)?;
+    let by = Who::admin(&admin);
+    let (group, reissued) = s
+        .app
+        .store
+        .set_device_group_mode(
+            &name,
+            req.mode.as_ref(),
+            Timestamp::now(),
+            |before, after| {
+                vec![by.draft(
+                    "group.mode",
+                    None,
+                    serde_json::json!({
+                        "group": after.name,
+                        "from": before.mode,
+                        "to": after.mode,
+                        "devices": after.devices,
+                    }),
+                )]
+            },
+            &crate::audit::signer(&s.app),
+        )
+        .await?;
+    s.app.reissuer.wake();
+    tracing::info!(group = %name, mode = ?group.mode, devices = reissued, by = %by.actor, "group mode set");
+    Ok(Json(GroupChange {
+        changed: 0,
+        reissued,
+        group: view(group),
+    }))
+}
+
+/// Issues the bundles of devices whose assignments changed, in batches, and pushes
+/// each new bundle to its phone. Woken after every such change, and at start.
+#[derive(Debug, Default)]
+pub struct Reissuer {
+    wake: tokio::sync::Notify,
+}
+
+/// Devices whose bundles one transaction issues.
+pub const REISSUE_BATCH: u32 = 500;
+
+impl Reissuer {
+    /// Asks the task to look for devices waiting for a bundle.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Runs until the server shuts down.
+    pub async fn run(app: Arc<App>) {
+        let mut shutdown = app.shutdown.clone();
+        loop {
+            loop {
+                if *shutdown.borrow() {
+                    return;
+                }
+                let now = Timestamp::now();
+                match app
+                    .store
+                    .reissue_stale(REISSUE_BATCH, |r| app.issue_bundle(r, now))
+                    .await
+                {
+                    Ok(done) if done.is_empty() => break,
+                    Ok(done) => {
+                        for d in &done {
+                            app.hub.notify(&d.id, Push::BundleChanged);
+                        }
+                        tracing::debug!(devices = done.len(), "bundles reissued");
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "reissuing bundles failed; retrying in 5 s");
+                        tokio::select! {
+                            _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+                            _ = shutdown.changed() => return,
+                        }
+                    }
+                }
+            }
+            tokio::select! {
+                _ = app.reissuer.wake.notified() => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
