@@ -254,6 +254,8 @@ pub struct EnrollCreate {
 pub enum DevicesCommand {
     /// List enrolled devices with their mode and compliance.
     List,
+    /// Count live devices by verdict, mode, assignment, hardware and group.
+    Counts,
     /// Show everything known about one device.
     Show {
         /// The device id (dev_ + 24 hex digits).

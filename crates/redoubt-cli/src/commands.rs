@@ -6,8 +6,8 @@ use std::path::Path;
 use anyhow::{Context as _, anyhow, bail};
 use redoubt_client::{ClientError, ServerClient};
 use redoubt_proto::api::{
-    CommandView, CreateCommand, CreateEnrollment, DeviceView, EnrollmentCreated, ModeView, SetMode,
-    WhoAmI,
+    CommandView, CreateCommand, CreateEnrollment, DeviceCounts, DeviceView, EnrollmentCreated,
+    ModeView, SetMode, WhoAmI,
 };
 use redoubt_proto::{API_PREFIX, DeviceAction, DeviceId, Mode, ModeName, Timestamp};
 use serde::Serialize;
@@ -36,6 +36,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Devices(DevicesCommand::List) => {
             let devices: Answer<Vec<DeviceView>> = Api::new(g)?.get("devices").await?;
             devices.print(g, |d| output::device_table(d, Timestamp::now()))
+        }
+        Command::Devices(DevicesCommand::Counts) => {
+            let counts: Answer<DeviceCounts> = Api::new(g)?.get("devices/counts").await?;
+            counts.print(g, output::device_counts)
         }
         Command::Devices(DevicesCommand::Show { device }) => {
             let view: Answer<DeviceView> = Api::new(g)?.get(&device_path(&device)).await?;

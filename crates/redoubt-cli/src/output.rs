@@ -135,6 +135,27 @@ pub fn enrollment(created: &EnrollmentCreated, now: Timestamp) -> String {
 }
 
 /// The `devices list` table.
+/// `devices counts`: the total, then each breakdown as `key: n` lines.
+pub fn device_counts(c: &redoubt_proto::api::DeviceCounts) -> String {
+    let mut out = format!("devices:   {}\nconnected: {}\n", c.total, c.connected);
+    for (title, map) in [
+        ("compliance", &c.by_compliance),
+        ("effective mode", &c.by_mode),
+        ("assigned mode", &c.by_assigned_mode),
+        ("hardware", &c.by_hardware),
+        ("group", &c.by_group),
+    ] {
+        out.push_str(&format!("\nby {title}:\n"));
+        if map.is_empty() {
+            out.push_str("  none\n");
+        }
+        for (k, n) in map {
+            out.push_str(&format!("  {k}: {n}\n"));
+        }
+    }
+    out
+}
+
 pub fn device_table(devices: &[DeviceView], now: Timestamp) -> String {
     if devices.is_empty() {
         return "no devices enrolled\n".into();
@@ -588,6 +609,22 @@ mod tests {
              dev_ffffffffffffffffffffffff  bob    standard     standard  pending        never        PENDING\n",
         );
         check(&device_table(&[], NOW), "no devices enrolled\n");
+    }
+
+    #[test]
+    fn counts_list_every_breakdown() {
+        let mut c = redoubt_proto::api::DeviceCounts {
+            total: 3,
+            connected: 2,
+            ..Default::default()
+        };
+        c.by_compliance.insert("compliant".into(), 3);
+        c.by_group.insert("unit-7".into(), 1);
+        let text = device_counts(&c);
+        assert!(text.starts_with("devices:   3\nconnected: 2\n"), "{text}");
+        assert!(text.contains("by compliance:\n  compliant: 3\n"), "{text}");
+        assert!(text.contains("by group:\n  unit-7: 1\n"), "{text}");
+        assert!(text.contains("by hardware:\n  none\n"), "{text}");
     }
 
     #[test]

@@ -240,6 +240,25 @@ pub struct DeviceView {
     pub groups: Vec<DeviceGroupName>,
 }
 
+/// `GET /devices/counts`: live (not revoked) devices counted several ways.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceCounts {
+    /// Every live device.
+    pub total: u64,
+    /// Holding a push connection to the node that answered.
+    pub connected: u64,
+    /// By verdict (`stale` computed now).
+    pub by_compliance: BTreeMap<String, u64>,
+    /// By effective mode.
+    pub by_mode: BTreeMap<String, u64>,
+    /// By the operator's own assignment.
+    pub by_assigned_mode: BTreeMap<String, u64>,
+    /// By hardware backend.
+    pub by_hardware: BTreeMap<String, u64>,
+    /// By device group (a device in two groups counts in both).
+    pub by_group: BTreeMap<String, u64>,
+}
+
 /// `POST /groups`: a new device group (a unit, a department, a site).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

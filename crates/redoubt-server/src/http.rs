@@ -130,7 +130,8 @@ pub fn routes(config: &crate::config::Config) -> (Router<HttpState>, Vec<RouteSp
         .nest("/audit", crate::audit::routes())
         .nest("/zones", crate::zones::routes())
         .merge(crate::commands::routes())
-        .merge(crate::groups::routes());
+        .merge(crate::groups::routes())
+        .merge(crate::fleet::routes());
     Routes::new()
         .nest(redoubt_proto::API_PREFIX, api)
         .add(V::GET, "/healthz", P, healthz)
@@ -420,9 +421,7 @@ async fn healthz() -> &'static str {
 /// traffic, nothing secret, but they are not for anyone on the network).
 async fn metrics(State(s): State<HttpState>, admin: Admin) -> Result<String, ServiceError> {
     admin.require(Role::Auditor, "read metrics")?;
-    let cfg = &s.app.config;
-    let stale_before = Timestamp::now()
-        .plus_secs(-(i64::from(cfg.check_in_interval_secs) * i64::from(cfg.stale_after_intervals)));
+    let stale_before = s.app.stale_before(Timestamp::now());
     for (state, n) in s.app.store.compliance_counts(stale_before).await? {
         metrics::gauge!("redoubt_devices", "compliance" => state.as_str()).set(n as f64);
     }

@@ -7,6 +7,7 @@ mod commands;
 mod config;
 mod conn;
 mod error;
+mod fleet;
 mod gate;
 mod groups;
 mod http;

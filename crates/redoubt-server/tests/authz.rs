@@ -40,6 +40,11 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("PUT", "/api/v1/devices/{id}/mode", "admin:owner,operator"),
     (
         "GET",
+        "/api/v1/devices/counts",
+        "admin:owner,officer,operator,auditor",
+    ),
+    (
+        "GET",
         "/api/v1/groups",
         "admin:owner,officer,operator,auditor",
     ),

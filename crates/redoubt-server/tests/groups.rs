@@ -94,6 +94,17 @@ fn a_groups_mode_reaches_its_phones_and_the_strictest_mode_wins() {
     server.cli_json(&["groups", "set-mode", "unit-7", "none"]);
     wait_compliant(&server, &a, "secure-site");
 
+    // The counts see both phones, their modes and the group.
+    let counts = server.cli_json(&["devices", "counts"]);
+    assert_eq!(counts["total"], 2);
+    assert_eq!(counts["connected"], 2);
+    assert_eq!(counts["by_compliance"]["compliant"], 2);
+    assert_eq!(counts["by_mode"]["secure-site"], 1);
+    assert_eq!(counts["by_mode"]["standard"], 1);
+    assert_eq!(counts["by_assigned_mode"]["secure-site"], 1);
+    assert_eq!(counts["by_group"]["unit-7"], 1);
+    assert_eq!(counts["by_hardware"]["sim"], 2);
+
     let list = server.cli_json(&["groups", "list"]);
     assert_eq!(list.as_array().unwrap().len(), 1);
     assert_eq!(list[0]["devices"], 1);

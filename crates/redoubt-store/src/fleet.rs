@@ -150,6 +150,19 @@ impl Where {
     }
 }
 
+/// Live devices counted by key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceBreakdown {
+    /// By the effective mode of the newest bundle.
+    pub by_mode: Vec<(String, u64)>,
+    /// By the operator's own assignment.
+    pub by_assigned_mode: Vec<(String, u64)>,
+    /// By hardware backend.
+    pub by_hardware: Vec<(String, u64)>,
+    /// By device group (a device in two groups counts in both).
+    pub by_group: Vec<(String, u64)>,
+}
+
 /// Most devices one page holds.
 pub const MAX_PAGE: u32 = 5_000;
 
@@ -204,6 +217,40 @@ impl Store {
                 id: d.id.as_str().to_owned(),
             });
         Ok((recs, next))
+    }
+
+    /// Live devices counted by effective mode, by assigned mode, by hardware and by
+    /// group (each a list of `(key, count)` sorted by key).
+    pub async fn device_breakdown(&self) -> Result<DeviceBreakdown> {
+        let by = |sql: &'static str| async move {
+            let rows: Vec<(String, i64)> = sqlx::query_as(sql).fetch_all(&self.pool).await?;
+            Ok::<_, StoreError>(
+                rows.into_iter()
+                    .map(|(k, n)| (k, n.max(0) as u64))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        Ok(DeviceBreakdown {
+            by_mode: by(
+                "SELECT effective_mode, count(*) FROM devices WHERE revoked_at IS NULL
+                 GROUP BY effective_mode ORDER BY effective_mode",
+            )
+            .await?,
+            by_assigned_mode: by(
+                "SELECT assigned_mode, count(*) FROM devices WHERE revoked_at IS NULL
+                 GROUP BY assigned_mode ORDER BY assigned_mode",
+            )
+            .await?,
+            by_hardware: by(
+                "SELECT hardware, count(*) FROM devices WHERE revoked_at IS NULL
+                 GROUP BY hardware ORDER BY hardware",
+            )
+            .await?,
+            by_group: by("SELECT m.group_name, count(*) FROM device_group_members m
+                 JOIN devices d ON d.id = m.device_id WHERE d.revoked_at IS NULL
+                 GROUP BY m.group_name ORDER BY m.group_name")
+            .await?,
+        })
     }
 
     /// How many devices `filter` covers.

@@ -31,7 +31,7 @@ pub use commands::{CommandRecord, NewCommand};
 pub use devices::{
     APPROVED_AS_FIRST_DEVICE, BundleRequest, DeviceRecord, IssuedBundle, NewDevice, ReportOutcome,
 };
-pub use fleet::{DeviceCursor, DeviceFilter, MAX_PAGE};
+pub use fleet::{DeviceBreakdown, DeviceCursor, DeviceFilter, MAX_PAGE};
 pub use groups::{DeviceGroupRecord, MembershipChange};
 pub use messaging::{
     AWAITING_APPROVAL, BlobRecord, ClaimedRecord, CommitBase, CommitInput, CommitOutcome,

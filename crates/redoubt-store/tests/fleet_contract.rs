@@ -79,6 +79,10 @@ contract! {
         assert_eq!(ids.len(), 3);
         assert!(ids.iter().all(|i| devices[..3].contains(i)));
         assert_eq!(store.count_devices(&in_group, NOW).await.unwrap(), 3);
+        let b = store.device_breakdown().await.unwrap();
+        assert_eq!(b.by_group, vec![("unit-1".to_string(), 3)]);
+        assert_eq!(b.by_mode, vec![("standard".to_string(), 8)]);
+        assert_eq!(b.by_hardware, vec![("sim".to_string(), 8)]);
         let by_user = DeviceFilter { user: Some("carol".parse().unwrap()), ..Default::default() };
         assert_eq!(store.count_devices(&by_user, NOW).await.unwrap(), 8);
         let nobody = DeviceFilter { user: Some("zed".parse().unwrap()), ..Default::default() };
