@@ -65,7 +65,7 @@ pub async fn bench_compliance(devices: usize, rounds: usize) -> anyhow::Result<(
             if Instant::now() > deadline {
                 bail!("round {round}: not every device became compliant in {target} within 60 s");
             }
-            let list: Vec<DeviceView> = client.get("/api/v1/devices").await?;
+            let list = all_devices(&client).await?;
             let now = start.elapsed();
             for d in list {
                 if let Some(i) = ids.iter().position(|id| id == d.id.as_str())
@@ -108,10 +108,28 @@ pub async fn bench_compliance(devices: usize, rounds: usize) -> anyhow::Result<(
     Ok(())
 }
 
+/// Every device, page by page.
+async fn all_devices(client: &ServerClient) -> anyhow::Result<Vec<DeviceView>> {
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let path = match &after {
+            Some(a) => format!("/api/v1/devices?limit=5000&after={a}"),
+            None => "/api/v1/devices?limit=5000".into(),
+        };
+        let page: redoubt_proto::api::DevicePage = client.get(&path).await?;
+        out.extend(page.devices);
+        match page.next {
+            Some(n) => after = Some(n),
+            None => return Ok(out),
+        }
+    }
+}
+
 async fn wait_all(client: &ServerClient, mode: &str, timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
-        let list: Vec<DeviceView> = client.get("/api/v1/devices").await?;
+        let list = all_devices(client).await?;
         if list
             .iter()
             .all(|d| d.mode == mode && d.compliance == redoubt_proto::Compliance::Compliant)

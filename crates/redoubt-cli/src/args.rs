@@ -252,10 +252,14 @@ pub struct EnrollCreate {
 /// `redoubt devices ...`
 #[derive(Debug, Subcommand)]
 pub enum DevicesCommand {
-    /// List enrolled devices with their mode and compliance.
-    List,
-    /// Count live devices by verdict, mode, assignment, hardware and group.
+    /// List enrolled devices with their mode and compliance (filters narrow; every
+    /// page is fetched).
+    List(crate::fleet::ListArgs),
+    /// Count live devices by verdict, mode, assignment, hardware, group and zone.
     Counts,
+    /// One action on every device a filter covers, after confirming their number.
+    #[command(subcommand)]
+    Bulk(crate::fleet::BulkCommand),
     /// Show everything known about one device.
     Show {
         /// The device id (dev_ + 24 hex digits).
@@ -387,7 +391,7 @@ fn parse_fingerprint(s: &str) -> Result<Fingerprint, String> {
 }
 
 /// Parses `--ttl` with humantime (`90s`, `15m`, `1h 30m`), whole seconds, at least 1s.
-fn parse_ttl(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_ttl(s: &str) -> Result<Duration, String> {
     let d: Duration = s
         .parse::<humantime::Duration>()
         .map_err(|e| format!("{e} (use e.g. 15m or 1h)"))?

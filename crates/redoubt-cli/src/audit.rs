@@ -141,7 +141,7 @@ async fn server_key(api: &Api) -> anyhow::Result<String> {
 }
 
 /// Parses `--since`: an RFC 3339 time, or an age counted back from now.
-fn parse_since(s: &str) -> Result<Timestamp, String> {
+pub(crate) fn parse_since(s: &str) -> Result<Timestamp, String> {
     if let Ok(t) = Timestamp::parse(s) {
         return Ok(t);
     }

@@ -6,8 +6,8 @@ use std::path::Path;
 use anyhow::{Context as _, anyhow, bail};
 use redoubt_client::{ClientError, ServerClient};
 use redoubt_proto::api::{
-    CommandView, CreateCommand, CreateEnrollment, DeviceCounts, DeviceView, EnrollmentCreated,
-    ModeView, SetMode, WhoAmI,
+    CommandView, CreateCommand, CreateEnrollment, DeviceView, EnrollmentCreated, ModeView, SetMode,
+    WhoAmI,
 };
 use redoubt_proto::{API_PREFIX, DeviceAction, DeviceId, Mode, ModeName, Timestamp};
 use serde::Serialize;
@@ -33,14 +33,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit(cmd) => crate::audit::run(g, cmd).await,
         Command::Tokens(cmd) => crate::tokens::run(g, cmd).await,
         Command::Groups(cmd) => crate::groups::run(g, cmd).await,
-        Command::Devices(DevicesCommand::List) => {
-            let devices: Answer<Vec<DeviceView>> = Api::new(g)?.get("devices").await?;
-            devices.print(g, |d| output::device_table(d, Timestamp::now()))
-        }
-        Command::Devices(DevicesCommand::Counts) => {
-            let counts: Answer<DeviceCounts> = Api::new(g)?.get("devices/counts").await?;
-            counts.print(g, output::device_counts)
-        }
+        Command::Devices(DevicesCommand::List(args)) => crate::fleet::list(g, args).await,
+        Command::Devices(DevicesCommand::Counts) => crate::fleet::counts(g).await,
+        Command::Devices(DevicesCommand::Bulk(cmd)) => crate::fleet::bulk(g, cmd).await,
         Command::Devices(DevicesCommand::Show { device }) => {
             let view: Answer<DeviceView> = Api::new(g)?.get(&device_path(&device)).await?;
             view.print(g, |d| output::device(d, Timestamp::now()))

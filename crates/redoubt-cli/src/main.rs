@@ -9,6 +9,7 @@ mod audit;
 mod chat;
 mod chat_tui;
 mod commands;
+mod fleet;
 mod groups;
 mod output;
 mod qr;

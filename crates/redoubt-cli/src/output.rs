@@ -144,6 +144,7 @@ pub fn device_counts(c: &redoubt_proto::api::DeviceCounts) -> String {
         ("assigned mode", &c.by_assigned_mode),
         ("hardware", &c.by_hardware),
         ("group", &c.by_group),
+        ("zone", &c.by_zone),
     ] {
         out.push_str(&format!("\nby {title}:\n"));
         if map.is_empty() {

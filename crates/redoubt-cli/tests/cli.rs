@@ -298,11 +298,19 @@ fn read_commands_print_text_or_the_servers_json() {
             200,
             r#"{"name":"ops","role":"operator"}"#.into(),
         ),
+        // Two pages: the CLI follows the cursor and prints both.
         (
             "GET",
-            "/api/v1/devices".into(),
+            "/api/v1/devices?limit=5000".into(),
             200,
-            json!([device_json("standard")]).to_string(),
+            json!({"devices": [device_json("standard")], "next": format!("1800000000.{DEVICE}")})
+                .to_string(),
+        ),
+        (
+            "GET",
+            format!("/api/v1/devices?after=1800000000.{DEVICE}&limit=5000"),
+            200,
+            json!({"devices": [device_json("secure-site")], "next": null}).to_string(),
         ),
         (
             "GET",
@@ -346,7 +354,7 @@ fn read_commands_print_text_or_the_servers_json() {
     );
     assert_eq!(
         json_of(redoubt(&["devices", "list", "--json"], &env)),
-        json!([device_json("standard")])
+        json!([device_json("standard"), device_json("secure-site")])
     );
 
     let out = redoubt(&["devices", "show", DEVICE], &env)

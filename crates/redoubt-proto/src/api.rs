@@ -6,7 +6,10 @@
 //! | `GET /device/ws` | device key (challenge) | WebSocket, see [`crate::ws`] |
 //! | `GET /whoami` | any admin | → [`WhoAmI`] |
 //! | `POST /enrollments` | operator | [`CreateEnrollment`] → [`EnrollmentCreated`] |
-//! | `GET /devices` | auditor | → `Vec<DeviceView>` |
+//! | `GET /devices?`[`DeviceQuery`] | auditor | → [`DevicePage`] |
+//! | `GET /devices/count?`[`DeviceQuery`] | auditor | → [`DeviceCount`] |
+//! | `GET /devices/counts` | auditor | → [`DeviceCounts`] |
+//! | `POST /devices/bulk` | operator (wipe: owner) | [`BulkRequest`] → [`BulkDone`] |
 //! | `GET /devices/{id}` | auditor | → [`DeviceView`] |
 //! | `PUT /devices/{id}/mode` | operator | [`SetMode`] → [`DeviceView`] |
 //! | `POST /devices/{id}/approve` | owner (not the one who created its enrollment code) | → [`DeviceView`] |
@@ -240,6 +243,142 @@ pub struct DeviceView {
     pub groups: Vec<DeviceGroupName>,
 }
 
+/// Which devices `GET /devices` lists, `GET /devices/count` counts and a bulk action
+/// acts on. Every field given narrows; none at all means every live device. In a
+/// query string the fields are `compliance=stale&group=unit-7&…`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceQuery {
+    /// The verdict (`stale` is computed at the time of the request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compliance: Option<Compliance>,
+    /// The effective mode of the newest bundle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// The operator's own assignment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assigned_mode: Option<ModeName>,
+    /// The owner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<UserName>,
+    /// The hardware backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hardware: Option<HardwareKind>,
+    /// Members of this device group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<DeviceGroupName>,
+    /// Inside this zone, as last reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<crate::zones::ZoneName>,
+    /// Latest report before this time, or none at all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seen_before: Option<Timestamp>,
+    /// Latest report at or after this time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seen_after: Option<Timestamp>,
+    /// Revoked devices too (lists only; a bulk action never touches them).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub revoked: bool,
+    /// Lists only: the page starts after this cursor (the `next` of the previous page).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    /// Lists only: at most this many devices (default [`DeviceQuery::DEFAULT_LIMIT`],
+    /// at most [`DeviceQuery::MAX_LIMIT`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+impl DeviceQuery {
+    /// Devices in a page when `limit` is not given.
+    pub const DEFAULT_LIMIT: u32 = 1_000;
+    /// Most devices in a page.
+    pub const MAX_LIMIT: u32 = 5_000;
+
+    /// Whether it names no filter at all (every live device).
+    pub fn is_everything(&self) -> bool {
+        let filters_only = DeviceQuery {
+            after: None,
+            limit: None,
+            ..self.clone()
+        };
+        filters_only == DeviceQuery::default()
+    }
+}
+
+/// What a bulk action does to every device its filter covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BulkAction {
+    /// Assign the request's `mode` as base mode (each device gets a new bundle).
+    SetMode,
+    /// Lock each phone (a signed command each).
+    Lock,
+    /// Lift each phone's lock.
+    Unlock,
+    /// Wipe each phone (owners only).
+    Wipe,
+}
+
+impl BulkAction {
+    /// The wire name (`set_mode`, `lock`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            BulkAction::SetMode => "set_mode",
+            BulkAction::Lock => "lock",
+            BulkAction::Unlock => "unlock",
+            BulkAction::Wipe => "wipe",
+        }
+    }
+}
+
+/// `POST /devices/bulk`: one action on every live device a filter covers, done only if
+/// they are exactly `expected_count` (what the operator saw and confirmed).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BulkRequest {
+    /// Which devices (`after`, `limit` and `revoked` are refused here).
+    pub filter: DeviceQuery,
+    /// What to do.
+    pub action: BulkAction,
+    /// The mode, for `set_mode` (and only then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<ModeName>,
+    /// How many devices the operator confirmed; another number now is a 409 that
+    /// names the current count, and nothing is done.
+    pub expected_count: u64,
+    /// For commands: seconds until each expires (server default otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_secs: Option<u64>,
+}
+
+/// Answer to `POST /devices/bulk`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BulkDone {
+    /// The bulk action's id (in the audit entry, and in the note of each command).
+    pub id: String,
+    /// What was done.
+    pub action: String,
+    /// How many devices it covers: each gets its own signed bundle or command, issued
+    /// in batches right after this answer and pushed to those connected.
+    pub devices: u64,
+}
+
+/// Answer to `GET /devices/count?`[`DeviceQuery`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceCount {
+    /// How many devices the filter covers now.
+    pub count: u64,
+}
+
+/// Answer to `GET /devices`: one page, in enrollment order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DevicePage {
+    /// The devices of this page.
+    pub devices: Vec<DeviceView>,
+    /// The cursor of the next page (`after=`), when more follow.
+    pub next: Option<String>,
+}
+
 /// `GET /devices/counts`: live (not revoked) devices counted several ways.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceCounts {
@@ -257,6 +396,9 @@ pub struct DeviceCounts {
     pub by_hardware: BTreeMap<String, u64>,
     /// By device group (a device in two groups counts in both).
     pub by_group: BTreeMap<String, u64>,
+    /// By zone the device last reported being inside (a device in two counts in both).
+    #[serde(default)]
+    pub by_zone: BTreeMap<String, u64>,
 }
 
 /// `POST /groups`: a new device group (a unit, a department, a site).

@@ -361,8 +361,10 @@ pub struct App {
     /// Held while a device command is issued, so that issue times are strictly
     /// increasing per device (the phone orders lock and unlock by them).
     pub command_issue: tokio::sync::Mutex<()>,
-    /// Issues the bundles of devices whose assignments changed in bulk.
-    pub reissuer: crate::groups::Reissuer,
+    /// Stores verified reports in batches (group commit).
+    pub reports: crate::reports::ReportBatcher,
+    /// Issues what bulk changes left to do (bundles, commands), in batches.
+    pub fleet_worker: crate::fleet::FleetWorker,
 }
 
 /// SHA-256 of a secret token, as stored.
@@ -687,18 +689,6 @@ impl App {
         }
     }
 
-    /// `GET /devices`.
-    pub async fn list_devices(&self) -> Result<Vec<DeviceView>, ServiceError> {
-        let now = Timestamp::now();
-        Ok(self
-            .store
-            .list_devices()
-            .await?
-            .into_iter()
-            .map(|d| self.device_view(d, now))
-            .collect())
-    }
-
     /// `GET /devices/{id}`.
     pub async fn device(&self, id: &DeviceId) -> Result<DeviceView, ServiceError> {
         let d = self
@@ -883,21 +873,9 @@ impl App {
                 "a device may only report for itself".into(),
             ));
         }
-        let now = Timestamp::now();
-        let (outcome, verified) = self
-            .store
-            .record_report(
-                &report,
-                envelope,
-                now,
-                |dev| match self.bundle_of(dev) {
-                    Ok(bundle) => verdict(redoubt_policy::evaluate(&bundle, &report, now)),
-                    Err(e) => (Compliance::NonCompliant, vec![e.to_string()]),
-                },
-                |c, compliance| crate::commands::judge(c, &report, compliance),
-                &|h| self.sign_audit_head(h),
-            )
-            .await?;
+        let seq = report.seq;
+        let mode = report.effective_mode.clone();
+        let (outcome, verified) = self.reports.store(report, envelope.clone()).await?;
         self.after_verified(&verified).await?;
         metrics::counter!("redoubt_reports_total", "outcome" => match outcome {
             ReportOutcome::Stored(c) => c.as_str(),
@@ -910,9 +888,9 @@ impl App {
                 &device.id,
                 redoubt_proto::messaging::MessengerPush::QueueChanged,
             );
-            tracing::info!(device = %device.id, seq = report.seq, mode = %report.effective_mode, compliance = %c, "report stored");
+            tracing::info!(device = %device.id, seq, mode = %mode, compliance = %c, "report stored");
         }
-        Ok((report.seq, outcome))
+        Ok((seq, outcome))
     }
 }
 
@@ -1020,7 +998,7 @@ impl App {
     }
 }
 
-fn verdict(reasons: Vec<String>) -> (Compliance, Vec<String>) {
+pub(crate) fn verdict(reasons: Vec<String>) -> (Compliance, Vec<String>) {
     if reasons.is_empty() {
         (Compliance::Compliant, reasons)
     } else {

@@ -79,6 +79,7 @@ impl From<StoreError> for ServiceError {
         match e {
             StoreError::NotFound(what) => ServiceError::NotFound(format!("no {what}")),
             StoreError::Conflict(m) => ServiceError::Conflict(m),
+            e @ StoreError::CountMismatch { .. } => ServiceError::Conflict(e.to_string()),
             StoreError::Forbidden(m) => ServiceError::Forbidden(m),
             StoreError::Enroll(_) => ServiceError::TokenInvalid,
             StoreError::QuotaExceeded { used, size, limit } => {

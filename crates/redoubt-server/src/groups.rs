@@ -4,11 +4,10 @@
 //! in its own transaction.
 //!
 //! A change that touches many devices marks them `bundle_stale` in that transaction
-//! and wakes the [`Reissuer`], which issues their bundles in batches (one transaction
-//! and one fsync per batch) and pushes each to its phone if connected; it also runs at
-//! start, so a change whose bundles were not all issued before a crash is completed.
-
-use std::sync::Arc;
+//! and wakes the [`crate::fleet::FleetWorker`], which issues their bundles in batches
+//! (one transaction and one fsync per batch) and pushes each to its phone if
+//! connected; it also runs at start, so a change whose bundles were not all issued
+//! before a crash is completed.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -20,7 +19,6 @@ use redoubt_proto::api::{
 use redoubt_proto::{DeviceGroupName, Timestamp};
 use redoubt_store::DeviceGroupRecord;
 
-use crate::app::{App, Push};
 use crate::audit::Who;
 use crate::error::ServiceError;
 use crate::http::{Admin, ApiJson, HttpState, parse_path};
@@ -157,7 +155,7 @@ async fn add(
             &crate::audit::signer(&s.app),
         )
         .await?;
-    s.app.reissuer.wake();
+    s.app.fleet_worker.wake();
     tracing::info!(group = %name, added = change.changed.len(), by = %by.actor, "devices added to group");
     Ok(Json(GroupChange {
         changed: change.changed.len() as u64,
@@ -193,7 +191,7 @@ async fn remove(
             &crate::audit::signer(&s.app),
         )
         .await?;
-    s.app.reissuer.wake();
+    s.app.fleet_worker.wake();
     tracing::info!(group = %name, removed = change.changed.len(), by = %by.actor, "devices removed from group");
     Ok(Json(GroupChange {
         changed: change.changed.len() as u64,
@@ -233,65 +231,11 @@ async fn set_mode(
             &crate::audit::signer(&s.app),
         )
         .await?;
-    s.app.reissuer.wake();
+    s.app.fleet_worker.wake();
     tracing::info!(group = %name, mode = ?group.mode, devices = reissued, by = %by.actor, "group mode set");
     Ok(Json(GroupChange {
         changed: 0,
         reissued,
         group: view(group),
     }))
-}
-
-/// Issues the bundles of devices whose assignments changed, in batches, and pushes
-/// each new bundle to its phone. Woken after every such change, and at start.
-#[derive(Debug, Default)]
-pub struct Reissuer {
-    wake: tokio::sync::Notify,
-}
-
-/// Devices whose bundles one transaction issues.
-pub const REISSUE_BATCH: u32 = 500;
-
-impl Reissuer {
-    /// Asks the task to look for devices waiting for a bundle.
-    pub fn wake(&self) {
-        self.wake.notify_one();
-    }
-
-    /// Runs until the server shuts down.
-    pub async fn run(app: Arc<App>) {
-        let mut shutdown = app.shutdown.clone();
-        loop {
-            loop {
-                if *shutdown.borrow() {
-                    return;
-                }
-                let now = Timestamp::now();
-                match app
-                    .store
-                    .reissue_stale(REISSUE_BATCH, |r| app.issue_bundle(r, now))
-                    .await
-                {
-                    Ok(done) if done.is_empty() => break,
-                    Ok(done) => {
-                        for d in &done {
-                            app.hub.notify(&d.id, Push::BundleChanged);
-                        }
-                        tracing::debug!(devices = done.len(), "bundles reissued");
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "reissuing bundles failed; retrying in 5 s");
-                        tokio::select! {
-                            _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
-                            _ = shutdown.changed() => return,
-                        }
-                    }
-                }
-            }
-            tokio::select! {
-                _ = app.reissuer.wake.notified() => {}
-                _ = shutdown.changed() => return,
-            }
-        }
-    }
 }

@@ -87,7 +87,6 @@ pub fn routes(config: &crate::config::Config) -> (Router<HttpState>, Vec<RouteSp
         .add(V::GET, "/device/ws", P, crate::ws::device_ws)
         .add(V::GET, "/whoami", A(ANY_ADMIN), whoami)
         .add(V::POST, "/enrollments", A(OPERATOR), create_enrollment)
-        .add(V::GET, "/devices", A(ANY_ADMIN), list_devices)
         .add(V::GET, "/devices/{id}", A(ANY_ADMIN), show_device)
         .add(V::PUT, "/devices/{id}/mode", A(OPERATOR), set_mode)
         .add(V::POST, "/devices/{id}/approve", A(OWNER), approve_device)
@@ -494,13 +493,6 @@ async fn create_enrollment(
         StatusCode::CREATED,
         Json(s.app.create_enrollment(&Who::admin(&admin), req).await?),
     ))
-}
-
-async fn list_devices(
-    State(s): State<HttpState>,
-    _admin: Admin,
-) -> Result<impl IntoResponse, ServiceError> {
-    Ok(Json(s.app.list_devices().await?))
 }
 
 async fn show_device(

@@ -14,6 +14,7 @@ mod http;
 mod messaging;
 mod messenger_ws;
 mod pki;
+mod reports;
 mod routes;
 mod serve;
 mod ws;

@@ -81,7 +81,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 
     let admins = store.count_admin_tokens(Timestamp::now()).await?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (reports, report_jobs) = crate::reports::ReportBatcher::new();
     let app = Arc::new(App {
+        reports,
         enroll_limiter: RateLimiter::new(config.enroll_attempts_per_minute),
         challenge_limiter: RateLimiter::new(600),
         refusals: RefusalLog::new(config.refusal_audit_window_secs),
@@ -89,7 +91,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         sessions: Default::default(),
         doorbells: Default::default(),
         command_issue: Default::default(),
-        reissuer: Default::default(),
+        fleet_worker: Default::default(),
         store: store.clone(),
         keys,
         public_url: public_url.clone(),
@@ -118,9 +120,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!(addr = %bound, "listening");
 
-    // Bundles left to issue by a bulk change that a stop interrupted are issued now.
-    let reissuer = tokio::spawn(crate::groups::Reissuer::run(app.clone()));
-    app.reissuer.wake();
+    // What a bulk change left to do when the server stopped is done now.
+    let report_batcher = tokio::spawn(crate::reports::ReportBatcher::run(app.clone(), report_jobs));
+    let fleet_worker = tokio::spawn(crate::fleet::FleetWorker::run(app.clone()));
+    app.fleet_worker.wake();
     let sweeper = {
         let app = app.clone();
         let mut stop = app.shutdown.clone();
@@ -210,7 +213,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         );
     }
     let _ = sweeper.await;
-    let _ = reissuer.await;
+    let _ = fleet_worker.await;
+    let _ = report_batcher.await;
     store.close().await;
     drop(lock);
     println!("Redoubt server stopped");

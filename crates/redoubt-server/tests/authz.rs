@@ -45,6 +45,12 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ),
     (
         "GET",
+        "/api/v1/devices/count",
+        "admin:owner,officer,operator,auditor",
+    ),
+    ("POST", "/api/v1/devices/bulk", "admin:owner,operator"),
+    (
+        "GET",
         "/api/v1/groups",
         "admin:owner,officer,operator,auditor",
     ),

@@ -205,10 +205,39 @@ impl Store {
         sign: HeadSigner<'_>,
     ) -> Result<(CommandRecord, bool)> {
         let mut tx = self.write_tx().await?;
+        let (c, existing) = insert_command(&mut tx, &new, now).await?;
+        if !existing {
+            crate::audit::append(
+                &mut tx,
+                &[draft(
+                    &new.created_by,
+                    &new.source,
+                    &format!("device.{}", new.action.name()),
+                    &c,
+                    json!({ "expires_at": new.expires_at.to_string() }),
+                )],
+                now,
+                sign,
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok((c, existing))
+    }
+}
+
+/// Stores a new command inside `tx`, or returns the command already standing for the
+/// same request (`true`); see [`Store::create_command`]. Appends no audit entry.
+pub(crate) async fn insert_command(
+    tx: &mut Transaction<'_, Any>,
+    new: &NewCommand,
+    now: Timestamp,
+) -> Result<(CommandRecord, bool)> {
+    {
         let revoked: Option<Option<i64>> =
             sqlx::query_scalar("SELECT revoked_at FROM devices WHERE id = $1")
                 .bind(new.device_id.as_str())
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&mut **tx)
                 .await?;
         match revoked {
             None => return Err(StoreError::NotFound(format!("device {}", new.device_id))),
@@ -224,7 +253,7 @@ impl Store {
             "SELECT {COLUMNS} FROM device_commands WHERE device_id = $1 ORDER BY created_at DESC, rowid DESC"
         )))
         .bind(new.device_id.as_str())
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut **tx)
         .await?;
         let history: Vec<CommandRecord> = rows.iter().map(record).collect::<Result<_>>()?;
         let standing = match &new.action {
@@ -245,9 +274,7 @@ impl Store {
                 .find(|c| same_request(c, &new.action) && !c.state.is_final()),
         };
         if let Some(c) = standing {
-            let c = c.clone();
-            tx.commit().await?;
-            return Ok((c, true));
+            return Ok((c.clone(), true));
         }
         sqlx::query(
             "INSERT INTO device_commands (id, device_id, action, body, envelope, state, created_by, created_at, expires_at)
@@ -261,28 +288,16 @@ impl Store {
         .bind(&new.created_by)
         .bind(now.unix())
         .bind(new.expires_at.unix())
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
-        let c = load(&mut tx, &new.device_id, &new.id)
+        let c = load(tx, &new.device_id, &new.id)
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("command {}", new.id)))?;
-        crate::audit::append(
-            &mut tx,
-            &[draft(
-                &new.created_by,
-                &new.source,
-                &format!("device.{}", new.action.name()),
-                &c,
-                json!({ "expires_at": new.expires_at.to_string() }),
-            )],
-            now,
-            sign,
-        )
-        .await?;
-        tx.commit().await?;
         Ok((c, false))
     }
+}
 
+impl Store {
     /// When the device's newest command was issued, if it has any.
     pub async fn newest_command_at(&self, device: &DeviceId) -> Result<Option<Timestamp>> {
         let at: Option<i64> =

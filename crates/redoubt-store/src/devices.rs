@@ -547,120 +547,64 @@ impl Store {
         judge: impl Fn(&crate::CommandRecord, Compliance) -> Option<String>,
         sign: crate::HeadSigner<'_>,
     ) -> Result<(ReportOutcome, Vec<crate::CommandRecord>)> {
-        let mut tx = self.write_tx().await?;
-        let dev = load_device(&mut tx, &report.device_id).await?;
-        if dev.last_report_seq.is_some_and(|s| report.seq <= s) {
-            return Ok((ReportOutcome::Duplicate, Vec::new()));
-        }
-        let (compliance, reasons) = evaluate(&dev);
-        sqlx::query("INSERT INTO reports (device_id, seq, received_at, compliance, envelope) VALUES ($1, $2, $3, $4, $5)")
-            .bind(dev.id.as_str())
-            .bind(report.seq as i64)
-            .bind(now.unix())
-            .bind(compliance_str(compliance))
-            .bind(to_json(envelope))
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "UPDATE devices SET last_report_seq = $1, last_report_at = $2, last_report = $3, compliance = $4,
-             compliance_reasons = $5 WHERE id = $6",
-        )
-        .bind(report.seq as i64)
-        .bind(now.unix())
-        .bind(to_json(report))
-        .bind(compliance_str(compliance))
-        .bind(to_json(&reasons))
-        .bind(dev.id.as_str())
-        .execute(&mut *tx)
-        .await?;
-        let actor = format!("device:{}", dev.id);
-        let mut audit = Vec::new();
-        for e in &report.events {
-            let fresh = sqlx::query(
-                "INSERT INTO device_events (device_id, event_id, at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        let mut evaluate = Some(evaluate);
+        let mut out = self
+            .record_reports(
+                &[(report, envelope)],
+                now,
+                |dev, _| match evaluate.take() {
+                    Some(f) => f(dev),
+                    None => (Compliance::NonCompliant, vec!["evaluated twice".into()]),
+                },
+                |c, _, compliance| judge(c, compliance),
+                sign,
             )
-            .bind(dev.id.as_str())
-            .bind(&e.id)
-            .bind(now.unix())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-                == 1;
-            if fresh {
-                audit.push(crate::AuditDraft {
-                    actor: actor.clone(),
-                    source: String::new(),
-                    action: event_action(&e.kind).into(),
-                    device_id: Some(dev.id.clone()),
-                    detail: serde_json::to_value(e).unwrap_or_default(),
-                });
-            }
+            .await?;
+        out.pop()
+            .unwrap_or_else(|| Err(StoreError::Corrupt("no outcome for the report".into())))
+    }
+
+    /// [`Store::record_report`] for a batch of reports in one transaction (one fsync):
+    /// group commit. Each report gets its own outcome (a report of a device that does
+    /// not exist fails alone); a database failure fails the batch, and
+    /// then nothing of it is stored. The audit entries of the whole batch are appended
+    /// with one signed head. Several reports of one device are taken in order.
+    pub async fn record_reports(
+        &self,
+        reports: &[(&ComplianceReport, &SignedEnvelope)],
+        now: Timestamp,
+        mut evaluate: impl FnMut(&DeviceRecord, &ComplianceReport) -> (Compliance, Vec<String>),
+        judge: impl Fn(&crate::CommandRecord, &ComplianceReport, Compliance) -> Option<String>,
+        sign: crate::HeadSigner<'_>,
+    ) -> Result<Vec<Result<(ReportOutcome, Vec<crate::CommandRecord>)>>> {
+        let mut tx = self.write_tx().await?;
+        let mut outcomes = Vec::with_capacity(reports.len());
+        let mut drafts = Vec::new();
+        for (report, envelope) in reports {
+            let dev = match load_device(&mut tx, &report.device_id).await {
+                Ok(d) => d,
+                Err(e @ StoreError::NotFound(_)) => {
+                    outcomes.push(Err(e));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            outcomes.push(Ok(record_one(
+                &mut tx,
+                dev,
+                report,
+                envelope,
+                now,
+                &mut evaluate,
+                &judge,
+                &mut drafts,
+                sign,
+            )
+            .await?));
         }
-        let previous_mode = dev.last_report.as_ref().map(|r| r.effective_mode.as_str());
-        if previous_mode != Some(report.effective_mode.as_str()) {
-            audit.push(crate::AuditDraft {
-                actor: actor.clone(),
-                source: String::new(),
-                action: "mode.changed".into(),
-                device_id: Some(dev.id.clone()),
-                detail: serde_json::json!({
-                    "from": previous_mode,
-                    "to": report.effective_mode,
-                    "zones": report.zones,
-                    "locked_by": report.locked_by,
-                    "bundle_version": report.bundle_version,
-                    "seq": report.seq,
-                }),
-            });
-        }
-        if dev.compliance != compliance || dev.last_report.is_none() {
-            audit.push(crate::AuditDraft {
-                actor: "server".into(),
-                source: String::new(),
-                action: "compliance.changed".into(),
-                device_id: Some(dev.id.clone()),
-                detail: serde_json::json!({
-                    "from": dev.compliance.as_str(),
-                    "to": compliance.as_str(),
-                    "reasons": reasons,
-                    "seq": report.seq,
-                }),
-            });
-        }
-        crate::audit::append(&mut tx, &audit, now, sign).await?;
-        let mut verified = Vec::new();
-        for c in crate::commands::open_in(&mut tx, &dev.id).await? {
-            let mut c = c;
-            if report.commands_done.contains(&c.id)
-                && c.state != redoubt_proto::CommandState::Acknowledged
-            {
-                c = crate::commands::transition(
-                    &mut tx,
-                    &c,
-                    redoubt_proto::CommandState::Acknowledged,
-                    None,
-                    now,
-                    &actor,
-                    sign,
-                )
-                .await?;
-            }
-            if let Some(note) = judge(&c, compliance) {
-                c = crate::commands::transition(
-                    &mut tx,
-                    &c,
-                    redoubt_proto::CommandState::Verified,
-                    Some(&note),
-                    now,
-                    &actor,
-                    sign,
-                )
-                .await?;
-                verified.push(c);
-            }
-        }
+        crate::audit::append(&mut tx, &drafts, now, sign).await?;
         tx.commit().await?;
-        Ok((ReportOutcome::Stored(compliance), verified))
+        Ok(outcomes)
     }
 
     /// Number of reports stored for a device (the history).
@@ -698,4 +642,147 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// One report of a batch, inside its transaction: stored if newer, judged, its events
+/// and changes drafted for the audit log (appended by the caller), its commands moved on.
+#[allow(clippy::too_many_arguments)]
+async fn record_one(
+    tx: &mut Transaction<'_, Any>,
+    dev: DeviceRecord,
+    report: &ComplianceReport,
+    envelope: &SignedEnvelope,
+    now: Timestamp,
+    evaluate: &mut impl FnMut(&DeviceRecord, &ComplianceReport) -> (Compliance, Vec<String>),
+    judge: &impl Fn(&crate::CommandRecord, &ComplianceReport, Compliance) -> Option<String>,
+    drafts: &mut Vec<crate::AuditDraft>,
+    sign: crate::HeadSigner<'_>,
+) -> Result<(ReportOutcome, Vec<crate::CommandRecord>)> {
+    if dev.last_report_seq.is_some_and(|s| report.seq <= s) {
+        return Ok((ReportOutcome::Duplicate, Vec::new()));
+    }
+    let (compliance, reasons) = evaluate(&dev, report);
+    sqlx::query("INSERT INTO reports (device_id, seq, received_at, compliance, envelope) VALUES ($1, $2, $3, $4, $5)")
+            .bind(dev.id.as_str())
+            .bind(report.seq as i64)
+            .bind(now.unix())
+            .bind(compliance_str(compliance))
+            .bind(to_json(envelope))
+            .execute(&mut **tx)
+            .await?;
+    sqlx::query(
+            "UPDATE devices SET last_report_seq = $1, last_report_at = $2, last_report = $3, compliance = $4,
+             compliance_reasons = $5 WHERE id = $6",
+        )
+        .bind(report.seq as i64)
+        .bind(now.unix())
+        .bind(to_json(report))
+        .bind(compliance_str(compliance))
+        .bind(to_json(&reasons))
+        .bind(dev.id.as_str())
+        .execute(&mut **tx)
+        .await?;
+    let previous_zones = dev.last_report.as_ref().map(|r| r.zones.as_slice());
+    if previous_zones != Some(report.zones.as_slice()) {
+        sqlx::query("DELETE FROM device_zones WHERE device_id = $1")
+            .bind(dev.id.as_str())
+            .execute(&mut **tx)
+            .await?;
+        for z in &report.zones {
+            sqlx::query(
+                "INSERT INTO device_zones (device_id, zone) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            )
+            .bind(dev.id.as_str())
+            .bind(z.as_str())
+            .execute(&mut **tx)
+            .await?;
+        }
+    }
+    let actor = format!("device:{}", dev.id);
+    let mut audit = Vec::new();
+    for e in &report.events {
+        let fresh = sqlx::query(
+                "INSERT INTO device_events (device_id, event_id, at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            )
+            .bind(dev.id.as_str())
+            .bind(&e.id)
+            .bind(now.unix())
+            .execute(&mut **tx)
+            .await?
+            .rows_affected()
+                == 1;
+        if fresh {
+            audit.push(crate::AuditDraft {
+                actor: actor.clone(),
+                source: String::new(),
+                action: event_action(&e.kind).into(),
+                device_id: Some(dev.id.clone()),
+                detail: serde_json::to_value(e).unwrap_or_default(),
+            });
+        }
+    }
+    let previous_mode = dev.last_report.as_ref().map(|r| r.effective_mode.as_str());
+    if previous_mode != Some(report.effective_mode.as_str()) {
+        audit.push(crate::AuditDraft {
+            actor: actor.clone(),
+            source: String::new(),
+            action: "mode.changed".into(),
+            device_id: Some(dev.id.clone()),
+            detail: serde_json::json!({
+                "from": previous_mode,
+                "to": report.effective_mode,
+                "zones": report.zones,
+                "locked_by": report.locked_by,
+                "bundle_version": report.bundle_version,
+                "seq": report.seq,
+            }),
+        });
+    }
+    if dev.compliance != compliance || dev.last_report.is_none() {
+        audit.push(crate::AuditDraft {
+            actor: "server".into(),
+            source: String::new(),
+            action: "compliance.changed".into(),
+            device_id: Some(dev.id.clone()),
+            detail: serde_json::json!({
+                "from": dev.compliance.as_str(),
+                "to": compliance.as_str(),
+                "reasons": reasons,
+                "seq": report.seq,
+            }),
+        });
+    }
+    drafts.extend(audit);
+    let mut verified = Vec::new();
+    for c in crate::commands::open_in(tx, &dev.id).await? {
+        let mut c = c;
+        if report.commands_done.contains(&c.id)
+            && c.state != redoubt_proto::CommandState::Acknowledged
+        {
+            c = crate::commands::transition(
+                tx,
+                &c,
+                redoubt_proto::CommandState::Acknowledged,
+                None,
+                now,
+                &actor,
+                sign,
+            )
+            .await?;
+        }
+        if let Some(note) = judge(&c, report, compliance) {
+            c = crate::commands::transition(
+                tx,
+                &c,
+                redoubt_proto::CommandState::Verified,
+                Some(&note),
+                now,
+                &actor,
+                sign,
+            )
+            .await?;
+            verified.push(c);
+        }
+    }
+    Ok((ReportOutcome::Stored(compliance), verified))
 }

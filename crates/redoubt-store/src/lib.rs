@@ -31,7 +31,7 @@ pub use commands::{CommandRecord, NewCommand};
 pub use devices::{
     APPROVED_AS_FIRST_DEVICE, BundleRequest, DeviceRecord, IssuedBundle, NewDevice, ReportOutcome,
 };
-pub use fleet::{DeviceBreakdown, DeviceCursor, DeviceFilter, MAX_PAGE};
+pub use fleet::{BulkPending, DeviceBreakdown, DeviceCursor, DeviceFilter, MAX_PAGE, NewBulk};
 pub use groups::{DeviceGroupRecord, MembershipChange};
 pub use messaging::{
     AWAITING_APPROVAL, BlobRecord, ClaimedRecord, CommitBase, CommitInput, CommitOutcome,
@@ -64,6 +64,15 @@ pub enum StoreError {
         size: u64,
         /// The quota.
         limit: u64,
+    },
+    /// A bulk action's confirmed count is not the number of devices its filter covers
+    /// now (nothing was done).
+    #[error("the filter covers {actual} devices, not the {expected} confirmed; nothing was done")]
+    CountMismatch {
+        /// The count the operator confirmed.
+        expected: u64,
+        /// The count now.
+        actual: u64,
     },
     /// An enrollment token was refused.
     #[error("enrollment refused: {0:?}")]
@@ -129,6 +138,16 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "device_groups",
         include_str!("../migrations/sqlite/0009_device_groups.sql"),
     ),
+    (
+        10,
+        "device_zones",
+        include_str!("../migrations/sqlite/0010_device_zones.sql"),
+    ),
+    (
+        11,
+        "bulk_actions",
+        include_str!("../migrations/sqlite/0011_bulk_actions.sql"),
+    ),
 ];
 
 /// The PostgreSQL migration history: its own, starting from the SQLite schema of 0008.
@@ -142,6 +161,16 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "device_groups",
         include_str!("../migrations/postgres/0002_device_groups.sql"),
+    ),
+    (
+        3,
+        "device_zones",
+        include_str!("../migrations/postgres/0003_device_zones.sql"),
+    ),
+    (
+        4,
+        "bulk_actions",
+        include_str!("../migrations/postgres/0004_bulk_actions.sql"),
     ),
 ];
 

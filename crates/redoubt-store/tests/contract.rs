@@ -612,3 +612,67 @@ fn sign_head(head: &redoubt_proto::AuditHead) -> SignedEnvelope {
         signature: String::new(),
     }
 }
+
+contract! {
+    async fn a_batch_of_reports_is_one_commit_with_an_outcome_each(tmp) {
+        let store = open(&tmp).await;
+        let mut ids = Vec::new();
+        for n in 1..=3 {
+            let hash = token(&store, n, 60).await;
+            let dev = store
+                .enroll_device(&hash, device(n), NOW, issue, |_| vec![], &sign_head)
+                .await
+                .unwrap();
+            ids.push(dev.id);
+        }
+        let env = SignedEnvelope {
+            kind: "r".into(),
+            payload: String::new(),
+            signature: String::new(),
+        };
+        let unknown = DeviceId::from_random([99; 12]);
+        let mut zoned = report(&ids[2], 1);
+        zoned.zones = vec!["lab".parse().unwrap()];
+        let reports = [
+            report(&ids[0], 1),
+            report(&ids[0], 2),
+            report(&ids[0], 2),
+            report(&unknown, 1),
+            report(&ids[1], 5),
+            zoned,
+        ];
+        let inputs: Vec<_> = reports.iter().map(|r| (r, &env)).collect();
+        let mut evaluated = Vec::new();
+        let out = store
+            .record_reports(
+                &inputs,
+                NOW,
+                |dev, r| {
+                    evaluated.push((dev.id.clone(), r.seq));
+                    (Compliance::Compliant, vec![])
+                },
+                |_, _, _| None,
+                &sign_head,
+            )
+            .await
+            .unwrap();
+        assert_eq!(out.len(), 6);
+        let stored = ReportOutcome::Stored(Compliance::Compliant);
+        assert_eq!(out[0].as_ref().unwrap().0, stored);
+        assert_eq!(out[1].as_ref().unwrap().0, stored, "a later report of the same device, in order");
+        assert_eq!(out[2].as_ref().unwrap().0, ReportOutcome::Duplicate);
+        assert!(matches!(out[3], Err(StoreError::NotFound(_))), "an unknown device fails alone");
+        assert_eq!(out[4].as_ref().unwrap().0, stored);
+        assert_eq!(out[5].as_ref().unwrap().0, stored);
+        assert_eq!(evaluated.len(), 4, "duplicates and unknown devices are not judged");
+        assert_eq!(store.count_reports(&ids[0]).await.unwrap(), 2);
+        let d = store.get_device(&ids[0]).await.unwrap().unwrap();
+        assert_eq!((d.last_report_seq, d.compliance), (Some(2), Compliance::Compliant));
+        // The zone it reported is what the zone filter sees.
+        let in_lab = redoubt_store::DeviceFilter {
+            zone: Some("lab".parse().unwrap()),
+            ..Default::default()
+        };
+        assert_eq!(store.count_devices(&in_lab, NOW).await.unwrap(), 1);
+    }
+}

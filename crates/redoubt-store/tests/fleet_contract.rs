@@ -26,6 +26,7 @@ async fn all_pages(store: &Store, filter: &DeviceFilter, limit: u32) -> (Vec<Dev
             Some(c) => {
                 // The cursor survives its trip through the API.
                 after = Some(DeviceCursor::decode(&c.encode()).unwrap());
+                assert_eq!(after, Some(c));
             }
             None => return (ids, pages),
         }
@@ -42,6 +43,7 @@ contract! {
         let everything = DeviceFilter::default();
         let (ids, pages) = all_pages(&store, &everything, 3).await;
         assert_eq!(pages, 3);
+        assert_eq!(ids, devices, "in the order they enrolled");
         let mut sorted = devices.clone();
         sorted.sort();
         let mut got = ids.clone();
@@ -110,8 +112,126 @@ contract! {
         // Bad page sizes and foreign cursors are refused.
         assert!(store.list_devices_page(&everything, NOW, None, 0).await.is_err());
         assert!(store.list_devices_page(&everything, NOW, None, 5_001).await.is_err());
-        assert!(DeviceCursor::decode("12.dev_zz").is_none());
-        assert!(DeviceCursor::decode("x.dev_000000000000000000000000").is_none());
+        assert!(DeviceCursor::decode("12").is_none());
+        assert!(DeviceCursor::decode("r-1").is_none());
+        assert!(DeviceCursor::decode("rx").is_none());
         assert!(DeviceCursor::decode("").is_none());
+    }
+}
+
+mod bulk {
+    use super::*;
+    use redoubt_proto::{CommandId, DeviceAction, SignedEnvelope};
+    use redoubt_store::{BulkPending, NewBulk, NewCommand, StoreError};
+
+    fn make(item: &BulkPending, at: redoubt_proto::Timestamp) -> NewCommand {
+        static NEXT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(1);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        NewCommand {
+            id: CommandId::from_random([n; 12]),
+            device_id: item.device.clone(),
+            action: item.action.clone(),
+            envelope: SignedEnvelope {
+                kind: "test".into(),
+                payload: format!("{}@{}", item.device, at.unix()),
+                signature: String::new(),
+            },
+            created_by: item.created_by.clone(),
+            source: item.source.clone(),
+            expires_at: item.expires_at,
+        }
+    }
+
+    contract! {
+        async fn a_bulk_command_fixes_its_devices_and_resumes_after_a_stop(db) {
+            let store = open(&db).await;
+            let mut devices = Vec::new();
+            for n in 1..=4 {
+                devices.push(enrolled(&store, n).await);
+            }
+            let g: DeviceGroupName = "unit-2".parse().unwrap();
+            store
+                .create_device_group(&g, "", None, "admin:a", NOW, |_| vec![], &sign)
+                .await
+                .unwrap();
+            store
+                .add_to_device_group(&g, &devices[..3], NOW, |_, _| vec![], &sign)
+                .await
+                .unwrap();
+            let filter = DeviceFilter { group: Some(g.clone()), ..Default::default() };
+            let bulk = NewBulk {
+                id: "bulk_0001",
+                action: &DeviceAction::Lock,
+                filter_json: r#"{"group":"unit-2"}"#,
+                created_by: "admin:a",
+                source: "192.0.2.1",
+                expires_at: NOW.plus_secs(3600),
+            };
+            // The wrong count does nothing.
+            let err = store
+                .start_bulk_command(&bulk, &filter, NOW, 4, NOW, |_| vec![], &sign)
+                .await
+                .unwrap_err();
+            assert!(matches!(err, StoreError::CountMismatch { expected: 4, actual: 3 }), "{err}");
+            assert!(store.pending_bulk(100).await.unwrap().is_empty());
+
+            let n = store
+                .start_bulk_command(&bulk, &filter, NOW, 3, NOW, |_| vec![], &sign)
+                .await
+                .unwrap();
+            assert_eq!(n, 3);
+            // A device that joins the group afterwards is not swept in.
+            store
+                .add_to_device_group(&g, &devices[3..], NOW, |_, _| vec![], &sign)
+                .await
+                .unwrap();
+            // One device is revoked before its command is made: it is skipped.
+            store
+                .revoke_device(&devices[2], NOW, NOW.plus_secs(60), |_| vec![], |_| vec![], &sign)
+                .await
+                .unwrap();
+            let first = store.pending_bulk(1).await.unwrap();
+            assert_eq!(first.len(), 1);
+            let made = store.carry_out_bulk(&first, NOW, make).await.unwrap();
+            assert_eq!(made.len(), 1);
+
+            // The server stops here; the next one finds the rest waiting.
+            store.close().await;
+            let store = open(&db).await;
+            let rest = store.pending_bulk(100).await.unwrap();
+            assert_eq!(rest.len(), 2);
+            assert!(rest.iter().all(|p| p.action == DeviceAction::Lock && p.created_by == "admin:a"));
+            let made = store.carry_out_bulk(&rest, NOW, make).await.unwrap();
+            assert_eq!(made.len(), 1, "the revoked device got no command");
+            assert!(store.pending_bulk(100).await.unwrap().is_empty());
+            for d in &devices[..2] {
+                let cmds = store.list_commands(d).await.unwrap();
+                assert_eq!(cmds.len(), 1);
+                assert_eq!(cmds[0].action, DeviceAction::Lock);
+            }
+            assert!(store.list_commands(&devices[3]).await.unwrap().is_empty());
+        }
+
+        async fn a_bulk_mode_change_confirms_its_count(db) {
+            let store = open(&db).await;
+            for n in 1..=3 {
+                enrolled(&store, n).await;
+            }
+            let everything = DeviceFilter::default();
+            let lockdown: redoubt_proto::ModeName = "lockdown".parse().unwrap();
+            let err = store
+                .bulk_set_mode(&everything, NOW, 2, &lockdown, NOW, |_| vec![], &sign)
+                .await
+                .unwrap_err();
+            assert!(matches!(err, StoreError::CountMismatch { expected: 2, actual: 3 }));
+            assert_eq!(store.stale_bundle_count().await.unwrap(), 0);
+            let n = store
+                .bulk_set_mode(&everything, NOW, 3, &lockdown, NOW, |_| vec![], &sign)
+                .await
+                .unwrap();
+            assert_eq!((n, store.stale_bundle_count().await.unwrap()), (3, 3));
+            let assigned = DeviceFilter { assigned_mode: Some(lockdown), ..Default::default() };
+            assert_eq!(store.count_devices(&assigned, NOW).await.unwrap(), 3);
+        }
     }
 }

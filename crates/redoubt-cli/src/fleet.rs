@@ -1,0 +1,281 @@
+//! Fleet commands: `devices list` with filters (following the server's pages) and
+//! `devices counts`.
+
+use anyhow::bail;
+use clap::{Args, Subcommand};
+use redoubt_proto::api::{
+    BulkAction, BulkDone, BulkRequest, DeviceCount, DeviceCounts, DevicePage, DeviceQuery,
+    DeviceView,
+};
+use redoubt_proto::{
+    Compliance, DeviceGroupName, HardwareKind, ModeName, Timestamp, UserName, ZoneName,
+};
+
+use crate::args::Global;
+use crate::commands::{Answer, Api, print_json};
+use crate::output;
+
+/// The filters every fleet command takes: each narrows; none means every live device.
+#[derive(Debug, Clone, Default, Args)]
+pub struct FilterArgs {
+    /// Verdict: compliant, non_compliant, pending or stale.
+    #[arg(long, value_name = "VERDICT", value_parser = parse_compliance)]
+    pub compliance: Option<Compliance>,
+    /// Effective mode of the newest bundle.
+    #[arg(long, value_name = "MODE")]
+    pub mode: Option<String>,
+    /// The operator's own assignment.
+    #[arg(long, value_name = "MODE")]
+    pub assigned_mode: Option<ModeName>,
+    /// Owner.
+    #[arg(long, value_name = "USER")]
+    pub user: Option<UserName>,
+    /// Hardware backend: sim, linux or sailfish.
+    #[arg(long, value_name = "KIND", value_parser = parse_hardware)]
+    pub hardware: Option<HardwareKind>,
+    /// Members of this device group.
+    #[arg(long, value_name = "GROUP")]
+    pub group: Option<DeviceGroupName>,
+    /// Inside this zone, as last reported.
+    #[arg(long, value_name = "ZONE")]
+    pub zone: Option<ZoneName>,
+    /// No report since TIME (RFC 3339) or for an age (2h, 7days), or never.
+    #[arg(long, value_name = "TIME|AGE", value_parser = crate::audit::parse_since)]
+    pub seen_before: Option<Timestamp>,
+    /// A report at or after TIME (RFC 3339) or within an age (2h, 7days).
+    #[arg(long, value_name = "TIME|AGE", value_parser = crate::audit::parse_since)]
+    pub seen_after: Option<Timestamp>,
+}
+
+impl FilterArgs {
+    /// The query these filters make.
+    pub fn query(&self) -> DeviceQuery {
+        DeviceQuery {
+            compliance: self.compliance,
+            mode: self.mode.clone(),
+            assigned_mode: self.assigned_mode.clone(),
+            user: self.user.clone(),
+            hardware: self.hardware,
+            group: self.group.clone(),
+            zone: self.zone.clone(),
+            seen_before: self.seen_before,
+            seen_after: self.seen_after,
+            ..Default::default()
+        }
+    }
+}
+
+fn parse_compliance(s: &str) -> Result<Compliance, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_owned()))
+        .map_err(|_| "one of compliant, non_compliant, pending, stale".to_owned())
+}
+
+fn parse_hardware(s: &str) -> Result<HardwareKind, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_owned()))
+        .map_err(|_| "one of sim, linux, sailfish".to_owned())
+}
+
+/// `devices list` arguments.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ListArgs {
+    /// Which devices.
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Revoked devices too.
+    #[arg(long)]
+    pub revoked: bool,
+    /// Print at most this many (default: all, fetched page by page).
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u64>,
+}
+
+/// `devices?…` for a query: its fields as query-string pairs.
+pub fn devices_path(q: &DeviceQuery) -> String {
+    let mut pairs = url::form_urlencoded::Serializer::new(String::new());
+    if let Ok(serde_json::Value::Object(map)) = serde_json::to_value(q) {
+        for (k, v) in map {
+            let v = match v {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            };
+            pairs.append_pair(&k, &v);
+        }
+    }
+    let q = pairs.finish();
+    if q.is_empty() {
+        "devices".into()
+    } else {
+        format!("devices?{q}")
+    }
+}
+
+/// Fetches every page of the devices the query covers (at most `limit` devices): the
+/// views, and the server's JSON of each.
+pub async fn fetch_all(
+    api: &Api,
+    mut q: DeviceQuery,
+    limit: Option<u64>,
+) -> anyhow::Result<(Vec<DeviceView>, Vec<serde_json::Value>)> {
+    let mut out = Vec::new();
+    let mut raw = Vec::new();
+    loop {
+        let left = limit.map(|l| l.saturating_sub(out.len() as u64));
+        if left == Some(0) {
+            return Ok((out, raw));
+        }
+        q.limit = Some(left.map_or(DeviceQuery::MAX_LIMIT, |l| {
+            u32::try_from(l)
+                .unwrap_or(u32::MAX)
+                .min(DeviceQuery::MAX_LIMIT)
+        }));
+        let page: Answer<DevicePage> = api.get(&devices_path(&q)).await?;
+        out.extend(page.value.devices);
+        if let Some(items) = page.raw.get("devices").and_then(|d| d.as_array()) {
+            raw.extend(items.iter().cloned());
+        }
+        match page.value.next {
+            Some(next) => q.after = Some(next),
+            None => return Ok((out, raw)),
+        }
+    }
+}
+
+/// `devices list`.
+pub async fn list(g: &Global, args: ListArgs) -> anyhow::Result<()> {
+    let mut q = args.filter.query();
+    q.revoked = args.revoked;
+    let (devices, raw) = fetch_all(&Api::new(g)?, q, args.limit).await?;
+    if g.json {
+        return print_json(&serde_json::Value::Array(raw));
+    }
+    output::emit(&output::device_table(&devices, Timestamp::now()))
+}
+
+/// `devices bulk …`: one action on every device a filter covers.
+#[derive(Debug, Subcommand)]
+pub enum BulkCommand {
+    /// Assign a base mode (each device gets a new bundle).
+    SetMode {
+        /// The mode.
+        #[arg(value_name = "MODE")]
+        new_mode: ModeName,
+        #[command(flatten)]
+        args: BulkArgs,
+    },
+    /// Lock each phone.
+    Lock(BulkArgs),
+    /// Lift each phone's lock.
+    Unlock(BulkArgs),
+    /// Wipe each phone (owners only; also needs --yes).
+    Wipe {
+        #[command(flatten)]
+        args: BulkArgs,
+        /// Confirms that the keys and data on every one of these phones are destroyed.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// What every bulk action takes.
+#[derive(Debug, Args)]
+pub struct BulkArgs {
+    /// Which devices.
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// The number of devices the filter covers, as confirmed; without it, the command
+    /// only says how many that is.
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+    /// Commands: how long until each expires, e.g. 7d (server default otherwise).
+    #[arg(long, value_name = "DURATION", value_parser = crate::args::parse_ttl)]
+    pub expires_in: Option<std::time::Duration>,
+}
+
+/// `devices bulk …`.
+pub async fn bulk(g: &Global, cmd: BulkCommand) -> anyhow::Result<()> {
+    let (action, mode, args) = match cmd {
+        BulkCommand::SetMode { new_mode, args } => (BulkAction::SetMode, Some(new_mode), args),
+        BulkCommand::Lock(args) => (BulkAction::Lock, None, args),
+        BulkCommand::Unlock(args) => (BulkAction::Unlock, None, args),
+        BulkCommand::Wipe { args, yes } => {
+            if !yes && args.count.is_some() {
+                bail!(
+                    "a wipe destroys the keys and data on every phone the filter covers and then \
+                     revokes them; it cannot be undone. Run again with --yes to confirm"
+                );
+            }
+            (BulkAction::Wipe, None, args)
+        }
+    };
+    let api = Api::new(g)?;
+    let filter = args.filter.query();
+    let Some(expected) = args.count else {
+        let mut path = devices_path(&filter);
+        path = path.replacen("devices", "devices/count", 1);
+        let n: Answer<DeviceCount> = api.get(&path).await?;
+        bail!(
+            "the filter covers {} device(s) now; to {} them, run again with --count {}",
+            n.value.count,
+            action.name().replace('_', "-"),
+            n.value.count
+        );
+    };
+    let req = BulkRequest {
+        filter,
+        action,
+        mode,
+        expected_count: expected,
+        expires_in_secs: args.expires_in.map(|d| d.as_secs()),
+    };
+    let done: Answer<BulkDone> = api.post("devices/bulk", &req).await?;
+    done.print(g, |d| {
+        format!(
+            "{}: {} device(s) get their own signed {} (bulk action {})\n",
+            d.action,
+            d.devices,
+            if d.action == "set_mode" {
+                "bundle"
+            } else {
+                "command"
+            },
+            d.id
+        )
+    })
+}
+
+/// `devices counts`.
+pub async fn counts(g: &Global) -> anyhow::Result<()> {
+    let counts: Answer<DeviceCounts> = Api::new(g)?.get("devices/counts").await?;
+    counts.print(g, output::device_counts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_become_a_query_string_and_nothing_else() {
+        assert_eq!(devices_path(&DeviceQuery::default()), "devices");
+        let q = DeviceQuery {
+            compliance: Some(Compliance::Stale),
+            group: Some("unit-7".parse().unwrap()),
+            revoked: true,
+            after: Some("1800000000.dev_000000000000000000000001".into()),
+            limit: Some(500),
+            ..Default::default()
+        };
+        let path = devices_path(&q);
+        assert!(path.starts_with("devices?"), "{path}");
+        for pair in [
+            "compliance=stale",
+            "group=unit-7",
+            "revoked=true",
+            "limit=500",
+            "after=1800000000.dev_",
+        ] {
+            assert!(path.contains(pair), "{pair} missing from {path}");
+        }
+        assert!(parse_compliance("stale").is_ok() && parse_compliance("bad").is_err());
+        assert!(parse_hardware("sailfish").is_ok() && parse_hardware("ios").is_err());
+    }
+}
