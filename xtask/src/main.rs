@@ -6,6 +6,9 @@
 //! - `cargo xtask bench messaging …` measures end-to-end messaging between N simulated
 //!   devices (messages/s, latency, server memory) and the cost of MLS operations in
 //!   groups of 10/100/1000 members (see [`messaging`]).
+//! - `cargo xtask bench fleet [--phones N] …` simulates N phones in one process with the
+//!   real protocol and measures connections held, memory per phone, a set-mode to all,
+//!   report ingest and one phone's set-mode (see [`fleet`]).
 //! - `cargo xtask fuzz [--seconds N] [TARGET…]` builds the cargo-fuzz targets of
 //!   `fuzz/` once and runs each N seconds on generated seed corpora (see [`fuzz`]).
 //! - `cargo xtask soak [--cycles N] …` kills the release server with SIGKILL N times
@@ -19,6 +22,7 @@
 
 mod common;
 mod compliance;
+mod fleet;
 mod fuzz;
 mod messaging;
 mod mls_cost;
@@ -43,6 +47,7 @@ fn main() -> anyhow::Result<()> {
             tokio::runtime::Runtime::new()?.block_on(compliance::bench_compliance(devices, rounds))
         }
         ["bench", "messaging", rest @ ..] => messaging::main(rest),
+        ["bench", "fleet", rest @ ..] => fleet::main(rest),
         ["vm-test", rest @ ..] => vm::main(rest),
         ["fuzz", rest @ ..] => fuzz::main(rest),
         ["soak", rest @ ..] => soak::main(rest),
@@ -50,6 +55,7 @@ fn main() -> anyhow::Result<()> {
         _ => {
             eprintln!("usage: cargo xtask test");
             eprintln!("       cargo xtask bench compliance [--devices N] [--rounds R]");
+            eprintln!("       {}", fleet::USAGE);
             eprintln!("       {}", messaging::USAGE);
             eprintln!("       {}", vm::USAGE);
             eprintln!("       {}", fuzz::USAGE);

@@ -167,6 +167,8 @@ pub struct ServerClient {
     /// The whole `Authorization` header value, when there is a credential.
     auth: Option<String>,
     http: reqwest::Client,
+    /// The pinned TLS configuration of WebSocket connections (built once).
+    ws_tls: Arc<ClientConfig>,
 }
 
 impl std::fmt::Debug for ServerClient {
@@ -205,6 +207,7 @@ impl ServerClient {
             pin,
             auth: token.map(|t| format!("Bearer {t}")),
             http,
+            ws_tls: Arc::new(pinned_tls_config(pin, &[b"http/1.1"])),
         })
     }
 
@@ -322,6 +325,16 @@ impl ServerClient {
 
     /// Opens a WebSocket at `path` over TLS pinned the same way.
     pub async fn websocket(&self, path: &str) -> Result<DeviceSocket, ClientError> {
+        self.websocket_from(path, None).await
+    }
+
+    /// [`ServerClient::websocket`] from the local address `source` (a load generator
+    /// spreads its connections over several loopback addresses this way).
+    pub async fn websocket_from(
+        &self,
+        path: &str,
+        source: Option<std::net::IpAddr>,
+    ) -> Result<DeviceSocket, ClientError> {
         let mut url = self.url(path)?;
         let host = url
             .host_str()
@@ -331,15 +344,34 @@ impl ServerClient {
             .to_owned();
         let port = url.port_or_known_default().unwrap_or(443);
         let name = ServerName::try_from(host.clone()).map_err(|e| self.transport(e))?;
-        let tcp = tokio::time::timeout(
-            Duration::from_secs(10),
-            TcpStream::connect((host.as_str(), port)),
-        )
-        .await
-        .map_err(|_| self.transport("connection timed out"))?
-        .map_err(|e| self.transport(e))?;
-        let connector =
-            tokio_rustls::TlsConnector::from(Arc::new(pinned_tls_config(self.pin, &[b"http/1.1"])));
+        let connect = async {
+            match source {
+                None => TcpStream::connect((host.as_str(), port)).await,
+                Some(local) => {
+                    let remote = tokio::net::lookup_host((host.as_str(), port))
+                        .await?
+                        .find(|a| a.is_ipv4() == local.is_ipv4())
+                        .ok_or_else(|| {
+                            std::io::Error::new(
+                                std::io::ErrorKind::AddrNotAvailable,
+                                "no server address of the source's family",
+                            )
+                        })?;
+                    let socket = if local.is_ipv4() {
+                        tokio::net::TcpSocket::new_v4()?
+                    } else {
+                        tokio::net::TcpSocket::new_v6()?
+                    };
+                    socket.bind(std::net::SocketAddr::new(local, 0))?;
+                    socket.connect(remote).await
+                }
+            }
+        };
+        let tcp = tokio::time::timeout(Duration::from_secs(10), connect)
+            .await
+            .map_err(|_| self.transport("connection timed out"))?
+            .map_err(|e| self.transport(e))?;
+        let connector = tokio_rustls::TlsConnector::from(self.ws_tls.clone());
         let tls = connector
             .connect(name, tcp)
             .await

@@ -113,6 +113,15 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         );
     }
     println!("Data directory: {data}");
+    let open_files = raise_open_file_limit();
+    if open_files < app.config.limits.max_connections as u64 {
+        println!(
+            "Open files: at most {open_files} (each connection holds one): this process can \
+             hold fewer connections than max_connections ({}); raise the hard limit \
+             (ulimit -Hn) or run more server nodes",
+            app.config.limits.max_connections
+        );
+    }
     println!("Database: {}", app.config.database_label());
     if admins == 0 {
         println!("No admin credential yet. Create the first one (printed once) with:");
@@ -307,4 +316,18 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+}
+
+/// Raises this process's soft limit of open files to its hard limit (each phone's
+/// connection holds one) and returns the limit in force.
+fn raise_open_file_limit() -> u64 {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::warn!(error = %e, "could not raise the open-file limit");
+        }
+    }
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
 }
