@@ -862,7 +862,7 @@ impl App {
         &self,
         device: &DeviceRecord,
         envelope: &SignedEnvelope,
-    ) -> Result<(u64, ReportOutcome), ServiceError> {
+    ) -> Result<(u64, ReportOutcome, DeviceRecord), ServiceError> {
         let key = VerifyingKey::from_bytes(&device.public_key)
             .map_err(|_| ServiceError::Internal("stored device key unusable".into()))?;
         let report: ComplianceReport = envelope
@@ -875,7 +875,8 @@ impl App {
         }
         let seq = report.seq;
         let mode = report.effective_mode.clone();
-        let (outcome, verified) = self.reports.store(report, envelope.clone()).await?;
+        let stored = self.reports.store(report, envelope.clone()).await?;
+        let (outcome, verified, fresh) = (stored.outcome, stored.verified, stored.device);
         self.after_verified(&verified).await?;
         metrics::counter!("redoubt_reports_total", "outcome" => match outcome {
             ReportOutcome::Stored(c) => c.as_str(),
@@ -890,7 +891,7 @@ impl App {
             );
             tracing::info!(device = %device.id, seq, mode = %mode, compliance = %c, "report stored");
         }
-        Ok((seq, outcome))
+        Ok((seq, outcome, fresh))
     }
 }
 

@@ -37,6 +37,8 @@ pub async fn messenger_ws(
     upgrade
         .max_message_size(4096)
         .max_frame_size(4096)
+        .read_buffer_size(crate::ws::READ_BUFFER)
+        .write_buffer_size(0)
         .on_upgrade(move |socket| async move {
             if let Err(e) = run(s.app, socket, session, token).await {
                 tracing::debug!(error = %e, "messenger push channel ended");

@@ -7,8 +7,9 @@
 
 use std::sync::Arc;
 
+use redoubt_proto::PolicyBundle;
 use redoubt_proto::{Compliance, ComplianceReport, SignedEnvelope, Timestamp};
-use redoubt_store::{CommandRecord, ReportOutcome};
+use redoubt_store::ReportStored;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::app::{App, verdict};
@@ -17,8 +18,9 @@ use crate::error::ServiceError;
 /// Most reports one transaction stores.
 pub const MAX_BATCH: usize = 1_000;
 
-/// What a session waits for: the report's outcome and the commands it verified.
-pub type Stored = Result<(ReportOutcome, Vec<CommandRecord>), ServiceError>;
+/// What a session waits for: the report's outcome, the commands it verified, and the
+/// device as the batch found it.
+pub type Stored = Result<ReportStored, ServiceError>;
 
 /// One report on its way to the database.
 #[derive(Debug)]
@@ -89,9 +91,14 @@ async fn store_batch(app: &App, batch: Vec<Job>) {
         .record_reports(
             &inputs,
             now,
-            |dev, report| match app.bundle_of(dev) {
+            // The server's own stored bundle: parsed, not verified again (two
+            // signature checks per report would cost more than the write).
+            |dev, report| match dev.bundle.open_own::<PolicyBundle>(PolicyBundle::KIND) {
                 Ok(bundle) => verdict(redoubt_policy::evaluate(&bundle, report, now)),
-                Err(e) => (Compliance::NonCompliant, vec![e.to_string()]),
+                Err(e) => (
+                    Compliance::NonCompliant,
+                    vec![format!("stored bundle of {} unreadable: {e}", dev.id)],
+                ),
             },
             crate::commands::judge,
             &|h| app.sign_audit_head(h),

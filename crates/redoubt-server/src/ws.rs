@@ -24,6 +24,10 @@ use crate::http::HttpState;
 const MAX_FRAME: usize = 64 * 1024;
 /// How long a device has to answer the challenge.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes read from a session's socket at a time. Tungstenite's default (128 KiB,
+/// allocated for every connection) would cost more than everything else a connected
+/// phone holds; frames larger than this are still read whole.
+pub const READ_BUFFER: usize = 4096;
 /// Keep-alive ping period.
 const PING_EVERY: Duration = Duration::from_secs(30);
 
@@ -32,6 +36,9 @@ pub async fn device_ws(State(s): State<HttpState>, upgrade: WebSocketUpgrade) ->
     upgrade
         .max_message_size(MAX_FRAME)
         .max_frame_size(MAX_FRAME)
+        .read_buffer_size(READ_BUFFER)
+        // Every frame is flushed as it is sent: no per-connection write buffer.
+        .write_buffer_size(0)
         .on_upgrade(move |socket| async move {
             if let Err(e) = session(s.app, socket).await {
                 tracing::debug!(error = %e, "device session ended");
@@ -230,11 +237,11 @@ async fn run(
                         send(socket, &ServerFrame::Error { code: "bad_request".into(), message: "already authenticated".into(), fatal: false }).await?;
                     }
                     AgentFrame::Report { report } => match app.accept_report(&device, &report).await {
-                        Ok((seq, outcome)) => {
+                        Ok((seq, outcome, fresh)) => {
                             send(socket, &ServerFrame::ReportAck { seq }).await?;
                             if matches!(outcome, ReportOutcome::Stored(_)) {
-                                // A report is also a check-in: keep the bundle fresh.
-                                let fresh = app.store.get_device(id).await?.ok_or_else(|| anyhow::anyhow!("device vanished"))?;
+                                // A report is also a check-in: keep the bundle fresh (the
+                                // device as the report's batch read it).
                                 if fresh.bundle_version != device.bundle_version || fresh.revoked_at.is_some() {
                                     device = fresh;
                                 } else {

@@ -119,6 +119,17 @@ impl DeviceRecord {
 /// Who approved the first live device of a person: nobody needed to.
 pub const APPROVED_AS_FIRST_DEVICE: &str = "first-device";
 
+/// What one report of a batch came to.
+#[derive(Debug, Clone)]
+pub struct ReportStored {
+    /// Stored (with its verdict) or a duplicate.
+    pub outcome: ReportOutcome,
+    /// The commands it verified.
+    pub verified: Vec<crate::CommandRecord>,
+    /// The device as it was when the report was taken (its newest bundle).
+    pub device: DeviceRecord,
+}
+
 /// What happened to a report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReportOutcome {
@@ -562,6 +573,7 @@ impl Store {
             .await?;
         out.pop()
             .unwrap_or_else(|| Err(StoreError::Corrupt("no outcome for the report".into())))
+            .map(|r| (r.outcome, r.verified))
     }
 
     /// [`Store::record_report`] for a batch of reports in one transaction (one fsync):
@@ -576,7 +588,7 @@ impl Store {
         mut evaluate: impl FnMut(&DeviceRecord, &ComplianceReport) -> (Compliance, Vec<String>),
         judge: impl Fn(&crate::CommandRecord, &ComplianceReport, Compliance) -> Option<String>,
         sign: crate::HeadSigner<'_>,
-    ) -> Result<Vec<Result<(ReportOutcome, Vec<crate::CommandRecord>)>>> {
+    ) -> Result<Vec<Result<ReportStored>>> {
         let mut tx = self.write_tx().await?;
         let mut outcomes = Vec::with_capacity(reports.len());
         let mut drafts = Vec::new();
@@ -589,9 +601,9 @@ impl Store {
                 }
                 Err(e) => return Err(e),
             };
-            outcomes.push(Ok(record_one(
+            let (outcome, verified) = record_one(
                 &mut tx,
-                dev,
+                &dev,
                 report,
                 envelope,
                 now,
@@ -600,7 +612,12 @@ impl Store {
                 &mut drafts,
                 sign,
             )
-            .await?));
+            .await?;
+            outcomes.push(Ok(ReportStored {
+                outcome,
+                verified,
+                device: dev,
+            }));
         }
         crate::audit::append(&mut tx, &drafts, now, sign).await?;
         tx.commit().await?;
@@ -649,7 +666,7 @@ impl Store {
 #[allow(clippy::too_many_arguments)]
 async fn record_one(
     tx: &mut Transaction<'_, Any>,
-    dev: DeviceRecord,
+    dev: &DeviceRecord,
     report: &ComplianceReport,
     envelope: &SignedEnvelope,
     now: Timestamp,
@@ -661,7 +678,7 @@ async fn record_one(
     if dev.last_report_seq.is_some_and(|s| report.seq <= s) {
         return Ok((ReportOutcome::Duplicate, Vec::new()));
     }
-    let (compliance, reasons) = evaluate(&dev, report);
+    let (compliance, reasons) = evaluate(dev, report);
     sqlx::query("INSERT INTO reports (device_id, seq, received_at, compliance, envelope) VALUES ($1, $2, $3, $4, $5)")
             .bind(dev.id.as_str())
             .bind(report.seq as i64)

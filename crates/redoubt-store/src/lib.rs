@@ -30,6 +30,7 @@ pub use audit::{AuditDraft, AuditFilter, HeadSigner};
 pub use commands::{CommandRecord, NewCommand};
 pub use devices::{
     APPROVED_AS_FIRST_DEVICE, BundleRequest, DeviceRecord, IssuedBundle, NewDevice, ReportOutcome,
+    ReportStored,
 };
 pub use fleet::{BulkPending, DeviceBreakdown, DeviceCursor, DeviceFilter, MAX_PAGE, NewBulk};
 pub use groups::{DeviceGroupRecord, MembershipChange};

@@ -658,12 +658,12 @@ contract! {
             .unwrap();
         assert_eq!(out.len(), 6);
         let stored = ReportOutcome::Stored(Compliance::Compliant);
-        assert_eq!(out[0].as_ref().unwrap().0, stored);
-        assert_eq!(out[1].as_ref().unwrap().0, stored, "a later report of the same device, in order");
-        assert_eq!(out[2].as_ref().unwrap().0, ReportOutcome::Duplicate);
+        assert_eq!(out[0].as_ref().unwrap().outcome, stored);
+        assert_eq!(out[1].as_ref().unwrap().outcome, stored, "a later report of the same device, in order");
+        assert_eq!(out[2].as_ref().unwrap().outcome, ReportOutcome::Duplicate);
         assert!(matches!(out[3], Err(StoreError::NotFound(_))), "an unknown device fails alone");
-        assert_eq!(out[4].as_ref().unwrap().0, stored);
-        assert_eq!(out[5].as_ref().unwrap().0, stored);
+        assert_eq!(out[4].as_ref().unwrap().outcome, stored);
+        assert_eq!(out[5].as_ref().unwrap().outcome, stored);
         assert_eq!(evaluated.len(), 4, "duplicates and unknown devices are not judged");
         assert_eq!(store.count_reports(&ids[0]).await.unwrap(), 2);
         let d = store.get_device(&ids[0]).await.unwrap().unwrap();
