@@ -165,6 +165,8 @@ struct Shared {
     stats: Vec<PhoneStat>,
     flood: watch::Receiver<bool>,
     failures: AtomicU64,
+    /// Set when the benchmark ends (the server's exit is no failure then).
+    stopping: AtomicBool,
 }
 
 impl Shared {
@@ -232,6 +234,7 @@ async fn run(root: &Path, cfg: &Config, command: &str) -> Result<()> {
         stats: (0..cfg.phones).map(|_| PhoneStat::default()).collect(),
         flood: flood_rx,
         failures: AtomicU64::new(0),
+        stopping: AtomicBool::new(false),
     });
     let pb = bar(cfg.phones, "connecting");
     let started = Instant::now();
@@ -240,7 +243,9 @@ async fn run(root: &Path, cfg: &Config, command: &str) -> Result<()> {
         let shared = shared.clone();
         let (id, key, source) = (p.id.clone(), p.key.clone(), p.source);
         tokio::spawn(async move {
-            if let Err(e) = phone(i, client, id, key, source, shared.clone()).await {
+            if let Err(e) = phone(i, client, id, key, source, shared.clone()).await
+                && !shared.stopping.load(Ordering::Relaxed)
+            {
                 shared.failures.fetch_add(1, Ordering::Relaxed);
                 if shared.failures.load(Ordering::Relaxed) <= 3 {
                     eprintln!("phone {i}: {e:#}");
@@ -407,6 +412,7 @@ async fn run(root: &Path, cfg: &Config, command: &str) -> Result<()> {
     single.sort();
     let held = connected(&shared);
     let failures = shared.failures.load(Ordering::Relaxed);
+    shared.stopping.store(true, Ordering::Relaxed);
 
     println!();
     println!("$ {command}");

@@ -860,15 +860,16 @@ impl App {
     /// Verifies and stores a report from an authenticated device.
     pub async fn accept_report(
         &self,
-        device: &DeviceRecord,
+        device: &DeviceId,
+        public_key: &[u8; 32],
         envelope: &SignedEnvelope,
     ) -> Result<(u64, ReportOutcome, DeviceRecord), ServiceError> {
-        let key = VerifyingKey::from_bytes(&device.public_key)
+        let key = VerifyingKey::from_bytes(public_key)
             .map_err(|_| ServiceError::Internal("stored device key unusable".into()))?;
         let report: ComplianceReport = envelope
             .verify(ComplianceReport::KIND, &key)
             .map_err(|e| ServiceError::BadRequest(format!("report refused: {e}")))?;
-        if report.device_id != device.id {
+        if &report.device_id != device {
             return Err(ServiceError::Forbidden(
                 "a device may only report for itself".into(),
             ));
@@ -886,10 +887,10 @@ impl App {
         if let ReportOutcome::Stored(c) = outcome {
             // Held conversations may be deliverable now (or no longer).
             self.doorbells.ring(
-                &device.id,
+                device,
                 redoubt_proto::messaging::MessengerPush::QueueChanged,
             );
-            tracing::info!(device = %device.id, seq, mode = %mode, compliance = %c, "report stored");
+            tracing::info!(device = %device, seq, mode = %mode, compliance = %c, "report stored");
         }
         Ok((seq, outcome, fresh))
     }

@@ -115,28 +115,49 @@ async fn authenticate(
     Ok(verified)
 }
 
+/// What a session keeps of its device.
+struct Held {
+    public_key: [u8; 32],
+    bundle_version: u64,
+}
+
+impl Held {
+    fn of(d: &DeviceRecord) -> Held {
+        Held {
+            public_key: d.public_key,
+            bundle_version: d.bundle_version,
+        }
+    }
+}
+
 async fn send_bundle(
     app: &SharedApp,
     socket: &mut WebSocket,
     id: &DeviceId,
-) -> anyhow::Result<DeviceRecord> {
-    let dev = app
+) -> anyhow::Result<u64> {
+    let (version, bundle, issued_at, _) = app
         .store
-        .get_device(id)
+        .device_bundle(id)
         .await?
         .ok_or_else(|| anyhow::anyhow!("device vanished"))?;
-    let dev = app
-        .renew_if_aging(dev)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    send(
-        socket,
-        &ServerFrame::Bundle {
-            bundle: dev.bundle.clone(),
-        },
-    )
-    .await?;
-    Ok(dev)
+    let half = (app.config.bundle_ttl_secs / 2) as i64;
+    let (version, bundle) = if issued_at.plus_secs(half) > Timestamp::now() {
+        (version, bundle)
+    } else {
+        // Past half its life: renewed before it is sent.
+        let dev = app
+            .store
+            .get_device(id)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("device vanished"))?;
+        let dev = app
+            .renew_if_aging(dev)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        (dev.bundle_version, dev.bundle)
+    };
+    send(socket, &ServerFrame::Bundle { bundle }).await?;
+    Ok(version)
 }
 
 /// Sends every command the phone has not acknowledged yet and marks them delivered.
@@ -168,13 +189,16 @@ async fn send_commands(
 }
 
 async fn session(app: SharedApp, mut socket: WebSocket) -> anyhow::Result<()> {
-    let Some(device) = authenticate(&app, &mut socket).await? else {
+    // The futures of rare steps are boxed, so an idle session (the common state of a
+    // connected phone) holds only what its loop needs between frames.
+    let Some(device) = Box::pin(authenticate(&app, &mut socket)).await? else {
         return Ok(());
     };
-    let id = device.id.clone();
+    let (id, public_key) = (device.id.clone(), device.public_key);
+    drop(device);
     let (ticket, mut pushes) = app.hub.register(&id);
     tracing::info!(device = %id, "device connected");
-    let result = run(&app, &mut socket, &id, &mut pushes).await;
+    let result = run(&app, &mut socket, &id, public_key, &mut pushes).await;
     app.hub.unregister(&id, ticket);
     tracing::info!(device = %id, "device disconnected");
     result
@@ -184,6 +208,7 @@ async fn run(
     app: &SharedApp,
     socket: &mut WebSocket,
     id: &DeviceId,
+    public_key: [u8; 32],
     pushes: &mut tokio::sync::mpsc::Receiver<Push>,
 ) -> anyhow::Result<()> {
     let mut shutdown = app.shutdown.clone();
@@ -194,7 +219,12 @@ async fn run(
         },
     )
     .await?;
-    let mut device = send_bundle(app, socket, id).await?;
+    // What the session keeps of its device between frames: a few bytes, not the
+    // record (its bundle and latest report would cost kilobytes per connected phone).
+    let mut held = Held {
+        public_key,
+        bundle_version: send_bundle(app, socket, id).await?,
+    };
     send_commands(app, socket, id).await?;
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
@@ -210,8 +240,8 @@ async fn run(
                     refuse(socket, "replaced", "another connection of this device took over").await;
                     return Ok(());
                 }
-                Some(Push::BundleChanged) => device = send_bundle(app, socket, id).await?,
-                Some(Push::CommandsChanged) => send_commands(app, socket, id).await?,
+                Some(Push::BundleChanged) => held.bundle_version = Box::pin(send_bundle(app, socket, id)).await?,
+                Some(Push::CommandsChanged) => Box::pin(send_commands(app, socket, id)).await?,
                 Some(Push::Revoked) => {
                     refuse(socket, "unauthorized", "this device was revoked").await;
                     return Ok(());
@@ -236,20 +266,20 @@ async fn run(
                     AgentFrame::Hello { .. } => {
                         send(socket, &ServerFrame::Error { code: "bad_request".into(), message: "already authenticated".into(), fatal: false }).await?;
                     }
-                    AgentFrame::Report { report } => match app.accept_report(&device, &report).await {
+                    AgentFrame::Report { report } => match Box::pin(app.accept_report(id, &held.public_key, &report)).await {
                         Ok((seq, outcome, fresh)) => {
                             send(socket, &ServerFrame::ReportAck { seq }).await?;
                             if matches!(outcome, ReportOutcome::Stored(_)) {
                                 // A report is also a check-in: keep the bundle fresh (the
                                 // device as the report's batch read it).
-                                if fresh.bundle_version != device.bundle_version || fresh.revoked_at.is_some() {
-                                    device = fresh;
+                                if fresh.bundle_version != held.bundle_version || fresh.revoked_at.is_some() {
+                                    held = Held::of(&fresh);
                                 } else {
-                                    let renewed = app.renew_if_aging(fresh).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-                                    if renewed.bundle_version != device.bundle_version {
+                                    let renewed = Box::pin(app.renew_if_aging(fresh)).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                                    if renewed.bundle_version != held.bundle_version {
                                         send(socket, &ServerFrame::Bundle { bundle: renewed.bundle.clone() }).await?;
                                     }
-                                    device = renewed;
+                                    held = Held::of(&renewed);
                                 }
                             }
                         }
@@ -265,7 +295,7 @@ async fn run(
                         }
                     },
                     AgentFrame::CommandAck { id: cmd, accepted, reason } => {
-                        match app.command_ack(id, &cmd, accepted, reason.as_deref()).await {
+                        match Box::pin(app.command_ack(id, &cmd, accepted, reason.as_deref())).await {
                             Ok(_) => {}
                             Err(ServiceError::Unavailable(e)) => {
                                 tracing::error!(device = %id, error = %e, "command acknowledgement not stored");

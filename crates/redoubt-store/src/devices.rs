@@ -282,6 +282,18 @@ pub(crate) async fn reissue(
     new_mode: Option<&ModeName>,
     issue: &mut impl FnMut(&BundleRequest) -> IssuedBundle,
 ) -> Result<DeviceRecord> {
+    let zones = crate::zones::load_zone_grants(tx).await?;
+    reissue_with(tx, id, new_mode, &zones, issue).await
+}
+
+/// [`reissue`] with the zone grants already read (a batch reads them once).
+pub(crate) async fn reissue_with(
+    tx: &mut Transaction<'_, Any>,
+    id: &DeviceId,
+    new_mode: Option<&ModeName>,
+    zones: &[(redoubt_proto::api::ZoneDefinition, Mode)],
+    issue: &mut impl FnMut(&BundleRequest) -> IssuedBundle,
+) -> Result<DeviceRecord> {
     let dev = load_device(tx, id).await?;
     if dev.revoked_at.is_some() {
         return Err(StoreError::Conflict(format!("device {id} is revoked")));
@@ -295,7 +307,7 @@ pub(crate) async fn reissue(
         version: dev.bundle_version + 1,
         base_mode,
         group_modes,
-        zones: crate::zones::load_zone_grants(tx).await?,
+        zones: zones.to_vec(),
         last_report: dev.last_report.clone(),
     });
     sqlx::query(
@@ -495,6 +507,29 @@ impl Store {
         };
         fill_groups(&self.pool, self, std::slice::from_mut(&mut rec)).await?;
         Ok(Some(rec))
+    }
+
+    /// A device's newest bundle as a session sends it: `(version, envelope, issued
+    /// at)`, with when the device was revoked; one light read.
+    pub async fn device_bundle(
+        &self,
+        id: &DeviceId,
+    ) -> Result<Option<(u64, SignedEnvelope, Timestamp, Option<Timestamp>)>> {
+        let row = sqlx::query(
+            "SELECT bundle_version, bundle_envelope, bundle_issued_at, revoked_at FROM devices WHERE id = $1",
+        )
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok((
+                r.try_get::<i64, _>("bundle_version")? as u64,
+                from_json("bundle envelope", r.try_get("bundle_envelope")?)?,
+                Timestamp(r.try_get("bundle_issued_at")?),
+                r.try_get::<Option<i64>, _>("revoked_at")?.map(Timestamp),
+            ))
+        })
+        .transpose()
     }
 
     /// Every device, by enrollment time.

@@ -409,9 +409,10 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?;
         let mut out = Vec::with_capacity(ids.len());
+        let zones = crate::zones::load_zone_grants(&mut tx).await?;
         for id in &ids {
             let id: DeviceId = parse("device id", id)?;
-            out.push(crate::devices::reissue(&mut tx, &id, None, &mut issue).await?);
+            out.push(crate::devices::reissue_with(&mut tx, &id, None, &zones, &mut issue).await?);
         }
         tx.commit().await?;
         Ok(out)
