@@ -166,6 +166,8 @@ pub struct BenchServer {
     pub pid: u32,
     /// Its data dir.
     pub data: PathBuf,
+    /// The `REDOUBT_*` settings it was started with (the offline commands get them too).
+    pub env: Vec<(String, String)>,
 }
 
 impl BenchServer {
@@ -222,6 +224,10 @@ impl BenchServer {
             fingerprint: fingerprint.context("no fingerprint")?,
             pid,
             data: data.to_owned(),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         })
     }
 
@@ -237,6 +243,7 @@ impl BenchServer {
                 "--data",
             ])
             .arg(&self.data)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .output()?;
         if !out.status.success() {
             bail!(

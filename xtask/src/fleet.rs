@@ -62,6 +62,8 @@ const FLAGS: &[&str] = &["--phones", "--sources", "--ingest-secs", "--single"];
 const BUILT_ENV: &str = "REDOUBT_FLEET_BENCH_BUILT";
 
 struct Config {
+    /// PostgreSQL (a database made for the run, on the machine's server) or SQLite.
+    postgres: bool,
     phones: usize,
     sources: usize,
     ingest: Duration,
@@ -72,7 +74,13 @@ struct Config {
 pub fn main(args: &[&str]) -> Result<()> {
     check_flags(args, FLAGS)?;
     let phones = flag(args, "--phones")?.unwrap_or(5_000);
+    let postgres = match crate::common::flag_value::<String>(args, "--database")?.as_deref() {
+        None | Some("sqlite") => false,
+        Some("postgres") => true,
+        Some(other) => bail!("--database must be sqlite or postgres, not {other}"),
+    };
     let cfg = Config {
+        postgres,
         phones,
         // At most ~900 phones per source address: the server's default limit is 1024.
         sources: flag(args, "--sources")?.unwrap_or(phones.div_ceil(900).max(1)),
@@ -178,10 +186,21 @@ impl Shared {
 async fn run(root: &Path, cfg: &Config, command: &str) -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let mut procs = Procs(Vec::new());
-    let server = BenchServer::start(root, &tmp.path().join("server"), &[], &mut procs)?;
+    // A database of the run's own on the machine's PostgreSQL, dropped at the end.
+    let pg = if cfg.postgres {
+        Some(redoubt_store::test_support::TempPostgres::create().await)
+    } else {
+        None
+    };
+    let env: Vec<(&str, &str)> = pg
+        .as_ref()
+        .map(|p| vec![("REDOUBT_DATABASE_URL", p.url())])
+        .unwrap_or_default();
+    let backend = if cfg.postgres { "PostgreSQL" } else { "SQLite" };
+    let server = BenchServer::start(root, &tmp.path().join("server"), &env, &mut procs)?;
     let admin = server.owner_client(root)?;
     eprintln!(
-        "fleet benchmark: {} phones over {} loopback source addresses against the release server (SQLite)",
+        "fleet benchmark: {} phones over {} loopback source addresses against the release server ({backend})",
         cfg.phones, cfg.sources
     );
 
@@ -419,7 +438,7 @@ async fn run(root: &Path, cfg: &Config, command: &str) -> Result<()> {
     println!(
         "workload: {} simulated phones in one load-generator process (one task each, real protocol: \
          own Ed25519 keys, TLS pinned to the CA, device WebSocket, signed bundles verified, signed reports), \
-         spread over {} loopback source addresses; release server on SQLite; 2-core machine, load average {}",
+         spread over {} loopback source addresses; release server on {backend}; 2-core machine, load average {}",
         cfg.phones,
         cfg.sources,
         load_average()
@@ -465,6 +484,7 @@ async fn run(root: &Path, cfg: &Config, command: &str) -> Result<()> {
         bail!("{} phones lost their connection", cfg.phones - held);
     }
     drop(procs);
+    drop(pg);
     Ok(())
 }
 

@@ -126,6 +126,9 @@ pub enum Command {
     /// Device groups (a unit, a department, a site) and the modes they assign.
     #[command(subcommand)]
     Groups(crate::groups::GroupsCommand),
+    /// The fleet's device commands (lock, unlock, wipe, …) and their states.
+    #[command(subcommand)]
+    Commands(crate::fleet::CommandsCommand),
 }
 
 /// `redoubt chat --state DIR ...`

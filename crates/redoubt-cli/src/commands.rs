@@ -33,6 +33,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit(cmd) => crate::audit::run(g, cmd).await,
         Command::Tokens(cmd) => crate::tokens::run(g, cmd).await,
         Command::Groups(cmd) => crate::groups::run(g, cmd).await,
+        Command::Commands(cmd) => crate::fleet::commands(g, cmd).await,
         Command::Devices(DevicesCommand::List(args)) => crate::fleet::list(g, args).await,
         Command::Devices(DevicesCommand::Counts) => crate::fleet::counts(g).await,
         Command::Devices(DevicesCommand::Bulk(cmd)) => crate::fleet::bulk(g, cmd).await,

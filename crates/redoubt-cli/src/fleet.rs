@@ -4,8 +4,8 @@
 use anyhow::bail;
 use clap::{Args, Subcommand};
 use redoubt_proto::api::{
-    BulkAction, BulkDone, BulkRequest, DeviceCount, DeviceCounts, DevicePage, DeviceQuery,
-    DeviceView,
+    BulkAction, BulkDone, BulkRequest, CommandPage, CommandQuery, DeviceCount, DeviceCounts,
+    DevicePage, DeviceQuery, DeviceView,
 };
 use redoubt_proto::{
     Compliance, DeviceGroupName, HardwareKind, ModeName, Timestamp, UserName, ZoneName,
@@ -91,6 +91,11 @@ pub struct ListArgs {
 
 /// `devices?…` for a query: its fields as query-string pairs.
 pub fn devices_path(q: &DeviceQuery) -> String {
+    query_path("devices", q)
+}
+
+/// `BASE?…`: a query's fields as query-string pairs.
+fn query_path(base: &str, q: &impl serde::Serialize) -> String {
     let mut pairs = url::form_urlencoded::Serializer::new(String::new());
     if let Ok(serde_json::Value::Object(map)) = serde_json::to_value(q) {
         for (k, v) in map {
@@ -103,9 +108,9 @@ pub fn devices_path(q: &DeviceQuery) -> String {
     }
     let q = pairs.finish();
     if q.is_empty() {
-        "devices".into()
+        base.into()
     } else {
-        format!("devices?{q}")
+        format!("{base}?{q}")
     }
 }
 
@@ -241,6 +246,75 @@ pub async fn bulk(g: &Global, cmd: BulkCommand) -> anyhow::Result<()> {
             d.id
         )
     })
+}
+
+/// `commands …`.
+#[derive(Debug, Subcommand)]
+pub enum CommandsCommand {
+    /// The fleet's commands, oldest first (every page is fetched).
+    List {
+        /// Only in this state: queued, delivered, acknowledged, verified, expired, failed.
+        #[arg(long, value_name = "STATE", value_parser = parse_state)]
+        state: Option<redoubt_proto::CommandState>,
+        /// Only this action: lock, unlock, wipe, revoke, exit-zone, enter-zone.
+        #[arg(long, value_name = "ACTION")]
+        action: Option<String>,
+        /// Only this device's.
+        #[arg(long, value_name = "DEVICE")]
+        device: Option<redoubt_proto::DeviceId>,
+        /// Print at most this many.
+        #[arg(long, value_name = "N")]
+        limit: Option<u64>,
+    },
+}
+
+fn parse_state(s: &str) -> Result<redoubt_proto::CommandState, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_owned()))
+        .map_err(|_| "one of queued, delivered, acknowledged, verified, expired, failed".to_owned())
+}
+
+/// `commands list`.
+pub async fn commands(g: &Global, cmd: CommandsCommand) -> anyhow::Result<()> {
+    let CommandsCommand::List {
+        state,
+        action,
+        device,
+        limit,
+    } = cmd;
+    let api = Api::new(g)?;
+    let mut q = CommandQuery {
+        state,
+        action,
+        device,
+        ..Default::default()
+    };
+    let mut views = Vec::new();
+    let mut raw = Vec::new();
+    loop {
+        let left = limit.map(|l| l.saturating_sub(views.len() as u64));
+        if left == Some(0) {
+            break;
+        }
+        q.limit = Some(left.map_or(DeviceQuery::MAX_LIMIT, |l| {
+            u32::try_from(l)
+                .unwrap_or(u32::MAX)
+                .min(DeviceQuery::MAX_LIMIT)
+        }));
+        let path = query_path("commands", &q);
+        let page: Answer<CommandPage> = api.get(&path).await?;
+        views.extend(page.value.commands);
+        if let Some(items) = page.raw.get("commands").and_then(|d| d.as_array()) {
+            raw.extend(items.iter().cloned());
+        }
+        match page.value.next {
+            Some(next) => q.after = Some(next),
+            None => break,
+        }
+    }
+    if g.json {
+        return print_json(&serde_json::Value::Array(raw));
+    }
+    output::emit(&output::fleet_command_table(&views, Timestamp::now()))
 }
 
 /// `devices counts`.

@@ -350,6 +350,25 @@ pub fn command_table(list: &[CommandView], now: Timestamp) -> String {
     table.render()
 }
 
+/// The `commands list` table: the fleet's commands with their devices.
+pub fn fleet_command_table(list: &[CommandView], now: Timestamp) -> String {
+    if list.is_empty() {
+        return "no commands\n".into();
+    }
+    let mut table = Table::new(["COMMAND", "DEVICE", "ACTION", "STATE", "CREATED", "BY"]);
+    for c in list {
+        table.row([
+            c.id.to_string(),
+            c.device_id.to_string(),
+            action_label(c),
+            c.state.to_string(),
+            relative(c.created_at, now),
+            c.created_by.clone(),
+        ]);
+    }
+    table.render()
+}
+
 /// The `zones list` table.
 pub fn zone_table(zones: &[ZoneView]) -> String {
     if zones.is_empty() {

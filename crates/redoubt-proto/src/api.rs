@@ -10,6 +10,7 @@
 //! | `GET /devices/count?`[`DeviceQuery`] | auditor | → [`DeviceCount`] |
 //! | `GET /devices/counts` | auditor | → [`DeviceCounts`] |
 //! | `POST /devices/bulk` | operator (wipe: owner) | [`BulkRequest`] → [`BulkDone`] |
+//! | `GET /commands?`[`CommandQuery`] | auditor | → [`CommandPage`] |
 //! | `GET /devices/{id}` | auditor | → [`DeviceView`] |
 //! | `PUT /devices/{id}/mode` | operator | [`SetMode`] → [`DeviceView`] |
 //! | `POST /devices/{id}/approve` | owner (not the one who created its enrollment code) | → [`DeviceView`] |
@@ -597,6 +598,37 @@ pub struct CreateCommand {
     /// Seconds until the command expires (server default when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_in_secs: Option<u64>,
+}
+
+/// `GET /commands?…`: the fleet's commands, oldest first, in pages.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandQuery {
+    /// Only in this state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<crate::zones::CommandState>,
+    /// Only this action (`lock`, `unlock`, `wipe`, `revoke`, `exit-zone`, `enter-zone`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// Only this device's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<DeviceId>,
+    /// The page starts after this cursor (the `next` of the previous page).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    /// At most this many (default [`DeviceQuery::DEFAULT_LIMIT`], at most
+    /// [`DeviceQuery::MAX_LIMIT`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+/// Answer to `GET /commands`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CommandPage {
+    /// The commands of this page.
+    pub commands: Vec<CommandView>,
+    /// The cursor of the next page, when more follow.
+    pub next: Option<String>,
 }
 
 /// A command and where it is in its life.

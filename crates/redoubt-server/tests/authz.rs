@@ -51,6 +51,11 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("POST", "/api/v1/devices/bulk", "admin:owner,operator"),
     (
         "GET",
+        "/api/v1/commands",
+        "admin:owner,officer,operator,auditor",
+    ),
+    (
+        "GET",
         "/api/v1/groups",
         "admin:owner,officer,operator,auditor",
     ),

@@ -13,11 +13,15 @@ use serde_json::Value;
 const DEADLINE: Duration = Duration::from_secs(30);
 
 fn ids(list: &Value) -> Vec<String> {
+    ids_of(list, "id")
+}
+
+fn ids_of(list: &Value, field: &str) -> Vec<String> {
     let mut v: Vec<String> = list
         .as_array()
         .unwrap()
         .iter()
-        .map(|d| d["id"].as_str().unwrap().to_owned())
+        .map(|d| d[field].as_str().unwrap().to_owned())
         .collect();
     v.sort();
     v
@@ -250,6 +254,46 @@ fn bulk_actions_confirm_the_count_and_give_each_phone_its_own_bundle_or_command(
         assert_eq!(cmds[0]["created_by"], "admin:test-owner", "{cmds}");
     }
     assert_eq!(server.device(&phones[2].0)["reported_mode"], "standard");
+    // The fleet's commands, page by page: the two locks, both verified.
+    let locks = server.cli_json(&["commands", "list", "--action", "lock"]);
+    let mut sorted_unit = unit.clone();
+    sorted_unit.sort();
+    assert_eq!(ids_of(&locks, "device_id"), sorted_unit);
+    assert!(
+        locks
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["state"] == "verified"),
+        "{locks}"
+    );
+    let (status, body) = http.send(
+        "GET",
+        "/api/v1/commands?action=lock&limit=1",
+        Some(&owner),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    let page: Value = serde_json::from_str(&body).unwrap();
+    let next = page["next"].as_str().unwrap();
+    let (_, body) = http.send(
+        "GET",
+        &format!("/api/v1/commands?action=lock&limit=1&after={next}"),
+        Some(&owner),
+        None,
+    );
+    let page2: Value = serde_json::from_str(&body).unwrap();
+    assert_ne!(page["commands"][0]["id"], page2["commands"][0]["id"]);
+    assert!(page2["next"].is_null());
+    for bad in ["after=x", "limit=0", "state=done", "colour=red"] {
+        let (status, body) = http.send(
+            "GET",
+            &format!("/api/v1/commands?{bad}"),
+            Some(&owner),
+            None,
+        );
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
     server.cli_json(&[
         "devices", "bulk", "unlock", "--group", "unit-7", "--count", "2",
     ]);

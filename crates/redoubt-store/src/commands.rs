@@ -494,3 +494,51 @@ impl Store {
         Ok(c)
     }
 }
+
+/// Which commands a fleet-wide list covers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommandFilter {
+    /// Only in this state.
+    pub state: Option<CommandState>,
+    /// Only this action (`lock`, `wipe`, …).
+    pub action: Option<String>,
+    /// Only this device's.
+    pub device: Option<DeviceId>,
+    /// Only those a bulk action made (the admin who made them is `created_by`).
+    pub created_by: Option<String>,
+}
+
+impl Store {
+    /// One page of the commands `filter` covers, oldest first, after the row `after`;
+    /// with the row to continue after when more follow.
+    pub async fn list_commands_page(
+        &self,
+        filter: &CommandFilter,
+        after: Option<i64>,
+        limit: u32,
+    ) -> Result<(Vec<CommandRecord>, Option<i64>)> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT rowid AS list_row, {COLUMNS} FROM device_commands
+             WHERE ($1 IS NULL OR state = $1) AND ($2 IS NULL OR action = $2)
+               AND ($3 IS NULL OR device_id = $3) AND ($4 IS NULL OR created_by = $4)
+               AND rowid > $5
+             ORDER BY rowid LIMIT $6"
+        )))
+        .bind(filter.state.map(|s| s.as_str()))
+        .bind(filter.action.as_deref())
+        .bind(filter.device.as_ref().map(DeviceId::as_str))
+        .bind(filter.created_by.as_deref())
+        .bind(after.unwrap_or(0))
+        .bind(i64::from(limit) + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        let more = rows.len() > limit as usize;
+        let mut out = Vec::with_capacity(rows.len().min(limit as usize));
+        let mut last = None;
+        for r in rows.iter().take(limit as usize) {
+            out.push(record(r)?);
+            last = Some(r.try_get::<i64, _>("list_row")?);
+        }
+        Ok((out, if more { last } else { None }))
+    }
+}

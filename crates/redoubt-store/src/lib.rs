@@ -27,7 +27,7 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{Any, Executor, SqlSafeStr};
 
 pub use audit::{AuditDraft, AuditFilter, HeadSigner};
-pub use commands::{CommandRecord, NewCommand};
+pub use commands::{CommandFilter, CommandRecord, NewCommand};
 pub use devices::{
     APPROVED_AS_FIRST_DEVICE, BundleRequest, DeviceRecord, IssuedBundle, NewDevice, ReportOutcome,
     ReportStored,
