@@ -53,10 +53,15 @@ use crate::common::{
 };
 
 /// How the command is called.
-pub const USAGE: &str =
-    "cargo xtask bench fleet [--phones N] [--sources K] [--ingest-secs S] [--single R]";
+pub const USAGE: &str = "cargo xtask bench fleet [--phones N] [--sources K] [--ingest-secs S] [--single R] [--database sqlite|postgres]";
 
-const FLAGS: &[&str] = &["--phones", "--sources", "--ingest-secs", "--single"];
+const FLAGS: &[&str] = &[
+    "--phones",
+    "--sources",
+    "--ingest-secs",
+    "--single",
+    "--database",
+];
 
 /// Set when the release xtask runs the measurement itself.
 const BUILT_ENV: &str = "REDOUBT_FLEET_BENCH_BUILT";
