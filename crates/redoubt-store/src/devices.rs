@@ -627,6 +627,25 @@ impl Store {
         let mut tx = self.write_tx().await?;
         let mut outcomes = Vec::with_capacity(reports.len());
         let mut drafts = Vec::new();
+        // Which of the batch's devices have commands in flight, in one query: the
+        // others (nearly all, nearly always) skip the per-report command lookup.
+        let ids = to_json(
+            &reports
+                .iter()
+                .map(|(r, _)| r.device_id.as_str())
+                .collect::<Vec<_>>(),
+        );
+        let with_commands: std::collections::HashSet<String> =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT DISTINCT device_id FROM device_commands
+                 WHERE state IN ('queued', 'delivered', 'acknowledged') AND device_id IN ({})",
+                self.json_text_elements("$1")
+            )))
+            .bind(ids)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .collect();
         for (report, envelope) in reports {
             let dev = match load_device(&mut tx, &report.device_id).await {
                 Ok(d) => d,
@@ -639,6 +658,7 @@ impl Store {
             let (outcome, verified) = record_one(
                 &mut tx,
                 &dev,
+                with_commands.contains(dev.id.as_str()),
                 report,
                 envelope,
                 now,
@@ -702,6 +722,7 @@ impl Store {
 async fn record_one(
     tx: &mut Transaction<'_, Any>,
     dev: &DeviceRecord,
+    has_commands: bool,
     report: &ComplianceReport,
     envelope: &SignedEnvelope,
     now: Timestamp,
@@ -806,7 +827,12 @@ async fn record_one(
     }
     drafts.extend(audit);
     let mut verified = Vec::new();
-    for c in crate::commands::open_in(tx, &dev.id).await? {
+    let open = if has_commands {
+        crate::commands::open_in(tx, &dev.id).await?
+    } else {
+        Vec::new()
+    };
+    for c in open {
         let mut c = c;
         if report.commands_done.contains(&c.id)
             && c.state != redoubt_proto::CommandState::Acknowledged
