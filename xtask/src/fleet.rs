@@ -612,10 +612,12 @@ async fn phone(
         .context("connecting")?;
     let mut flood = shared.flood.clone();
     let mut bundle: Option<PolicyBundle> = None;
-    let mut seq = 0u64;
-    // Reports sent and not yet acknowledged: (seq, bundle version, mode).
-    let mut in_flight: std::collections::VecDeque<(u64, u64, u8)> = Default::default();
-    let send = |frame: &AgentFrame| Message::text(serde_json::to_string(frame).unwrap_or_default());
+    let mut reports = Reports {
+        id: &id,
+        key: &key,
+        seq: 0,
+        in_flight: Default::default(),
+    };
     loop {
         tokio::select! {
             msg = ws.next() => {
@@ -629,31 +631,25 @@ async fn phone(
                 match frame {
                     ServerFrame::Challenge { nonce } => {
                         let signature = STANDARD.encode(key.sign(&hello_message(&nonce, &id)).to_bytes());
-                        ws.send(send(&AgentFrame::Hello { device_id: id.clone(), signature })).await?;
+                        ws.send(frame_of(&AgentFrame::Hello { device_id: id.clone(), signature })).await?;
                     }
                     ServerFrame::Welcome { .. } => stat.connected.store(true, Ordering::Relaxed),
                     ServerFrame::Bundle { bundle: env } => {
                         let held = bundle.as_ref().map(|b| b.version);
                         let b = redoubt_policy::verify_bundle(&env, &shared.org_key, &id, held, Timestamp::now())
                             .map_err(|e| anyhow::anyhow!("bundle refused: {e}"))?;
-                        seq += 1;
-                        let (env, mode) = report(&id, &key, &b, seq);
-                        in_flight.push_back((seq, b.version, mode));
+                        reports.send(&mut ws, &b).await?;
                         bundle = Some(b);
-                        ws.send(send(&AgentFrame::Report { report: env })).await?;
                     }
                     ServerFrame::ReportRequest => {
                         if let Some(b) = &bundle {
-                            seq += 1;
-                            let (env, mode) = report(&id, &key, b, seq);
-                            in_flight.push_back((seq, b.version, mode));
-                            ws.send(send(&AgentFrame::Report { report: env })).await?;
+                            reports.send(&mut ws, b).await?;
                         }
                     }
                     ServerFrame::ReportAck { seq: acked } => {
                         let mut last = None;
-                        while in_flight.front().is_some_and(|(s, _, _)| *s <= acked) {
-                            last = in_flight.pop_front();
+                        while reports.in_flight.front().is_some_and(|(s, _, _)| *s <= acked) {
+                            last = reports.in_flight.pop_front();
                         }
                         if let Some((_, version, mode)) = last {
                             stat.acked_at_us.store(shared.now_us(), Ordering::Relaxed);
@@ -661,13 +657,10 @@ async fn phone(
                             stat.acked_version.store(version, Ordering::Relaxed);
                             stat.acks.fetch_add(1, Ordering::Relaxed);
                         }
-                        if *flood.borrow() && in_flight.is_empty()
+                        if *flood.borrow() && reports.in_flight.is_empty()
                             && let Some(b) = &bundle
                         {
-                            seq += 1;
-                            let (env, mode) = report(&id, &key, b, seq);
-                            in_flight.push_back((seq, b.version, mode));
-                            ws.send(send(&AgentFrame::Report { report: env })).await?;
+                            reports.send(&mut ws, b).await?;
                         }
                     }
                     ServerFrame::Command { .. } => {}
@@ -682,15 +675,41 @@ async fn phone(
                 if changed.is_err() {
                     return Ok(());
                 }
-                if *flood.borrow() && in_flight.is_empty()
+                if *flood.borrow() && reports.in_flight.is_empty()
                     && let Some(b) = &bundle
                 {
-                    seq += 1;
-                    let (env, mode) = report(&id, &key, b, seq);
-                    in_flight.push_back((seq, b.version, mode));
-                    ws.send(send(&AgentFrame::Report { report: env })).await?;
+                    reports.send(&mut ws, b).await?;
                 }
             }
         }
+    }
+}
+
+fn frame_of(frame: &AgentFrame) -> Message {
+    Message::text(serde_json::to_string(frame).unwrap_or_default())
+}
+
+/// A phone's reports: numbered, signed, and remembered until acknowledged.
+struct Reports<'a> {
+    id: &'a DeviceId,
+    key: &'a SigningKey,
+    seq: u64,
+    /// Sent and not yet acknowledged: (seq, bundle version, mode).
+    in_flight: std::collections::VecDeque<(u64, u64, u8)>,
+}
+
+impl Reports<'_> {
+    /// Signs and sends the report of what `bundle` makes the phone enforce.
+    async fn send(
+        &mut self,
+        ws: &mut redoubt_client::DeviceSocket,
+        bundle: &PolicyBundle,
+    ) -> Result<()> {
+        self.seq += 1;
+        let (env, mode) = report(self.id, self.key, bundle, self.seq);
+        self.in_flight.push_back((self.seq, bundle.version, mode));
+        ws.send(frame_of(&AgentFrame::Report { report: env }))
+            .await?;
+        Ok(())
     }
 }

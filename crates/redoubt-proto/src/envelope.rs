@@ -69,16 +69,24 @@ impl SignedEnvelope {
     /// checking the signature again (the server's hot path re-reads its own bundles).
     /// Never for anything that came from outside.
     pub fn open_own<T: DeserializeOwned>(&self, kind: &'static str) -> Result<T, EnvelopeError> {
+        let payload = self.payload_of(kind).map_err(|e| match e {
+            EnvelopeError::BadSignature => EnvelopeError::Malformed("payload is not base64".into()),
+            other => other,
+        })?;
+        serde_json::from_slice(&payload).map_err(|e| EnvelopeError::Malformed(e.to_string()))
+    }
+
+    /// The payload's bytes, once the kind is the one expected.
+    fn payload_of(&self, kind: &'static str) -> Result<Vec<u8>, EnvelopeError> {
         if self.kind != kind {
             return Err(EnvelopeError::WrongKind {
                 expected: kind,
                 found: self.kind.chars().take(64).collect(),
             });
         }
-        let payload = STANDARD
+        STANDARD
             .decode(&self.payload)
-            .map_err(|_| EnvelopeError::Malformed("payload is not base64".into()))?;
-        serde_json::from_slice(&payload).map_err(|e| EnvelopeError::Malformed(e.to_string()))
+            .map_err(|_| EnvelopeError::BadSignature)
     }
 
     /// Checks kind and signature, then parses the payload.
@@ -87,15 +95,7 @@ impl SignedEnvelope {
         kind: &'static str,
         key: &VerifyingKey,
     ) -> Result<T, EnvelopeError> {
-        if self.kind != kind {
-            return Err(EnvelopeError::WrongKind {
-                expected: kind,
-                found: self.kind.chars().take(64).collect(),
-            });
-        }
-        let payload = STANDARD
-            .decode(&self.payload)
-            .map_err(|_| EnvelopeError::BadSignature)?;
+        let payload = self.payload_of(kind)?;
         let sig_bytes: [u8; 64] = STANDARD
             .decode(&self.signature)
             .ok()

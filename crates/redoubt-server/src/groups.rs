@@ -134,34 +134,7 @@ async fn add(
     Path(name): Path<String>,
     ApiJson(req): ApiJson<GroupDevices>,
 ) -> Result<impl IntoResponse, ServiceError> {
-    admin.require(Role::Operator, "manage device groups")?;
-    let name: DeviceGroupName = parse_path(&name)?;
-    check_devices(&req)?;
-    let by = Who::admin(&admin);
-    let change = s
-        .app
-        .store
-        .add_to_device_group(
-            &name,
-            &req.devices,
-            Timestamp::now(),
-            |g, added| {
-                vec![by.draft(
-                    "group.add",
-                    None,
-                    serde_json::json!({"group": g.name, "count": added.len(), "devices": added}),
-                )]
-            },
-            &crate::audit::signer(&s.app),
-        )
-        .await?;
-    s.app.fleet_worker.wake();
-    tracing::info!(group = %name, added = change.changed.len(), by = %by.actor, "devices added to group");
-    Ok(Json(GroupChange {
-        changed: change.changed.len() as u64,
-        reissued: change.reissued,
-        group: view(change.group),
-    }))
+    members(&s, &admin, &name, &req, true).await
 }
 
 async fn remove(
@@ -170,29 +143,45 @@ async fn remove(
     Path(name): Path<String>,
     ApiJson(req): ApiJson<GroupDevices>,
 ) -> Result<impl IntoResponse, ServiceError> {
+    members(&s, &admin, &name, &req, false).await
+}
+
+/// Adds devices to a group (`add`) or removes them, audited as `group.add` or
+/// `group.remove` with the devices that changed.
+async fn members(
+    s: &HttpState,
+    admin: &Admin,
+    name: &str,
+    req: &GroupDevices,
+    add: bool,
+) -> Result<Json<GroupChange>, ServiceError> {
     admin.require(Role::Operator, "manage device groups")?;
-    let name: DeviceGroupName = parse_path(&name)?;
-    check_devices(&req)?;
-    let by = Who::admin(&admin);
-    let change = s
-        .app
-        .store
-        .remove_from_device_group(
-            &name,
-            &req.devices,
-            Timestamp::now(),
-            |g, removed| {
-                vec![by.draft(
-                    "group.remove",
-                    None,
-                    serde_json::json!({"group": g.name, "count": removed.len(), "devices": removed}),
-                )]
-            },
-            &crate::audit::signer(&s.app),
-        )
-        .await?;
+    let name: DeviceGroupName = parse_path(name)?;
+    check_devices(req)?;
+    let by = Who::admin(admin);
+    let action = if add { "group.add" } else { "group.remove" };
+    let audit = |g: &DeviceGroupRecord, changed: &[redoubt_proto::DeviceId]| {
+        vec![by.draft(
+            action,
+            None,
+            serde_json::json!({"group": g.name, "count": changed.len(), "devices": changed}),
+        )]
+    };
+    let signer = crate::audit::signer(&s.app);
+    let now = Timestamp::now();
+    let change = if add {
+        s.app
+            .store
+            .add_to_device_group(&name, &req.devices, now, audit, &signer)
+            .await?
+    } else {
+        s.app
+            .store
+            .remove_from_device_group(&name, &req.devices, now, audit, &signer)
+            .await?
+    };
     s.app.fleet_worker.wake();
-    tracing::info!(group = %name, removed = change.changed.len(), by = %by.actor, "devices removed from group");
+    tracing::info!(group = %name, action, devices = change.changed.len(), by = %by.actor, "group members changed");
     Ok(Json(GroupChange {
         changed: change.changed.len() as u64,
         reissued: change.reissued,
