@@ -89,6 +89,28 @@ pub fn build_release(root: &Path, packages: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Builds `packages` in release and runs `xtask bench BENCH ARGS…` from the release
+/// build with `marker` set in its environment (so it knows it is the release run).
+pub fn rerun_release_bench(
+    root: &Path,
+    packages: &[&str],
+    bench: &str,
+    args: &[&str],
+    marker: &str,
+) -> anyhow::Result<()> {
+    build_release(root, packages)?;
+    let status = Command::new(release_bin(root, "xtask"))
+        .args(["bench", bench])
+        .args(args)
+        .env(marker, "1")
+        .status()
+        .context("running the release xtask")?;
+    if !status.success() {
+        bail!("the release benchmark failed ({status})");
+    }
+    Ok(())
+}
+
 /// A field of `/proc/PID/status` in KiB (`VmRSS`, `VmHWM`).
 pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

@@ -23,7 +23,6 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -48,8 +47,8 @@ use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::common::{
-    BenchServer, Procs, build_release, check_flags, cpu_time, flag, load_average, ms, percentile,
-    release_bin, rss_kib, workspace_root,
+    BenchServer, Procs, check_flags, cpu_time, flag, load_average, ms, percentile, rss_kib,
+    workspace_root,
 };
 
 /// How the command is called.
@@ -97,17 +96,13 @@ pub fn main(args: &[&str]) -> Result<()> {
     }
     let root = workspace_root();
     if std::env::var_os(BUILT_ENV).is_none() {
-        build_release(&root, &["redoubt-server", "xtask"])?;
-        let status = Command::new(release_bin(&root, "xtask"))
-            .args(["bench", "fleet"])
-            .args(args)
-            .env(BUILT_ENV, "1")
-            .status()
-            .context("running the release xtask")?;
-        if !status.success() {
-            bail!("the release benchmark failed ({status})");
-        }
-        return Ok(());
+        return crate::common::rerun_release_bench(
+            &root,
+            &["redoubt-server", "xtask"],
+            "fleet",
+            args,
+            BUILT_ENV,
+        );
     }
     let open_files = raise_open_file_limit();
     if (open_files as usize) < cfg.phones + 200 {

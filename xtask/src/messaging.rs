@@ -15,7 +15,6 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,7 +28,7 @@ use tokio::sync::Mutex;
 
 use crate::common::{
     BenchServer, Procs, build_release, check_flags, cpu_time, enroll_phone, flag, flag_value,
-    load_average, mib, ms, percentile, proc_status_kib, release_bin, rss_kib, workspace_root,
+    load_average, mib, ms, percentile, proc_status_kib, rss_kib, workspace_root,
 };
 use crate::mls_cost::{self, Shape};
 
@@ -113,17 +112,7 @@ pub fn main(args: &[&str]) -> Result<()> {
         } else {
             &["xtask"]
         };
-        build_release(&root, packages)?;
-        let status = Command::new(release_bin(&root, "xtask"))
-            .args(["bench", "messaging"])
-            .args(args)
-            .env(BUILT_ENV, "1")
-            .status()
-            .context("running the release xtask")?;
-        if !status.success() {
-            bail!("the release benchmark failed ({status})");
-        }
-        return Ok(());
+        return crate::common::rerun_release_bench(&root, packages, "messaging", args, BUILT_ENV);
     }
     if run_e2e && std::env::var_os(BUILT_ENV).is_none() {
         build_release(&root, &["redoubt-server", "redoubt-agent"])?;
