@@ -138,6 +138,7 @@ impl Server {
         let out = Command::new(bin("redoubt-server"))
             .args(["admin-token", "--name", name, "--role", role, "--data"])
             .arg(&self.data)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .output()
             .unwrap();
         assert!(
