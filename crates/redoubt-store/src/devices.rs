@@ -761,9 +761,12 @@ async fn record_one(
             .bind(dev.id.as_str())
             .execute(&mut **tx)
             .await?;
+        // Only zones the organization defined: the phone's holder writes the report,
+        // and a made-up zone must not show up in the console's lists.
         for z in &report.zones {
             sqlx::query(
-                "INSERT INTO device_zones (device_id, zone) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                "INSERT INTO device_zones (device_id, zone) SELECT $1, name FROM zones WHERE name = $2
+                 ON CONFLICT DO NOTHING",
             )
             .bind(dev.id.as_str())
             .bind(z.as_str())

@@ -631,8 +631,26 @@ contract! {
             signature: String::new(),
         };
         let unknown = DeviceId::from_random([99; 12]);
+        store
+            .put_zone(
+                &redoubt_proto::api::ZoneDefinition {
+                    name: "lab".parse().unwrap(),
+                    description: String::new(),
+                    mode: "lockdown".parse().unwrap(),
+                    checkpoints: vec!["gate".parse().unwrap()],
+                    wifi_bssids: Vec::new(),
+                },
+                NOW,
+                &[],
+                &sign_head,
+                issue,
+            )
+            .await
+            .unwrap();
+        // The phone's holder writes the report: a zone the organization never defined
+        // is not believed into the lists.
         let mut zoned = report(&ids[2], 1);
-        zoned.zones = vec!["lab".parse().unwrap()];
+        zoned.zones = vec!["lab".parse().unwrap(), "ghost".parse().unwrap()];
         let reports = [
             report(&ids[0], 1),
             report(&ids[0], 2),
@@ -674,5 +692,14 @@ contract! {
             ..Default::default()
         };
         assert_eq!(store.count_devices(&in_lab, NOW).await.unwrap(), 1);
+        let in_ghost = redoubt_store::DeviceFilter {
+            zone: Some("ghost".parse().unwrap()),
+            ..Default::default()
+        };
+        assert_eq!(store.count_devices(&in_ghost, NOW).await.unwrap(), 0);
+        assert_eq!(
+            store.device_breakdown().await.unwrap().by_zone,
+            vec![("lab".to_string(), 1)]
+        );
     }
 }
