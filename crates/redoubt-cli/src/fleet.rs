@@ -4,8 +4,8 @@
 use anyhow::bail;
 use clap::{Args, Subcommand};
 use redoubt_proto::api::{
-    BulkAction, BulkDone, BulkRequest, CommandPage, CommandQuery, DeviceCount, DeviceCounts,
-    DevicePage, DeviceQuery, DeviceView,
+    BulkAction, BulkDone, BulkRequest, CommandQuery, DeviceCount, DeviceCounts, DeviceQuery,
+    DeviceView,
 };
 use redoubt_proto::{
     Compliance, DeviceGroupName, HardwareKind, ModeName, Timestamp, UserName, ZoneName,
@@ -114,42 +114,56 @@ fn query_path(base: &str, q: &impl serde::Serialize) -> String {
     }
 }
 
-/// Fetches every page of the devices the query covers (at most `limit` devices): the
-/// views, and the server's JSON of each.
-pub async fn fetch_all(
+/// Fetches every page of a list (at most `limit` items): `path` makes the request for
+/// a page from its cursor and size; `field` names the page's items. Returns the
+/// server's JSON of each item and the items read as `T`.
+async fn fetch_pages<T: serde::de::DeserializeOwned>(
     api: &Api,
-    mut q: DeviceQuery,
+    field: &str,
     limit: Option<u64>,
-) -> anyhow::Result<(Vec<DeviceView>, Vec<serde_json::Value>)> {
-    let mut out = Vec::new();
-    let mut raw = Vec::new();
+    mut path: impl FnMut(Option<String>, u32) -> String,
+) -> anyhow::Result<(Vec<T>, Vec<serde_json::Value>)> {
+    let mut raw: Vec<serde_json::Value> = Vec::new();
+    let mut after = None;
     loop {
-        let left = limit.map(|l| l.saturating_sub(out.len() as u64));
+        let left = limit.map(|l| l.saturating_sub(raw.len() as u64));
         if left == Some(0) {
-            return Ok((out, raw));
+            break;
         }
-        q.limit = Some(left.map_or(DeviceQuery::MAX_LIMIT, |l| {
+        let size = left.map_or(DeviceQuery::MAX_LIMIT, |l| {
             u32::try_from(l)
                 .unwrap_or(u32::MAX)
                 .min(DeviceQuery::MAX_LIMIT)
-        }));
-        let page: Answer<DevicePage> = api.get(&devices_path(&q)).await?;
-        out.extend(page.value.devices);
-        if let Some(items) = page.raw.get("devices").and_then(|d| d.as_array()) {
+        });
+        let page: Answer<serde_json::Value> = api.get(&path(after.take(), size)).await?;
+        if let Some(items) = page.raw.get(field).and_then(|d| d.as_array()) {
             raw.extend(items.iter().cloned());
         }
-        match page.value.next {
-            Some(next) => q.after = Some(next),
-            None => return Ok((out, raw)),
+        match page.raw.get("next").and_then(|n| n.as_str()) {
+            Some(next) => after = Some(next.to_owned()),
+            None => break,
         }
     }
+    let items = raw
+        .iter()
+        .map(|v| serde_json::from_value(v.clone()))
+        .collect::<Result<Vec<T>, _>>()?;
+    Ok((items, raw))
 }
 
 /// `devices list`.
 pub async fn list(g: &Global, args: ListArgs) -> anyhow::Result<()> {
     let mut q = args.filter.query();
     q.revoked = args.revoked;
-    let (devices, raw) = fetch_all(&Api::new(g)?, q, args.limit).await?;
+    let (devices, raw): (Vec<DeviceView>, _) =
+        fetch_pages(&Api::new(g)?, "devices", args.limit, |after, size| {
+            devices_path(&DeviceQuery {
+                after,
+                limit: Some(size),
+                ..q.clone()
+            })
+        })
+        .await?;
     if g.json {
         return print_json(&serde_json::Value::Array(raw));
     }
@@ -281,36 +295,24 @@ pub async fn commands(g: &Global, cmd: CommandsCommand) -> anyhow::Result<()> {
         device,
         limit,
     } = cmd;
-    let api = Api::new(g)?;
-    let mut q = CommandQuery {
+    let q = CommandQuery {
         state,
         action,
         device,
         ..Default::default()
     };
-    let mut views = Vec::new();
-    let mut raw = Vec::new();
-    loop {
-        let left = limit.map(|l| l.saturating_sub(views.len() as u64));
-        if left == Some(0) {
-            break;
-        }
-        q.limit = Some(left.map_or(DeviceQuery::MAX_LIMIT, |l| {
-            u32::try_from(l)
-                .unwrap_or(u32::MAX)
-                .min(DeviceQuery::MAX_LIMIT)
-        }));
-        let path = query_path("commands", &q);
-        let page: Answer<CommandPage> = api.get(&path).await?;
-        views.extend(page.value.commands);
-        if let Some(items) = page.raw.get("commands").and_then(|d| d.as_array()) {
-            raw.extend(items.iter().cloned());
-        }
-        match page.value.next {
-            Some(next) => q.after = Some(next),
-            None => break,
-        }
-    }
+    let (views, raw): (Vec<redoubt_proto::api::CommandView>, _) =
+        fetch_pages(&Api::new(g)?, "commands", limit, |after, size| {
+            query_path(
+                "commands",
+                &CommandQuery {
+                    after,
+                    limit: Some(size),
+                    ..q.clone()
+                },
+            )
+        })
+        .await?;
     if g.json {
         return print_json(&serde_json::Value::Array(raw));
     }

@@ -294,16 +294,6 @@ impl DeviceQuery {
     pub const DEFAULT_LIMIT: u32 = 1_000;
     /// Most devices in a page.
     pub const MAX_LIMIT: u32 = 5_000;
-
-    /// Whether it names no filter at all (every live device).
-    pub fn is_everything(&self) -> bool {
-        let filters_only = DeviceQuery {
-            after: None,
-            limit: None,
-            ..self.clone()
-        };
-        filters_only == DeviceQuery::default()
-    }
 }
 
 /// What a bulk action does to every device its filter covers.

@@ -17,9 +17,7 @@ use axum::extract::{Path, State};
 use axum::http::{Method, StatusCode};
 use axum::response::IntoResponse;
 use rand_core::RngCore;
-use redoubt_proto::api::{
-    CommandPage, CommandQuery, CommandView, CreateCommand, DeviceQuery, Role,
-};
+use redoubt_proto::api::{CommandPage, CommandQuery, CommandView, CreateCommand, Role};
 use redoubt_proto::{
     CommandId, CommandState, Compliance, ComplianceReport, DeviceAction, DeviceCommand,
     DeviceEventKind, DeviceId, SignedEnvelope, Timestamp,
@@ -48,41 +46,21 @@ async fn list_all(
 ) -> Result<impl IntoResponse, ServiceError> {
     let axum::extract::Query(q) =
         query.map_err(|e| ServiceError::BadRequest(format!("bad query: {}", e.body_text())))?;
-    let limit = q.limit.unwrap_or(DeviceQuery::DEFAULT_LIMIT);
-    if !(1..=DeviceQuery::MAX_LIMIT).contains(&limit) {
-        return Err(ServiceError::BadRequest(format!(
-            "limit must be between 1 and {}",
-            DeviceQuery::MAX_LIMIT
-        )));
-    }
-    let after = match q.after.as_deref() {
-        None => None,
-        Some(a) => Some(
-            a.strip_prefix('r')
-                .and_then(|n| n.parse::<i64>().ok())
-                .filter(|n| *n >= 0)
-                .ok_or_else(|| {
-                    ServiceError::BadRequest(
-                        "after must be the `next` cursor of a previous page".into(),
-                    )
-                })?,
-        ),
-    };
+    let (after, limit) = crate::fleet::page_of(q.after.as_deref(), q.limit)?;
     s.app.expire_commands().await?;
     let filter = CommandFilter {
         state: q.state,
         action: q.action,
         device: q.device,
-        created_by: None,
     };
     let (commands, next) = s
         .app
         .store
-        .list_commands_page(&filter, after, limit)
+        .list_commands_page(&filter, after.as_ref(), limit)
         .await?;
     Ok(Json(CommandPage {
         commands: commands.into_iter().map(|c| view(c, false)).collect(),
-        next: next.map(|n| format!("r{n}")),
+        next: next.map(|c| c.encode()),
     }))
 }
 

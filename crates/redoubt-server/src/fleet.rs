@@ -14,7 +14,7 @@ use redoubt_proto::api::{
     BulkAction, BulkDone, BulkRequest, DeviceCount, DeviceCounts, DevicePage, DeviceQuery, Role,
 };
 use redoubt_proto::{CommandId, DeviceAction, DeviceCommand, SignedEnvelope, Timestamp};
-use redoubt_store::{BulkPending, DeviceCursor, DeviceFilter, NewBulk, NewCommand};
+use redoubt_store::{BulkPending, DeviceFilter, NewBulk, NewCommand, RowCursor};
 
 use crate::app::{App, Push};
 use crate::audit::Who;
@@ -39,6 +39,31 @@ pub fn routes() -> Routes {
             count,
         )
         .add(Method::POST, "/devices/bulk", Access::Admin(OPERATOR), bulk)
+}
+
+/// Where a list's page starts and how long it is, from the query's `after` and
+/// `limit` (a cursor this server handed out; 1 to the most a page holds).
+pub fn page_of(
+    after: Option<&str>,
+    limit: Option<u32>,
+) -> Result<(Option<RowCursor>, u32), ServiceError> {
+    let limit = limit.unwrap_or(DeviceQuery::DEFAULT_LIMIT);
+    if !(1..=DeviceQuery::MAX_LIMIT).contains(&limit) {
+        return Err(ServiceError::BadRequest(format!(
+            "limit must be between 1 and {}",
+            DeviceQuery::MAX_LIMIT
+        )));
+    }
+    let after = after
+        .map(|a| {
+            RowCursor::decode(a).ok_or_else(|| {
+                ServiceError::BadRequest(
+                    "after must be the `next` cursor of a previous page".into(),
+                )
+            })
+        })
+        .transpose()?;
+    Ok((after, limit))
 }
 
 /// The store's filter for a query's filters (paging aside).
@@ -68,24 +93,7 @@ impl App {
 
     /// `GET /devices`: one page of the devices the query covers.
     pub async fn list_devices(&self, q: &DeviceQuery) -> Result<DevicePage, ServiceError> {
-        let limit = q.limit.unwrap_or(DeviceQuery::DEFAULT_LIMIT);
-        if !(1..=DeviceQuery::MAX_LIMIT).contains(&limit) {
-            return Err(ServiceError::BadRequest(format!(
-                "limit must be between 1 and {}",
-                DeviceQuery::MAX_LIMIT
-            )));
-        }
-        let after = q
-            .after
-            .as_deref()
-            .map(|a| {
-                DeviceCursor::decode(a).ok_or_else(|| {
-                    ServiceError::BadRequest(
-                        "after must be the `next` cursor of a previous page".into(),
-                    )
-                })
-            })
-            .transpose()?;
+        let (after, limit) = page_of(q.after.as_deref(), q.limit)?;
         let now = Timestamp::now();
         let (devices, next) = self
             .store

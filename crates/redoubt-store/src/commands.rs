@@ -504,8 +504,6 @@ pub struct CommandFilter {
     pub action: Option<String>,
     /// Only this device's.
     pub device: Option<DeviceId>,
-    /// Only those a bulk action made (the admin who made them is `created_by`).
-    pub created_by: Option<String>,
 }
 
 impl Store {
@@ -514,21 +512,19 @@ impl Store {
     pub async fn list_commands_page(
         &self,
         filter: &CommandFilter,
-        after: Option<i64>,
+        after: Option<&crate::RowCursor>,
         limit: u32,
-    ) -> Result<(Vec<CommandRecord>, Option<i64>)> {
+    ) -> Result<(Vec<CommandRecord>, Option<crate::RowCursor>)> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT rowid AS list_row, {COLUMNS} FROM device_commands
              WHERE ($1 IS NULL OR state = $1) AND ($2 IS NULL OR action = $2)
-               AND ($3 IS NULL OR device_id = $3) AND ($4 IS NULL OR created_by = $4)
-               AND rowid > $5
-             ORDER BY rowid LIMIT $6"
+               AND ($3 IS NULL OR device_id = $3) AND rowid > $4
+             ORDER BY rowid LIMIT $5"
         )))
         .bind(filter.state.map(|s| s.as_str()))
         .bind(filter.action.as_deref())
         .bind(filter.device.as_ref().map(DeviceId::as_str))
-        .bind(filter.created_by.as_deref())
-        .bind(after.unwrap_or(0))
+        .bind(after.map_or(0, |c| c.row))
         .bind(i64::from(limit) + 1)
         .fetch_all(&self.pool)
         .await?;
@@ -539,6 +535,9 @@ impl Store {
             out.push(record(r)?);
             last = Some(r.try_get::<i64, _>("list_row")?);
         }
-        Ok((out, if more { last } else { None }))
+        Ok((
+            out,
+            last.filter(|_| more).map(|row| crate::RowCursor { row }),
+        ))
     }
 }

@@ -39,24 +39,24 @@ pub struct DeviceFilter {
     pub include_revoked: bool,
 }
 
-/// Where a page starts: after this device, in list order (the order devices were
-/// enrolled in: SQLite's rowid, PostgreSQL's `rowid` identity column).
+/// Where a page starts: after this row, in the order rows were inserted (SQLite's
+/// rowid, PostgreSQL's `rowid` identity column). Devices and commands page by it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DeviceCursor {
-    /// The row of the last device of the previous page.
+pub struct RowCursor {
+    /// The last row of the previous page.
     pub row: i64,
 }
 
-impl DeviceCursor {
+impl RowCursor {
     /// The cursor as the API carries it.
     pub fn encode(&self) -> String {
         format!("r{}", self.row)
     }
 
     /// Reads a cursor the API handed out; `None` for anything else.
-    pub fn decode(s: &str) -> Option<DeviceCursor> {
+    pub fn decode(s: &str) -> Option<RowCursor> {
         let row: i64 = s.strip_prefix('r')?.parse().ok()?;
-        (row >= 0).then_some(DeviceCursor { row })
+        (row >= 0).then_some(RowCursor { row })
     }
 }
 
@@ -174,7 +174,7 @@ pub struct DeviceBreakdown {
 }
 
 /// Most devices one page holds.
-pub const MAX_PAGE: u32 = 5_000;
+pub const MAX_PAGE: u32 = redoubt_proto::api::DeviceQuery::MAX_LIMIT;
 
 impl Store {
     /// One page of the devices `filter` covers, in enrollment order (row id), starting after
@@ -183,9 +183,9 @@ impl Store {
         &self,
         filter: &DeviceFilter,
         stale_before: Timestamp,
-        after: Option<&DeviceCursor>,
+        after: Option<&RowCursor>,
         limit: u32,
-    ) -> Result<(Vec<DeviceRecord>, Option<DeviceCursor>)> {
+    ) -> Result<(Vec<DeviceRecord>, Option<RowCursor>)> {
         if limit == 0 || limit > MAX_PAGE {
             return Err(StoreError::Conflict(format!(
                 "a page holds 1 to {MAX_PAGE} devices"
@@ -217,7 +217,7 @@ impl Store {
             .collect::<Result<Vec<_>>>()?;
         fill_groups(&self.pool, self, &mut recs).await?;
         let next = match rows.get(limit as usize - 1) {
-            Some(last) if rows.len() > limit as usize => Some(DeviceCursor {
+            Some(last) if rows.len() > limit as usize => Some(RowCursor {
                 row: sqlx::Row::try_get::<i64, _>(last, "list_row")?,
             }),
             _ => None,

@@ -32,7 +32,7 @@ pub use devices::{
     APPROVED_AS_FIRST_DEVICE, BundleRequest, DeviceRecord, IssuedBundle, NewDevice, ReportOutcome,
     ReportStored,
 };
-pub use fleet::{BulkPending, DeviceBreakdown, DeviceCursor, DeviceFilter, MAX_PAGE, NewBulk};
+pub use fleet::{BulkPending, DeviceBreakdown, DeviceFilter, MAX_PAGE, NewBulk, RowCursor};
 pub use groups::{DeviceGroupRecord, MembershipChange};
 pub use messaging::{
     AWAITING_APPROVAL, BlobRecord, ClaimedRecord, CommitBase, CommitInput, CommitOutcome,

@@ -8,12 +8,12 @@ mod common;
 
 use common::{NOW, enrolled, open, sign};
 use redoubt_proto::{Compliance, DeviceGroupName, DeviceId, Timestamp};
-use redoubt_store::{DeviceCursor, DeviceFilter, Store};
+use redoubt_store::{DeviceFilter, RowCursor, Store};
 
 async fn all_pages(store: &Store, filter: &DeviceFilter, limit: u32) -> (Vec<DeviceId>, usize) {
     let mut ids = Vec::new();
     let mut pages = 0;
-    let mut after: Option<DeviceCursor> = None;
+    let mut after: Option<RowCursor> = None;
     loop {
         let (page, next) = store
             .list_devices_page(filter, NOW, after.as_ref(), limit)
@@ -25,7 +25,7 @@ async fn all_pages(store: &Store, filter: &DeviceFilter, limit: u32) -> (Vec<Dev
         match next {
             Some(c) => {
                 // The cursor survives its trip through the API.
-                after = Some(DeviceCursor::decode(&c.encode()).unwrap());
+                after = Some(RowCursor::decode(&c.encode()).unwrap());
                 assert_eq!(after, Some(c));
             }
             None => return (ids, pages),
@@ -112,10 +112,10 @@ contract! {
         // Bad page sizes and foreign cursors are refused.
         assert!(store.list_devices_page(&everything, NOW, None, 0).await.is_err());
         assert!(store.list_devices_page(&everything, NOW, None, 5_001).await.is_err());
-        assert!(DeviceCursor::decode("12").is_none());
-        assert!(DeviceCursor::decode("r-1").is_none());
-        assert!(DeviceCursor::decode("rx").is_none());
-        assert!(DeviceCursor::decode("").is_none());
+        assert!(RowCursor::decode("12").is_none());
+        assert!(RowCursor::decode("r-1").is_none());
+        assert!(RowCursor::decode("rx").is_none());
+        assert!(RowCursor::decode("").is_none());
     }
 }
 

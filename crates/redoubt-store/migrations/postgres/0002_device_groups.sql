@@ -28,5 +28,3 @@ ALTER TABLE enrollment_tokens ADD COLUMN groups TEXT NOT NULL DEFAULT '[]';
 ALTER TABLE devices ADD COLUMN bundle_stale BIGINT  NOT NULL DEFAULT 0;
 CREATE INDEX devices_bundle_stale ON devices (bundle_stale) WHERE bundle_stale = 1;
 
--- Lists page in a stable order: by enrollment time, then id.
-CREATE INDEX devices_enrolled ON devices (enrolled_at, id);
