@@ -46,6 +46,7 @@ pub fn bundle() -> PolicyBundle {
         },
         check_in_interval_secs: 60,
         organization_endpoints: vec!["redoubt.example.org".into()],
+        servers: Vec::new(),
         zones: vec![ZonePolicy {
             name: "lab".parse().expect("a valid name"),
             mode: redoubt_policy::SECURE_SITE.parse().expect("a valid name"),

@@ -255,6 +255,16 @@ impl BenchServer {
 
     /// An admin client with a fresh owner token (minted with the offline command).
     pub fn owner_client(&self, root: &Path) -> anyhow::Result<ServerClient> {
+        let token = self.owner_token(root)?;
+        Ok(ServerClient::new(
+            self.url.parse()?,
+            self.fingerprint.parse()?,
+            Some(token),
+        )?)
+    }
+
+    /// A fresh owner token, minted with the offline command.
+    pub fn owner_token(&self, root: &Path) -> anyhow::Result<String> {
         let out = Command::new(release_bin(root, "redoubt-server"))
             .args([
                 "admin-token",
@@ -273,12 +283,7 @@ impl BenchServer {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        let token = String::from_utf8(out.stdout)?.trim().to_owned();
-        Ok(ServerClient::new(
-            self.url.parse()?,
-            self.fingerprint.parse()?,
-            Some(token),
-        )?)
+        Ok(String::from_utf8(out.stdout)?.trim().to_owned())
     }
 }
 

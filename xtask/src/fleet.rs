@@ -18,6 +18,12 @@
 //! - one phone's set-mode → its compliant report stored, p50/p99/max over R changes
 //!   made one after another while all others stay connected.
 //!
+//! With `--nodes N` (on PostgreSQL), N server nodes share one database and one NATS
+//! server (`REDOUBT_BENCH_NATS`, default `nats://127.0.0.1:4222`); phone i holds its
+//! session on node i mod N, every admin request goes to the first node, so a change
+//! reaches the phones of the other nodes through NATS. Memory and CPU are the sums over
+//! the nodes.
+//!
 //! The release binaries are built once (`cargo build --release`), then the release
 //! xtask runs the measurement (the load generator must not be a debug build).
 
@@ -52,7 +58,7 @@ use crate::common::{
 };
 
 /// How the command is called.
-pub const USAGE: &str = "cargo xtask bench fleet [--phones N] [--sources K] [--ingest-secs S] [--single R] [--database sqlite|postgres]";
+pub const USAGE: &str = "cargo xtask bench fleet [--phones N] [--sources K] [--ingest-secs S] [--single R] [--database sqlite|postgres] [--nodes N]";
 
 const FLAGS: &[&str] = &[
     "--phones",
@@ -60,6 +66,7 @@ const FLAGS: &[&str] = &[
     "--ingest-secs",
     "--single",
     "--database",
+    "--nodes",
 ];
 
 /// Set when the release xtask runs the measurement itself.
@@ -72,6 +79,8 @@ struct Config {
     sources: usize,
     ingest: Duration,
     single: usize,
+    /// Server nodes (more than one needs PostgreSQL and NATS).
+    nodes: usize,
 }
 
 /// `cargo xtask bench fleet …`.
@@ -90,7 +99,17 @@ pub fn main(args: &[&str]) -> Result<()> {
         sources: flag(args, "--sources")?.unwrap_or(phones.div_ceil(900).max(1)),
         ingest: Duration::from_secs(flag(args, "--ingest-secs")?.unwrap_or(10) as u64),
         single: flag(args, "--single")?.unwrap_or(100),
+        nodes: flag(args, "--nodes")?.unwrap_or(1),
     };
+    if cfg.nodes == 0 || cfg.nodes > 16 {
+        bail!("--nodes must be between 1 and 16");
+    }
+    if cfg.nodes > 1 && !cfg.postgres {
+        bail!(
+            "--nodes {} needs --database postgres: nodes share one PostgreSQL database",
+            cfg.nodes
+        );
+    }
     if cfg.phones == 0 || cfg.sources == 0 || cfg.sources > 250 {
         bail!("--phones must be at least 1 and --sources between 1 and 250");
     }
@@ -197,8 +216,26 @@ async fn run(root: &Path, cfg: &Config, command: &str) -> Result<()> {
         .map(|p| vec![("REDOUBT_DATABASE_URL", p.url())])
         .unwrap_or_default();
     let backend = if cfg.postgres { "PostgreSQL" } else { "SQLite" };
-    let server = BenchServer::start(root, &tmp.path().join("server"), &env, &mut procs)?;
-    let admin = server.owner_client(root)?;
+    let nodes = start_nodes(root, tmp.path(), cfg.nodes, &env, &mut procs)?;
+    let server = &nodes[0];
+    let pids: Vec<u32> = nodes.iter().map(|n| n.pid).collect();
+    let token = server.owner_token(root)?;
+    let clients: Vec<ServerClient> = nodes
+        .iter()
+        .map(|n| {
+            Ok(ServerClient::new(
+                n.url.parse()?,
+                n.fingerprint.parse()?,
+                Some(token.clone()),
+            )?)
+        })
+        .collect::<Result<_>>()?;
+    let admin = clients[0].clone();
+    let backend = if cfg.nodes > 1 {
+        format!("{} nodes on one {backend} database and NATS", cfg.nodes)
+    } else {
+        backend.to_owned()
+    };
     eprintln!(
         "fleet benchmark: {} phones over {} loopback source addresses against the release server ({backend})",
         cfg.phones, cfg.sources
@@ -245,7 +282,7 @@ async fn run(root: &Path, cfg: &Config, command: &str) -> Result<()> {
     let org_key = org_key.context("no phone enrolled")?;
 
     // Connect every phone and wait until each holds its session and has reported.
-    let rss_before = rss_kib(server.pid);
+    let rss_before = sum_of(&pids, rss_kib);
     let (flood_tx, flood_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
         epoch: Instant::now(),
@@ -258,7 +295,7 @@ async fn run(root: &Path, cfg: &Config, command: &str) -> Result<()> {
     let pb = bar(cfg.phones, "connecting");
     let started = Instant::now();
     for (i, p) in phones.iter().enumerate() {
-        let client = admin.clone();
+        let client = clients[i % clients.len()].clone();
         let shared = shared.clone();
         let (id, key, source) = (p.id.clone(), p.key.clone(), p.source);
         tokio::spawn(async move {
@@ -304,7 +341,7 @@ async fn run(root: &Path, cfg: &Config, command: &str) -> Result<()> {
     pb.finish();
     // Idle: let the server settle, then read its memory.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let rss_after = rss_kib(server.pid);
+    let rss_after = sum_of(&pids, rss_kib);
     let per_phone_kib = match (rss_before, rss_after) {
         (Some(b), Some(a)) => Some((a.saturating_sub(b)) as f64 / cfg.phones as f64),
         _ => None,
@@ -361,7 +398,7 @@ async fn run(root: &Path, cfg: &Config, command: &str) -> Result<()> {
 
     // Sustained ingest: every phone reports back to back.
     let acks = |s: &Shared| -> u64 { s.stats.iter().map(|p| p.acks.load(Ordering::Relaxed)).sum() };
-    let cpu0 = cpu_time(server.pid);
+    let cpu0 = sum_of(&pids, cpu_time);
     let acks0 = acks(&shared);
     let started = Instant::now();
     flood_tx.send_replace(true);
@@ -377,7 +414,7 @@ async fn run(root: &Path, cfg: &Config, command: &str) -> Result<()> {
     }
     let window = started.elapsed();
     let acks1 = acks(&shared);
-    let cpu1 = cpu_time(server.pid);
+    let cpu1 = sum_of(&pids, cpu_time);
     flood_tx.send_replace(false);
     pb.finish();
     let ingested = acks1 - acks0;
@@ -486,6 +523,79 @@ async fn run(root: &Path, cfg: &Config, command: &str) -> Result<()> {
     drop(procs);
     drop(pg);
     Ok(())
+}
+
+/// The sum of a reading over every node (none if one is unreadable).
+fn sum_of<T: std::iter::Sum<T>>(pids: &[u32], read: impl Fn(u32) -> Option<T>) -> Option<T> {
+    pids.iter().map(|p| read(*p)).sum()
+}
+
+/// Starts `n` server nodes; more than one share the database in `env` and a NATS
+/// server, each with the first node's keys, every one listed in the signed bundles.
+fn start_nodes(
+    root: &Path,
+    tmp: &Path,
+    n: usize,
+    env: &[(&str, &str)],
+    procs: &mut Procs,
+) -> Result<Vec<BenchServer>> {
+    if n == 1 {
+        return Ok(vec![BenchServer::start(
+            root,
+            &tmp.join("server"),
+            env,
+            procs,
+        )?]);
+    }
+    let nats =
+        std::env::var("REDOUBT_BENCH_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    if std::net::TcpStream::connect(nats.trim_start_matches("nats://")).is_err() {
+        bail!(
+            "--nodes needs a NATS server at {nats} (start nats-server, or set REDOUBT_BENCH_NATS)"
+        );
+    }
+    let ports: Vec<u16> = (0..n)
+        .map(|_| {
+            Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port())
+        })
+        .collect::<Result<_>>()?;
+    let urls: Vec<String> = ports
+        .iter()
+        .map(|p| format!("https://127.0.0.1:{p}"))
+        .collect();
+    let servers = format!(
+        "[{}]",
+        urls.iter()
+            .map(|u| format!("\"{u}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let mut out: Vec<BenchServer> = Vec::new();
+    for (k, (port, url)) in ports.iter().zip(&urls).enumerate() {
+        let data = tmp.join(format!("node-{k}"));
+        if let Some(first) = out.first() {
+            std::fs::create_dir_all(&data)?;
+            for f in ["ca.crt", "ca.key", "org-signing.key"] {
+                std::fs::copy(first.data.join(f), data.join(f))?;
+            }
+        }
+        let mut node_env = env.to_vec();
+        node_env.extend([
+            ("REDOUBT_NATS_URL", nats.as_str()),
+            ("REDOUBT_PUBLIC_URL", url.as_str()),
+            ("REDOUBT_SERVERS", servers.as_str()),
+        ]);
+        out.push(BenchServer::start_at(
+            root,
+            &data,
+            &format!("127.0.0.1:{port}"),
+            &node_env,
+            procs,
+        )?);
+    }
+    Ok(out)
 }
 
 async fn wait_until(

@@ -7,8 +7,11 @@
 //! - `qemu-system-x86`, `linux-image-amd64`, `busybox-static`, `kmod`, `libc6-dev`: the VM
 //!   test boots Debian's kernel under qemu with a static agent in a busybox initramfs;
 //! - `postgresql`: the store contract suite and the multi-node tests run against a
-//!   PostgreSQL server on loopback (each test in a database of its own), started when
-//!   it is installed but not answering (as root, as the machine's service scripts do).
+//!   PostgreSQL server on loopback (each test in a database of its own);
+//! - `nats-server`: the multi-node tests carry cross-node pushes over NATS.
+//!
+//! Both services are started when they are installed but not answering (as root, with
+//! the commands the machine's own service scripts use).
 
 use std::path::Path;
 use std::process::Command;
@@ -69,6 +72,9 @@ pub fn missing_packages() -> Vec<&'static str> {
     if !have_command("pg_ctlcluster") && !have_command("postgres") {
         missing.push("postgresql");
     }
+    if !have_command("nats-server") {
+        missing.push("nats-server");
+    }
     missing
 }
 
@@ -91,12 +97,14 @@ fn wait_answering(addr: &str) -> bool {
     false
 }
 
-/// PostgreSQL's loopback address the tests use by default.
+/// PostgreSQL's and NATS's loopback addresses the tests use by default.
 pub const POSTGRES_ADDR: &str = "127.0.0.1:5432";
+/// See [`POSTGRES_ADDR`].
+pub const NATS_ADDR: &str = "127.0.0.1:4222";
 
-/// Makes sure PostgreSQL answers on loopback, starting it as root when it is installed
-/// but stopped. A `REDOUBT_TEST_POSTGRES` set by the caller points the tests elsewhere,
-/// and nothing is started then.
+/// Makes sure PostgreSQL and NATS answer on loopback, starting them as root when they
+/// are installed but stopped. A `REDOUBT_TEST_POSTGRES` / `REDOUBT_TEST_NATS` set by the
+/// caller points the tests elsewhere, and nothing is started then.
 pub fn ensure_services() -> anyhow::Result<()> {
     if std::env::var_os("REDOUBT_TEST_POSTGRES").is_none() && !answers(POSTGRES_ADDR) {
         if !is_root() {
@@ -124,6 +132,32 @@ pub fn ensure_services() -> anyhow::Result<()> {
         }
         if !wait_answering(POSTGRES_ADDR) {
             bail!("PostgreSQL was started but does not answer on {POSTGRES_ADDR}");
+        }
+    }
+    if std::env::var_os("REDOUBT_TEST_NATS").is_none() && !answers(NATS_ADDR) {
+        if !is_root() {
+            bail!(
+                "the tests need a NATS server on {NATS_ADDR}; start nats-server, or set REDOUBT_TEST_NATS"
+            );
+        }
+        eprintln!("starting NATS");
+        let status = Command::new("start-stop-daemon")
+            .args([
+                "--start",
+                "--oknodo",
+                "--background",
+                "--exec",
+                "/usr/sbin/nats-server",
+                "--",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                "4222",
+            ])
+            .status()
+            .context("starting nats-server")?;
+        if !status.success() || !wait_answering(NATS_ADDR) {
+            bail!("nats-server was started but does not answer on {NATS_ADDR}");
         }
     }
     Ok(())

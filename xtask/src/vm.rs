@@ -419,6 +419,7 @@ fn guest_files() -> Result<Vec<(String, u32, Vec<u8>)>> {
             },
             check_in_interval_secs: 60,
             organization_endpoints: Vec::new(),
+            servers: Vec::new(),
             zones: Vec::new(),
         };
         let rules = &bundle

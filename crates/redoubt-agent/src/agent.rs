@@ -338,6 +338,12 @@ impl Agent {
         self.key.clone()
     }
 
+    /// The organization's server addresses the held bundle lists (none for a single
+    /// server).
+    pub fn bundle_servers(&self) -> &[url::Url] {
+        self.bundle.as_ref().map_or(&[], |b| b.servers.as_slice())
+    }
+
     /// The version of the held bundle.
     pub fn bundle_version(&self) -> Option<u64> {
         self.bundle.as_ref().map(|b| b.version)
@@ -864,6 +870,7 @@ mod tests {
             },
             check_in_interval_secs: 60,
             organization_endpoints: vec!["redoubt.example".into()],
+            servers: Vec::new(),
             zones: Vec::new(),
         };
         SignedEnvelope::sign(PolicyBundle::KIND, &b, &org())

@@ -24,7 +24,7 @@ use anyhow::{Context, Result};
 use ed25519_dalek::{Signer, SigningKey};
 use futures_util::{SinkExt, StreamExt};
 use rand_core::{OsRng, RngCore};
-use redoubt_client::{DeviceSocket, ServerClient};
+use redoubt_client::{DeviceSocket, ServerClient, ServerList};
 use redoubt_proto::envelope::encode_signature;
 use redoubt_proto::ws::{AgentFrame, ServerFrame, hello_message};
 use redoubt_proto::{DeviceId, Timestamp};
@@ -53,6 +53,8 @@ const WATCH_MIN_GAP: Duration = Duration::from_millis(250);
 /// Without any frame from the server for this long, the session is presumed dead.
 const IDLE_LIMIT: Duration = Duration::from_secs(60);
 const BACKOFF_START: Duration = Duration::from_millis(500);
+/// Pause before trying the next server address after one did not answer.
+const FAILOVER_GAP: Duration = Duration::from_millis(200);
 /// How long a wiping agent waits for the acknowledgement of its last report.
 const WIPE_REPORT_WAIT: Duration = Duration::from_secs(5);
 
@@ -397,7 +399,11 @@ pub async fn run(dir: StateDir, opts: RunOptions) -> Result<()> {
         tracing::error!(error = %format!("{e:#}"), "cannot prepare the messenger directory");
         agent.status.error(format!("messenger directory: {e:#}"));
     }
-    let client = ServerClient::new(identity.server.clone(), identity.ca_fingerprint, None)
+    // The enrollment address, then the organization's list from the signed bundle: a
+    // server that stops answering is left for the next one.
+    let mut servers = ServerList::new(identity.server.clone());
+    servers.learn(agent.bundle_servers());
+    ServerClient::new(identity.server.clone(), identity.ca_fingerprint, None)
         .context("preparing the connection to the server")?;
     let shutdown = shutdown_signal().await?;
     tokio::pin!(shutdown);
@@ -516,15 +522,20 @@ pub async fn run(dir: StateDir, opts: RunOptions) -> Result<()> {
                 next_checkin = Instant::now() + jitter(agent.check_in_interval());
             }
             () = sleep_until(next_connect), if !connected && connecting.is_none() => {
-                tracing::debug!(server = %identity.server, "connecting");
-                connecting = Some(tokio::spawn(connect(client.clone(), identity.device_id.clone(), agent.key())));
+                tracing::debug!(server = %servers.current(), "connecting");
+                let (url, pin, id, key) = (servers.current().clone(), identity.ca_fingerprint, identity.device_id.clone(), agent.key());
+                connecting = Some(tokio::spawn(async move {
+                    let client = ServerClient::new(url, pin, None).map_err(|e| ConnectError::Other(e.to_string()))?;
+                    connect(client, id, key).await
+                }));
             }
             joined = connect_finished(&mut connecting) => {
                 connecting = None;
                 let cap = agent.check_in_interval();
                 match joined {
                     Ok(Ok((ws, server_time))) => {
-                        tracing::info!(server = %identity.server, %server_time, "connected and authenticated");
+                        tracing::info!(server = %servers.current(), %server_time, "connected and authenticated");
+                        servers.succeeded();
                         // The server's time (over the pinned TLS session) raises the
                         // trusted floor; a wall clock set far ahead does not.
                         blocking(|| agent.observe_server_time(server_time));
@@ -551,8 +562,10 @@ pub async fn run(dir: StateDir, opts: RunOptions) -> Result<()> {
                         next_connect = Instant::now() + delay;
                     }
                     Ok(Err(ConnectError::Other(message))) => {
-                        let delay = backoff.delay(cap);
-                        tracing::warn!(reason = %message, retry_in_ms = delay.as_millis() as u64, "connection failed");
+                        let failed = servers.current().clone();
+                        // The next address at once; after a whole round, the backoff.
+                        let delay = if servers.failed() { backoff.delay(cap) } else { jitter(FAILOVER_GAP) };
+                        tracing::warn!(server = %failed, next = %servers.current(), reason = %message, retry_in_ms = delay.as_millis() as u64, "connection failed");
                         agent.status.error(format!("connection: {message}"));
                         next_connect = Instant::now() + delay;
                     }
@@ -612,6 +625,7 @@ pub async fn run(dir: StateDir, opts: RunOptions) -> Result<()> {
                     ServerFrame::Bundle { bundle } => {
                         match blocking(|| agent.offer_bundle(&bundle)) {
                             Ok((BundleOutcome::Applied { .. }, reports)) => {
+                                servers.learn(agent.bundle_servers());
                                 session.send_reports(&mut agent, &reports).await;
                                 next_checkin = Instant::now() + jitter(agent.check_in_interval());
                             }

@@ -23,6 +23,9 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use url::Url;
 
+mod servers;
+pub use servers::ServerList;
+
 /// A WebSocket to the server over pinned TLS.
 pub type DeviceSocket = WebSocketStream<TlsStream<TcpStream>>;
 

@@ -368,6 +368,8 @@ pub struct Messenger {
     net: Net,
     signer: SignatureKeyPair,
     certificate: SignedEnvelope,
+    /// The server list as last stored in the database.
+    remembered: std::sync::Mutex<Vec<url::Url>>,
 }
 
 impl std::fmt::Debug for Messenger {
@@ -411,6 +413,13 @@ impl Messenger {
             .await
             .with_context(|| format!("opening {}", dir.db_path().display()))?;
         let net = Net::new(&identity, credential.key, credential.delegation)?;
+        // The organization's other addresses, as the last session grant listed them: a
+        // messenger started while its enrollment server is down still finds the others.
+        let remembered: Vec<url::Url> = match setting(&db, "servers").await? {
+            Some(s) => serde_json::from_str(&s).context("the stored server list is corrupt")?,
+            None => Vec::new(),
+        };
+        net.learn_servers(&remembered);
         let mut first_start = false;
         let (signer, certificate) = match (
             setting(&db, "mls_public_key").await?,
@@ -438,6 +447,7 @@ impl Messenger {
             net,
             signer,
             certificate,
+            remembered: std::sync::Mutex::new(remembered),
         };
         m.recover_commits().await?;
         if first_start {
@@ -492,6 +502,27 @@ impl Messenger {
         .await?;
         tx.commit().await?;
         Ok((signer, issued.certificate))
+    }
+
+    /// Stores the organization's server list if a session grant changed it.
+    async fn remember_servers(&self) -> Result<()> {
+        let now = self.net.servers();
+        let changed = {
+            let held = self.remembered.lock().unwrap_or_else(|p| p.into_inner());
+            *held != now
+        };
+        if changed {
+            let mut tx = self.db.begin().await?;
+            put_setting(&mut tx, "servers", &serde_json::to_string(&now)?).await?;
+            tx.commit().await?;
+            *self.remembered.lock().unwrap_or_else(|p| p.into_inner()) = now;
+        }
+        Ok(())
+    }
+
+    /// The server address in use and every one known, in the order they are tried.
+    pub fn servers(&self) -> (url::Url, Vec<url::Url>) {
+        (self.net.server(), self.net.servers())
     }
 
     /// This device.
@@ -1151,6 +1182,10 @@ impl Messenger {
     /// (a removal is itself a commit, so it must not start another from there).
     async fn sync_with(&self, removals: bool) -> Result<SyncReport> {
         let mut report = SyncReport::default();
+        let report_servers = self.remember_servers().await;
+        if let Err(e) = report_servers {
+            tracing::warn!(error = %format!("{e:#}"), "could not store the server list");
+        }
         let mut delivered: BTreeMap<GroupId, Vec<String>> = BTreeMap::new();
         loop {
             let batch: QueueBatch = self.net.get("/queue?limit=200").await?;

@@ -183,6 +183,7 @@ mod tests {
             },
             check_in_interval_secs: 60,
             organization_endpoints: vec![],
+            servers: Vec::new(),
             zones: Vec::new(),
         }
     }

@@ -189,6 +189,7 @@ mod tests {
             },
             check_in_interval_secs: 60,
             organization_endpoints: vec![],
+            servers: Vec::new(),
             zones: vec![ZonePolicy {
                 name: "lab".parse().unwrap(),
                 mode: "secure-site".parse().unwrap(),

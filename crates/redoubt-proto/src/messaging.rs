@@ -121,6 +121,10 @@ pub struct SessionGranted {
     pub user: UserName,
     /// The server's messaging limits.
     pub limits: MessengerLimits,
+    /// The organization's server addresses (`https://` origins) a messenger fails over
+    /// between; omitted by a single server.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub servers: Vec<url::Url>,
 }
 
 impl fmt::Debug for SessionGranted {
@@ -130,6 +134,7 @@ impl fmt::Debug for SessionGranted {
             .field("expires_at", &self.expires_at)
             .field("user", &self.user)
             .field("limits", &self.limits)
+            .field("servers", &self.servers)
             .finish()
     }
 }

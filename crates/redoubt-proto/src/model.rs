@@ -282,6 +282,12 @@ pub struct PolicyBundle {
     /// agent decides offline.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub zones: Vec<crate::zones::ZonePolicy>,
+    /// The organization's server addresses (`https://` origins), in the order a phone
+    /// tries them when the one it uses stops answering. The enrollment code carries one
+    /// address; this list, signed with the rest, carries them all. Omitted when the
+    /// organization runs a single server, so such bundles read exactly as before.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub servers: Vec<url::Url>,
 }
 
 impl PolicyBundle {

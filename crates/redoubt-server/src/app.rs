@@ -33,7 +33,8 @@ use crate::error::ServiceError;
 use crate::pki::Keys;
 
 /// A message to a connected device's session.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Push {
     /// The device has a newer bundle.
     BundleChanged,
@@ -41,6 +42,9 @@ pub enum Push {
     CommandsChanged,
     /// The device was revoked: end the session.
     Revoked,
+    /// Signals may have been missed: send the bundle if it is newer than the one the
+    /// session sent, and any command not sent yet.
+    Resync,
 }
 
 /// Connected device sessions, one per device (a new connection replaces the old one).
@@ -83,6 +87,11 @@ impl Hub {
     /// Number of connected devices.
     pub fn len(&self) -> usize {
         self.lock().len()
+    }
+
+    /// The connected devices.
+    pub fn devices(&self) -> Vec<DeviceId> {
+        self.lock().keys().cloned().collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<DeviceId, (u64, mpsc::Sender<Push>)>> {
@@ -365,6 +374,8 @@ pub struct App {
     pub reports: crate::reports::ReportBatcher,
     /// Issues what bulk changes left to do (bundles, commands), in batches.
     pub fleet_worker: crate::fleet::FleetWorker,
+    /// The other server nodes, if any: where signals for their phones go.
+    pub cluster: crate::cluster::Cluster,
 }
 
 /// SHA-256 of a secret token, as stored.
@@ -380,6 +391,27 @@ pub fn new_token(prefix: &str) -> String {
 }
 
 impl App {
+    /// Tells a device's agent session that something changed, on whichever node holds it.
+    pub fn push(&self, id: &DeviceId, p: Push) {
+        self.hub.notify(id, p);
+        self.cluster
+            .send(crate::cluster::Signal::Push { d: id.clone(), p });
+    }
+
+    /// Rings a device's messenger push channels, on whichever nodes hold them.
+    pub fn ring(&self, id: &DeviceId, m: redoubt_proto::messaging::MessengerPush) {
+        self.doorbells.ring(id, m.clone());
+        self.cluster
+            .send(crate::cluster::Signal::Ring { d: id.clone(), m });
+    }
+
+    /// Ends every messenger session of a revoked device, on every node.
+    pub fn end_messenger_sessions(&self, id: &DeviceId) {
+        self.sessions.end_device(id);
+        self.cluster
+            .send(crate::cluster::Signal::Revoked { d: id.clone() });
+    }
+
     /// Signs a new head of the audit log with the organization key.
     pub fn sign_audit_head(&self, head: &redoubt_proto::AuditHead) -> SignedEnvelope {
         SignedEnvelope::sign(redoubt_proto::AuditHead::KIND, head, &self.keys.org_signing)
@@ -436,6 +468,7 @@ impl App {
                     wifi_bssids: z.wifi_bssids.clone(),
                 })
                 .collect(),
+            servers: self.config.servers.clone(),
         };
         let envelope = SignedEnvelope::sign(PolicyBundle::KIND, &bundle, &self.keys.org_signing);
         let expected = redoubt_policy::decide(Some(&bundle), now).mode;
@@ -761,7 +794,7 @@ impl App {
             )
             .await?;
         tracing::info!(device = %id, mode = %mode, by = %by.actor, version = rec.bundle_version, "mode assigned");
-        self.hub.notify(id, Push::BundleChanged);
+        self.push(id, Push::BundleChanged);
         Ok(self.device_view(rec, now))
     }
 
@@ -839,7 +872,7 @@ impl App {
             .await?;
         tracing::info!(mode = %name, by = %by.actor, devices = touched.len(), "mode saved");
         for id in &touched {
-            self.hub.notify(id, Push::BundleChanged);
+            self.push(id, Push::BundleChanged);
         }
         self.mode(name).await
     }
@@ -886,7 +919,7 @@ impl App {
         .increment(1);
         if let ReportOutcome::Stored(c) = outcome {
             // Held conversations may be deliverable now (or no longer).
-            self.doorbells.ring(
+            self.ring(
                 device,
                 redoubt_proto::messaging::MessengerPush::QueueChanged,
             );

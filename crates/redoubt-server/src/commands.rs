@@ -182,7 +182,7 @@ impl App {
                 )
                 .await?
         } else {
-            self.hub.notify(device, Push::CommandsChanged);
+            self.push(device, Push::CommandsChanged);
             c
         };
         Ok(view(c, false))
@@ -217,7 +217,7 @@ impl App {
             if c.action == DeviceAction::Wipe {
                 self.revoke_device("server (wipe expired unverified)", &c.device_id)
                     .await?;
-                self.hub.notify(&c.device_id, Push::Revoked);
+                self.push(&c.device_id, Push::Revoked);
             }
         }
         Ok(())
@@ -245,7 +245,7 @@ impl App {
             if c.action == DeviceAction::Wipe {
                 self.revoke_device("server (wipe refused by the phone)", device)
                     .await?;
-                self.hub.notify(device, Push::Revoked);
+                self.push(device, Push::Revoked);
             }
         }
         Ok(c)
@@ -258,7 +258,7 @@ impl App {
             if c.action == DeviceAction::Wipe {
                 self.revoke_device("server (device wiped)", &c.device_id)
                     .await?;
-                self.hub.notify(&c.device_id, Push::Revoked);
+                self.push(&c.device_id, Push::Revoked);
             }
         }
         Ok(())

@@ -77,6 +77,15 @@ pub struct RawConfig {
     /// The PostgreSQL database (`postgres://…`) that several server nodes share;
     /// without it, the embedded SQLite file in the data directory.
     pub database_url: Option<String>,
+    /// The organization's server addresses (`https://` origins): every node's, in the
+    /// order phones try them. They travel in the signed bundle, so a phone whose server
+    /// stops answering goes on through the next one. Default: none (the one address of
+    /// the enrollment code).
+    pub servers: Option<Vec<String>>,
+    /// The NATS server (`nats://host:port`) through which the nodes sharing one
+    /// PostgreSQL database tell each other what a phone connected elsewhere must hear.
+    /// Needs `database_url`.
+    pub nats_url: Option<String>,
 }
 
 /// Names of the keys, for the `REDOUBT_*` environment overlay.
@@ -111,6 +120,8 @@ const KEYS: &[&str] = &[
     "gate_credential_ttl_secs",
     "refusal_audit_window_secs",
     "database_url",
+    "servers",
+    "nats_url",
 ];
 
 /// The validated configuration.
@@ -168,9 +179,51 @@ pub struct Config {
     pub refusal_audit_window_secs: u64,
     /// The shared PostgreSQL database, if configured (else SQLite in `data`).
     pub database_url: Option<String>,
+    /// The organization's server addresses phones fail over between (empty: one server).
+    pub servers: Vec<Url>,
+    /// The NATS server the nodes share, if there are several.
+    pub nats_url: Option<Url>,
+}
+
+/// Parses an `https://host[:port]` origin for the setting `key`.
+fn parse_origin(key: &str, u: &str) -> anyhow::Result<Url> {
+    let url = Url::parse(u).with_context(|| format!("{key} {u:?} is not a URL"))?;
+    if url.scheme() != "https" {
+        bail!("{key} must be an https:// URL");
+    }
+    // Phones build every address from it and pin it in enrollment codes (which must be
+    // an origin): a path, query or user would be dropped or misread somewhere.
+    if url.path() != "/"
+        || url.query().is_some()
+        || url.fragment().is_some()
+        || !url.username().is_empty()
+        || url.password().is_some()
+        || url.host_str().is_none()
+    {
+        bail!("{key} {u:?} must be an origin (https://host[:port]) without path, query or user");
+    }
+    Ok(url)
+}
+
+/// The host of a URL as a TLS name or an IP literal (without IPv6 brackets).
+fn bare_host(u: &Url) -> Option<String> {
+    u.host_str()
+        .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_owned())
 }
 
 impl Config {
+    /// The NATS server named for people and logs: never its user or password.
+    pub fn nats_label(&self) -> Option<String> {
+        self.nats_url.as_ref().map(|u| {
+            format!(
+                "{}://{}:{}",
+                u.scheme(),
+                u.host_str().unwrap_or("?"),
+                u.port().unwrap_or(4222)
+            )
+        })
+    }
+
     /// What `Store::open` takes: the PostgreSQL URL, or the SQLite file's path.
     pub fn database(&self) -> String {
         match &self.database_url {
@@ -263,30 +316,25 @@ impl RawConfig {
         let listen: SocketAddr = listen_s
             .parse()
             .with_context(|| format!("listen address {listen_s:?} is not IP:PORT"))?;
-        let public_url = match self.public_url {
-            Some(u) => {
-                let url =
-                    Url::parse(&u).with_context(|| format!("public_url {u:?} is not a URL"))?;
-                if url.scheme() != "https" {
-                    bail!("public_url must be an https:// URL");
-                }
-                // Phones build every address from it and pin it in enrollment codes
-                // (which must be an origin): a path, query or user would be dropped or
-                // misread somewhere along the way.
-                if url.path() != "/"
-                    || url.query().is_some()
-                    || url.fragment().is_some()
-                    || !url.username().is_empty()
-                    || url.password().is_some()
-                {
-                    bail!(
-                        "public_url {u:?} must be an origin (https://host[:port]) without path, query or user"
-                    );
-                }
-                Some(url)
+        let public_url = self
+            .public_url
+            .map(|u| parse_origin("public_url", &u))
+            .transpose()?;
+        let mut servers = Vec::new();
+        for u in self.servers.unwrap_or_default() {
+            let url = parse_origin("servers", &u)?;
+            if !servers.contains(&url) {
+                servers.push(url);
             }
-            None => None,
-        };
+        }
+        if let Some(p) = &public_url
+            && !servers.is_empty()
+            && !servers.contains(p)
+        {
+            bail!(
+                "public_url {p} must be one of servers: the phones this node enrolls fail over along that list"
+            );
+        }
         let mut tls_names = vec![
             "localhost".to_owned(),
             "127.0.0.1".to_owned(),
@@ -295,13 +343,9 @@ impl RawConfig {
         if !listen.ip().is_unspecified() {
             tls_names.push(listen.ip().to_string());
         }
-        if let Some(host) = public_url.as_ref().and_then(|u| u.host_str()) {
-            tls_names.push(
-                host.trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .to_owned(),
-            );
-        }
+        // Every node's certificate names every server address: one configuration
+        // serves all nodes, and a phone failing over checks the name it dialed.
+        tls_names.extend(public_url.iter().chain(&servers).filter_map(bare_host));
         tls_names.extend(self.tls_names.unwrap_or_default());
         tls_names.sort();
         tls_names.dedup();
@@ -368,18 +412,15 @@ impl RawConfig {
                 if !listen.ip().is_unspecified() {
                     out.push(listen.ip());
                 }
-                if let Some(ip) = public_url
-                    .as_ref()
-                    .and_then(|u| u.host_str())
-                    .and_then(|h| {
-                        h.trim_start_matches('[')
-                            .trim_end_matches(']')
-                            .parse::<IpAddr>()
-                            .ok()
-                    })
-                {
-                    out.push(ip);
-                }
+                // Under `organization-only` a phone must still reach every server
+                // it may fail over to.
+                out.extend(
+                    public_url
+                        .iter()
+                        .chain(&servers)
+                        .filter_map(bare_host)
+                        .filter_map(|h| h.parse::<IpAddr>().ok()),
+                );
                 out
             }
         };
@@ -448,7 +489,27 @@ impl RawConfig {
             }
             None => None,
         };
+        let nats_url = match self.nats_url {
+            Some(u) if u.trim().is_empty() => None,
+            Some(u) => {
+                let parsed =
+                    Url::parse(&u).map_err(|e| anyhow::anyhow!("nats_url is not a URL ({e})"))?;
+                if !matches!(parsed.scheme(), "nats" | "tls") || parsed.host_str().is_none() {
+                    bail!("nats_url must be a nats://host:port (or tls://host:port) URL");
+                }
+                if database_url.is_none() {
+                    bail!(
+                        "nats_url needs database_url: the nodes that share a NATS server must share \
+                         one PostgreSQL database (the source of truth NATS only signals changes of)"
+                    );
+                }
+                Some(parsed)
+            }
+            None => None,
+        };
         Ok(Config {
+            servers,
+            nats_url,
             database_url,
             organization_addresses,
             limits,
@@ -538,6 +599,52 @@ mod tests {
             "max_file_bytes = 2048\nmax_blob_bytes_per_device = 1024",
             "max_blob_bytes_per_device (1024) must be at least max_file_bytes (2048)",
         );
+    }
+
+    #[test]
+    fn several_nodes_need_origins_a_shared_database_and_a_nats_url() {
+        check(
+            "servers = [\"https://a.example:8443\", \"http://b.example\"]",
+            "servers must be an https:// URL",
+        );
+        check("servers = [\"https://a.example/x\"]", "must be an origin");
+        check(
+            "public_url = \"https://c.example\"\nservers = [\"https://a.example\"]",
+            "must be one of servers",
+        );
+        check(
+            "nats_url = \"nats://127.0.0.1:4222\"",
+            "nats_url needs database_url",
+        );
+        check(
+            "database_url = \"postgres://p@h/db\"\nnats_url = \"http://127.0.0.1:4222\"",
+            "nats_url must be a nats://",
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(
+            &p,
+            "database_url = \"postgres://p:secret@db.example/redoubt\"\n\
+             nats_url = \"nats://u:pw@127.0.0.1:4222\"\n\
+             public_url = \"https://10.0.0.2:8443\"\n\
+             servers = [\"https://10.0.0.1:8443\", \"https://10.0.0.2:8443\", \"https://n3.example\"]",
+        )
+        .unwrap();
+        let c = RawConfig::load(Some(&p))
+            .and_then(RawConfig::resolve)
+            .unwrap();
+        assert_eq!(c.servers.len(), 3);
+        assert_eq!(c.nats_label().unwrap(), "nats://127.0.0.1:4222");
+        // Each node's certificate names every server; a phone may reach every one.
+        for name in ["10.0.0.1", "10.0.0.2", "n3.example"] {
+            assert!(c.tls_names.iter().any(|n| n == name), "{:?}", c.tls_names);
+        }
+        let reach: Vec<String> = c
+            .organization_addresses
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        assert_eq!(reach, ["10.0.0.1", "10.0.0.2"]);
     }
 
     #[test]

@@ -120,7 +120,9 @@ impl App {
         let b = self.store.device_breakdown().await?;
         Ok(DeviceCounts {
             total: by_compliance.values().sum(),
-            connected: self.hub.len() as u64,
+            // This node's phones and those the other nodes reported in their last
+            // heartbeat (a node silent for 15 s counts none).
+            connected: self.hub.len() as u64 + self.cluster.peer_connections().0,
             by_compliance,
             by_mode: b.by_mode.into_iter().collect(),
             by_assigned_mode: b.by_assigned_mode.into_iter().collect(),
@@ -331,7 +333,7 @@ impl FleetWorker {
             .await?;
         if !done.is_empty() {
             for d in &done {
-                app.hub.notify(&d.id, Push::BundleChanged);
+                app.push(&d.id, Push::BundleChanged);
             }
             tracing::debug!(devices = done.len(), "bundles reissued");
             return Ok(true);
@@ -349,7 +351,7 @@ impl FleetWorker {
             })
             .await?;
         for c in &made {
-            app.hub.notify(&c.device_id, Push::CommandsChanged);
+            app.push(&c.device_id, Push::CommandsChanged);
         }
         tracing::debug!(
             devices = pending.len(),

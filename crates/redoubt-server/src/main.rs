@@ -3,6 +3,7 @@
 
 mod app;
 mod audit;
+mod cluster;
 mod commands;
 mod config;
 mod conn;

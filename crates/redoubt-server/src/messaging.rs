@@ -120,6 +120,14 @@ impl DeviceSessions {
     pub fn end_device(&self, device: &DeviceId) {
         lock(&self.sessions).retain(|_, v| &v.device != device);
     }
+
+    /// The devices holding a session.
+    pub fn devices(&self) -> Vec<DeviceId> {
+        lock(&self.sessions)
+            .values()
+            .map(|v| v.device.clone())
+            .collect()
+    }
 }
 
 /// Push channels of connected messengers, by device (several processes per device may
@@ -156,6 +164,11 @@ impl Doorbells {
     /// Number of devices with a listener.
     pub fn len(&self) -> usize {
         lock(&self.map).len()
+    }
+
+    /// The devices with a listener.
+    pub fn devices(&self) -> Vec<DeviceId> {
+        lock(&self.map).keys().cloned().collect()
     }
 }
 
@@ -282,6 +295,7 @@ impl App {
             expires_at,
             user: device.user,
             limits: self.limits(),
+            servers: self.config.servers.clone(),
         })
     }
 
@@ -448,7 +462,7 @@ impl App {
                 metrics::counter!("redoubt_key_package_handouts_limited_total").increment(1);
             }
             if c.remaining < self.config.key_package_low_watermark {
-                self.doorbells.ring(
+                self.ring(
                     &c.device_id,
                     MessengerPush::KeyPackagesLow {
                         remaining: c.remaining,
@@ -613,7 +627,7 @@ impl App {
                 metrics::counter!("redoubt_commits_total", "outcome" => "accepted").increment(1);
                 tracing::info!(group = %id, epoch = group.epoch, members = group.members.len(), "commit accepted");
                 for d in &notified {
-                    self.doorbells.ring(d, MessengerPush::QueueChanged);
+                    self.ring(d, MessengerPush::QueueChanged);
                 }
                 Ok(group_state(group))
             }
@@ -684,7 +698,7 @@ impl App {
         metrics::counter!("redoubt_messages_total", "outcome" => if out.duplicate { "retry" } else { "accepted" }).increment(1);
         metrics::counter!("redoubt_message_bytes_total").increment(req.message.0.len() as u64);
         for d in &out.recipients {
-            self.doorbells.ring(d, MessengerPush::QueueChanged);
+            self.ring(d, MessengerPush::QueueChanged);
         }
         Ok(MessageAccepted {
             duplicate: out.duplicate,
@@ -812,21 +826,15 @@ impl App {
                 }
                 other => other.into(),
             })?;
-        let dir = blob_dir(&self.config.data);
-        let path = dir.join(id.as_str());
-        let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            std::fs::create_dir_all(&dir)?;
-            let done = crate::pki::write_atomic(&path, &bytes, 0o600)
-                .map_err(|e| std::io::Error::other(e.to_string()));
-            if done.is_err() {
-                // Nothing half-written stays behind.
-                let _ = std::fs::remove_file(path.with_extension("tmp"));
-            }
-            done
-        })
-        .await
-        .map_err(|e| ServiceError::Internal(e.to_string()))
-        .and_then(|r| r.map_err(|e| ServiceError::Unavailable(format!("writing the file: {e}"))));
+        let written = if self.store.keeps_blob_bytes() {
+            // Several nodes share the database, not a disk: the bytes go there.
+            self.store
+                .put_blob_bytes(&id, &bytes)
+                .await
+                .map_err(|e| ServiceError::Unavailable(format!("storing the file: {e}")))
+        } else {
+            self.write_blob_file(&id, bytes).await
+        };
         if let Err(e) = written {
             if let Err(d) = self.store.drop_blob(&id).await {
                 tracing::warn!(blob = %id, error = %d, "could not forget an unwritten file");
@@ -839,6 +847,30 @@ impl App {
             size,
             expires_at,
         })
+    }
+
+    /// Writes a file's bytes into the data directory, fsync'd; nothing half-written
+    /// stays behind.
+    async fn write_blob_file(
+        &self,
+        id: &BlobId,
+        bytes: axum::body::Bytes,
+    ) -> Result<(), ServiceError> {
+        let dir = blob_dir(&self.config.data);
+        let path = dir.join(id.as_str());
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            std::fs::create_dir_all(&dir)?;
+            let done = crate::pki::write_atomic(&path, &bytes, 0o600)
+                .map_err(|e| std::io::Error::other(e.to_string()));
+            if done.is_err() {
+                // Nothing half-written stays behind.
+                let _ = std::fs::remove_file(path.with_extension("tmp"));
+            }
+            done
+        })
+        .await
+        .map_err(|e| ServiceError::Internal(e.to_string()))
+        .and_then(|r| r.map_err(|e| ServiceError::Unavailable(format!("writing the file: {e}"))))
     }
 
     /// `GET /messenger/groups/{id}/blobs/{blob}`: a file of a conversation, for its
@@ -860,6 +892,11 @@ impl App {
             return Err(ServiceError::NotFound(format!(
                 "no file {id} in a conversation {group} that this device is a member of (it may have expired)"
             )));
+        }
+        if self.store.keeps_blob_bytes() {
+            return self.store.blob_bytes(id).await?.ok_or_else(|| {
+                ServiceError::Unavailable(format!("file {id} has a record but no bytes"))
+            });
         }
         let path = blob_dir(&self.config.data).join(id.as_str());
         tokio::fs::read(&path)
@@ -923,12 +960,12 @@ impl App {
                 &crate::audit::signer(self),
             )
             .await?;
-        self.sessions.end_device(id);
-        self.hub.notify(id, crate::app::Push::Revoked);
-        self.doorbells.ring(id, MessengerPush::QueueChanged);
+        self.end_messenger_sessions(id);
+        self.push(id, crate::app::Push::Revoked);
+        self.ring(id, MessengerPush::QueueChanged);
         for (_, members) in &groups {
             for d in members {
-                self.doorbells.ring(d, MessengerPush::QueueChanged);
+                self.ring(d, MessengerPush::QueueChanged);
             }
         }
         tracing::info!(device = %id, by = %who.actor, groups = groups.len(), "device revoked");

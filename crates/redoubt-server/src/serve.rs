@@ -20,6 +20,7 @@ use tower::ServiceExt;
 use url::Url;
 
 use crate::app::{App, Hub, RateLimiter, RefusalLog, Source};
+use crate::cluster::Cluster;
 use crate::config::{Config, ConnectionLimits};
 use crate::conn::{Activity, ConnectionLimiter, Counted};
 use crate::http::{HttpState, router};
@@ -46,6 +47,15 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let store = Store::open(&config.database())
         .await
         .with_context(|| format!("opening the database ({})", config.database_label()))?;
+    // Nodes sharing a database must sign with one organization's keys.
+    store
+        .claim_organization(
+            &keys.fingerprint().to_string(),
+            &redoubt_proto::envelope::encode_public_key(&keys.org_signing.verifying_key()),
+            Timestamp::now(),
+        )
+        .await
+        .with_context(|| format!("checking the keys of {}", config.data.display()))?;
     store
         .install_builtin_modes(&redoubt_policy::presets(), Timestamp::now())
         .await?;
@@ -82,7 +92,15 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let admins = store.count_admin_tokens(Timestamp::now()).await?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (reports, report_jobs) = crate::reports::ReportBatcher::new();
+    let (cluster, outbox) = match config.nats_url {
+        Some(_) => {
+            let (c, o) = Cluster::joined();
+            (c, Some(o))
+        }
+        None => (Cluster::single(), None),
+    };
     let app = Arc::new(App {
+        cluster,
         reports,
         enroll_limiter: RateLimiter::new(config.enroll_attempts_per_minute),
         challenge_limiter: RateLimiter::new(600),
@@ -123,6 +141,21 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         );
     }
     println!("Database: {}", app.config.database_label());
+    if let Some(nats) = app.config.nats_label() {
+        println!(
+            "Cluster: node {} through NATS at {nats}",
+            app.cluster.node()
+        );
+    }
+    if !app.config.servers.is_empty() {
+        let list: Vec<&str> = app
+            .config
+            .servers
+            .iter()
+            .map(|u| u.as_str().trim_end_matches('/'))
+            .collect();
+        println!("Server addresses in bundles: {}", list.join(", "));
+    }
     if admins == 0 {
         println!("No admin credential yet. Create the first one (printed once) with:");
         println!("  redoubt-server admin-token --data {data} --name YOUR-NAME --role owner");
@@ -132,6 +165,17 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     // What a bulk change left to do when the server stopped is done now.
     let report_batcher = tokio::spawn(crate::reports::ReportBatcher::run(app.clone(), report_jobs));
     let fleet_worker = tokio::spawn(crate::fleet::FleetWorker::run(app.clone()));
+    let cluster = match (app.config.nats_url.clone(), outbox) {
+        (Some(url), Some(outbox)) => {
+            let app = app.clone();
+            Some(tokio::spawn(async move {
+                if let Err(e) = crate::cluster::run(app, url, outbox).await {
+                    tracing::error!(error = %e, "cluster: NATS link ended; this node serves only its own phones");
+                }
+            }))
+        }
+        _ => None,
+    };
     app.fleet_worker.wake();
     let sweeper = {
         let app = app.clone();
@@ -223,6 +267,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     let _ = sweeper.await;
     let _ = fleet_worker.await;
+    if let Some(c) = cluster {
+        let _ = c.await;
+    }
     let _ = report_batcher.await;
     store.close().await;
     drop(lock);

@@ -188,6 +188,24 @@ async fn send_commands(
     Ok(())
 }
 
+/// After signals may have been missed: the bundle if it is not the one last sent, and
+/// whatever commands wait.
+async fn resync(
+    app: &SharedApp,
+    socket: &mut WebSocket,
+    id: &DeviceId,
+    sent: u64,
+) -> anyhow::Result<u64> {
+    let current = app.store.device_bundle(id).await?.map(|b| b.0);
+    let version = if current == Some(sent) {
+        sent
+    } else {
+        send_bundle(app, socket, id).await?
+    };
+    send_commands(app, socket, id).await?;
+    Ok(version)
+}
+
 async fn session(app: SharedApp, mut socket: WebSocket) -> anyhow::Result<()> {
     // The futures of rare steps are boxed, so an idle session (the common state of a
     // connected phone) holds only what its loop needs between frames.
@@ -242,6 +260,7 @@ async fn run(
                 }
                 Some(Push::BundleChanged) => held.bundle_version = Box::pin(send_bundle(app, socket, id)).await?,
                 Some(Push::CommandsChanged) => Box::pin(send_commands(app, socket, id)).await?,
+                Some(Push::Resync) => held.bundle_version = Box::pin(resync(app, socket, id, held.bundle_version)).await?,
                 Some(Push::Revoked) => {
                     refuse(socket, "unauthorized", "this device was revoked").await;
                     return Ok(());
@@ -272,7 +291,13 @@ async fn run(
                             if matches!(outcome, ReportOutcome::Stored(_)) {
                                 // A report is also a check-in: keep the bundle fresh (the
                                 // device as the report's batch read it).
-                                if fresh.bundle_version != held.bundle_version || fresh.revoked_at.is_some() {
+                                if fresh.revoked_at.is_some() {
+                                    held = Held::of(&fresh);
+                                } else if fresh.bundle_version > held.bundle_version {
+                                    // Normally a push is on its way with it; a node that
+                                    // missed the signal (another node changed the
+                                    // bundle) catches up here, at the phone's check-in.
+                                    send(socket, &ServerFrame::Bundle { bundle: fresh.bundle.clone() }).await?;
                                     held = Held::of(&fresh);
                                 } else {
                                     let renewed = Box::pin(app.renew_if_aging(fresh)).await.map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -181,7 +181,7 @@ impl App {
             })
             .await?;
         for id in &touched {
-            self.hub.notify(id, Push::BundleChanged);
+            self.push(id, Push::BundleChanged);
         }
         tracing::info!(zone = %name, by = %admin.name, devices = touched.len(), "zone stored");
         self.zone(name).await

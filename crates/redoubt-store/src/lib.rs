@@ -6,6 +6,7 @@
 //! transaction themselves and never see SQL.
 
 mod audit;
+mod cluster;
 mod commands;
 mod devices;
 mod fleet;
@@ -149,6 +150,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "bulk_actions",
         include_str!("../migrations/sqlite/0011_bulk_actions.sql"),
     ),
+    (
+        12,
+        "organization",
+        include_str!("../migrations/sqlite/0012_organization.sql"),
+    ),
 ];
 
 /// The PostgreSQL migration history: its own, starting from the SQLite schema of 0008.
@@ -172,6 +178,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         4,
         "bulk_actions",
         include_str!("../migrations/postgres/0004_bulk_actions.sql"),
+    ),
+    (
+        5,
+        "organization",
+        include_str!("../migrations/postgres/0005_organization.sql"),
     ),
 ];
 

@@ -82,6 +82,7 @@ pub fn signed_bundle(
         },
         check_in_interval_secs: check_in_secs,
         organization_endpoints: vec!["127.0.0.1".into()],
+        servers: Vec::new(),
         zones: Vec::new(),
     };
     SignedEnvelope::sign(PolicyBundle::KIND, &b, &org())

@@ -99,6 +99,7 @@ fn bundle_with(
         },
         check_in_interval_secs: 60,
         organization_endpoints: vec![],
+        servers: Vec::new(),
         zones,
     }
 }
