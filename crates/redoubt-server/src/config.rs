@@ -644,7 +644,7 @@ mod tests {
             .iter()
             .map(|a| a.to_string())
             .collect();
-        assert_eq!(reach, ["10.0.0.1", "10.0.0.2"]);
+        assert_eq!(reach, ["10.0.0.1", "10.0.0.2", "127.0.0.1"]);
     }
 
     #[test]

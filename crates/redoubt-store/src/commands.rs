@@ -276,6 +276,25 @@ pub(crate) async fn insert_command(
         if let Some(c) = standing {
             return Ok((c.clone(), true));
         }
+        // The phone orders a lock and an unlock by their signed issue times, so they
+        // strictly grow per device. A server computes its issue time before this
+        // transaction; another node may have issued one for the device in between.
+        let lock_or_unlock =
+            |a: &DeviceAction| matches!(a, DeviceAction::Lock | DeviceAction::Unlock);
+        if lock_or_unlock(&new.action)
+            && let Some(newest) = history
+                .iter()
+                .filter(|c| lock_or_unlock(&c.action))
+                .map(|c| c.created_at)
+                .max()
+            && newest >= now
+        {
+            return Err(StoreError::Conflict(format!(
+                "another command for device {} was issued at the same moment (through another \
+                 server node); nothing was done, send this one again",
+                new.device_id
+            )));
+        }
         sqlx::query(
             "INSERT INTO device_commands (id, device_id, action, body, envelope, state, created_by, created_at, expires_at)
              VALUES ($1, $2, $3, $4, $5, 'queued', $6, $7, $8)",

@@ -71,6 +71,18 @@ contract! {
             store.newest_command_at(&dev).await.unwrap(),
             Some(NOW.plus_secs(2))
         );
+        // Another node issued one at the same second (or its clock is behind): refused,
+        // nothing stored, so the phone never sees two locks and unlocks it cannot order.
+        for at in [NOW.plus_secs(2), NOW.plus_secs(1)] {
+            let raced = store
+                .create_command(new_command(&dev, 22, DeviceAction::Unlock, 600), at, &sign)
+                .await;
+            match raced {
+                Err(StoreError::Conflict(m)) => assert!(m.contains("same moment"), "{m}"),
+                other => panic!("expected a conflict, got {other:?}"),
+            }
+        }
+        assert_eq!(store.list_commands(&dev).await.unwrap().len(), 3);
         // A wipe once asked for stands; so does an exit from the same zone until final.
         let (wipe, _) = create(&store, &dev, 14, DeviceAction::Wipe, NOW).await;
         let (wipe2, existing) = create(&store, &dev, 15, DeviceAction::Wipe, NOW).await;
