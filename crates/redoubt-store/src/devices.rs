@@ -126,7 +126,7 @@ pub struct ReportStored {
     pub outcome: ReportOutcome,
     /// The commands it verified.
     pub verified: Vec<crate::CommandRecord>,
-    /// The device as it was when the report was taken (its newest bundle).
+    /// The device as its batch left it (its newest bundle and latest report).
     pub device: DeviceRecord,
 }
 
@@ -625,7 +625,6 @@ impl Store {
         sign: crate::HeadSigner<'_>,
     ) -> Result<Vec<Result<ReportStored>>> {
         let mut tx = self.write_tx().await?;
-        let mut outcomes = Vec::with_capacity(reports.len());
         let mut drafts = Vec::new();
         // Which of the batch's devices have commands in flight, in one query: the
         // others (nearly all, nearly always) skip the per-report command lookup.
@@ -641,24 +640,41 @@ impl Store {
                  WHERE state IN ('queued', 'delivered', 'acknowledged') AND device_id IN ({})",
                 self.json_text_elements("$1")
             )))
-            .bind(ids)
+            .bind(ids.as_str())
             .fetch_all(&mut *tx)
             .await?
             .into_iter()
             .collect();
+        // Every device of the batch in one statement; each report is judged against
+        // its device as the reports before it in the batch left it.
+        let mut devices: std::collections::HashMap<String, DeviceRecord> =
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {DEVICE_COLUMNS} FROM devices WHERE id IN ({})",
+                self.json_text_elements("$1")
+            )))
+            .bind(ids.as_str())
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|row| device_record(row).map(|d| (d.id.as_str().to_owned(), d)))
+            .collect::<Result<_>>()?;
+        let mut rows = Vec::with_capacity(reports.len());
+        let mut changed: Vec<String> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut judged = Vec::with_capacity(reports.len());
         for (report, envelope) in reports {
-            let dev = match load_device(&mut tx, &report.device_id).await {
-                Ok(d) => d,
-                Err(e @ StoreError::NotFound(_)) => {
-                    outcomes.push(Err(e));
-                    continue;
-                }
-                Err(e) => return Err(e),
+            let Some(dev) = devices.get_mut(report.device_id.as_str()) else {
+                judged.push(Err(StoreError::NotFound(format!(
+                    "device {}",
+                    report.device_id
+                ))));
+                continue;
             };
+            let has_commands = with_commands.contains(dev.id.as_str());
             let (outcome, verified) = record_one(
                 &mut tx,
-                &dev,
-                with_commands.contains(dev.id.as_str()),
+                dev,
+                has_commands,
                 report,
                 envelope,
                 now,
@@ -666,16 +682,41 @@ impl Store {
                 &judge,
                 &mut drafts,
                 sign,
+                &mut rows,
             )
             .await?;
-            outcomes.push(Ok(ReportStored {
-                outcome,
-                verified,
-                device: dev,
-            }));
+            let id = dev.id.as_str().to_owned();
+            if matches!(outcome, ReportOutcome::Stored(_)) && seen.insert(id.clone()) {
+                changed.push(id.clone());
+            }
+            judged.push(Ok((outcome, verified, id)));
+        }
+        // One statement for the reports and one for their devices, a chunk at a time.
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            insert_reports(&mut tx, chunk, now).await?;
+        }
+        let changed: Vec<&DeviceRecord> = changed.iter().filter_map(|id| devices.get(id)).collect();
+        for chunk in changed.chunks(ROWS_PER_STATEMENT) {
+            update_report_state(&mut tx, chunk).await?;
         }
         crate::audit::append(&mut tx, &drafts, now, sign).await?;
         tx.commit().await?;
+        let outcomes = judged
+            .into_iter()
+            .map(|j| {
+                j.and_then(|(outcome, verified, id)| {
+                    let device = devices
+                        .get(&id)
+                        .cloned()
+                        .ok_or_else(|| StoreError::NotFound(format!("device {id}")))?;
+                    Ok(ReportStored {
+                        outcome,
+                        verified,
+                        device,
+                    })
+                })
+            })
+            .collect();
         Ok(outcomes)
     }
 
@@ -716,12 +757,99 @@ impl Store {
     }
 }
 
-/// One report of a batch, inside its transaction: stored if newer, judged, its events
-/// and changes drafted for the audit log (appended by the caller), its commands moved on.
+/// Rows a multi-row statement of a report batch takes at most (at most 6 parameters
+/// each, far below SQLite's and PostgreSQL's limits).
+const ROWS_PER_STATEMENT: usize = 500;
+
+/// A report to be inserted with its batch.
+struct ReportRow {
+    device_id: String,
+    seq: i64,
+    compliance: &'static str,
+    envelope: String,
+}
+
+/// Inserts reports of a batch in one statement.
+async fn insert_reports(
+    tx: &mut Transaction<'_, Any>,
+    rows: &[ReportRow],
+    now: Timestamp,
+) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut sql = String::from(
+        "INSERT INTO reports (device_id, seq, received_at, compliance, envelope) VALUES ",
+    );
+    for i in 0..rows.len() {
+        let b = i * 4;
+        if i > 0 {
+            sql.push(',');
+        }
+        sql.push_str(&format!("(${}, ${}, $1, ${}, ${})", b + 2, b + 3, b + 4, b + 5));
+    }
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now.unix());
+    for r in rows {
+        q = q
+            .bind(r.device_id.as_str())
+            .bind(r.seq)
+            .bind(r.compliance)
+            .bind(r.envelope.as_str());
+    }
+    q.execute(&mut **tx).await?;
+    Ok(())
+}
+
+/// Writes the latest report state of devices of a batch in one statement.
+async fn update_report_state(
+    tx: &mut Transaction<'_, Any>,
+    devices: &[&DeviceRecord],
+) -> Result<()> {
+    if devices.is_empty() {
+        return Ok(());
+    }
+    let mut sql = String::from("WITH v (id, seq, at, report, compliance, reasons) AS (VALUES ");
+    for i in 0..devices.len() {
+        let b = i * 6;
+        if i > 0 {
+            sql.push(',');
+        }
+        sql.push_str(&format!(
+            "(${}, ${}, ${}, ${}, ${}, ${})",
+            b + 1,
+            b + 2,
+            b + 3,
+            b + 4,
+            b + 5,
+            b + 6
+        ));
+    }
+    sql.push_str(
+        ") UPDATE devices SET last_report_seq = v.seq, last_report_at = v.at, last_report = v.report,
+         compliance = v.compliance, compliance_reasons = v.reasons FROM v WHERE devices.id = v.id",
+    );
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for d in devices {
+        q = q
+            .bind(d.id.as_str())
+            .bind(d.last_report_seq.map(|s| s as i64))
+            .bind(d.last_report_at.map(|t| t.unix()))
+            .bind(d.last_report.as_ref().map(to_json))
+            .bind(compliance_str(d.compliance))
+            .bind(to_json(&d.compliance_reasons));
+    }
+    q.execute(&mut **tx).await?;
+    Ok(())
+}
+
+/// One report of a batch, inside its transaction: judged against `dev` (as the batch's
+/// earlier reports left it; updated with this one), its row added to `rows` if it is
+/// newer, its events and changes drafted for the audit log (appended by the caller), its
+/// commands moved on.
 #[allow(clippy::too_many_arguments)]
 async fn record_one(
     tx: &mut Transaction<'_, Any>,
-    dev: &DeviceRecord,
+    dev: &mut DeviceRecord,
     has_commands: bool,
     report: &ComplianceReport,
     envelope: &SignedEnvelope,
@@ -730,31 +858,18 @@ async fn record_one(
     judge: &impl Fn(&crate::CommandRecord, &ComplianceReport, Compliance) -> Option<String>,
     drafts: &mut Vec<crate::AuditDraft>,
     sign: crate::HeadSigner<'_>,
+    rows: &mut Vec<ReportRow>,
 ) -> Result<(ReportOutcome, Vec<crate::CommandRecord>)> {
     if dev.last_report_seq.is_some_and(|s| report.seq <= s) {
         return Ok((ReportOutcome::Duplicate, Vec::new()));
     }
     let (compliance, reasons) = evaluate(dev, report);
-    sqlx::query("INSERT INTO reports (device_id, seq, received_at, compliance, envelope) VALUES ($1, $2, $3, $4, $5)")
-            .bind(dev.id.as_str())
-            .bind(report.seq as i64)
-            .bind(now.unix())
-            .bind(compliance_str(compliance))
-            .bind(to_json(envelope))
-            .execute(&mut **tx)
-            .await?;
-    sqlx::query(
-            "UPDATE devices SET last_report_seq = $1, last_report_at = $2, last_report = $3, compliance = $4,
-             compliance_reasons = $5 WHERE id = $6",
-        )
-        .bind(report.seq as i64)
-        .bind(now.unix())
-        .bind(to_json(report))
-        .bind(compliance_str(compliance))
-        .bind(to_json(&reasons))
-        .bind(dev.id.as_str())
-        .execute(&mut **tx)
-        .await?;
+    rows.push(ReportRow {
+        device_id: dev.id.as_str().to_owned(),
+        seq: report.seq as i64,
+        compliance: compliance_str(compliance),
+        envelope: to_json(envelope),
+    });
     let previous_zones = dev.last_report.as_ref().map(|r| r.zones.as_slice());
     if previous_zones != Some(report.zones.as_slice()) {
         sqlx::query("DELETE FROM device_zones WHERE device_id = $1")
@@ -829,6 +944,12 @@ async fn record_one(
         });
     }
     drafts.extend(audit);
+    // What the next report of the batch for this device is judged against.
+    dev.last_report_seq = Some(report.seq);
+    dev.last_report_at = Some(now);
+    dev.last_report = Some(report.clone());
+    dev.compliance = compliance;
+    dev.compliance_reasons = reasons;
     let mut verified = Vec::new();
     let open = if has_commands {
         crate::commands::open_in(tx, &dev.id).await?
