@@ -894,13 +894,11 @@ impl App {
     pub async fn accept_report(
         &self,
         device: &DeviceId,
-        public_key: &[u8; 32],
+        key: &VerifyingKey,
         envelope: &SignedEnvelope,
     ) -> Result<(u64, ReportOutcome, DeviceRecord), ServiceError> {
-        let key = VerifyingKey::from_bytes(public_key)
-            .map_err(|_| ServiceError::Internal("stored device key unusable".into()))?;
         let report: ComplianceReport = envelope
-            .verify(ComplianceReport::KIND, &key)
+            .verify(ComplianceReport::KIND, key)
             .map_err(|e| ServiceError::BadRequest(format!("report refused: {e}")))?;
         if &report.device_id != device {
             return Err(ServiceError::Forbidden(

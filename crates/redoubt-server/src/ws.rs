@@ -115,19 +115,11 @@ async fn authenticate(
     Ok(verified)
 }
 
-/// What a session keeps of its device.
+/// What a session keeps of its device: its key, decompressed once (not at every
+/// report), and the version of the bundle last sent.
 struct Held {
-    public_key: [u8; 32],
+    key: VerifyingKey,
     bundle_version: u64,
-}
-
-impl Held {
-    fn of(d: &DeviceRecord) -> Held {
-        Held {
-            public_key: d.public_key,
-            bundle_version: d.bundle_version,
-        }
-    }
 }
 
 async fn send_bundle(
@@ -212,11 +204,13 @@ async fn session(app: SharedApp, mut socket: WebSocket) -> anyhow::Result<()> {
     let Some(device) = Box::pin(authenticate(&app, &mut socket)).await? else {
         return Ok(());
     };
-    let (id, public_key) = (device.id.clone(), device.public_key);
+    let id = device.id.clone();
+    let key = VerifyingKey::from_bytes(&device.public_key)
+        .map_err(|_| anyhow::anyhow!("the stored key of {id} is unusable"))?;
     drop(device);
     let (ticket, mut pushes) = app.hub.register(&id);
     tracing::info!(device = %id, "device connected");
-    let result = run(&app, &mut socket, &id, public_key, &mut pushes).await;
+    let result = run(&app, &mut socket, &id, key, &mut pushes).await;
     app.hub.unregister(&id, ticket);
     tracing::info!(device = %id, "device disconnected");
     result
@@ -226,7 +220,7 @@ async fn run(
     app: &SharedApp,
     socket: &mut WebSocket,
     id: &DeviceId,
-    public_key: [u8; 32],
+    key: VerifyingKey,
     pushes: &mut tokio::sync::mpsc::Receiver<Push>,
 ) -> anyhow::Result<()> {
     let mut shutdown = app.shutdown.clone();
@@ -240,7 +234,7 @@ async fn run(
     // What the session keeps of its device between frames: a few bytes, not the
     // record (its bundle and latest report would cost kilobytes per connected phone).
     let mut held = Held {
-        public_key,
+        key,
         bundle_version: send_bundle(app, socket, id).await?,
     };
     send_commands(app, socket, id).await?;
@@ -285,26 +279,26 @@ async fn run(
                     AgentFrame::Hello { .. } => {
                         send(socket, &ServerFrame::Error { code: "bad_request".into(), message: "already authenticated".into(), fatal: false }).await?;
                     }
-                    AgentFrame::Report { report } => match Box::pin(app.accept_report(id, &held.public_key, &report)).await {
+                    AgentFrame::Report { report } => match Box::pin(app.accept_report(id, &held.key, &report)).await {
                         Ok((seq, outcome, fresh)) => {
                             send(socket, &ServerFrame::ReportAck { seq }).await?;
                             if matches!(outcome, ReportOutcome::Stored(_)) {
                                 // A report is also a check-in: keep the bundle fresh (the
                                 // device as the report's batch read it).
                                 if fresh.revoked_at.is_some() {
-                                    held = Held::of(&fresh);
+                                    held.bundle_version = fresh.bundle_version;
                                 } else if fresh.bundle_version > held.bundle_version {
                                     // Normally a push is on its way with it; a node that
                                     // missed the signal (another node changed the
                                     // bundle) catches up here, at the phone's check-in.
                                     send(socket, &ServerFrame::Bundle { bundle: fresh.bundle.clone() }).await?;
-                                    held = Held::of(&fresh);
+                                    held.bundle_version = fresh.bundle_version;
                                 } else {
                                     let renewed = Box::pin(app.renew_if_aging(fresh)).await.map_err(|e| anyhow::anyhow!("{e}"))?;
                                     if renewed.bundle_version != held.bundle_version {
                                         send(socket, &ServerFrame::Bundle { bundle: renewed.bundle.clone() }).await?;
                                     }
-                                    held = Held::of(&renewed);
+                                    held.bundle_version = renewed.bundle_version;
                                 }
                             }
                         }

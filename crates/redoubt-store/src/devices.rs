@@ -693,11 +693,11 @@ impl Store {
         }
         // One statement for the reports and one for their devices, a chunk at a time.
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            insert_reports(&mut tx, chunk, now).await?;
+            insert_reports(&mut tx, self.backend, chunk, now).await?;
         }
         let changed: Vec<&DeviceRecord> = changed.iter().filter_map(|id| devices.get(id)).collect();
         for chunk in changed.chunks(ROWS_PER_STATEMENT) {
-            update_report_state(&mut tx, chunk).await?;
+            update_report_state(&mut tx, self.backend, chunk).await?;
         }
         crate::audit::append(&mut tx, &drafts, now, sign).await?;
         tx.commit().await?;
@@ -769,30 +769,47 @@ struct ReportRow {
     envelope: String,
 }
 
+/// `VALUES` rows of `width` parameters each, numbered in the order they are bound.
+/// SQLite gets anonymous `?`: it looks a numbered parameter up by a linear scan, which
+/// made binding a 3000-parameter statement cost more than executing it.
+fn values_rows(backend: crate::Backend, rows: usize, width: usize) -> String {
+    let mut sql = String::with_capacity(rows * width * 6);
+    for i in 0..rows {
+        sql.push_str(if i == 0 { "(" } else { ", (" });
+        for j in 0..width {
+            if j > 0 {
+                sql.push_str(", ");
+            }
+            match backend {
+                crate::Backend::Sqlite => sql.push('?'),
+                crate::Backend::Postgres => sql.push_str(&format!("${}", i * width + j + 1)),
+            }
+        }
+        sql.push(')');
+    }
+    sql
+}
+
 /// Inserts reports of a batch in one statement.
 async fn insert_reports(
     tx: &mut Transaction<'_, Any>,
+    backend: crate::Backend,
     rows: &[ReportRow],
     now: Timestamp,
 ) -> Result<()> {
     if rows.is_empty() {
         return Ok(());
     }
-    let mut sql = String::from(
-        "INSERT INTO reports (device_id, seq, received_at, compliance, envelope) VALUES ",
+    let sql = format!(
+        "INSERT INTO reports (device_id, seq, received_at, compliance, envelope) VALUES {}",
+        values_rows(backend, rows.len(), 5)
     );
-    for i in 0..rows.len() {
-        let b = i * 4;
-        if i > 0 {
-            sql.push(',');
-        }
-        sql.push_str(&format!("(${}, ${}, $1, ${}, ${})", b + 2, b + 3, b + 4, b + 5));
-    }
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now.unix());
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
     for r in rows {
         q = q
             .bind(r.device_id.as_str())
             .bind(r.seq)
+            .bind(now.unix())
             .bind(r.compliance)
             .bind(r.envelope.as_str());
     }
@@ -803,27 +820,16 @@ async fn insert_reports(
 /// Writes the latest report state of devices of a batch in one statement.
 async fn update_report_state(
     tx: &mut Transaction<'_, Any>,
+    backend: crate::Backend,
     devices: &[&DeviceRecord],
 ) -> Result<()> {
     if devices.is_empty() {
         return Ok(());
     }
-    let mut sql = String::from("WITH v (id, seq, at, report, compliance, reasons) AS (VALUES ");
-    for i in 0..devices.len() {
-        let b = i * 6;
-        if i > 0 {
-            sql.push(',');
-        }
-        sql.push_str(&format!(
-            "(${}, ${}, ${}, ${}, ${}, ${})",
-            b + 1,
-            b + 2,
-            b + 3,
-            b + 4,
-            b + 5,
-            b + 6
-        ));
-    }
+    let mut sql = format!(
+        "WITH v (id, seq, at, report, compliance, reasons) AS (VALUES {}",
+        values_rows(backend, devices.len(), 6)
+    );
     sql.push_str(
         ") UPDATE devices SET last_report_seq = v.seq, last_report_at = v.at, last_report = v.report,
          compliance = v.compliance, compliance_reasons = v.reasons FROM v WHERE devices.id = v.id",
