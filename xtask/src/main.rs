@@ -9,6 +9,9 @@
 //! - `cargo xtask bench fleet [--phones N] …` simulates N phones in one process with the
 //!   real protocol and measures connections held, memory per phone, a set-mode to all,
 //!   report ingest and one phone's set-mode (see [`fleet`]).
+//! - `cargo xtask bench relay [--members S] [--senders K] [--messages M] [--database …]`
+//!   measures what the server relays in one conversation: deliveries/s, send → fetched
+//!   latency, the server's CPU per 1000 deliveries (see [`relay`]).
 //! - `cargo xtask fuzz [--seconds N] [TARGET…]` builds the cargo-fuzz targets of
 //!   `fuzz/` once and runs each N seconds on generated seed corpora (see [`fuzz`]).
 //! - `cargo xtask soak [--cycles N] …` kills the release server with SIGKILL N times
@@ -26,6 +29,7 @@ mod fleet;
 mod fuzz;
 mod messaging;
 mod mls_cost;
+mod relay;
 mod setup;
 mod soak;
 mod vm;
@@ -48,6 +52,7 @@ fn main() -> anyhow::Result<()> {
         }
         ["bench", "messaging", rest @ ..] => messaging::main(rest),
         ["bench", "fleet", rest @ ..] => fleet::main(rest),
+        ["bench", "relay", rest @ ..] => relay::main(rest),
         ["vm-test", rest @ ..] => vm::main(rest),
         ["fuzz", rest @ ..] => fuzz::main(rest),
         ["soak", rest @ ..] => soak::main(rest),
@@ -57,6 +62,7 @@ fn main() -> anyhow::Result<()> {
             eprintln!("       cargo xtask bench compliance [--devices N] [--rounds R]");
             eprintln!("       {}", fleet::USAGE);
             eprintln!("       {}", messaging::USAGE);
+            eprintln!("       {}", relay::USAGE);
             eprintln!("       {}", vm::USAGE);
             eprintln!("       {}", fuzz::USAGE);
             eprintln!("       {}", soak::USAGE);

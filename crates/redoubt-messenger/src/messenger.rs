@@ -935,6 +935,40 @@ impl Messenger {
         .await
     }
 
+    /// Encrypts `text` for the conversation at this device's current epoch and returns
+    /// what `POST /groups/{id}/messages` takes, keeping it neither in the outbox nor in
+    /// the message list: posting it (and retrying) is the caller's. The relay benchmark
+    /// prepares its ciphertext this way, so that its timed window measures the server.
+    pub async fn encrypt_text(&self, gid: &GroupId, text: &str) -> Result<PostMessage> {
+        let id = new_message_id();
+        let msg = AppMessage {
+            v: 1,
+            id: id.clone(),
+            sent_at: Timestamp::now(),
+            body: Body::Text {
+                text: text.to_owned(),
+            },
+        };
+        let plaintext = serde_json::to_vec(&msg)?;
+        let tx = self.db.begin().await?;
+        let provider = Provider::new(tx.state());
+        let mut group = MlsGroup::load(tx.state(), &mls_group_id(gid))?
+            .ok_or_else(|| anyhow!("no conversation {gid} on this device"))?;
+        if !group.is_active() {
+            bail!("this device is no longer a member of {gid}");
+        }
+        let out = group
+            .create_message(&provider, &self.signer, &plaintext)
+            .map_err(|e| anyhow!("encrypting: {e:?}"))?;
+        let post = PostMessage {
+            epoch: group.epoch().as_u64(),
+            message: B64(out.tls_serialize_detached()?),
+            client_id: id,
+        };
+        tx.commit().await?;
+        Ok(post)
+    }
+
     /// Encrypts the file at `path` on this device with a fresh key, uploads the
     /// ciphertext, and sends its reference (with the key) inside MLS; returns the
     /// message id.
