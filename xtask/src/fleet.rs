@@ -58,7 +58,7 @@ use crate::common::{
 };
 
 /// How the command is called.
-pub const USAGE: &str = "cargo xtask bench fleet [--phones N] [--sources K] [--ingest-secs S] [--single R] [--database sqlite|postgres] [--nodes N]";
+pub const USAGE: &str = "cargo xtask bench fleet [--phones N] [--sources K] [--ingest-secs S] [--single R] [--database sqlite|postgres] [--nodes N] [--generators G]";
 
 const FLAGS: &[&str] = &[
     "--phones",
@@ -67,20 +67,23 @@ const FLAGS: &[&str] = &[
     "--single",
     "--database",
     "--nodes",
+    "--generators",
 ];
 
 /// Set when the release xtask runs the measurement itself.
 const BUILT_ENV: &str = "REDOUBT_FLEET_BENCH_BUILT";
 
-struct Config {
+pub(crate) struct Config {
     /// PostgreSQL (a database made for the run, on the machine's server) or SQLite.
-    postgres: bool,
-    phones: usize,
-    sources: usize,
-    ingest: Duration,
-    single: usize,
+    pub(crate) postgres: bool,
+    pub(crate) phones: usize,
+    pub(crate) sources: usize,
+    pub(crate) ingest: Duration,
+    pub(crate) single: usize,
     /// Server nodes (more than one needs PostgreSQL and NATS).
-    nodes: usize,
+    pub(crate) nodes: usize,
+    /// Load-generator processes (each holds at most ~18 000 sockets).
+    pub(crate) generators: usize,
 }
 
 /// `cargo xtask bench fleet …`.
@@ -100,7 +103,12 @@ pub fn main(args: &[&str]) -> Result<()> {
         ingest: Duration::from_secs(flag(args, "--ingest-secs")?.unwrap_or(10) as u64),
         single: flag(args, "--single")?.unwrap_or(100),
         nodes: flag(args, "--nodes")?.unwrap_or(1),
+        // One process may hold 20 000 files here: 18 000 phones per generator at most.
+        generators: flag(args, "--generators")?.unwrap_or(phones.div_ceil(18_000).max(1)),
     };
+    if cfg.generators == 0 || cfg.generators > 64 {
+        bail!("--generators must be between 1 and 64");
+    }
     if cfg.nodes == 0 || cfg.nodes > 16 {
         bail!("--nodes must be between 1 and 16");
     }
@@ -123,6 +131,17 @@ pub fn main(args: &[&str]) -> Result<()> {
             BUILT_ENV,
         );
     }
+    let command = format!("cargo xtask bench fleet {}", args.join(" "));
+    if cfg.generators > 1 {
+        return tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(crate::fleet_gen::run_distributed(
+                &root,
+                &cfg,
+                command.trim(),
+            ));
+    }
     let open_files = raise_open_file_limit();
     if (open_files as usize) < cfg.phones + 200 {
         bail!(
@@ -131,7 +150,6 @@ pub fn main(args: &[&str]) -> Result<()> {
             cfg.phones + 200
         );
     }
-    let command = format!("cargo xtask bench fleet {}", args.join(" "));
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
@@ -139,7 +157,7 @@ pub fn main(args: &[&str]) -> Result<()> {
 }
 
 /// Raises the soft limit of open files to the hard one; returns the limit in force.
-fn raise_open_file_limit() -> u64 {
+pub(crate) fn raise_open_file_limit() -> u64 {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let mut limit = getrlimit(Resource::Nofile);
     limit.current = limit.maximum;
@@ -147,7 +165,7 @@ fn raise_open_file_limit() -> u64 {
     getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
 }
 
-fn bar(len: usize, what: &str) -> ProgressBar {
+pub(crate) fn bar(len: usize, what: &str) -> ProgressBar {
     let pb = ProgressBar::new(len as u64);
     pb.set_style(
         ProgressStyle::with_template("{msg:>12} [{bar:40}] {pos}/{len} ({per_sec}, {elapsed})")
@@ -159,7 +177,7 @@ fn bar(len: usize, what: &str) -> ProgressBar {
 }
 
 /// Mode names as the phones report them, as small numbers for atomics.
-fn mode_index(name: &str) -> u8 {
+pub(crate) fn mode_index(name: &str) -> u8 {
     match name {
         "standard" => 1,
         "secure-site" => 2,
@@ -170,30 +188,30 @@ fn mode_index(name: &str) -> u8 {
 
 /// What the benchmark reads of each phone while it runs.
 #[derive(Default)]
-struct PhoneStat {
-    connected: AtomicBool,
+pub(crate) struct PhoneStat {
+    pub(crate) connected: AtomicBool,
     /// The bundle version and mode of the newest report the server acknowledged.
-    acked_version: AtomicU64,
-    acked_mode: AtomicU8,
+    pub(crate) acked_version: AtomicU64,
+    pub(crate) acked_mode: AtomicU8,
     /// When (microseconds since the benchmark's epoch).
-    acked_at_us: AtomicU64,
-    acks: AtomicU64,
+    pub(crate) acked_at_us: AtomicU64,
+    pub(crate) acks: AtomicU64,
 }
 
-struct Phone {
-    id: DeviceId,
-    key: SigningKey,
-    source: IpAddr,
+pub(crate) struct Phone {
+    pub(crate) id: DeviceId,
+    pub(crate) key: SigningKey,
+    pub(crate) source: IpAddr,
 }
 
-struct Shared {
-    epoch: Instant,
-    org_key: VerifyingKey,
-    stats: Vec<PhoneStat>,
-    flood: watch::Receiver<bool>,
-    failures: AtomicU64,
+pub(crate) struct Shared {
+    pub(crate) epoch: Instant,
+    pub(crate) org_key: VerifyingKey,
+    pub(crate) stats: Vec<PhoneStat>,
+    pub(crate) flood: watch::Receiver<bool>,
+    pub(crate) failures: AtomicU64,
     /// Set when the benchmark ends (the server's exit is no failure then).
-    stopping: AtomicBool,
+    pub(crate) stopping: AtomicBool,
 }
 
 impl Shared {
@@ -526,13 +544,16 @@ async fn run(root: &Path, cfg: &Config, command: &str) -> Result<()> {
 }
 
 /// The sum of a reading over every node (none if one is unreadable).
-fn sum_of<T: std::iter::Sum<T>>(pids: &[u32], read: impl Fn(u32) -> Option<T>) -> Option<T> {
+pub(crate) fn sum_of<T: std::iter::Sum<T>>(
+    pids: &[u32],
+    read: impl Fn(u32) -> Option<T>,
+) -> Option<T> {
     pids.iter().map(|p| read(*p)).sum()
 }
 
 /// Starts `n` server nodes; more than one share the database in `env` and a NATS
 /// server, each with the first node's keys, every one listed in the signed bundles.
-fn start_nodes(
+pub(crate) fn start_nodes(
     root: &Path,
     tmp: &Path,
     n: usize,
@@ -615,7 +636,10 @@ async fn wait_until(
 }
 
 /// Enrolls phone `i`: a code from the server, then the phone's own key.
-async fn enroll(admin: &ServerClient, i: usize) -> Result<(DeviceId, SigningKey, VerifyingKey)> {
+pub(crate) async fn enroll(
+    admin: &ServerClient,
+    i: usize,
+) -> Result<(DeviceId, SigningKey, VerifyingKey)> {
     let code: EnrollmentCreated = admin
         .post(
             "/api/v1/enrollments",
@@ -702,7 +726,7 @@ fn report(
 
 /// One phone: connects from `source`, proves its key, applies every bundle it is sent
 /// and reports; reports back to back while the flood flag is up.
-async fn phone(
+pub(crate) async fn phone(
     i: usize,
     client: ServerClient,
     id: DeviceId,

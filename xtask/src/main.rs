@@ -26,6 +26,7 @@
 mod common;
 mod compliance;
 mod fleet;
+mod fleet_gen;
 mod fuzz;
 mod messaging;
 mod mls_cost;
@@ -52,6 +53,7 @@ fn main() -> anyhow::Result<()> {
         }
         ["bench", "messaging", rest @ ..] => messaging::main(rest),
         ["bench", "fleet", rest @ ..] => fleet::main(rest),
+        ["bench", "fleet-generator"] => fleet_gen::generator_main(),
         ["bench", "relay", rest @ ..] => relay::main(rest),
         ["vm-test", rest @ ..] => vm::main(rest),
         ["fuzz", rest @ ..] => fuzz::main(rest),

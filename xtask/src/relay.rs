@@ -214,9 +214,7 @@ async fn run(root: &Path, cfg: &Config, command: &str) -> Result<()> {
     for (k, sender) in messengers.iter().enumerate().take(cfg.senders) {
         let mut mine = Vec::with_capacity(cfg.messages);
         for j in 0..cfg.messages {
-            let post = sender
-                .encrypt_text(&gid, &format!("relay {k}.{j}"))
-                .await?;
+            let post = sender.encrypt_text(&gid, &format!("relay {k}.{j}")).await?;
             index.insert(fingerprint(&post.message.0), k * cfg.messages + j);
             mine.push(post);
             pb.inc(1);

@@ -394,7 +394,14 @@ impl ServerClient {
                 value,
             );
         }
-        let (ws, _resp) = tokio_tungstenite::client_async(request, tls)
+        // Read 4 KiB at a time and flush every frame as it is sent: tungstenite's
+        // defaults (a 128 KiB read buffer and a 128 KiB write buffer per socket) would
+        // cost a phone, and a load generator holding thousands of sockets, far more than
+        // the frames need. Larger frames are still read whole.
+        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+            .read_buffer_size(4096)
+            .write_buffer_size(0);
+        let (ws, _resp) = tokio_tungstenite::client_async_with_config(request, tls, Some(config))
             .await
             .map_err(|e| self.transport(e))?;
         Ok(ws)
