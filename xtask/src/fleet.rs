@@ -212,7 +212,13 @@ pub(crate) struct Shared {
     pub(crate) failures: AtomicU64,
     /// Set when the benchmark ends (the server's exit is no failure then).
     pub(crate) stopping: AtomicBool,
+    /// Connections being opened at once: tens of thousands dialing together would
+    /// outlast the servers' handshake timeout, as no fleet of real phones does.
+    pub(crate) dialing: tokio::sync::Semaphore,
 }
+
+/// Connections one load-generator process opens at once.
+pub(crate) const DIALING: usize = 64;
 
 impl Shared {
     fn now_us(&self) -> u64 {
@@ -309,6 +315,7 @@ async fn run(root: &Path, cfg: &Config, command: &str) -> Result<()> {
         flood: flood_rx,
         failures: AtomicU64::new(0),
         stopping: AtomicBool::new(false),
+        dialing: tokio::sync::Semaphore::new(DIALING),
     });
     let pb = bar(cfg.phones, "connecting");
     let started = Instant::now();
@@ -735,10 +742,24 @@ pub(crate) async fn phone(
     shared: Arc<Shared>,
 ) -> Result<()> {
     let stat = &shared.stats[i];
-    let mut ws = client
-        .websocket_from("/api/v1/device/ws", Some(source))
-        .await
-        .context("connecting")?;
+    let mut ws = {
+        let _dialing = shared.dialing.acquire().await?;
+        // Like an agent: a refused or timed-out connection is tried again, after a pause.
+        let mut attempt = 0u32;
+        loop {
+            match client
+                .websocket_from("/api/v1/device/ws", Some(source))
+                .await
+            {
+                Ok(ws) => break ws,
+                Err(_) if attempt < 5 => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(250 * u64::from(attempt))).await;
+                }
+                Err(e) => return Err(e).context("connecting"),
+            }
+        }
+    };
     let mut flood = shared.flood.clone();
     let mut bundle: Option<PolicyBundle> = None;
     let mut reports = Reports {

@@ -5,7 +5,7 @@
 //! The coordinating process starts the server nodes, then G generator processes (the
 //! same release xtask, `bench fleet-generator`), each with a slice of the phones. A
 //! generator enrolls its phones, connects them when told, and prints one status line
-//! every 250 ms (`stat ENROLLED CONNECTED REPORTED ACKS SWITCHED`); it takes commands on
+//! every 250 ms (`stat ENROLLED CONNECTED REPORTED ACKS SWITCHED FAILED`); it takes commands on
 //! its standard input:
 //!
 //! - `connect`: connect every phone;
@@ -154,7 +154,7 @@ async fn generate(slice: Slice) -> Result<()> {
     let status_enrolled = enrolled.clone();
     let early_status = tokio::spawn(async move {
         loop {
-            println!("stat {} 0 0 0 0", status_enrolled.load(Ordering::Relaxed));
+            println!("stat {} 0 0 0 0 0", status_enrolled.load(Ordering::Relaxed));
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     });
@@ -187,6 +187,7 @@ async fn generate(slice: Slice) -> Result<()> {
         flood: flood_rx,
         failures: Default::default(),
         stopping: Default::default(),
+        dialing: tokio::sync::Semaphore::new(crate::fleet::DIALING),
     });
     early_status.abort();
     {
@@ -210,7 +211,8 @@ async fn generate(slice: Slice) -> Result<()> {
                         }
                     }
                 }
-                println!("stat {n} {c} {r} {a} {s}");
+                let f = shared.failures.load(Ordering::Relaxed);
+                println!("stat {n} {c} {r} {a} {s} {f}");
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
         });
@@ -305,7 +307,7 @@ struct Generator {
     first: usize,
     count: usize,
     /// The last status line's figures.
-    stat: [u64; 5],
+    stat: [u64; 6],
 }
 
 impl Generator {
@@ -340,7 +342,7 @@ fn wait_stats(
         while let Ok((k, line)) = lines.try_recv() {
             if let Some(rest) = line.strip_prefix("stat ") {
                 let v: Vec<u64> = rest.split(' ').filter_map(|x| x.parse().ok()).collect();
-                if let Ok(stat) = <[u64; 5]>::try_from(v) {
+                if let Ok(stat) = <[u64; 6]>::try_from(v) {
                     gens[k].stat = stat;
                 }
             } else {
@@ -348,6 +350,11 @@ fn wait_stats(
             }
         }
         pb.set_position(progress(gens));
+        let failed = total(gens, 5);
+        if failed > 0 {
+            pb.abandon();
+            bail!("{failed} phones failed (their errors are above)");
+        }
         if done(gens) {
             return Ok(answers);
         }
@@ -453,7 +460,7 @@ pub async fn run_distributed(root: &std::path::Path, cfg: &Config, command: &str
             stdin,
             first,
             count,
-            stat: [0; 5],
+            stat: [0; 6],
         });
     }
     let n = n as u64;
