@@ -212,6 +212,8 @@ pub(crate) struct Shared {
     pub(crate) failures: AtomicU64,
     /// Set when the benchmark ends (the server's exit is no failure then).
     pub(crate) stopping: AtomicBool,
+    /// Sessions that dropped and were opened again.
+    pub(crate) reconnects: AtomicU64,
     /// Connections being opened at once: tens of thousands dialing together would
     /// outlast the servers' handshake timeout, as no fleet of real phones does.
     pub(crate) dialing: tokio::sync::Semaphore,
@@ -316,6 +318,7 @@ async fn run(root: &Path, cfg: &Config, command: &str) -> Result<()> {
         failures: AtomicU64::new(0),
         stopping: AtomicBool::new(false),
         dialing: tokio::sync::Semaphore::new(DIALING),
+        reconnects: AtomicU64::new(0),
     });
     let pb = bar(cfg.phones, "connecting");
     let started = Instant::now();
@@ -511,8 +514,10 @@ async fn run(root: &Path, cfg: &Config, command: &str) -> Result<()> {
         cfg.phones as f64 / enroll_secs
     );
     println!(
-        "connected and held:    {held} of {} (connection failures: {failures}); connect rate {:.0} phones/s",
+        "connected and held:    {held} of {} (connection failures: {failures}; sessions that dropped and \
+         were opened again: {}); connect rate {:.0} phones/s",
         cfg.phones,
+        shared.reconnects.load(Ordering::Relaxed),
         cfg.phones as f64 / connect_secs
     );
     println!(
@@ -742,24 +747,6 @@ pub(crate) async fn phone(
     shared: Arc<Shared>,
 ) -> Result<()> {
     let stat = &shared.stats[i];
-    let mut ws = {
-        let _dialing = shared.dialing.acquire().await?;
-        // Like an agent: a refused or timed-out connection is tried again, after a pause.
-        let mut attempt = 0u32;
-        loop {
-            match client
-                .websocket_from("/api/v1/device/ws", Some(source))
-                .await
-            {
-                Ok(ws) => break ws,
-                Err(_) if attempt < 5 => {
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(250 * u64::from(attempt))).await;
-                }
-                Err(e) => return Err(e).context("connecting"),
-            }
-        }
-    };
     let mut flood = shared.flood.clone();
     let mut bundle: Option<PolicyBundle> = None;
     let mut reports = Reports {
@@ -768,44 +755,85 @@ pub(crate) async fn phone(
         seq: 0,
         in_flight: Default::default(),
     };
+    // Like an agent, a phone whose session drops connects again (counted, and at most
+    // ten times: more is a failure).
+    let mut dropped = 0u32;
     loop {
-        tokio::select! {
-            msg = ws.next() => {
-                let text = match msg {
-                    Some(Ok(Message::Text(t))) => t,
-                    Some(Ok(Message::Close(_))) | None => bail!("the server closed the session"),
-                    Some(Ok(_)) => continue,
-                    Some(Err(e)) => return Err(e.into()),
-                };
-                let frame: ServerFrame = serde_json::from_str(&text)?;
-                match frame {
-                    ServerFrame::Challenge { nonce } => {
-                        let signature = STANDARD.encode(key.sign(&hello_message(&nonce, &id)).to_bytes());
-                        ws.send(frame_of(&AgentFrame::Hello { device_id: id.clone(), signature })).await?;
+        let ended: Result<()> = async {
+            let mut ws = {
+                let _dialing = shared.dialing.acquire().await?;
+                // Like an agent: a refused or timed-out connection is tried again, after a pause.
+                let mut attempt = 0u32;
+                loop {
+                    match client
+                        .websocket_from("/api/v1/device/ws", Some(source))
+                        .await
+                    {
+                        Ok(ws) => break ws,
+                        Err(_) if attempt < 5 => {
+                            attempt += 1;
+                            tokio::time::sleep(Duration::from_millis(250 * u64::from(attempt))).await;
+                        }
+                        Err(e) => return Err(e).context("connecting"),
                     }
-                    ServerFrame::Welcome { .. } => stat.connected.store(true, Ordering::Relaxed),
-                    ServerFrame::Bundle { bundle: env } => {
-                        let held = bundle.as_ref().map(|b| b.version);
-                        let b = redoubt_policy::verify_bundle(&env, &shared.org_key, &id, held, Timestamp::now())
-                            .map_err(|e| anyhow::anyhow!("bundle refused: {e}"))?;
-                        reports.send(&mut ws, &b).await?;
-                        bundle = Some(b);
-                    }
-                    ServerFrame::ReportRequest => {
-                        if let Some(b) = &bundle {
-                            reports.send(&mut ws, b).await?;
+                }
+            };
+            loop {
+                tokio::select! {
+                    msg = ws.next() => {
+                        let text = match msg {
+                            Some(Ok(Message::Text(t))) => t,
+                            Some(Ok(Message::Close(_))) | None => bail!("the server closed the session"),
+                            Some(Ok(_)) => continue,
+                            Some(Err(e)) => return Err(e.into()),
+                        };
+                        let frame: ServerFrame = serde_json::from_str(&text)?;
+                        match frame {
+                            ServerFrame::Challenge { nonce } => {
+                                let signature = STANDARD.encode(key.sign(&hello_message(&nonce, &id)).to_bytes());
+                                ws.send(frame_of(&AgentFrame::Hello { device_id: id.clone(), signature })).await?;
+                            }
+                            ServerFrame::Welcome { .. } => stat.connected.store(true, Ordering::Relaxed),
+                            ServerFrame::Bundle { bundle: env } => {
+                                let held = bundle.as_ref().map(|b| b.version);
+                                let b = redoubt_policy::verify_bundle(&env, &shared.org_key, &id, held, Timestamp::now())
+                                    .map_err(|e| anyhow::anyhow!("bundle refused: {e}"))?;
+                                reports.send(&mut ws, &b).await?;
+                                bundle = Some(b);
+                            }
+                            ServerFrame::ReportRequest => {
+                                if let Some(b) = &bundle {
+                                    reports.send(&mut ws, b).await?;
+                                }
+                            }
+                            ServerFrame::ReportAck { seq: acked } => {
+                                let mut last = None;
+                                while reports.in_flight.front().is_some_and(|(s, _, _)| *s <= acked) {
+                                    last = reports.in_flight.pop_front();
+                                }
+                                if let Some((_, version, mode)) = last {
+                                    stat.acked_at_us.store(shared.now_us(), Ordering::Relaxed);
+                                    stat.acked_mode.store(mode, Ordering::Relaxed);
+                                    stat.acked_version.store(version, Ordering::Relaxed);
+                                    stat.acks.fetch_add(1, Ordering::Relaxed);
+                                }
+                                if *flood.borrow() && reports.in_flight.is_empty()
+                                    && let Some(b) = &bundle
+                                {
+                                    reports.send(&mut ws, b).await?;
+                                }
+                            }
+                            ServerFrame::Command { .. } => {}
+                            ServerFrame::Error { code, message, fatal } => {
+                                if fatal {
+                                    bail!("server error {code}: {message}");
+                                }
+                            }
                         }
                     }
-                    ServerFrame::ReportAck { seq: acked } => {
-                        let mut last = None;
-                        while reports.in_flight.front().is_some_and(|(s, _, _)| *s <= acked) {
-                            last = reports.in_flight.pop_front();
-                        }
-                        if let Some((_, version, mode)) = last {
-                            stat.acked_at_us.store(shared.now_us(), Ordering::Relaxed);
-                            stat.acked_mode.store(mode, Ordering::Relaxed);
-                            stat.acked_version.store(version, Ordering::Relaxed);
-                            stat.acks.fetch_add(1, Ordering::Relaxed);
+                    changed = flood.changed() => {
+                        if changed.is_err() {
+                            return Ok(());
                         }
                         if *flood.borrow() && reports.in_flight.is_empty()
                             && let Some(b) = &bundle
@@ -813,23 +841,20 @@ pub(crate) async fn phone(
                             reports.send(&mut ws, b).await?;
                         }
                     }
-                    ServerFrame::Command { .. } => {}
-                    ServerFrame::Error { code, message, fatal } => {
-                        if fatal {
-                            bail!("server error {code}: {message}");
-                        }
-                    }
                 }
             }
-            changed = flood.changed() => {
-                if changed.is_err() {
-                    return Ok(());
-                }
-                if *flood.borrow() && reports.in_flight.is_empty()
-                    && let Some(b) = &bundle
-                {
-                    reports.send(&mut ws, b).await?;
-                }
+        }
+        .await;
+        match ended {
+            Ok(()) => return Ok(()),
+            Err(_) if shared.stopping.load(Ordering::Relaxed) => return Ok(()),
+            Err(e) if dropped >= 10 => return Err(e),
+            Err(_) => {
+                dropped += 1;
+                shared.reconnects.fetch_add(1, Ordering::Relaxed);
+                stat.connected.store(false, Ordering::Relaxed);
+                reports.in_flight.clear();
+                tokio::time::sleep(Duration::from_millis(500 * u64::from(dropped))).await;
             }
         }
     }

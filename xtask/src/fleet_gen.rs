@@ -5,7 +5,7 @@
 //! The coordinating process starts the server nodes, then G generator processes (the
 //! same release xtask, `bench fleet-generator`), each with a slice of the phones. A
 //! generator enrolls its phones, connects them when told, and prints one status line
-//! every 250 ms (`stat ENROLLED CONNECTED REPORTED ACKS SWITCHED FAILED`); it takes commands on
+//! every 250 ms (`stat ENROLLED CONNECTED REPORTED ACKS SWITCHED FAILED RECONNECTS`); it takes commands on
 //! its standard input:
 //!
 //! - `connect`: connect every phone;
@@ -154,7 +154,10 @@ async fn generate(slice: Slice) -> Result<()> {
     let status_enrolled = enrolled.clone();
     let early_status = tokio::spawn(async move {
         loop {
-            println!("stat {} 0 0 0 0 0", status_enrolled.load(Ordering::Relaxed));
+            println!(
+                "stat {} 0 0 0 0 0 0",
+                status_enrolled.load(Ordering::Relaxed)
+            );
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     });
@@ -188,6 +191,7 @@ async fn generate(slice: Slice) -> Result<()> {
         failures: Default::default(),
         stopping: Default::default(),
         dialing: tokio::sync::Semaphore::new(crate::fleet::DIALING),
+        reconnects: Default::default(),
     });
     early_status.abort();
     {
@@ -212,7 +216,8 @@ async fn generate(slice: Slice) -> Result<()> {
                     }
                 }
                 let f = shared.failures.load(Ordering::Relaxed);
-                println!("stat {n} {c} {r} {a} {s} {f}");
+                let d = shared.reconnects.load(Ordering::Relaxed);
+                println!("stat {n} {c} {r} {a} {s} {f} {d}");
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
         });
@@ -307,7 +312,7 @@ struct Generator {
     first: usize,
     count: usize,
     /// The last status line's figures.
-    stat: [u64; 6],
+    stat: [u64; 7],
 }
 
 impl Generator {
@@ -342,7 +347,7 @@ fn wait_stats(
         while let Ok((k, line)) = lines.try_recv() {
             if let Some(rest) = line.strip_prefix("stat ") {
                 let v: Vec<u64> = rest.split(' ').filter_map(|x| x.parse().ok()).collect();
-                if let Ok(stat) = <[u64; 6]>::try_from(v) {
+                if let Ok(stat) = <[u64; 7]>::try_from(v) {
                     gens[k].stat = stat;
                 }
             } else {
@@ -460,7 +465,7 @@ pub async fn run_distributed(root: &std::path::Path, cfg: &Config, command: &str
             stdin,
             first,
             count,
-            stat: [0; 6],
+            stat: [0; 7],
         });
     }
     let n = n as u64;
@@ -641,6 +646,7 @@ pub async fn run_distributed(root: &std::path::Path, cfg: &Config, command: &str
     pb.finish();
     single.sort();
     let held = total(&gens, 1);
+    let reconnects = total(&gens, 6);
     for g in gens.iter_mut() {
         let _ = g.tell("quit");
     }
@@ -669,7 +675,8 @@ pub async fn run_distributed(root: &std::path::Path, cfg: &Config, command: &str
         n as f64 / enroll_secs
     );
     println!(
-        "connected and held:    {held} of {n}; connect rate {:.0} phones/s",
+        "connected and held:    {held} of {n}; connect rate {:.0} phones/s; sessions that dropped \
+         and were opened again (as an agent does): {reconnects}",
         n as f64 / connect_secs
     );
     println!(

@@ -383,8 +383,14 @@ impl FleetWorker {
             }
             tokio::select! {
                 _ = app.fleet_worker.wake.notified() => {}
+                // Another node may have stopped in the middle of a bulk change: every
+                // node looks for work left over now and then, not only at its start.
+                _ = tokio::time::sleep(LOOK_AGAIN) => {}
                 _ = shutdown.changed() => return,
             }
         }
     }
 }
+
+/// How often the worker looks for work nobody woke it for.
+const LOOK_AGAIN: std::time::Duration = std::time::Duration::from_secs(30);
