@@ -7,7 +7,9 @@
 //! read the database, which stays the source of truth. A node that may have missed
 //! signals (NATS was unreachable, or dropped messages for a slow subscriber) catches up
 //! from the database: every session it holds re-reads its bundle, commands and queue,
-//! and every device it serves is checked for revocation. A revocation that arrives on
+//! and every device it serves is checked for revocation. A node that was cut off from
+//! NATS publishes nothing meanwhile (the others could not hear it) and, once back, asks
+//! every node to catch up the same way, since they may have missed its signals. A revocation that arrives on
 //! NATS is believed only once the database confirms it, so whoever can publish on the
 //! NATS server can make nodes re-read, never end a phone's session.
 
@@ -55,7 +57,14 @@ pub enum Signal {
         /// The device.
         d: DeviceId,
     },
+    /// The sender was cut off from NATS: every node catches up from the database (at
+    /// most once per [`CATCH_UP_GAP`], whoever asks).
+    CatchUp,
 }
+
+/// Fewest seconds between two catch-ups asked for by other nodes: anyone who can publish
+/// on NATS can ask, and a catch-up reads the database for every session.
+const CATCH_UP_GAP: Duration = Duration::from_secs(10);
 
 /// One NATS message: signals from one node, in the order they were made.
 #[derive(Debug, Serialize, Deserialize)]
@@ -178,6 +187,10 @@ pub async fn run(app: SharedApp, url: Url, outbox: Outbox) -> anyhow::Result<()>
     let mut shutdown = app.shutdown.clone();
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     let me = app.cluster.node().to_owned();
+    // Whether NATS hears this node now, and whether it was cut off since it last did.
+    let mut linked = false;
+    let mut was_cut_off = false;
+    let mut last_catch_up: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
@@ -190,6 +203,10 @@ pub async fn run(app: SharedApp, url: Url, outbox: Outbox) -> anyhow::Result<()>
                         Err(_) => break,
                     }
                 }
+                if !linked {
+                    // Nobody hears it now; the others catch up when this node is back.
+                    continue;
+                }
                 let payload = serde_json::to_vec(&Wire { from: me.clone(), signals: batch })?;
                 if let Err(e) = client.publish(signals_subject.clone(), payload.into()).await {
                     // The other nodes catch up from the database when they reconnect.
@@ -200,7 +217,15 @@ pub async fn run(app: SharedApp, url: Url, outbox: Outbox) -> anyhow::Result<()>
                 let Some(msg) = msg else { break };
                 match serde_json::from_slice::<Wire>(&msg.payload) {
                     Ok(w) if w.from == me => {}
-                    Ok(w) => apply(&app, w.signals).await,
+                    Ok(w) => {
+                        let asked = w.signals.contains(&Signal::CatchUp);
+                        apply(&app, w.signals).await;
+                        if asked && last_catch_up.is_none_or(|t| t.elapsed() >= CATCH_UP_GAP) {
+                            tracing::info!(from = %w.from, "cluster: a node was cut off from NATS; catching up from the database");
+                            last_catch_up = Some(Instant::now());
+                            catch_up(&app).await;
+                        }
+                    }
                     Err(e) => tracing::warn!(error = %e, "cluster: an unreadable signal batch was ignored"),
                 }
             }
@@ -219,6 +244,12 @@ pub async fn run(app: SharedApp, url: Url, outbox: Outbox) -> anyhow::Result<()>
             Some(event) = events.recv() => match event {
                 async_nats::Event::Connected => {
                     tracing::info!(node = %me, "cluster: connected to NATS; catching up from the database");
+                    linked = true;
+                    if was_cut_off {
+                        let ask = Wire { from: me.clone(), signals: vec![Signal::CatchUp] };
+                        let _ = client.publish(signals_subject.clone(), serde_json::to_vec(&ask)?.into()).await;
+                    }
+                    last_catch_up = Some(Instant::now());
                     catch_up(&app).await;
                 }
                 async_nats::Event::SlowConsumer(_) => {
@@ -226,13 +257,16 @@ pub async fn run(app: SharedApp, url: Url, outbox: Outbox) -> anyhow::Result<()>
                     catch_up(&app).await;
                 }
                 async_nats::Event::Disconnected => {
+                    linked = false;
+                    was_cut_off = true;
                     tracing::warn!("cluster: disconnected from NATS; phones on other nodes hear of changes made here once it is back");
                 }
                 other => tracing::info!(event = %other, "cluster: NATS event"),
             },
         }
     }
-    let _ = client.flush().await;
+    // What is still buffered goes out, unless NATS is away (then the others catch up).
+    let _ = tokio::time::timeout(Duration::from_secs(1), client.flush()).await;
     Ok(())
 }
 
@@ -271,6 +305,7 @@ async fn apply(app: &SharedApp, signals: Vec<Signal>) {
                     app.sessions.end_device(&d);
                 }
             }
+            Signal::CatchUp => {}
         }
     }
 }

@@ -242,6 +242,113 @@ fn two_nodes_share_the_fleet_and_the_phones_fail_over() {
     drop(pg);
 }
 
+/// A NATS server of the test's own, on a port it can stop and start again.
+struct OwnNats {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl OwnNats {
+    fn start() -> OwnNats {
+        let mut n = OwnNats {
+            port: free_port(),
+            child: None,
+        };
+        n.restart();
+        n
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn restart(&mut self) {
+        let bin = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("this test needs nats-server (Debian package nats-server)");
+        self.child = Some(
+            Command::new(bin)
+                .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let addr = format!("127.0.0.1:{}", self.port);
+        wait_for("nats-server to listen", DEADLINE, || {
+            std::net::TcpStream::connect(&addr).ok().map(|_| ())
+        });
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().ok();
+            c.wait().ok();
+        }
+    }
+}
+
+impl Drop for OwnNats {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[test]
+fn a_node_cut_off_from_nats_catches_up_from_the_database() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let pg = rt.block_on(TempPostgres::create());
+    let mut nats = OwnNats::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let env = |port: u16| -> Vec<(String, String)> {
+        vec![
+            ("REDOUBT_DATABASE_URL".into(), pg.url().to_owned()),
+            ("REDOUBT_NATS_URL".into(), nats.url()),
+            ("REDOUBT_LISTEN".into(), format!("127.0.0.1:{port}")),
+            (
+                "REDOUBT_PUBLIC_URL".into(),
+                format!("https://127.0.0.1:{port}"),
+            ),
+            // Only a push can explain what the phone does within the deadlines.
+            ("REDOUBT_CHECK_IN_INTERVAL_SECS".into(), "600".into()),
+        ]
+    };
+    let (env_a, env_b) = (env(free_port()), env(free_port()));
+    let data_a = tmp.path().join("node-a");
+    let node_a = Server::start(&data_a, &borrow(&env_a));
+    let data_b = tmp.path().join("node-b");
+    copy_keys(&data_a, &data_b);
+    let node_b = Server::start(&data_b, &borrow(&env_b));
+    let mut phone = Agent::new(tmp.path().join("phone"));
+    let id = phone.enroll(&node_a.enrollment_url("alice"));
+    phone.start();
+    let compliant_in = |mode: &str| {
+        wait_for(&format!("{id} compliant in {mode}"), DEADLINE, || {
+            let d = node_b.device(&id);
+            (d["compliance"] == "compliant" && d["reported_mode"] == mode).then_some(())
+        })
+    };
+    compliant_in("standard");
+    // The link works: a change through B reaches the phone on A.
+    node_b.cli_json(&["devices", "set-mode", &id, "secure-site"]);
+    compliant_in("secure-site");
+    // NATS goes away; a change made through B meanwhile cannot cross. When NATS is
+    // back, the nodes catch up from the database and the phone gets it, long before its
+    // next check-in.
+    nats.stop();
+    node_b.cli_json(&["devices", "set-mode", &id, "lockdown"]);
+    nats.restart();
+    compliant_in("lockdown");
+    phone.stop();
+    node_a.stop();
+    node_b.stop();
+    drop(pg);
+}
+
 fn borrow(v: &[(String, String)]) -> Vec<(&str, &str)> {
     v.iter().map(|(k, x)| (k.as_str(), x.as_str())).collect()
 }
