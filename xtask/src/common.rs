@@ -178,6 +178,23 @@ pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// A database of the run's own on the machine's PostgreSQL (dropped with the value), or
+/// none for the embedded SQLite.
+pub async fn bench_database(postgres: bool) -> Option<redoubt_store::test_support::TempPostgres> {
+    if postgres {
+        Some(redoubt_store::test_support::TempPostgres::create().await)
+    } else {
+        None
+    }
+}
+
+/// The settings that point a server at `db` (none for SQLite).
+pub fn database_env(db: &Option<redoubt_store::test_support::TempPostgres>) -> Vec<(&str, &str)> {
+    db.as_ref()
+        .map(|p| vec![("REDOUBT_DATABASE_URL", p.url())])
+        .unwrap_or_default()
+}
+
 /// A release `redoubt-server` on a temp data dir, listening on a loopback port.
 pub struct BenchServer {
     /// `https://127.0.0.1:PORT`.

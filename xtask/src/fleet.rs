@@ -231,16 +231,8 @@ impl Shared {
 async fn run(root: &Path, cfg: &Config, command: &str) -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let mut procs = Procs(Vec::new());
-    // A database of the run's own on the machine's PostgreSQL, dropped at the end.
-    let pg = if cfg.postgres {
-        Some(redoubt_store::test_support::TempPostgres::create().await)
-    } else {
-        None
-    };
-    let env: Vec<(&str, &str)> = pg
-        .as_ref()
-        .map(|p| vec![("REDOUBT_DATABASE_URL", p.url())])
-        .unwrap_or_default();
+    let pg = crate::common::bench_database(cfg.postgres).await;
+    let env = crate::common::database_env(&pg);
     let backend = if cfg.postgres { "PostgreSQL" } else { "SQLite" };
     let nodes = start_nodes(root, tmp.path(), cfg.nodes, &env, &mut procs)?;
     let server = &nodes[0];
@@ -382,21 +374,7 @@ async fn run(root: &Path, cfg: &Config, command: &str) -> Result<()> {
         .map(|s| s.acked_version.load(Ordering::Relaxed))
         .collect();
     let t0 = shared.now_us();
-    let done: BulkDone = admin
-        .post(
-            "/api/v1/devices/bulk",
-            &BulkRequest {
-                filter: DeviceQuery::default(),
-                action: BulkAction::SetMode,
-                mode: Some("secure-site".parse()?),
-                expected_count: cfg.phones as u64,
-                expires_in_secs: None,
-            },
-        )
-        .await?;
-    if done.devices != cfg.phones as u64 {
-        bail!("the bulk set-mode covered {} devices", done.devices);
-    }
+    all_to_secure_site(&admin, cfg.phones as u64).await?;
     let pb = bar(cfg.phones, "set-mode all");
     let target = mode_index("secure-site");
     let switched = |s: &Shared| {
@@ -520,38 +498,95 @@ async fn run(root: &Path, cfg: &Config, command: &str) -> Result<()> {
         shared.reconnects.load(Ordering::Relaxed),
         cfg.phones as f64 / connect_secs
     );
-    println!(
-        "server memory:         {} before, {} with all connected: {} per connected idle phone",
-        crate::common::mib(rss_before),
-        crate::common::mib(rss_after),
-        per_phone_kib.map_or_else(|| "?".into(), |k| format!("{k:.1} KiB"))
-    );
-    println!(
-        "set-mode to all:       one bulk request → every phone's compliant report stored: \
-         p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
-        ms(percentile(&all_switch, 0.5)),
-        ms(percentile(&all_switch, 0.99)),
-        ms(percentile(&all_switch, 1.0))
-    );
-    println!(
-        "report ingest:         {per_sec:.0} signed reports/s stored durably over {:.0} s \
-         ({ingested} reports), server CPU {} per report",
-        window.as_secs_f64(),
-        cpu_per_report_us.map_or_else(|| "?".into(), |u| format!("{u:.0} µs"))
-    );
-    println!(
-        "single set-mode:       {} changes one after another → compliant report stored: \
-         p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (with {held} phones connected)",
-        single.len(),
-        ms(percentile(&single, 0.5)),
-        ms(percentile(&single, 0.99)),
-        ms(percentile(&single, 1.0))
-    );
+    Measures {
+        rss_before,
+        rss_after,
+        per_phone_kib,
+        all_switch: &all_switch,
+        per_sec,
+        window,
+        ingested,
+        cpu_per_report_us,
+        single: &single,
+        held: held as u64,
+    }
+    .print();
     if held != cfg.phones || failures > 0 {
         bail!("{} phones lost their connection", cfg.phones - held);
     }
     drop(procs);
     drop(pg);
+    Ok(())
+}
+
+/// The figures both ways of running the benchmark print alike.
+pub(crate) struct Measures<'a> {
+    pub(crate) rss_before: Option<u64>,
+    pub(crate) rss_after: Option<u64>,
+    pub(crate) per_phone_kib: Option<f64>,
+    pub(crate) all_switch: &'a [Duration],
+    pub(crate) per_sec: f64,
+    pub(crate) window: Duration,
+    pub(crate) ingested: u64,
+    pub(crate) cpu_per_report_us: Option<f64>,
+    pub(crate) single: &'a [Duration],
+    pub(crate) held: u64,
+}
+
+impl Measures<'_> {
+    pub(crate) fn print(&self) {
+        println!(
+            "server memory:         {} before, {} with all connected: {} per connected idle phone",
+            crate::common::mib(self.rss_before),
+            crate::common::mib(self.rss_after),
+            self.per_phone_kib
+                .map_or_else(|| "?".into(), |k| format!("{k:.1} KiB"))
+        );
+        println!(
+            "set-mode to all:       one bulk request → every phone's compliant report stored: \
+             p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+            ms(percentile(self.all_switch, 0.5)),
+            ms(percentile(self.all_switch, 0.99)),
+            ms(percentile(self.all_switch, 1.0))
+        );
+        println!(
+            "report ingest:         {:.0} signed reports/s stored durably over {:.0} s \
+             ({} reports), server CPU {} per report",
+            self.per_sec,
+            self.window.as_secs_f64(),
+            self.ingested,
+            self.cpu_per_report_us
+                .map_or_else(|| "?".into(), |u| format!("{u:.0} µs"))
+        );
+        println!(
+            "single set-mode:       {} changes one after another → compliant report stored: \
+             p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (with {} phones connected)",
+            self.single.len(),
+            ms(percentile(self.single, 0.5)),
+            ms(percentile(self.single, 0.99)),
+            ms(percentile(self.single, 1.0)),
+            self.held
+        );
+    }
+}
+
+/// One bulk request puts all `n` phones into `secure-site`.
+pub(crate) async fn all_to_secure_site(admin: &ServerClient, n: u64) -> Result<()> {
+    let done: BulkDone = admin
+        .post(
+            "/api/v1/devices/bulk",
+            &BulkRequest {
+                filter: DeviceQuery::default(),
+                action: BulkAction::SetMode,
+                mode: Some("secure-site".parse()?),
+                expected_count: n,
+                expires_in_secs: None,
+            },
+        )
+        .await?;
+    if done.devices != n {
+        bail!("the bulk set-mode covered {} devices", done.devices);
+    }
     Ok(())
 }
 

@@ -29,10 +29,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use redoubt_client::ServerClient;
-use redoubt_proto::api::{BulkAction, BulkDone, BulkRequest, DeviceQuery, DeviceView, SetMode};
+use redoubt_proto::api::{DeviceView, SetMode};
 use tokio::sync::watch;
 
-use crate::common::{Procs, cpu_time, load_average, ms, percentile, rss_kib};
+use crate::common::{Procs, cpu_time, load_average, rss_kib};
 use crate::fleet::{
     Config, Phone, PhoneStat, Shared, bar, enroll, mode_index, phone, start_nodes, sum_of,
 };
@@ -394,6 +394,33 @@ fn answers(
     Ok(got)
 }
 
+/// Waits, with a progress bar, until the generators' `field` adds up to `n`.
+fn all_reach(
+    gens: &mut [Generator],
+    lines: &Lines,
+    field: usize,
+    n: u64,
+    what: &str,
+    limit: Duration,
+) -> Result<()> {
+    let pb = bar(n as usize, what);
+    wait_stats(
+        gens,
+        lines,
+        limit,
+        &pb,
+        |g| total(g, field),
+        |g| total(g, field) == n,
+    )?;
+    pb.finish();
+    Ok(())
+}
+
+/// Sends one command to every generator.
+fn tell_all(gens: &mut [Generator], line: &str) -> Result<()> {
+    gens.iter_mut().try_for_each(|g| g.tell(line))
+}
+
 fn total(gens: &[Generator], field: usize) -> u64 {
     gens.iter().map(|g| g.stat[field]).sum()
 }
@@ -402,15 +429,8 @@ fn total(gens: &[Generator], field: usize) -> u64 {
 pub async fn run_distributed(root: &std::path::Path, cfg: &Config, command: &str) -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let mut procs = Procs(Vec::new());
-    let pg = if cfg.postgres {
-        Some(redoubt_store::test_support::TempPostgres::create().await)
-    } else {
-        None
-    };
-    let env: Vec<(&str, &str)> = pg
-        .as_ref()
-        .map(|p| vec![("REDOUBT_DATABASE_URL", p.url())])
-        .unwrap_or_default();
+    let pg = crate::common::bench_database(cfg.postgres).await;
+    let env = crate::common::database_env(&pg);
     let nodes = start_nodes(root, tmp.path(), cfg.nodes, &env, &mut procs)?;
     let pids: Vec<u32> = nodes.iter().map(|n| n.pid).collect();
     let token = nodes[0].owner_token(root)?;
@@ -470,44 +490,36 @@ pub async fn run_distributed(root: &std::path::Path, cfg: &Config, command: &str
     }
     let n = n as u64;
     let started = Instant::now();
-    let pb = bar(n as usize, "enrolling");
-    wait_stats(
+    all_reach(
         &mut gens,
         &lines,
+        0,
+        n,
+        "enrolling",
         Duration::from_secs(3600),
-        &pb,
-        |g| total(g, 0),
-        |g| total(g, 0) == n,
     )?;
-    pb.finish();
     let enroll_secs = started.elapsed().as_secs_f64();
     let rss_before = sum_of(&pids, rss_kib);
     let started = Instant::now();
-    for g in gens.iter_mut() {
-        g.tell("connect")?;
-    }
-    let pb = bar(n as usize, "connecting");
-    wait_stats(
+    tell_all(&mut gens, "connect")?;
+    all_reach(
         &mut gens,
         &lines,
+        1,
+        n,
+        "connecting",
         Duration::from_secs(1800),
-        &pb,
-        |g| total(g, 1),
-        |g| total(g, 1) == n,
     )
     .with_context(|| "not every phone connected")?;
-    pb.finish();
     let connect_secs = started.elapsed().as_secs_f64();
-    let pb = bar(n as usize, "first report");
-    wait_stats(
+    all_reach(
         &mut gens,
         &lines,
+        2,
+        n,
+        "first report",
         Duration::from_secs(1800),
-        &pb,
-        |g| total(g, 2),
-        |g| total(g, 2) == n,
     )?;
-    pb.finish();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let rss_after = sum_of(&pids, rss_kib);
     let per_phone_kib = match (rss_before, rss_after) {
@@ -517,39 +529,19 @@ pub async fn run_distributed(root: &std::path::Path, cfg: &Config, command: &str
 
     // One request puts every phone into secure-site.
     let all: Vec<usize> = (0..gens.len()).collect();
-    for g in gens.iter_mut() {
-        g.tell("target secure-site")?;
-    }
+    tell_all(&mut gens, "target secure-site")?;
     answers(&mut gens, &lines, &all, "armed", Duration::from_secs(60))?;
     let t0 = unix_us();
-    let done: BulkDone = admin
-        .post(
-            "/api/v1/devices/bulk",
-            &BulkRequest {
-                filter: DeviceQuery::default(),
-                action: BulkAction::SetMode,
-                mode: Some("secure-site".parse()?),
-                expected_count: n,
-                expires_in_secs: None,
-            },
-        )
-        .await?;
-    if done.devices != n {
-        bail!("the bulk set-mode covered {} devices", done.devices);
-    }
-    let pb = bar(n as usize, "set-mode all");
-    wait_stats(
+    crate::fleet::all_to_secure_site(&admin, n).await?;
+    all_reach(
         &mut gens,
         &lines,
+        4,
+        n,
+        "set-mode all",
         Duration::from_secs(1800),
-        &pb,
-        |g| total(g, 4),
-        |g| total(g, 4) == n,
     )?;
-    pb.finish();
-    for g in gens.iter_mut() {
-        g.tell("times")?;
-    }
+    tell_all(&mut gens, "times")?;
     let mut all_switch: Vec<Duration> = Vec::with_capacity(n as usize);
     for (_, line) in answers(&mut gens, &lines, &all, "times ", Duration::from_secs(120))? {
         for t in line.trim_start_matches("times ").split(',') {
@@ -572,9 +564,7 @@ pub async fn run_distributed(root: &std::path::Path, cfg: &Config, command: &str
     let acks0 = total(&gens, 3);
     let cpu0 = sum_of(&pids, cpu_time);
     let started = Instant::now();
-    for g in gens.iter_mut() {
-        g.tell("flood 1")?;
-    }
+    tell_all(&mut gens, "flood 1")?;
     wait_stats(
         &mut gens,
         &lines,
@@ -596,9 +586,7 @@ pub async fn run_distributed(root: &std::path::Path, cfg: &Config, command: &str
     let acks1 = total(&gens, 3);
     let cpu1 = sum_of(&pids, cpu_time);
     let measured = started.elapsed();
-    for g in gens.iter_mut() {
-        g.tell("flood 0")?;
-    }
+    tell_all(&mut gens, "flood 0")?;
     pb.finish_and_clear();
     let ingested = acks1.saturating_sub(acks0);
     let per_sec = ingested as f64 / measured.as_secs_f64();
@@ -679,33 +667,19 @@ pub async fn run_distributed(root: &std::path::Path, cfg: &Config, command: &str
          and were opened again (as an agent does): {reconnects}",
         n as f64 / connect_secs
     );
-    println!(
-        "server memory:         {} before, {} with all connected: {} per connected idle phone",
-        crate::common::mib(rss_before),
-        crate::common::mib(rss_after),
-        per_phone_kib.map_or_else(|| "?".into(), |k| format!("{k:.1} KiB"))
-    );
-    println!(
-        "set-mode to all:       one bulk request → every phone's compliant report stored: \
-         p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
-        ms(percentile(&all_switch, 0.5)),
-        ms(percentile(&all_switch, 0.99)),
-        ms(percentile(&all_switch, 1.0))
-    );
-    println!(
-        "report ingest:         {per_sec:.0} signed reports/s stored durably over {:.0} s \
-         ({ingested} reports), server CPU {} per report",
-        measured.as_secs_f64(),
-        cpu_per_report_us.map_or_else(|| "?".into(), |u| format!("{u:.0} µs"))
-    );
-    println!(
-        "single set-mode:       {} changes one after another → compliant report stored: \
-         p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (with {held} phones connected)",
-        single.len(),
-        ms(percentile(&single, 0.5)),
-        ms(percentile(&single, 0.99)),
-        ms(percentile(&single, 1.0))
-    );
+    crate::fleet::Measures {
+        rss_before,
+        rss_after,
+        per_phone_kib,
+        all_switch: &all_switch,
+        per_sec,
+        window: measured,
+        ingested,
+        cpu_per_report_us,
+        single: &single,
+        held,
+    }
+    .print();
     if held != n {
         bail!("{} phones lost their connection", n - held);
     }

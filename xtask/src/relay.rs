@@ -131,15 +131,9 @@ impl Window {
 async fn run(root: &Path, cfg: &Config, command: &str) -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let mut procs = Procs(Vec::new());
-    let pg = if cfg.postgres {
-        Some(redoubt_store::test_support::TempPostgres::create().await)
-    } else {
-        None
-    };
-    let mut env = vec![("REDOUBT_KEY_PACKAGE_CLAIMS_PER_MINUTE", "1000000")];
-    if let Some(p) = &pg {
-        env.push(("REDOUBT_DATABASE_URL", p.url()));
-    }
+    let pg = crate::common::bench_database(cfg.postgres).await;
+    let mut env = crate::common::database_env(&pg);
+    env.push(("REDOUBT_KEY_PACKAGE_CLAIMS_PER_MINUTE", "1000000"));
     let backend = if cfg.postgres { "PostgreSQL" } else { "SQLite" };
     let server = BenchServer::start(root, &tmp.path().join("server"), &env, &mut procs)?;
     let client = server.owner_client(root)?;

@@ -940,17 +940,28 @@ impl Messenger {
     /// the message list: posting it (and retrying) is the caller's. The relay benchmark
     /// prepares its ciphertext this way, so that its timed window measures the server.
     pub async fn encrypt_text(&self, gid: &GroupId, text: &str) -> Result<PostMessage> {
-        let id = new_message_id();
-        let msg = AppMessage {
-            v: 1,
-            id: id.clone(),
-            sent_at: Timestamp::now(),
-            body: Body::Text {
+        let tx = self.db.begin().await?;
+        let (_, post) = self.seal(
+            &tx,
+            gid,
+            Body::Text {
                 text: text.to_owned(),
             },
+        )?;
+        tx.commit().await?;
+        Ok(post)
+    }
+
+    /// Encrypts `body` as a new message of the conversation inside `tx` (whose commit
+    /// keeps the advanced MLS state); returns the message and what the server takes.
+    fn seal(&self, tx: &Tx<'_>, gid: &GroupId, body: Body) -> Result<(AppMessage, PostMessage)> {
+        let msg = AppMessage {
+            v: 1,
+            id: new_message_id(),
+            sent_at: Timestamp::now(),
+            body,
         };
         let plaintext = serde_json::to_vec(&msg)?;
-        let tx = self.db.begin().await?;
         let provider = Provider::new(tx.state());
         let mut group = MlsGroup::load(tx.state(), &mls_group_id(gid))?
             .ok_or_else(|| anyhow!("no conversation {gid} on this device"))?;
@@ -963,10 +974,9 @@ impl Messenger {
         let post = PostMessage {
             epoch: group.epoch().as_u64(),
             message: B64(out.tls_serialize_detached()?),
-            client_id: id,
+            client_id: msg.id.clone(),
         };
-        tx.commit().await?;
-        Ok(post)
+        Ok((msg, post))
     }
 
     /// Encrypts the file at `path` on this device with a fresh key, uploads the
@@ -1075,31 +1085,16 @@ impl Messenger {
                 Err(e) => return Err(e),
             }
         }
-        let id = new_message_id();
-        let msg = AppMessage {
-            v: 1,
-            id: id.clone(),
-            sent_at: Timestamp::now(),
-            body,
-        };
-        let plaintext = serde_json::to_vec(&msg)?;
         let mut tx = self.db.begin().await?;
-        let provider = Provider::new(tx.state());
-        let mut group = MlsGroup::load(tx.state(), &mls_group_id(gid))?
-            .ok_or_else(|| anyhow!("no conversation {gid} on this device"))?;
-        if !group.is_active() {
-            bail!("this device is no longer a member of {gid}");
-        }
-        let out = group
-            .create_message(&provider, &self.signer, &plaintext)
-            .map_err(|e| anyhow!("encrypting: {e:?}"))?;
+        let (msg, post) = self.seal(&tx, gid, body)?;
+        let id = msg.id.clone();
         sqlx::query(
             "INSERT INTO outbox (group_id, kind, client_id, epoch, payload, created_at) VALUES (?, 'application', ?, ?, ?, ?)",
         )
         .bind(gid.as_str())
         .bind(&id)
-        .bind(group.epoch().as_u64() as i64)
-        .bind(out.tls_serialize_detached()?)
+        .bind(post.epoch as i64)
+        .bind(post.message.0)
         .bind(Timestamp::now().unix())
         .execute(tx.conn())
         .await?;
