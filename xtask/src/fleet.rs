@@ -362,6 +362,7 @@ async fn run(root: &Path, cfg: &Config, command: &str) -> Result<()> {
     // Idle: let the server settle, then read its memory.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let rss_after = sum_of(&pids, rss_kib);
+    let console = console_queries(&admin).await?;
     let per_phone_kib = match (rss_before, rss_after) {
         (Some(b), Some(a)) => Some((a.saturating_sub(b)) as f64 / cfg.phones as f64),
         _ => None,
@@ -498,6 +499,7 @@ async fn run(root: &Path, cfg: &Config, command: &str) -> Result<()> {
         shared.reconnects.load(Ordering::Relaxed),
         cfg.phones as f64 / connect_secs
     );
+    println!("{console}");
     Measures {
         rss_before,
         rss_after,
@@ -568,6 +570,26 @@ impl Measures<'_> {
             self.held
         );
     }
+}
+
+/// What an officer's console asks of a full fleet, timed: the counts (slowest of five)
+/// and the first page of 1000 devices.
+pub(crate) async fn console_queries(admin: &ServerClient) -> Result<String> {
+    let mut counts = Duration::ZERO;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let _: redoubt_proto::api::DeviceCounts = admin.get("/api/v1/devices/counts").await?;
+        counts = counts.max(t.elapsed());
+    }
+    let t = Instant::now();
+    let page: redoubt_proto::api::DevicePage = admin.get("/api/v1/devices?limit=1000").await?;
+    let listed = t.elapsed();
+    Ok(format!(
+        "console queries:       GET /devices/counts {:.1} ms (slowest of 5); first page of {} devices {:.1} ms",
+        ms(counts),
+        page.devices.len(),
+        ms(listed)
+    ))
 }
 
 /// One bulk request puts all `n` phones into `secure-site`.

@@ -522,6 +522,7 @@ pub async fn run_distributed(root: &std::path::Path, cfg: &Config, command: &str
     )?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let rss_after = sum_of(&pids, rss_kib);
+    let console = crate::fleet::console_queries(&admin).await?;
     let per_phone_kib = match (rss_before, rss_after) {
         (Some(b), Some(a)) => Some(a.saturating_sub(b) as f64 / n as f64),
         _ => None,
@@ -667,6 +668,7 @@ pub async fn run_distributed(root: &std::path::Path, cfg: &Config, command: &str
          and were opened again (as an agent does): {reconnects}",
         n as f64 / connect_secs
     );
+    println!("{console}");
     crate::fleet::Measures {
         rss_before,
         rss_after,
