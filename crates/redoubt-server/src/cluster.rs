@@ -203,8 +203,9 @@ pub async fn run(app: SharedApp, url: Url, outbox: Outbox) -> anyhow::Result<()>
                         Err(_) => break,
                     }
                 }
-                if !linked {
+                if !linked && was_cut_off {
                     // Nobody hears it now; the others catch up when this node is back.
+                    // (Before the first connection the client keeps what is published.)
                     continue;
                 }
                 let payload = serde_json::to_vec(&Wire { from: me.clone(), signals: batch })?;
