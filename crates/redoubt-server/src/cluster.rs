@@ -80,7 +80,6 @@ struct Wire {
 struct Beat {
     from: String,
     devices: u64,
-    messengers: u64,
 }
 
 /// This node's side of the cluster: where its signals go, and what it last heard of
@@ -130,14 +129,12 @@ impl Cluster {
         }
     }
 
-    /// Devices and messengers connected to the other nodes heard from lately.
-    pub fn peer_connections(&self) -> (u64, u64, usize) {
+    /// Devices connected to the other nodes heard from lately.
+    pub fn peer_devices(&self) -> u64 {
         let now = Instant::now();
         let mut peers = lock(&self.peers);
         peers.retain(|_, (_, at)| now.duration_since(*at) < PEER_SILENCE);
-        peers.values().fold((0, 0, 0), |(d, m, n), (b, _)| {
-            (d + b.devices, m + b.messengers, n + 1)
-        })
+        peers.values().map(|(b, _)| b.devices).sum()
     }
 }
 
@@ -239,7 +236,7 @@ pub async fn run(app: SharedApp, url: Url, outbox: Outbox) -> anyhow::Result<()>
                 }
             }
             _ = heartbeat.tick() => {
-                let beat = Beat { from: me.clone(), devices: app.hub.len() as u64, messengers: app.doorbells.len() as u64 };
+                let beat = Beat { from: me.clone(), devices: app.hub.len() as u64 };
                 let _ = client.publish(nodes_subject.clone(), serde_json::to_vec(&beat)?.into()).await;
             }
             Some(event) = events.recv() => match event {

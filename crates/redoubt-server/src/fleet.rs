@@ -122,7 +122,7 @@ impl App {
             total: by_compliance.values().sum(),
             // This node's phones and those the other nodes reported in their last
             // heartbeat (a node silent for 15 s counts none).
-            connected: self.hub.len() as u64 + self.cluster.peer_connections().0,
+            connected: self.hub.len() as u64 + self.cluster.peer_devices(),
             by_compliance,
             by_mode: b.by_mode.into_iter().collect(),
             by_assigned_mode: b.by_assigned_mode.into_iter().collect(),

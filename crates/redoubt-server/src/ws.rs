@@ -122,10 +122,13 @@ struct Held {
     bundle_version: u64,
 }
 
+/// Sends the device's bundle unless it is the one the session last sent (`sent`): a
+/// push, a catch-up and a report's check-in may all announce the same new bundle.
 async fn send_bundle(
     app: &SharedApp,
     socket: &mut WebSocket,
     id: &DeviceId,
+    sent: Option<u64>,
 ) -> anyhow::Result<u64> {
     let (version, bundle, issued_at, _) = app
         .store
@@ -134,6 +137,9 @@ async fn send_bundle(
         .ok_or_else(|| anyhow::anyhow!("device vanished"))?;
     let half = (app.config.bundle_ttl_secs / 2) as i64;
     let (version, bundle) = if issued_at.plus_secs(half) > Timestamp::now() {
+        if sent == Some(version) {
+            return Ok(version);
+        }
         (version, bundle)
     } else {
         // Past half its life: renewed before it is sent.
@@ -188,12 +194,7 @@ async fn resync(
     id: &DeviceId,
     sent: u64,
 ) -> anyhow::Result<u64> {
-    let current = app.store.device_bundle(id).await?.map(|b| b.0);
-    let version = if current == Some(sent) {
-        sent
-    } else {
-        send_bundle(app, socket, id).await?
-    };
+    let version = send_bundle(app, socket, id, Some(sent)).await?;
     send_commands(app, socket, id).await?;
     Ok(version)
 }
@@ -235,7 +236,7 @@ async fn run(
     // record (its bundle and latest report would cost kilobytes per connected phone).
     let mut held = Held {
         key,
-        bundle_version: send_bundle(app, socket, id).await?,
+        bundle_version: send_bundle(app, socket, id, None).await?,
     };
     send_commands(app, socket, id).await?;
     let mut ping = tokio::time::interval(PING_EVERY);
@@ -252,7 +253,7 @@ async fn run(
                     refuse(socket, "replaced", "another connection of this device took over").await;
                     return Ok(());
                 }
-                Some(Push::BundleChanged) => held.bundle_version = Box::pin(send_bundle(app, socket, id)).await?,
+                Some(Push::BundleChanged) => held.bundle_version = Box::pin(send_bundle(app, socket, id, Some(held.bundle_version))).await?,
                 Some(Push::CommandsChanged) => Box::pin(send_commands(app, socket, id)).await?,
                 Some(Push::Resync) => held.bundle_version = Box::pin(resync(app, socket, id, held.bundle_version)).await?,
                 Some(Push::Revoked) => {

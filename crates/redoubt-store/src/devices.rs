@@ -659,8 +659,7 @@ impl Store {
             .map(|row| device_record(row).map(|d| (d.id.as_str().to_owned(), d)))
             .collect::<Result<_>>()?;
         let mut rows = Vec::with_capacity(reports.len());
-        let mut changed: Vec<String> = Vec::new();
-        let mut seen = std::collections::HashSet::new();
+        let mut changed = std::collections::HashSet::new();
         let mut judged = Vec::with_capacity(reports.len());
         for (report, envelope) in reports {
             let Some(dev) = devices.get_mut(report.device_id.as_str()) else {
@@ -686,8 +685,8 @@ impl Store {
             )
             .await?;
             let id = dev.id.as_str().to_owned();
-            if matches!(outcome, ReportOutcome::Stored(_)) && seen.insert(id.clone()) {
-                changed.push(id.clone());
+            if matches!(outcome, ReportOutcome::Stored(_)) {
+                changed.insert(id.clone());
             }
             judged.push(Ok((outcome, verified, id)));
         }
