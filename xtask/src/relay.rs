@@ -10,6 +10,10 @@
 //! real: phones enrolled with the release agent, messengers with certified MLS keys and
 //! KeyPackages, the conversation created and joined through Welcomes.
 //!
+//! After joining, the members take their turns to fill the ratchet tree (the
+//! messenger's self-update); the bench prints how many committed and how the commits
+//! shrank as the tree filled.
+//!
 //! It prints, with the command that made them: deliveries per second (sent → fetched by
 //! a recipient, over the window from the first post to the last fetch), the send →
 //! fetched latency p50/p99/max over every delivery, the server's CPU per 1000 deliveries
@@ -200,6 +204,36 @@ async fn run(root: &Path, cfg: &Config, command: &str) -> Result<()> {
     }
     pb.finish();
 
+    // The members take their turns to fill the ratchet tree, as their scheduled
+    // self-update does after joining (here one after another, without waiting for the
+    // turn's time): one commit per pair of leaves, each smaller than the one before.
+    let pb = bar(cfg.members - 1, "self-updates");
+    let fill_started = Instant::now();
+    let mut sizes = Vec::new();
+    for (i, m) in messengers.iter().enumerate().skip(1) {
+        if let Some(size) = m
+            .self_update(&gid)
+            .await
+            .with_context(|| format!("member {i}: self-update"))?
+        {
+            sizes.push(size);
+        }
+        pb.inc(1);
+    }
+    pb.finish();
+    let fill_secs = fill_started.elapsed().as_secs_f64();
+    // The senders apply every commit (they encrypt in the newest epoch); the others only
+    // empty their queues, so that the window holds the messages alone.
+    for (i, m) in messengers.iter().enumerate() {
+        if i < cfg.senders {
+            m.sync()
+                .await
+                .with_context(|| format!("member {i}: sync"))?;
+        } else {
+            drain(m).await?;
+        }
+    }
+
     // Every message encrypted before the window.
     let total = cfg.senders * cfg.messages;
     let pb = bar(total, "encrypting");
@@ -316,6 +350,15 @@ async fn run(root: &Path, cfg: &Config, command: &str) -> Result<()> {
         cfg.members, cfg.senders, cfg.messages
     );
     println!(
+        "self-updates:   {} of {} joined members committed (the others' paths were already \
+         full) in {fill_secs:.1} s; commit size: first {}, median {}, last {}",
+        sizes.len(),
+        cfg.members - 1,
+        bytes(sizes.first().copied()),
+        bytes(median(&sizes)),
+        bytes(sizes.last().copied())
+    );
+    println!(
         "relayed:        {deliveries} deliveries in {:.2} s: {per_sec:.0} deliveries/s",
         last_fetch.as_secs_f64()
     );
@@ -334,6 +377,35 @@ async fn run(root: &Path, cfg: &Config, command: &str) -> Result<()> {
     drop(procs);
     drop(pg);
     Ok(())
+}
+
+/// A size for people.
+fn bytes(n: Option<usize>) -> String {
+    match n {
+        None => "-".into(),
+        Some(n) if n >= 10 * 1024 => format!("{:.0} KiB", n as f64 / 1024.0),
+        Some(n) => format!("{n} B"),
+    }
+}
+
+fn median(sizes: &[usize]) -> Option<usize> {
+    let mut v = sizes.to_vec();
+    v.sort_unstable();
+    v.get(v.len() / 2).copied()
+}
+
+/// Fetches and acknowledges whatever a member's queue holds, without applying it.
+async fn drain(m: &Messenger) -> Result<()> {
+    loop {
+        let batch: QueueBatch = m.net().get("/queue?limit=500").await?;
+        let seqs: Vec<u64> = batch.items.iter().map(|i| i.seq).collect();
+        if !seqs.is_empty() {
+            let _: serde_json::Value = m.net().post("/queue/ack", &Ack { seqs }).await?;
+        }
+        if !batch.more {
+            return Ok(());
+        }
+    }
 }
 
 /// Posts a sender's prepared messages one after another, each as soon as the one before

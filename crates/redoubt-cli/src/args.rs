@@ -230,6 +230,27 @@ pub enum ChatCommand {
 pub enum EnrollCommand {
     /// Create a single-use enrollment code and show it as a QR code.
     Create(EnrollCreate),
+    /// List the enrollment codes made, oldest first (filters narrow; every page is
+    /// fetched). The codes themselves are never shown: the server keeps only hashes.
+    List {
+        /// Only codes in this state: open, used or expired.
+        #[arg(long, value_name = "STATE", value_parser = parse_enrollment_state)]
+        state: Option<redoubt_proto::api::EnrollmentState>,
+        /// Only codes for this person.
+        #[arg(long, value_name = "USER")]
+        user: Option<UserName>,
+        /// Only codes this admin created (`admin:NAME`).
+        #[arg(long, value_name = "ADMIN")]
+        created_by: Option<String>,
+        /// At most this many codes.
+        #[arg(long, value_name = "N")]
+        limit: Option<u64>,
+    },
+}
+
+fn parse_enrollment_state(s: &str) -> Result<redoubt_proto::api::EnrollmentState, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_owned()))
+        .map_err(|_| "one of open, used, expired".to_owned())
 }
 
 /// `redoubt enroll create`

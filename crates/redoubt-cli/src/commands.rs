@@ -28,6 +28,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             me.print(g, output::whoami)
         }
         Command::Enroll(EnrollCommand::Create(args)) => enroll_create(g, args).await,
+        Command::Enroll(EnrollCommand::List {
+            state,
+            user,
+            created_by,
+            limit,
+        }) => {
+            let q = redoubt_proto::api::EnrollmentQuery {
+                state,
+                user,
+                created_by,
+                ..Default::default()
+            };
+            crate::fleet::enrollments(g, q, limit).await
+        }
         Command::Chat(args) => crate::chat::run(g.json, args).await,
         Command::Zones(cmd) => crate::zones::run(g, cmd).await,
         Command::Audit(cmd) => crate::audit::run(g, cmd).await,

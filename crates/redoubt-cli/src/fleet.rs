@@ -319,6 +319,30 @@ pub async fn commands(g: &Global, cmd: CommandsCommand) -> anyhow::Result<()> {
     output::emit(&output::fleet_command_table(&views, Timestamp::now()))
 }
 
+/// `enroll list`.
+pub async fn enrollments(
+    g: &Global,
+    q: redoubt_proto::api::EnrollmentQuery,
+    limit: Option<u64>,
+) -> anyhow::Result<()> {
+    let (views, raw): (Vec<redoubt_proto::api::EnrollmentView>, _) =
+        fetch_pages(&Api::new(g)?, "enrollments", limit, |after, size| {
+            query_path(
+                "enrollments",
+                &redoubt_proto::api::EnrollmentQuery {
+                    after,
+                    limit: Some(size),
+                    ..q.clone()
+                },
+            )
+        })
+        .await?;
+    if g.json {
+        return print_json(&serde_json::Value::Array(raw));
+    }
+    output::emit(&output::enrollment_table(&views, Timestamp::now()))
+}
+
 /// `devices counts`.
 pub async fn counts(g: &Global) -> anyhow::Result<()> {
     let counts: Answer<DeviceCounts> = Api::new(g)?.get("devices/counts").await?;

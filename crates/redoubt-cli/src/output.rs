@@ -128,10 +128,14 @@ pub fn whoami(me: &WhoAmI) -> String {
 
 /// A new enrollment: its URL and expiry (the QR code is printed separately).
 pub fn enrollment(created: &EnrollmentCreated, now: Timestamp) -> String {
-    fields(&[
+    let mut rows = vec![
         ("enrollment URL", created.url.clone()),
         ("expires", when(created.expires_at, now)),
-    ])
+    ];
+    if let Some(id) = &created.id {
+        rows.push(("code id", id.to_string()));
+    }
+    fields(&rows)
 }
 
 /// The `devices list` table.
@@ -364,6 +368,31 @@ pub fn fleet_command_table(list: &[CommandView], now: Timestamp) -> String {
             c.state.to_string(),
             relative(c.created_at, now),
             c.created_by.clone(),
+        ]);
+    }
+    table.render()
+}
+
+/// The `enroll list` table.
+pub fn enrollment_table(list: &[redoubt_proto::api::EnrollmentView], now: Timestamp) -> String {
+    if list.is_empty() {
+        return "no enrollment codes\n".into();
+    }
+    let mut table = Table::new([
+        "CODE ID", "USER", "MODE", "STATE", "CREATED", "EXPIRES", "BY", "DEVICE",
+    ]);
+    for e in list {
+        table.row([
+            e.id.to_string(),
+            e.user.to_string(),
+            e.mode.to_string(),
+            e.state.to_string(),
+            relative(e.created_at, now),
+            relative(e.expires_at, now),
+            e.created_by.clone(),
+            e.device_id
+                .as_ref()
+                .map_or_else(|| "-".into(), |d| d.to_string()),
         ]);
     }
     table.render()
@@ -761,11 +790,13 @@ mod tests {
         let created = EnrollmentCreated {
             url: "redoubt://enroll?x".into(),
             expires_at: Timestamp(NOW.0 + 900),
+            id: Some(redoubt_proto::api::CredentialId::from_hash(&[0xab; 32])),
         };
         check(
             &enrollment(&created, NOW),
             "enrollment URL: redoubt://enroll?x\n\
-             expires:        2026-09-21T14:28:20Z (in 15m)\n",
+             expires:        2026-09-21T14:28:20Z (in 15m)\n\
+             code id:        abababababababab\n",
         );
     }
 }

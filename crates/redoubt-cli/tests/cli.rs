@@ -331,6 +331,18 @@ fn read_commands_print_text_or_the_servers_json() {
             200,
             enrollment.to_string(),
         ),
+        (
+            "GET",
+            "/api/v1/enrollments?limit=5000".into(),
+            200,
+            json!({"enrollments": [{
+                "id": "0123456789abcdef", "user": "alice", "mode": "standard",
+                "created_by": "admin:ops", "created_at": "2026-01-01T00:00:00Z",
+                "expires_at": "2026-01-01T00:15:00Z", "state": "used",
+                "used_at": "2026-01-01T00:05:00Z", "device_id": DEVICE
+            }], "next": null})
+            .to_string(),
+        ),
     ]);
     let env = server.env();
     let json_of = |run: support::Run| -> Value {
@@ -420,6 +432,13 @@ fn read_commands_print_text_or_the_servers_json() {
         )),
         enrollment
     );
+
+    let out = redoubt(&["enroll", "list"], &env).succeeds().to_owned();
+    assert!(out.starts_with("CODE ID  "), "{out}");
+    for needle in ["0123456789abcdef", "alice", "used", "admin:ops", DEVICE] {
+        assert!(out.contains(needle), "{needle:?} missing from\n{out}");
+    }
+    redoubt(&["enroll", "list", "--state", "lost"], &env).fails_with(&["open, used, expired"]);
 
     let requests = server.requests();
     assert!(

@@ -50,6 +50,20 @@ pub const RECEIPTS_UP_TO: usize = 32;
 /// How many times a commit is retried after losing the race for an epoch.
 const COMMIT_ATTEMPTS: usize = 8;
 
+/// After joining, members take turns to fill the ratchet tree (see
+/// [`Messenger::self_update`]): the member at leaf `i` checks its path at its first
+/// sync [`self_update_turn_ms`]`(i)` after it joined, so that the members that joined
+/// by one Welcome do not race for the same epoch. The first turn waits a minute, while
+/// the others come online and join.
+pub const SELF_UPDATE_AFTER_MS: i64 = 60_000;
+/// Time between two leaves' turns.
+pub const SELF_UPDATE_STEP_MS: i64 = 1_000;
+
+/// When the member at `leaf` takes its turn, in milliseconds after it joined.
+pub fn self_update_turn_ms(leaf: u32) -> i64 {
+    SELF_UPDATE_AFTER_MS + i64::from(leaf) * SELF_UPDATE_STEP_MS
+}
+
 /// The file of the messenger's database in the messenger directory.
 pub const DB_FILE: &str = redoubt_device::layout::messenger::DB_FILE;
 
@@ -140,6 +154,9 @@ pub struct SyncReport {
     pub refused: Vec<String>,
     /// Items that expired on the server before delivery, since enrollment.
     pub expired_total: u64,
+    /// The size of each commit this sync made to fill the ratchet tree (a member's
+    /// turn after joining, see [`Messenger::self_update`]).
+    pub self_updates: Vec<usize>,
 }
 
 /// What adding people did.
@@ -182,6 +199,42 @@ fn encode_group_info(gi: Option<openmls::messages::group_info::GroupInfo>) -> Re
     gi.map(|g| MlsMessageOut::from(g).tls_serialize_detached().map(B64))
         .transpose()
         .map_err(|e| anyhow!("encoding the GroupInfo: {e:?}"))
+}
+
+/// Milliseconds since the Unix epoch, by this device's clock (it only times turns).
+fn unix_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Whether a self-update would fill a blank inner node above this member's leaf: one
+/// whose other half holds a member (a node over blank leaves only is left out of every
+/// update path, and stays blank). In the array layout leaf `i` is node `2i`, and inner
+/// node `p` is node `2p + 1`, covering the nodes within `2^level − 1` of itself
+/// (`level`: its trailing ones); its halves meet at leaf `p + 1`.
+fn path_has_blank(group: &MlsGroup) -> bool {
+    let me = u64::from(group.own_leaf_index().u32());
+    let mut members: Vec<u64> = group.members().map(|m| u64::from(m.index.u32())).collect();
+    members.sort_unstable();
+    let any_in = |lo: u64, hi: u64| {
+        let at = members.partition_point(|&m| m < lo);
+        members.get(at).is_some_and(|&m| m <= hi)
+    };
+    group.treesync().blank_parents().any(|p| {
+        let node = 2 * u64::from(p.u32()) + 1;
+        let half = 1u64 << (node.trailing_ones() - 1);
+        let mid = u64::from(p.u32()) + 1;
+        let (lo, hi) = (mid - half, mid + half - 1);
+        if !(lo..=hi).contains(&me) {
+            return false;
+        }
+        if me < mid {
+            any_in(mid, hi)
+        } else {
+            any_in(lo, mid - 1)
+        }
+    })
 }
 
 /// The server could not be reached, or failed on its side (5xx): worth retrying.
@@ -1252,6 +1305,7 @@ impl Messenger {
         }
         if removals {
             Box::pin(self.perform_removals()).await?;
+            report.self_updates = Box::pin(self.perform_self_updates()).await?;
         }
         for (gid, ids) in delivered {
             let size = self.member_count(&gid).await.unwrap_or(usize::MAX);
@@ -1415,6 +1469,17 @@ impl Messenger {
             .await?;
         }
         record_roster_change(tx, &gid, None, &roster(&group)).await?;
+        // This member's turn to fill its part of the tree (kept in the outbox, so that
+        // a restart does not lose it; `extra` holds when, in Unix milliseconds).
+        let turn = self_update_turn_ms(group.own_leaf_index().u32());
+        sqlx::query(
+            "INSERT INTO outbox (group_id, kind, client_id, epoch, payload, extra, created_at) VALUES (?, 'self-update', '', 0, x'', ?, ?)",
+        )
+        .bind(gid.as_str())
+        .bind((unix_millis() + turn).to_string())
+        .bind(Timestamp::now().unix())
+        .execute(tx.conn())
+        .await?;
         tracing::info!(group = %gid, "joined a conversation");
         Ok(())
     }
@@ -1667,6 +1732,72 @@ impl Messenger {
 
     /// Commits the removals the organization asked for (the first member to do so
     /// wins; the others find the device already gone).
+    /// The self-updates whose turn has come (see [`Messenger::self_update`]); returns
+    /// the size of each commit made.
+    async fn perform_self_updates(&self) -> Result<Vec<usize>> {
+        let rows = sqlx::query(
+            "SELECT id, group_id, extra FROM outbox WHERE kind = 'self-update' ORDER BY id",
+        )
+        .fetch_all(self.db.pool())
+        .await?;
+        let now = unix_millis();
+        let mut sizes = Vec::new();
+        for r in rows {
+            let due: i64 = r
+                .try_get::<Option<String>, _>("extra")?
+                .and_then(|e| e.parse().ok())
+                .unwrap_or(0);
+            if due > now {
+                continue;
+            }
+            let id: i64 = r.try_get("id")?;
+            let gid: GroupId = r.try_get::<String, _>("group_id")?.parse()?;
+            match Box::pin(self.self_update(&gid)).await {
+                Ok(size) => sizes.extend(size),
+                // Kept for the next sync.
+                Err(e) if is_unreachable(&e) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(group = %gid, error = %e, "self-update not committed")
+                }
+            }
+            sqlx::query("DELETE FROM outbox WHERE id = ?")
+                .bind(id)
+                .execute(self.db.pool())
+                .await?;
+        }
+        Ok(sizes)
+    }
+
+    /// Fills this member's part of the ratchet tree when it is blank: a commit with an
+    /// update path from this member's leaf. A member added with many others joins a
+    /// tree whose inner nodes are blank, and every commit then encrypts its path to
+    /// each member under a blank node (a commit in a group of 1000 grows towards 1000
+    /// encryptions); once the members have updated, a commit encrypts to about
+    /// log₂(members) nodes. Members that joined together take turns
+    /// ([`SELF_UPDATE_STEP_MS`]), and a member whose path a sibling already filled does
+    /// nothing. Returns the size of the commit made, if one was needed.
+    pub async fn self_update(&self, gid: &GroupId) -> Result<Option<usize>> {
+        let mut size = None;
+        let done = self
+            .commit_with(gid, |group, provider, signer| {
+                if !path_has_blank(group) {
+                    return Ok(None);
+                }
+                let bundle = group
+                    .self_update(provider, signer, LeafNodeParameters::default())
+                    .map_err(|e| anyhow!("updating this member's path: {e:?}"))?;
+                let commit = bundle.commit().tls_serialize_detached()?;
+                size = Some(commit.len());
+                Ok(Some(PostCommit {
+                    commit: B64(commit),
+                    welcome: None,
+                    group_info: encode_group_info(bundle.group_info().cloned())?,
+                }))
+            })
+            .await?;
+        Ok(size.filter(|_| done))
+    }
+
     async fn perform_removals(&self) -> Result<()> {
         let rows = sqlx::query(
             "SELECT id, group_id, client_id FROM outbox WHERE kind = 'remove' ORDER BY id",

@@ -6,6 +6,7 @@
 //! | `GET /device/ws` | device key (challenge) | WebSocket, see [`crate::ws`] |
 //! | `GET /whoami` | any admin | → [`WhoAmI`] |
 //! | `POST /enrollments` | operator | [`CreateEnrollment`] → [`EnrollmentCreated`] |
+//! | `GET /enrollments?`[`EnrollmentQuery`] | auditor | → [`EnrollmentPage`] |
 //! | `GET /devices?`[`DeviceQuery`] | auditor | → [`DevicePage`] |
 //! | `GET /devices/count?`[`DeviceQuery`] | auditor | → [`DeviceCount`] |
 //! | `GET /devices/counts` | auditor | → [`DeviceCounts`] |
@@ -170,6 +171,98 @@ pub struct EnrollmentCreated {
     pub url: String,
     /// When the token stops working.
     pub expires_at: Timestamp,
+    /// The code's public id, as `GET /enrollments` lists it (absent from servers
+    /// before the list existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<CredentialId>,
+}
+
+/// Where an enrollment code is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EnrollmentState {
+    /// Not used yet and not expired: a phone can still enroll with it.
+    Open,
+    /// A phone enrolled with it.
+    Used,
+    /// Expired unused.
+    Expired,
+}
+
+impl EnrollmentState {
+    /// The name the API and the CLI use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EnrollmentState::Open => "open",
+            EnrollmentState::Used => "used",
+            EnrollmentState::Expired => "expired",
+        }
+    }
+}
+
+impl std::fmt::Display for EnrollmentState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `GET /enrollments?…`: the enrollment codes made, oldest first, in pages.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollmentQuery {
+    /// Only in this state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<EnrollmentState>,
+    /// Only for this person.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<UserName>,
+    /// Only those created by this admin (`admin:NAME`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
+    /// The page starts after this cursor (the `next` of the previous page).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    /// At most this many (default [`DeviceQuery::DEFAULT_LIMIT`], at most
+    /// [`DeviceQuery::MAX_LIMIT`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+/// An enrollment code as listed: never the code itself (the server keeps only its hash).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollmentView {
+    /// Its public id.
+    pub id: CredentialId,
+    /// The person the phone is for.
+    pub user: UserName,
+    /// The phone's initial mode.
+    pub mode: ModeName,
+    /// The groups the phone joins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<crate::DeviceGroupName>,
+    /// Who created it.
+    pub created_by: String,
+    /// When.
+    pub created_at: Timestamp,
+    /// When it stops (or stopped) working.
+    pub expires_at: Timestamp,
+    /// Where it is in its life, judged by the server's clock when listed.
+    pub state: EnrollmentState,
+    /// When a phone enrolled with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_at: Option<Timestamp>,
+    /// The phone that enrolled with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<DeviceId>,
+}
+
+/// Answer to `GET /enrollments`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnrollmentPage {
+    /// The codes of this page.
+    pub enrollments: Vec<EnrollmentView>,
+    /// The cursor of the next page, when more follow.
+    pub next: Option<String>,
 }
 
 /// `PUT /devices/{id}/mode`.

@@ -517,6 +517,7 @@ impl App {
                 .expect("preset name is valid")
         });
         let token = new_token("");
+        let token_hash = hash_token(&token);
         let expires_at = now.plus_secs(ttl as i64);
         // The audit entry names who, for whom and which mode; never the token.
         let audit = by.draft(
@@ -526,7 +527,7 @@ impl App {
         );
         self.store
             .create_enrollment_token(
-                &hash_token(&token),
+                &token_hash,
                 &req.user,
                 &mode,
                 &req.groups,
@@ -546,6 +547,7 @@ impl App {
         Ok(EnrollmentCreated {
             url: url.to_string(),
             expires_at,
+            id: Some(redoubt_proto::api::CredentialId::from_hash(&token_hash)),
         })
     }
 

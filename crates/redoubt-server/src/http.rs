@@ -87,6 +87,7 @@ pub fn routes(config: &crate::config::Config) -> (Router<HttpState>, Vec<RouteSp
         .add(V::GET, "/device/ws", P, crate::ws::device_ws)
         .add(V::GET, "/whoami", A(ANY_ADMIN), whoami)
         .add(V::POST, "/enrollments", A(OPERATOR), create_enrollment)
+        .add(V::GET, "/enrollments", A(ANY_ADMIN), list_enrollments)
         .add(V::GET, "/devices/{id}", A(ANY_ADMIN), show_device)
         .add(V::PUT, "/devices/{id}/mode", A(OPERATOR), set_mode)
         .add(V::POST, "/devices/{id}/approve", A(OWNER), approve_device)
@@ -481,6 +482,49 @@ async fn revoke_admin_token(
     Ok(Json(
         s.app.revoke_admin_token(&Who::admin(&admin), &id).await?,
     ))
+}
+
+/// `GET /enrollments`: one page of the enrollment codes made, oldest first.
+async fn list_enrollments(
+    State(s): State<HttpState>,
+    _admin: Admin,
+    query: Result<
+        axum::extract::Query<redoubt_proto::api::EnrollmentQuery>,
+        axum::extract::rejection::QueryRejection,
+    >,
+) -> Result<impl IntoResponse, ServiceError> {
+    let axum::extract::Query(q) =
+        query.map_err(|e| ServiceError::BadRequest(format!("bad query: {}", e.body_text())))?;
+    let (after, limit) = crate::fleet::page_of(q.after.as_deref(), q.limit)?;
+    let filter = redoubt_store::EnrollmentFilter {
+        state: q.state,
+        user: q.user,
+        created_by: q.created_by,
+    };
+    let now = Timestamp::now();
+    let (codes, next) = s
+        .app
+        .store
+        .list_enrollments_page(&filter, now, after.as_ref(), limit)
+        .await?;
+    Ok(Json(redoubt_proto::api::EnrollmentPage {
+        enrollments: codes
+            .into_iter()
+            .map(|c| redoubt_proto::api::EnrollmentView {
+                state: c.state(now),
+                id: c.id,
+                user: c.user,
+                mode: c.mode,
+                groups: c.groups,
+                created_by: c.created_by,
+                created_at: c.created_at,
+                expires_at: c.expires_at,
+                used_at: c.used_at,
+                device_id: c.device_id,
+            })
+            .collect(),
+        next: next.map(|c| c.encode()),
+    }))
 }
 
 async fn create_enrollment(

@@ -154,6 +154,51 @@ fn lists_page_with_a_cursor_and_filter_by_group_zone_and_verdict() {
         assert_eq!(status, 400, "{query}: {body}");
         assert!(body.contains(needle), "{query}: {body}");
     }
+    // The enrollment codes: each phone's is used, naming the phone; a new one is open;
+    // the codes themselves are never listed.
+    let spare = server.cli_json(&["enroll", "create", "--user", "dave"]);
+    let codes = server.cli_json(&["enroll", "list"]);
+    assert_eq!(codes.as_array().unwrap().len(), 4, "{codes}");
+    assert_eq!(ids_of(&codes, "id").len(), 4);
+    let used = server.cli_json(&["enroll", "list", "--state", "used"]);
+    assert_eq!(ids_of(&used, "device_id"), all);
+    let open = server.cli_json(&["enroll", "list", "--state", "open", "--user", "dave"]);
+    assert_eq!(open.as_array().unwrap().len(), 1, "{open}");
+    assert_eq!(open[0]["id"], spare["id"]);
+    assert_eq!(open[0]["state"], "open");
+    let token = spare["url"]
+        .as_str()
+        .unwrap()
+        .split("token=")
+        .nth(1)
+        .unwrap();
+    let token = token.split('&').next().unwrap();
+    assert!(!codes.to_string().contains(token), "a code listed: {codes}");
+    let (status, body) = http.send(
+        "GET",
+        "/api/v1/enrollments?limit=1",
+        Some(&server.owner_token),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    let first: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(first["enrollments"].as_array().unwrap().len(), 1);
+    assert!(first["next"].is_string(), "{first}");
+    for (query, needle) in [
+        ("state=lost", "bad query"),
+        ("after=r-1", "cursor"),
+        ("token=x", "unknown field"),
+    ] {
+        let (status, body) = http.send(
+            "GET",
+            &format!("/api/v1/enrollments?{query}"),
+            Some(&server.owner_token),
+            None,
+        );
+        assert_eq!(status, 400, "{query}: {body}");
+        assert!(body.contains(needle), "{query}: {body}");
+    }
+
     let out = server.cli_as(
         &server.owner_token,
         &["devices", "list", "--compliance", "perfect"],

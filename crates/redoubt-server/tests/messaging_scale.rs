@@ -1,11 +1,13 @@
 //! A 100-member conversation end to end: the real server, 100 phones enrolled with
 //! `redoubt-agent`, their messengers driven in-process through `redoubt-messenger`
 //! (one `redoubt` process per member would spend the CI budget on process start-ups).
+//! And a 32-member conversation whose members fill the ratchet tree by turns.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
@@ -37,6 +39,70 @@ async fn sync_all(ms: &[Messenger]) {
     }
 }
 
+/// Enrolls one phone for each of `owners` (four at a time); returns their state
+/// directories. Phones of a person who already has one are approved by a second owner.
+fn enroll_phones(server: &Server, dir: &std::path::Path, owners: &[String]) -> Vec<PathBuf> {
+    let (url, fingerprint, token) = (&server.url, &server.fingerprint, &server.owner_token);
+    let enrollment_url = |user: &str| -> String {
+        let out = Command::new(bin("redoubt"))
+            .args(["--json", "enroll", "create", "--user", user])
+            .env("REDOUBT_SERVER", url)
+            .env("REDOUBT_TOKEN", token)
+            .env("REDOUBT_CA_FINGERPRINT", fingerprint)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", common::stderr(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["url"].as_str().unwrap().to_owned()
+    };
+    std::thread::scope(|s| {
+        let enrollment_url = &enrollment_url;
+        let workers: Vec<_> = (0..4)
+            .map(|w| {
+                s.spawn(move || {
+                    (w..owners.len())
+                        .step_by(4)
+                        .map(|i| {
+                            let a = Agent::new(dir.join(format!("phone{i:03}")));
+                            let id = a.enroll(&enrollment_url(&owners[i]));
+                            (i, a.state.clone(), id)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut all: Vec<_> = workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect();
+        all.sort();
+        // A person's second phone waits for an owner other than the code's creator.
+        let mut seen = BTreeSet::new();
+        let mut approver = None;
+        for (i, _, id) in &all {
+            if !seen.insert(&owners[*i]) {
+                let approver =
+                    approver.get_or_insert_with(|| server.admin_token("second-owner", "owner"));
+                let out = server.cli_as(approver, &["devices", "approve", id]);
+                assert!(out.status.success(), "{}", common::stderr(&out));
+            }
+        }
+        all.into_iter().map(|(_, s, _)| s).collect()
+    })
+}
+
+/// Opens the messengers of these phones, ten at a time.
+async fn open_messengers(states: &[PathBuf]) -> Vec<Messenger> {
+    let mut ms = Vec::with_capacity(states.len());
+    for chunk in states.chunks(10) {
+        let dirs: Vec<_> = chunk.iter().map(|s| s.join("messenger")).collect();
+        for m in join_all(dirs.iter().map(|d| Messenger::open(d))).await {
+            ms.push(m.unwrap());
+        }
+    }
+    ms
+}
+
 #[test]
 fn a_hundred_member_group_works_end_to_end() {
     let started = Instant::now();
@@ -54,51 +120,7 @@ fn a_hundred_member_group_works_end_to_end() {
     owners.extend(users[1..=TWO_PHONES].iter().cloned());
     assert_eq!(owners.len(), MEMBERS);
 
-    // Enroll the phones, four at a time.
-    let (url, fingerprint, token) = (&server.url, &server.fingerprint, &server.owner_token);
-    let enrollment_url = |user: &str| -> String {
-        let out = Command::new(bin("redoubt"))
-            .args(["--json", "enroll", "create", "--user", user])
-            .env("REDOUBT_SERVER", url)
-            .env("REDOUBT_TOKEN", token)
-            .env("REDOUBT_CA_FINGERPRINT", fingerprint)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", common::stderr(&out));
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        v["url"].as_str().unwrap().to_owned()
-    };
-    let states: Vec<std::path::PathBuf> = std::thread::scope(|s| {
-        let enrollment_url = &enrollment_url;
-        let dir = tmp.path();
-        let owners = &owners;
-        let workers: Vec<_> = (0..4)
-            .map(|w| {
-                s.spawn(move || {
-                    (w..MEMBERS)
-                        .step_by(4)
-                        .map(|i| {
-                            let a = Agent::new(dir.join(format!("phone{i:03}")));
-                            let id = a.enroll(&enrollment_url(&owners[i]));
-                            (i, a.state.clone(), id)
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        let mut all: Vec<_> = workers
-            .into_iter()
-            .flat_map(|w| w.join().unwrap())
-            .collect();
-        all.sort();
-        // A person's second phone waits for an owner other than the code's creator.
-        let approver = server.admin_token("second-owner", "owner");
-        for (_, _, id) in &all[MEMBERS - TWO_PHONES..] {
-            let out = server.cli_as(&approver, &["devices", "approve", id]);
-            assert!(out.status.success(), "{}", common::stderr(&out));
-        }
-        all.into_iter().map(|(_, s, _)| s).collect()
-    });
+    let states = enroll_phones(&server, tmp.path(), &owners);
     eprintln!("enrolled {MEMBERS} phones in {:?}", started.elapsed());
 
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -106,13 +128,7 @@ fn a_hundred_member_group_works_end_to_end() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let mut ms = Vec::with_capacity(MEMBERS);
-        for chunk in states.chunks(10) {
-            let dirs: Vec<_> = chunk.iter().map(|s| s.join("messenger")).collect();
-            for m in join_all(dirs.iter().map(|d| Messenger::open(d))).await {
-                ms.push(m.unwrap());
-            }
-        }
+        let ms = open_messengers(&states).await;
         eprintln!("{MEMBERS} messengers open at {:?}", started.elapsed());
 
         let others: Vec<UserName> = users[1..].iter().map(|u| u.parse().unwrap()).collect();
@@ -164,5 +180,77 @@ fn a_hundred_member_group_works_end_to_end() {
         }
     });
     eprintln!("100-member group end to end: {:?}", started.elapsed());
+    server.stop();
+}
+
+#[test]
+fn the_members_of_a_large_group_fill_its_tree_by_turns_and_commits_shrink() {
+    const SIZE: usize = 32;
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        &tmp.path().join("server"),
+        &[("REDOUBT_ENROLL_ATTEMPTS_PER_MINUTE", "1000")],
+    );
+    let users: Vec<String> = (0..SIZE).map(|i| format!("m{i:02}")).collect();
+    let states = enroll_phones(&server, tmp.path(), &users);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let ms = open_messengers(&states).await;
+        let others: Vec<UserName> = users[1..].iter().map(|u| u.parse().unwrap()).collect();
+        let (gid, report) = ms[0].create("Unit", &others, None).await.unwrap();
+        assert_eq!(report.added.len(), SIZE - 1, "{:?}", report.skipped);
+        sync_all(&ms[1..]).await;
+        // Right after joining nobody's turn has come: the first waits a minute.
+        for m in &ms {
+            assert!(m.sync().await.unwrap().self_updates.is_empty());
+        }
+        // The turns come (each messenger's clock moved on: its turn is now due).
+        for state in &states {
+            let db = state.join("messenger").join("messenger.db");
+            let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+                .await
+                .unwrap();
+            let due = sqlx::query("UPDATE outbox SET extra = '0' WHERE kind = 'self-update'")
+                .execute(&pool)
+                .await
+                .unwrap();
+            pool.close().await;
+            // The creator committed with its path; every other member has a turn.
+            assert!(due.rows_affected() <= 1, "{}", db.display());
+        }
+        let mut sizes = Vec::new();
+        for m in &ms {
+            let r = m.sync().await.unwrap();
+            assert!(r.refused.is_empty(), "{:?}", r.refused);
+            sizes.extend(r.self_updates);
+        }
+        eprintln!("self-update commits, in turn order: {sizes:?}");
+        assert!(
+            (SIZE / 2 - 2..=SIZE / 2 + 1).contains(&sizes.len()),
+            "about one member of each pair of leaves commits: {} did",
+            sizes.len()
+        );
+        assert!(
+            sizes[sizes.len() - 1] * 2 < sizes[0],
+            "the commits did not shrink: {sizes:?}"
+        );
+        // Each turn is taken once, and the tree is full.
+        for m in &ms {
+            assert!(m.sync().await.unwrap().self_updates.is_empty());
+            assert_eq!(m.self_update(&gid).await.unwrap(), None);
+        }
+        // The conversation goes on at the newest epoch.
+        let text = random_text("after the turns");
+        ms[SIZE - 1].send_text(&gid, &text).await.unwrap();
+        sync_all(&ms[..SIZE - 1]).await;
+        let epoch = ms[0].conversation(&gid).await.unwrap().epoch;
+        for m in &ms[..SIZE - 1] {
+            assert!(texts(m, &gid).await.contains(&text));
+            assert_eq!(m.conversation(&gid).await.unwrap().epoch, epoch);
+        }
+    });
     server.stop();
 }

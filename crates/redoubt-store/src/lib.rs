@@ -40,7 +40,7 @@ pub use messaging::{
     GroupRecord, HANDOUT_WINDOW_SECS, MessageOutcome, QueuedGroup,
 };
 pub use modes::ModeRecord;
-pub use tokens::{AdminRecord, EnrollRefusal};
+pub use tokens::{AdminRecord, EnrollRefusal, EnrollmentFilter, EnrollmentRecord};
 pub use zones::{GateCredentialRecord, ZoneRecord};
 
 /// Errors of the store. Variants exist where callers branch.
@@ -155,6 +155,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "organization",
         include_str!("../migrations/sqlite/0012_organization.sql"),
     ),
+    (
+        13,
+        "enrollment_list",
+        include_str!("../migrations/sqlite/0013_enrollment_list.sql"),
+    ),
 ];
 
 /// The PostgreSQL migration history: its own, starting from the SQLite schema of 0008.
@@ -183,6 +188,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         5,
         "organization",
         include_str!("../migrations/postgres/0005_organization.sql"),
+    ),
+    (
+        6,
+        "enrollment_list",
+        include_str!("../migrations/postgres/0006_enrollment_list.sql"),
     ),
 ];
 

@@ -2,7 +2,7 @@
 //! credentials expire and can be revoked; a credential is looked up with the time, so
 //! an expired or revoked one opens nothing from that moment on.
 
-use redoubt_proto::api::{CredentialId, Role};
+use redoubt_proto::api::{CredentialId, EnrollmentState, Role};
 use redoubt_proto::{DeviceGroupName, ModeName, Timestamp, UserName};
 use sqlx::Row;
 
@@ -229,4 +229,121 @@ impl Store {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// An enrollment code as stored (never the code itself: only its hash is kept).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnrollmentRecord {
+    /// Its public id (the first bytes of the code's hash).
+    pub id: CredentialId,
+    /// The person the phone is for.
+    pub user: UserName,
+    /// The phone's initial mode.
+    pub mode: ModeName,
+    /// The groups the phone joins.
+    pub groups: Vec<DeviceGroupName>,
+    /// Who created it (`admin:NAME`).
+    pub created_by: String,
+    /// When.
+    pub created_at: Timestamp,
+    /// When it stops working.
+    pub expires_at: Timestamp,
+    /// When a phone used it.
+    pub used_at: Option<Timestamp>,
+    /// The phone that used it.
+    pub device_id: Option<redoubt_proto::DeviceId>,
+}
+
+impl EnrollmentRecord {
+    /// Where the code is in its life at `now`.
+    pub fn state(&self, now: Timestamp) -> EnrollmentState {
+        if self.used_at.is_some() {
+            EnrollmentState::Used
+        } else if self.expires_at <= now {
+            EnrollmentState::Expired
+        } else {
+            EnrollmentState::Open
+        }
+    }
+}
+
+/// Which enrollment codes a list covers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EnrollmentFilter {
+    /// Only in this state (judged at the list's `now`).
+    pub state: Option<EnrollmentState>,
+    /// Only for this person.
+    pub user: Option<UserName>,
+    /// Only those this admin created (`admin:NAME`).
+    pub created_by: Option<String>,
+}
+
+impl Store {
+    /// One page of the enrollment codes `filter` covers, oldest first, after the row
+    /// `after`; with the row to continue after when more follow.
+    pub async fn list_enrollments_page(
+        &self,
+        filter: &EnrollmentFilter,
+        now: Timestamp,
+        after: Option<&crate::RowCursor>,
+        limit: u32,
+    ) -> Result<(Vec<EnrollmentRecord>, Option<crate::RowCursor>)> {
+        // The state is a condition on two columns and the time; each state spelled out
+        // so that `open` can read the partial index of unused codes.
+        let state = match filter.state {
+            None => "",
+            Some(EnrollmentState::Open) => "AND used_at IS NULL AND expires_at > $5",
+            Some(EnrollmentState::Expired) => "AND used_at IS NULL AND expires_at <= $5",
+            Some(EnrollmentState::Used) => "AND used_at IS NOT NULL",
+        };
+        let query = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT rowid AS list_row, token_hash, user_name, mode, groups, created_by,
+                    created_at, expires_at, used_at, device_id
+             FROM enrollment_tokens
+             WHERE ($1 IS NULL OR user_name = $1) AND ($2 IS NULL OR created_by = $2)
+               AND rowid > $3 {state}
+             ORDER BY rowid LIMIT $4"
+        )))
+        .bind(filter.user.as_ref().map(UserName::as_str))
+        .bind(filter.created_by.as_deref())
+        .bind(after.map_or(0, |c| c.row))
+        .bind(i64::from(limit) + 1);
+        let query = match filter.state {
+            Some(EnrollmentState::Open | EnrollmentState::Expired) => query.bind(now.unix()),
+            _ => query,
+        };
+        let rows = query.fetch_all(&self.pool).await?;
+        let more = rows.len() > limit as usize;
+        let mut out = Vec::with_capacity(rows.len().min(limit as usize));
+        let mut last = None;
+        for r in rows.iter().take(limit as usize) {
+            out.push(enrollment_record(r)?);
+            last = Some(r.try_get::<i64, _>("list_row")?);
+        }
+        Ok((
+            out,
+            last.filter(|_| more).map(|row| crate::RowCursor { row }),
+        ))
+    }
+}
+
+fn enrollment_record(r: &sqlx::any::AnyRow) -> Result<EnrollmentRecord> {
+    let hash: Vec<u8> = r.try_get("token_hash")?;
+    let hash: [u8; 32] = hash
+        .try_into()
+        .map_err(|_| crate::corrupt("enrollment token hash", "not 32 bytes"))?;
+    Ok(EnrollmentRecord {
+        id: CredentialId::from_hash(&hash),
+        user: parse("enrollment user", r.try_get::<&str, _>("user_name")?)?,
+        mode: parse("enrollment mode", r.try_get::<&str, _>("mode")?)?,
+        groups: crate::from_json("enrollment groups", r.try_get("groups")?)?,
+        created_by: r.try_get("created_by")?,
+        created_at: Timestamp(r.try_get("created_at")?),
+        expires_at: Timestamp(r.try_get("expires_at")?),
+        used_at: r.try_get::<Option<i64>, _>("used_at")?.map(Timestamp),
+        device_id: r
+            .try_get::<Option<&str>, _>("device_id")?
+            .map(|d| parse("enrollment device", d))
+            .transpose()?,
+    })
 }

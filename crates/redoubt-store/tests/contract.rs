@@ -703,3 +703,82 @@ contract! {
         );
     }
 }
+
+contract! {
+    async fn enrollment_codes_list_in_pages_by_state_person_and_creator(tmp) {
+        use redoubt_proto::api::EnrollmentState;
+        use redoubt_store::{EnrollmentFilter, RowCursor};
+        let store = open(&tmp).await;
+        // 1..=5: open codes (two by another admin); 6: used; 7: expires 10 s after NOW.
+        for n in 1..=5u8 {
+            let by = if n <= 3 { "admin:op" } else { "admin:other" };
+            token_for(&store, n, if n == 2 { "bob" } else { "alice" }, by).await;
+        }
+        enroll_as(&store, 6, "carol", "admin:op").await;
+        token(&store, 7, 10).await;
+        let later = NOW.plus_secs(60);
+        let all = |state| EnrollmentFilter {
+            state,
+            ..Default::default()
+        };
+        let page = |f: EnrollmentFilter, after: Option<RowCursor>, limit| {
+            let store = &store;
+            async move {
+                store
+                    .list_enrollments_page(&f, later, after.as_ref(), limit)
+                    .await
+                    .unwrap()
+            }
+        };
+        // Every code once, oldest first, across pages of two.
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let (codes, next) = page(all(None), after, 2).await;
+            assert!(codes.len() <= 2);
+            seen.extend(codes);
+            match next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        let ids: Vec<_> = seen.iter().map(|c| c.id.clone()).collect();
+        let want: Vec<_> = (1..=7u8)
+            .map(|n| redoubt_proto::api::CredentialId::from_hash(&[n; 32]))
+            .collect();
+        assert_eq!(ids, want);
+        let used = &seen[5];
+        assert_eq!(used.state(later), EnrollmentState::Used);
+        assert_eq!(used.device_id, Some(device(6).id));
+        assert_eq!(used.user.as_str(), "carol");
+        assert_eq!(seen[6].state(later), EnrollmentState::Expired);
+        assert_eq!(seen[6].state(NOW), EnrollmentState::Open);
+        // Each state, judged at the list's time.
+        let count = |f| async move { page(f, None, 100).await.0.len() };
+        assert_eq!(count(all(Some(EnrollmentState::Open))).await, 5);
+        assert_eq!(count(all(Some(EnrollmentState::Used))).await, 1);
+        assert_eq!(count(all(Some(EnrollmentState::Expired))).await, 1);
+        let at_now = store
+            .list_enrollments_page(&all(Some(EnrollmentState::Open)), NOW, None, 100)
+            .await
+            .unwrap();
+        assert_eq!(at_now.0.len(), 6, "at NOW the short code is still open");
+        // By person and by creator, combined with a state.
+        let bob = EnrollmentFilter {
+            user: Some("bob".parse().unwrap()),
+            ..Default::default()
+        };
+        assert_eq!(page(bob, None, 100).await.0[0].id, want[1]);
+        let other_open = EnrollmentFilter {
+            state: Some(EnrollmentState::Open),
+            created_by: Some("admin:other".into()),
+            ..Default::default()
+        };
+        let (codes, next) = page(other_open, None, 100).await;
+        assert_eq!(codes.len(), 2);
+        assert!(next.is_none());
+        // A page that ends exactly at the last code says no more follow.
+        let (codes, next) = page(all(None), Some(RowCursor { row: 0 }), 7).await;
+        assert_eq!((codes.len(), next), (7, None));
+    }
+}
