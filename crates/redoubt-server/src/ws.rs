@@ -26,8 +26,9 @@ const MAX_FRAME: usize = 64 * 1024;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes read from a session's socket at a time. Tungstenite's default (128 KiB,
 /// allocated for every connection) would cost more than everything else a connected
-/// phone holds; frames larger than this are still read whole.
-pub const READ_BUFFER: usize = 4096;
+/// phone holds, and the buffer stays as large as the largest frame read; frames larger
+/// than this are still read whole (the reads come from TLS's buffer, not the socket).
+pub const READ_BUFFER: usize = 1024;
 /// Keep-alive ping period.
 const PING_EVERY: Duration = Duration::from_secs(30);
 
@@ -117,8 +118,8 @@ async fn authenticate(
 
 /// What a session keeps of its device: its key, decompressed once (not at every
 /// report), and the version of the bundle last sent.
-struct Held {
-    key: VerifyingKey,
+struct Held<'k> {
+    key: &'k VerifyingKey,
     bundle_version: u64,
 }
 
@@ -202,16 +203,19 @@ async fn resync(
 async fn session(app: SharedApp, mut socket: WebSocket) -> anyhow::Result<()> {
     // The futures of rare steps are boxed, so an idle session (the common state of a
     // connected phone) holds only what its loop needs between frames.
-    let Some(device) = Box::pin(authenticate(&app, &mut socket)).await? else {
-        return Ok(());
+    // The device record goes out of scope before the session starts: a value merely
+    // dropped would keep its place in the future.
+    let (id, key) = {
+        let Some(device) = Box::pin(authenticate(&app, &mut socket)).await? else {
+            return Ok(());
+        };
+        let key = VerifyingKey::from_bytes(&device.public_key)
+            .map_err(|_| anyhow::anyhow!("the stored key of {} is unusable", device.id))?;
+        (device.id, key)
     };
-    let id = device.id.clone();
-    let key = VerifyingKey::from_bytes(&device.public_key)
-        .map_err(|_| anyhow::anyhow!("the stored key of {id} is unusable"))?;
-    drop(device);
     let (ticket, mut pushes) = app.hub.register(&id);
     tracing::info!(device = %id, "device connected");
-    let result = run(&app, &mut socket, &id, key, &mut pushes).await;
+    let result = run(&app, &mut socket, &id, &key, &mut pushes).await;
     app.hub.unregister(&id, ticket);
     tracing::info!(device = %id, "device disconnected");
     result
@@ -221,24 +225,26 @@ async fn run(
     app: &SharedApp,
     socket: &mut WebSocket,
     id: &DeviceId,
-    key: VerifyingKey,
+    key: &VerifyingKey,
     pushes: &mut tokio::sync::mpsc::Receiver<Push>,
 ) -> anyhow::Result<()> {
     let mut shutdown = app.shutdown.clone();
-    send(
+    Box::pin(send(
         socket,
         &ServerFrame::Welcome {
             server_time: Timestamp::now(),
         },
-    )
+    ))
     .await?;
     // What the session keeps of its device between frames: a few bytes, not the
     // record (its bundle and latest report would cost kilobytes per connected phone).
+    // Boxed like every store call here: a future held inline would count in every idle
+    // session's memory, for as long as it stays connected.
     let mut held = Held {
         key,
-        bundle_version: send_bundle(app, socket, id, None).await?,
+        bundle_version: Box::pin(send_bundle(app, socket, id, None)).await?,
     };
-    send_commands(app, socket, id).await?;
+    Box::pin(send_commands(app, socket, id)).await?;
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
     loop {
@@ -250,14 +256,14 @@ async fn run(
             push = pushes.recv() => match push {
                 // The hub replaced this session with a newer connection.
                 None => {
-                    refuse(socket, "replaced", "another connection of this device took over").await;
+                    Box::pin(refuse(socket, "replaced", "another connection of this device took over")).await;
                     return Ok(());
                 }
                 Some(Push::BundleChanged) => held.bundle_version = Box::pin(send_bundle(app, socket, id, Some(held.bundle_version))).await?,
                 Some(Push::CommandsChanged) => Box::pin(send_commands(app, socket, id)).await?,
                 Some(Push::Resync) => held.bundle_version = Box::pin(resync(app, socket, id, held.bundle_version)).await?,
                 Some(Push::Revoked) => {
-                    refuse(socket, "unauthorized", "this device was revoked").await;
+                    Box::pin(refuse(socket, "unauthorized", "this device was revoked")).await;
                     return Ok(());
                 }
             },
@@ -269,67 +275,168 @@ async fn run(
                     Some(Ok(Message::Text(t))) => t,
                     Some(Ok(_)) => continue,
                 };
-                let frame = match serde_json::from_str::<AgentFrame>(&text) {
-                    Ok(f) => f,
-                    Err(e) => {
-                        send(socket, &ServerFrame::Error { code: "bad_request".into(), message: format!("unreadable frame: {e}"), fatal: false }).await?;
-                        continue;
-                    }
-                };
-                match frame {
-                    AgentFrame::Hello { .. } => {
-                        send(socket, &ServerFrame::Error { code: "bad_request".into(), message: "already authenticated".into(), fatal: false }).await?;
-                    }
-                    AgentFrame::Report { report } => match Box::pin(app.accept_report(id, &held.key, &report)).await {
-                        Ok((seq, outcome, fresh)) => {
-                            send(socket, &ServerFrame::ReportAck { seq }).await?;
-                            if matches!(outcome, ReportOutcome::Stored(_)) {
-                                // A report is also a check-in: keep the bundle fresh (the
-                                // device as the report's batch read it).
-                                if fresh.revoked_at.is_some() {
-                                    held.bundle_version = fresh.bundle_version;
-                                } else if fresh.bundle_version > held.bundle_version {
-                                    // Normally a push is on its way with it; a node that
-                                    // missed the signal (another node changed the
-                                    // bundle) catches up here, at the phone's check-in.
-                                    send(socket, &ServerFrame::Bundle { bundle: fresh.bundle.clone() }).await?;
-                                    held.bundle_version = fresh.bundle_version;
-                                } else {
-                                    let renewed = Box::pin(app.renew_if_aging(fresh)).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-                                    if renewed.bundle_version != held.bundle_version {
-                                        send(socket, &ServerFrame::Bundle { bundle: renewed.bundle.clone() }).await?;
-                                    }
-                                    held.bundle_version = renewed.bundle_version;
-                                }
-                            }
-                        }
-                        Err(ServiceError::Unavailable(e)) => {
-                            // Not stored, not acked: the agent keeps it and sends it again.
-                            tracing::error!(device = %id, error = %e, "report not stored");
-                            send(socket, &ServerFrame::Error { code: "unavailable".into(), message: "storage unavailable; report kept for later".into(), fatal: true }).await?;
-                            return Ok(());
-                        }
-                        Err(e) => {
-                            let api = e.to_api();
-                            send(socket, &ServerFrame::Error { code: api.code, message: api.message, fatal: false }).await?;
-                        }
-                    },
-                    AgentFrame::CommandAck { id: cmd, accepted, reason } => {
-                        match Box::pin(app.command_ack(id, &cmd, accepted, reason.as_deref())).await {
-                            Ok(_) => {}
-                            Err(ServiceError::Unavailable(e)) => {
-                                tracing::error!(device = %id, error = %e, "command acknowledgement not stored");
-                                send(socket, &ServerFrame::Error { code: "unavailable".into(), message: "storage unavailable".into(), fatal: true }).await?;
-                                return Ok(());
-                            }
-                            Err(e) => {
-                                let api = e.to_api();
-                                send(socket, &ServerFrame::Error { code: api.code, message: api.message, fatal: false }).await?;
-                            }
-                        }
-                    }
+                // Handled in a boxed future: what a report's handling holds is not
+                // kept in every idle session.
+                if !Box::pin(on_frame(app, socket, id, &mut held, &text)).await? {
+                    return Ok(());
                 }
             }
         }
+    }
+}
+
+/// Handles one text frame of an authenticated session; false when the session ends.
+async fn on_frame(
+    app: &SharedApp,
+    socket: &mut WebSocket,
+    id: &DeviceId,
+    held: &mut Held<'_>,
+    text: &str,
+) -> anyhow::Result<bool> {
+    let frame = match serde_json::from_str::<AgentFrame>(text) {
+        Ok(f) => f,
+        Err(e) => {
+            send(
+                socket,
+                &ServerFrame::Error {
+                    code: "bad_request".into(),
+                    message: format!("unreadable frame: {e}"),
+                    fatal: false,
+                },
+            )
+            .await?;
+            return Ok(true);
+        }
+    };
+    match frame {
+        AgentFrame::Hello { .. } => {
+            send(
+                socket,
+                &ServerFrame::Error {
+                    code: "bad_request".into(),
+                    message: "already authenticated".into(),
+                    fatal: false,
+                },
+            )
+            .await?;
+        }
+        AgentFrame::Report { report } => {
+            match Box::pin(app.accept_report(id, held.key, &report)).await {
+                Ok((seq, outcome, fresh)) => {
+                    send(socket, &ServerFrame::ReportAck { seq }).await?;
+                    if matches!(outcome, ReportOutcome::Stored(_)) {
+                        // A report is also a check-in: keep the bundle fresh (the
+                        // device as the report's batch read it).
+                        if fresh.revoked_at.is_some() {
+                            held.bundle_version = fresh.bundle_version;
+                        } else if fresh.bundle_version > held.bundle_version {
+                            // Normally a push is on its way with it; a node that
+                            // missed the signal (another node changed the
+                            // bundle) catches up here, at the phone's check-in.
+                            send(
+                                socket,
+                                &ServerFrame::Bundle {
+                                    bundle: fresh.bundle.clone(),
+                                },
+                            )
+                            .await?;
+                            held.bundle_version = fresh.bundle_version;
+                        } else {
+                            let renewed = Box::pin(app.renew_if_aging(fresh))
+                                .await
+                                .map_err(|e| anyhow::anyhow!("{e}"))?;
+                            if renewed.bundle_version != held.bundle_version {
+                                send(
+                                    socket,
+                                    &ServerFrame::Bundle {
+                                        bundle: renewed.bundle.clone(),
+                                    },
+                                )
+                                .await?;
+                            }
+                            held.bundle_version = renewed.bundle_version;
+                        }
+                    }
+                }
+                Err(ServiceError::Unavailable(e)) => {
+                    // Not stored, not acked: the agent keeps it and sends it again.
+                    tracing::error!(device = %id, error = %e, "report not stored");
+                    send(
+                        socket,
+                        &ServerFrame::Error {
+                            code: "unavailable".into(),
+                            message: "storage unavailable; report kept for later".into(),
+                            fatal: true,
+                        },
+                    )
+                    .await?;
+                    return Ok(false);
+                }
+                Err(e) => {
+                    let api = e.to_api();
+                    send(
+                        socket,
+                        &ServerFrame::Error {
+                            code: api.code,
+                            message: api.message,
+                            fatal: false,
+                        },
+                    )
+                    .await?;
+                }
+            }
+        }
+        AgentFrame::CommandAck {
+            id: cmd,
+            accepted,
+            reason,
+        } => match Box::pin(app.command_ack(id, &cmd, accepted, reason.as_deref())).await {
+            Ok(_) => {}
+            Err(ServiceError::Unavailable(e)) => {
+                tracing::error!(device = %id, error = %e, "command acknowledgement not stored");
+                send(
+                    socket,
+                    &ServerFrame::Error {
+                        code: "unavailable".into(),
+                        message: "storage unavailable".into(),
+                        fatal: true,
+                    },
+                )
+                .await?;
+                return Ok(false);
+            }
+            Err(e) => {
+                let api = e.to_api();
+                send(
+                    socket,
+                    &ServerFrame::Error {
+                        code: api.code,
+                        message: api.message,
+                        fatal: false,
+                    },
+                )
+                .await?;
+            }
+        },
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future an async fn of two owned arguments returns.
+    fn future_size<A, B, F>(_: fn(A, B) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    #[test]
+    fn a_connected_phone_holds_a_small_session_future() {
+        // Each connected phone holds one such future for as long as it stays connected
+        // (the task's memory); rare steps are boxed so that they do not count here.
+        let size = future_size(session);
+        eprintln!("device session future: {size} bytes");
+        assert!(size <= 1536, "the device session future is {size} bytes");
     }
 }
