@@ -376,6 +376,10 @@ pub struct App {
     pub fleet_worker: crate::fleet::FleetWorker,
     /// The other server nodes, if any: where signals for their phones go.
     pub cluster: crate::cluster::Cluster,
+    /// Device sessions starting at once (their first database reads): half the
+    /// database pool, so that a fleet connecting together waits its turn here and the
+    /// reports and officers' requests still find connections (see `ws::session`).
+    pub session_starts: tokio::sync::Semaphore,
 }
 
 /// SHA-256 of a secret token, as stored.

@@ -110,6 +110,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         doorbells: Default::default(),
         command_issue: Default::default(),
         fleet_worker: Default::default(),
+        session_starts: tokio::sync::Semaphore::new((store.max_connections() / 2).max(1)),
         store: store.clone(),
         keys,
         public_url: public_url.clone(),

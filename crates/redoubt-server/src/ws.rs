@@ -66,11 +66,16 @@ async fn refuse(socket: &mut WebSocket, code: &str, message: &str) {
     let _ = socket.close().await;
 }
 
-/// Runs the challenge; returns the authenticated device.
-async fn authenticate(
-    app: &SharedApp,
+/// A session's turn at the database while it starts (see
+/// [`crate::app::App::session_starts`]).
+type StartTurn<'a> = tokio::sync::SemaphorePermit<'a>;
+
+/// Runs the challenge; returns the authenticated device, and the session's turn to
+/// start, taken once the phone answered (a client that never answers holds no turn).
+async fn authenticate<'a>(
+    app: &'a SharedApp,
     socket: &mut WebSocket,
-) -> anyhow::Result<Option<DeviceRecord>> {
+) -> anyhow::Result<Option<(DeviceRecord, StartTurn<'a>)>> {
     let mut nonce = [0u8; 32];
     rand_core::OsRng.fill_bytes(&mut nonce);
     let nonce = URL_SAFE_NO_PAD.encode(nonce);
@@ -97,6 +102,7 @@ async fn authenticate(
         refuse(socket, "bad_request", "expected a hello frame").await;
         return Ok(None);
     };
+    let turn = app.session_starts.acquire().await?;
     let device = app.store.get_device(&device_id).await?;
     let verified = device.filter(|d| d.revoked_at.is_none()).filter(|d| {
         let key = VerifyingKey::from_bytes(&d.public_key).ok();
@@ -113,7 +119,7 @@ async fn authenticate(
         refuse(socket, "unauthorized", "device authentication failed").await;
         return Ok(None);
     }
-    Ok(verified)
+    Ok(verified.map(|d| (d, turn)))
 }
 
 /// What a session keeps of its device: its key, decompressed once (not at every
@@ -205,17 +211,17 @@ async fn session(app: SharedApp, mut socket: WebSocket) -> anyhow::Result<()> {
     // connected phone) holds only what its loop needs between frames.
     // The device record goes out of scope before the session starts: a value merely
     // dropped would keep its place in the future.
-    let (id, key) = {
-        let Some(device) = Box::pin(authenticate(&app, &mut socket)).await? else {
+    let (id, key, turn) = {
+        let Some((device, turn)) = Box::pin(authenticate(&app, &mut socket)).await? else {
             return Ok(());
         };
         let key = VerifyingKey::from_bytes(&device.public_key)
             .map_err(|_| anyhow::anyhow!("the stored key of {} is unusable", device.id))?;
-        (device.id, key)
+        (device.id, key, turn)
     };
     let (ticket, mut pushes) = app.hub.register(&id);
     tracing::info!(device = %id, "device connected");
-    let result = run(&app, &mut socket, &id, &key, &mut pushes).await;
+    let result = run(&app, &mut socket, &id, &key, &mut pushes, turn).await;
     app.hub.unregister(&id, ticket);
     tracing::info!(device = %id, "device disconnected");
     result
@@ -227,6 +233,7 @@ async fn run(
     id: &DeviceId,
     key: &VerifyingKey,
     pushes: &mut tokio::sync::mpsc::Receiver<Push>,
+    turn: StartTurn<'_>,
 ) -> anyhow::Result<()> {
     let mut shutdown = app.shutdown.clone();
     Box::pin(send(
@@ -245,6 +252,8 @@ async fn run(
         bundle_version: Box::pin(send_bundle(app, socket, id, None)).await?,
     };
     Box::pin(send_commands(app, socket, id)).await?;
+    // Started: the next session may take its turn.
+    drop(turn);
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
     loop {

@@ -196,6 +196,12 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
 ];
 
+/// Connections to the SQLite file (one writes at a time; the others read).
+const SQLITE_POOL: u32 = 8;
+/// Connections of one server node to PostgreSQL (six nodes stay under PostgreSQL's
+/// default limit of 100 connections).
+const POSTGRES_POOL: u32 = 16;
+
 /// Which database engine a [`Store`] speaks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -255,7 +261,7 @@ impl Store {
         }
         let url = format!("sqlite://{encoded}?mode=rwc");
         let pool = AnyPoolOptions::new()
-            .max_connections(8)
+            .max_connections(SQLITE_POOL)
             .after_connect(|conn, _meta| {
                 Box::pin(async move {
                     // WAL with synchronous=FULL: what the server acknowledged survives a
@@ -278,7 +284,7 @@ impl Store {
     pub async fn open_postgres(url: &str) -> Result<Store> {
         sqlx::any::install_default_drivers();
         let pool = AnyPoolOptions::new()
-            .max_connections(16)
+            .max_connections(POSTGRES_POOL)
             .acquire_timeout(Duration::from_secs(10))
             .connect(url)
             .await?;
@@ -311,6 +317,14 @@ impl Store {
     /// Which engine this store speaks to.
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// How many database connections this store may hold at once.
+    pub fn max_connections(&self) -> usize {
+        match self.backend {
+            Backend::Sqlite => SQLITE_POOL as usize,
+            Backend::Postgres => POSTGRES_POOL as usize,
+        }
     }
 
     /// Begins a write transaction that holds the write lock from its first statement,
