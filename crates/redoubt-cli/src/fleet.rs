@@ -114,6 +114,22 @@ fn query_path(base: &str, q: &impl serde::Serialize) -> String {
     }
 }
 
+/// Fetches every page of a list ([`fetch_pages`]) and prints the server's JSON of the
+/// items or `table` of them.
+async fn print_pages<T: serde::de::DeserializeOwned>(
+    g: &Global,
+    field: &str,
+    limit: Option<u64>,
+    path: impl FnMut(Option<String>, u32) -> String,
+    table: fn(&[T], Timestamp) -> String,
+) -> anyhow::Result<()> {
+    let (items, raw): (Vec<T>, _) = fetch_pages(&Api::new(g)?, field, limit, path).await?;
+    if g.json {
+        return print_json(&serde_json::Value::Array(raw));
+    }
+    output::emit(&table(&items, Timestamp::now()))
+}
+
 /// Fetches every page of a list (at most `limit` items): `path` makes the request for
 /// a page from its cursor and size; `field` names the page's items. Returns the
 /// server's JSON of each item and the items read as `T`.
@@ -155,19 +171,20 @@ async fn fetch_pages<T: serde::de::DeserializeOwned>(
 pub async fn list(g: &Global, args: ListArgs) -> anyhow::Result<()> {
     let mut q = args.filter.query();
     q.revoked = args.revoked;
-    let (devices, raw): (Vec<DeviceView>, _) =
-        fetch_pages(&Api::new(g)?, "devices", args.limit, |after, size| {
+    print_pages::<DeviceView>(
+        g,
+        "devices",
+        args.limit,
+        |after, size| {
             devices_path(&DeviceQuery {
                 after,
                 limit: Some(size),
                 ..q.clone()
             })
-        })
-        .await?;
-    if g.json {
-        return print_json(&serde_json::Value::Array(raw));
-    }
-    output::emit(&output::device_table(&devices, Timestamp::now()))
+        },
+        output::device_table,
+    )
+    .await
 }
 
 /// `devices bulk …`: one action on every device a filter covers.
@@ -301,22 +318,21 @@ pub async fn commands(g: &Global, cmd: CommandsCommand) -> anyhow::Result<()> {
         device,
         ..Default::default()
     };
-    let (views, raw): (Vec<redoubt_proto::api::CommandView>, _) =
-        fetch_pages(&Api::new(g)?, "commands", limit, |after, size| {
-            query_path(
-                "commands",
-                &CommandQuery {
-                    after,
-                    limit: Some(size),
-                    ..q.clone()
-                },
-            )
-        })
-        .await?;
-    if g.json {
-        return print_json(&serde_json::Value::Array(raw));
-    }
-    output::emit(&output::fleet_command_table(&views, Timestamp::now()))
+    print_pages(
+        g,
+        "commands",
+        limit,
+        |after, size| {
+            let page = CommandQuery {
+                after,
+                limit: Some(size),
+                ..q.clone()
+            };
+            query_path("commands", &page)
+        },
+        output::fleet_command_table,
+    )
+    .await
 }
 
 /// `enroll list`.
@@ -325,22 +341,21 @@ pub async fn enrollments(
     q: redoubt_proto::api::EnrollmentQuery,
     limit: Option<u64>,
 ) -> anyhow::Result<()> {
-    let (views, raw): (Vec<redoubt_proto::api::EnrollmentView>, _) =
-        fetch_pages(&Api::new(g)?, "enrollments", limit, |after, size| {
-            query_path(
-                "enrollments",
-                &redoubt_proto::api::EnrollmentQuery {
-                    after,
-                    limit: Some(size),
-                    ..q.clone()
-                },
-            )
-        })
-        .await?;
-    if g.json {
-        return print_json(&serde_json::Value::Array(raw));
-    }
-    output::emit(&output::enrollment_table(&views, Timestamp::now()))
+    print_pages(
+        g,
+        "enrollments",
+        limit,
+        |after, size| {
+            let page = redoubt_proto::api::EnrollmentQuery {
+                after,
+                limit: Some(size),
+                ..q.clone()
+            };
+            query_path("enrollments", &page)
+        },
+        output::enrollment_table,
+    )
+    .await
 }
 
 /// `devices counts`.

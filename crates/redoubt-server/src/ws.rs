@@ -294,6 +294,44 @@ async fn run(
     }
 }
 
+/// Tells the phone a frame was not taken: storage unavailable ends the session (the
+/// phone keeps what it sent and sends it again later); any other refusal leaves it open.
+/// False when the session ends.
+async fn not_taken(
+    socket: &mut WebSocket,
+    id: &DeviceId,
+    e: ServiceError,
+    what: &str,
+) -> anyhow::Result<bool> {
+    let (frame, go_on) = match e {
+        ServiceError::Unavailable(e) => {
+            tracing::error!(device = %id, error = %e, "{what} not stored");
+            let message = format!("storage unavailable; {what} kept for later");
+            (
+                ServerFrame::Error {
+                    code: "unavailable".into(),
+                    message,
+                    fatal: true,
+                },
+                false,
+            )
+        }
+        e => {
+            let api = e.to_api();
+            (
+                ServerFrame::Error {
+                    code: api.code,
+                    message: api.message,
+                    fatal: false,
+                },
+                true,
+            )
+        }
+    };
+    send(socket, &frame).await?;
+    Ok(go_on)
+}
+
 /// Handles one text frame of an authenticated session; false when the session ends.
 async fn on_frame(
     app: &SharedApp,
@@ -367,66 +405,19 @@ async fn on_frame(
                         }
                     }
                 }
-                Err(ServiceError::Unavailable(e)) => {
-                    // Not stored, not acked: the agent keeps it and sends it again.
-                    tracing::error!(device = %id, error = %e, "report not stored");
-                    send(
-                        socket,
-                        &ServerFrame::Error {
-                            code: "unavailable".into(),
-                            message: "storage unavailable; report kept for later".into(),
-                            fatal: true,
-                        },
-                    )
-                    .await?;
-                    return Ok(false);
-                }
-                Err(e) => {
-                    let api = e.to_api();
-                    send(
-                        socket,
-                        &ServerFrame::Error {
-                            code: api.code,
-                            message: api.message,
-                            fatal: false,
-                        },
-                    )
-                    .await?;
-                }
+                // Not stored, not acked: the agent keeps it and sends it again.
+                Err(e) => return not_taken(socket, id, e, "report").await,
             }
         }
         AgentFrame::CommandAck {
             id: cmd,
             accepted,
             reason,
-        } => match Box::pin(app.command_ack(id, &cmd, accepted, reason.as_deref())).await {
-            Ok(_) => {}
-            Err(ServiceError::Unavailable(e)) => {
-                tracing::error!(device = %id, error = %e, "command acknowledgement not stored");
-                send(
-                    socket,
-                    &ServerFrame::Error {
-                        code: "unavailable".into(),
-                        message: "storage unavailable".into(),
-                        fatal: true,
-                    },
-                )
-                .await?;
-                return Ok(false);
+        } => {
+            if let Err(e) = Box::pin(app.command_ack(id, &cmd, accepted, reason.as_deref())).await {
+                return not_taken(socket, id, e, "command acknowledgement").await;
             }
-            Err(e) => {
-                let api = e.to_api();
-                send(
-                    socket,
-                    &ServerFrame::Error {
-                        code: api.code,
-                        message: api.message,
-                        fatal: false,
-                    },
-                )
-                .await?;
-            }
-        },
+        }
     }
     Ok(true)
 }

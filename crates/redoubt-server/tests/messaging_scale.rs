@@ -39,6 +39,20 @@ async fn sync_all(ms: &[Messenger]) {
     }
 }
 
+/// A server a whole unit may enroll with at once (as on issue day), and a runtime for
+/// the messengers.
+fn server_and_runtime(dir: &std::path::Path) -> (Server, tokio::runtime::Runtime) {
+    let server = Server::start(
+        &dir.join("server"),
+        &[("REDOUBT_ENROLL_ATTEMPTS_PER_MINUTE", "1000")],
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    (server, rt)
+}
+
 /// Enrolls one phone for each of `owners` (four at a time); returns their state
 /// directories. Phones of a person who already has one are approved by a second owner.
 fn enroll_phones(server: &Server, dir: &std::path::Path, owners: &[String]) -> Vec<PathBuf> {
@@ -107,11 +121,7 @@ async fn open_messengers(states: &[PathBuf]) -> Vec<Messenger> {
 fn a_hundred_member_group_works_end_to_end() {
     let started = Instant::now();
     let tmp = tempfile::tempdir().unwrap();
-    // A whole unit enrolls at once, as on issue day.
-    let server = Server::start(
-        &tmp.path().join("server"),
-        &[("REDOUBT_ENROLL_ATTEMPTS_PER_MINUTE", "1000")],
-    );
+    let (server, rt) = server_and_runtime(tmp.path());
     // users[0] is alice; users 1..=TWO_PHONES have a second phone.
     let users: Vec<String> = std::iter::once("alice".to_owned())
         .chain((1..MEMBERS - TWO_PHONES).map(|i| format!("u{i:03}")))
@@ -123,10 +133,6 @@ fn a_hundred_member_group_works_end_to_end() {
     let states = enroll_phones(&server, tmp.path(), &owners);
     eprintln!("enrolled {MEMBERS} phones in {:?}", started.elapsed());
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
     rt.block_on(async {
         let ms = open_messengers(&states).await;
         eprintln!("{MEMBERS} messengers open at {:?}", started.elapsed());
@@ -187,16 +193,9 @@ fn a_hundred_member_group_works_end_to_end() {
 fn the_members_of_a_large_group_fill_its_tree_by_turns_and_commits_shrink() {
     const SIZE: usize = 32;
     let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(
-        &tmp.path().join("server"),
-        &[("REDOUBT_ENROLL_ATTEMPTS_PER_MINUTE", "1000")],
-    );
+    let (server, rt) = server_and_runtime(tmp.path());
     let users: Vec<String> = (0..SIZE).map(|i| format!("m{i:02}")).collect();
     let states = enroll_phones(&server, tmp.path(), &users);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
     rt.block_on(async {
         let ms = open_messengers(&states).await;
         let others: Vec<UserName> = users[1..].iter().map(|u| u.parse().unwrap()).collect();
