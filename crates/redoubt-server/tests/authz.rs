@@ -27,6 +27,12 @@ const EXPECTED: &[(&str, &str, &str)] = &[
         "admin:owner,officer,operator,auditor",
     ),
     ("POST", "/api/v1/enrollments", "admin:owner,operator"),
+    // Auditors review who was given a code and which phone used it; never the code.
+    (
+        "GET",
+        "/api/v1/enrollments",
+        "admin:owner,officer,operator,auditor",
+    ),
     (
         "GET",
         "/api/v1/devices",
