@@ -761,13 +761,13 @@ impl App {
         let held = self.held_groups(s).await?;
         let held_ids: Vec<GroupId> = held.iter().map(|h| h.group_id.clone()).collect();
         let (items, more) = self.store.fetch_queue(&s.device, &held_ids, limit).await?;
-        let stock = self.store.key_package_stock(&s.device).await?;
+        let status = self.store.queue_status(&s.device).await?;
         Ok(QueueBatch {
             items,
             more,
             held,
-            expired_total: self.store.messages_expired(&s.device).await?,
-            key_packages: self.stock(stock),
+            expired_total: status.expired,
+            key_packages: self.stock((status.one_time, status.last_resort)),
         })
     }
 

@@ -37,7 +37,7 @@ pub use fleet::{BulkPending, DeviceBreakdown, DeviceFilter, MAX_PAGE, NewBulk, R
 pub use groups::{DeviceGroupRecord, MembershipChange};
 pub use messaging::{
     AWAITING_APPROVAL, BlobRecord, ClaimedRecord, CommitBase, CommitInput, CommitOutcome,
-    GroupRecord, HANDOUT_WINDOW_SECS, MessageOutcome, QueuedGroup,
+    GroupRecord, HANDOUT_WINDOW_SECS, MessageOutcome, QueueStatus, QueuedGroup,
 };
 pub use modes::ModeRecord;
 pub use tokens::{AdminRecord, EnrollRefusal, EnrollmentFilter, EnrollmentRecord};

@@ -10,6 +10,17 @@ use crate::{Result, Store, StoreError, parse};
 /// The window over which a device's one-time KeyPackage handouts are counted.
 pub const HANDOUT_WINDOW_SECS: i64 = 3600;
 
+/// What a device's queue fetch reports besides its items ([`Store::queue_status`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueStatus {
+    /// One-time KeyPackages left.
+    pub one_time: u64,
+    /// Whether it has a last-resort KeyPackage.
+    pub last_resort: bool,
+    /// Items that expired undelivered for it, since enrollment.
+    pub expired: u64,
+}
+
 /// A group as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupRecord {
@@ -314,10 +325,23 @@ impl Store {
         Ok(stock)
     }
 
-    /// `(one-time KeyPackages left, has a last-resort one)`.
-    pub async fn key_package_stock(&self, device: &DeviceId) -> Result<(u64, bool)> {
-        let mut tx = self.read_tx().await?;
-        stock_of(&mut tx, device).await
+    /// What a device's queue fetch reports besides its items, read in one statement:
+    /// its stock of one-time KeyPackages, whether it has a last-resort one, and the
+    /// items that expired undelivered since enrollment.
+    pub async fn queue_status(&self, device: &DeviceId) -> Result<QueueStatus> {
+        let r = sqlx::query(
+            "SELECT (SELECT messages_expired FROM devices WHERE id = $1) AS expired,
+                    (SELECT count(*) FROM key_packages WHERE device_id = $1 AND last_resort = 0) AS one_time,
+                    (SELECT count(*) FROM key_packages WHERE device_id = $1 AND last_resort = 1) AS last_resort",
+        )
+        .bind(device.as_str())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(QueueStatus {
+            one_time: r.try_get::<i64, _>("one_time")? as u64,
+            last_resort: r.try_get::<i64, _>("last_resort")? > 0,
+            expired: r.try_get::<Option<i64>, _>("expired")?.unwrap_or(0) as u64,
+        })
     }
 
     /// Hands out one KeyPackage for each live, approved device of each person (the
@@ -848,16 +872,6 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(r.rows_affected())
-    }
-
-    /// Items that expired undelivered for a device, since enrollment.
-    pub async fn messages_expired(&self, device: &DeviceId) -> Result<u64> {
-        let n: Option<i64> =
-            sqlx::query_scalar("SELECT messages_expired FROM devices WHERE id = $1")
-                .bind(device.as_str())
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(n.unwrap_or(0) as u64)
     }
 
     /// Marks a device revoked, drops its KeyPackages, and queues a removal request for
