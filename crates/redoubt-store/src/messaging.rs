@@ -226,16 +226,31 @@ async fn enqueue(
 
 /// Deletes payloads no queue entry refers to any more.
 async fn drop_orphan_payloads(tx: &mut Transaction<'_, Any>, ids: &[i64]) -> Result<()> {
-    for id in ids {
-        sqlx::query(
-            "DELETE FROM payloads WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM queue WHERE payload_id = $2)",
-        )
-        .bind(id)
-        .bind(id)
+    for chunk in ids.chunks(ID_CHUNK) {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM payloads WHERE id IN ({}) AND NOT EXISTS (SELECT 1 FROM queue WHERE queue.payload_id = payloads.id)",
+            integer_list(chunk.iter().copied())
+        )))
         .execute(&mut **tx)
         .await?;
     }
     Ok(())
+}
+
+/// Row ids or sequence numbers named in one statement at most.
+const ID_CHUNK: usize = 1000;
+
+/// `1,2,3`: integers written into a statement (only integers: nothing a caller's text
+/// could turn into SQL).
+fn integer_list(ids: impl Iterator<Item = i64>) -> String {
+    let mut out = String::new();
+    for (i, id) in ids.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&id.to_string());
+    }
+    out
 }
 
 async fn live_device_ids(tx: &mut Transaction<'_, Any>, ids: &[DeviceId]) -> Result<Vec<DeviceId>> {
@@ -812,21 +827,22 @@ impl Store {
     /// Removes acknowledged items of a device's queue; returns how many went.
     pub async fn ack_queue(&self, device: &DeviceId, seqs: &[u64]) -> Result<u64> {
         let mut tx = self.write_tx().await?;
-        let mut removed = 0;
         let mut payloads = Vec::new();
-        for seq in seqs {
-            let pid: Option<i64> = sqlx::query_scalar(
-                "DELETE FROM queue WHERE seq = $1 AND device_id = $2 RETURNING payload_id",
-            )
-            .bind(*seq as i64)
+        // One statement per chunk, not per item: the sequence numbers are integers the
+        // caller parsed, written into the statement as such.
+        for chunk in seqs.chunks(ID_CHUNK) {
+            let rows: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM queue WHERE device_id = $1 AND seq IN ({}) RETURNING payload_id",
+                integer_list(chunk.iter().map(|s| *s as i64))
+            )))
             .bind(device.as_str())
-            .fetch_optional(&mut *tx)
+            .fetch_all(&mut *tx)
             .await?;
-            if let Some(p) = pid {
-                removed += 1;
-                payloads.push(p);
-            }
+            payloads.extend(rows);
         }
+        let removed = payloads.len() as u64;
+        payloads.sort_unstable();
+        payloads.dedup();
         drop_orphan_payloads(&mut tx, &payloads).await?;
         tx.commit().await?;
         Ok(removed)

@@ -581,3 +581,46 @@ contract! {
         let _ = a;
     }
 }
+
+contract! {
+    async fn a_large_acknowledgement_removes_exactly_the_owners_items_and_their_payloads(dir) {
+        let store = open(&dir).await;
+        let a = enroll(&store, 1, "alice").await;
+        let b = enroll(&store, 2, "bob").await;
+        let c = enroll(&store, 3, "carol").await;
+        let g = GroupId::from_random([7; 16]);
+        store
+            .create_group(&g, None, &a, b"state-0", b"info-0", NOW)
+            .await
+            .unwrap();
+        let abc = [a.clone(), b.clone(), c.clone()];
+        store
+            .accept_commit(commit(&g, &a, 0, b"c0", &abc, &[b.clone(), c.clone()]))
+            .await
+            .unwrap();
+        // More items than one statement names (1000), for Bob and Carol alike.
+        const N: usize = 1100;
+        for i in 0..N {
+            store
+                .enqueue_message(&g, &a, 1, format!("m{i}").as_bytes(), &format!("id{i}"), NOW, NOW.plus_secs(60))
+                .await
+                .unwrap();
+        }
+        let (bobs, more) = store.fetch_queue(&b, &[], 5000).await.unwrap();
+        assert!(!more);
+        let (carols, _) = store.fetch_queue(&c, &[], 5000).await.unwrap();
+        // Bob acknowledges his items, Carol's numbers, and some twice: only his go.
+        let mut seqs: Vec<u64> = bobs.iter().map(|i| i.seq).collect();
+        seqs.extend(carols.iter().take(50).map(|i| i.seq));
+        seqs.extend(bobs.iter().take(20).map(|i| i.seq));
+        assert_eq!(store.ack_queue(&b, &seqs).await.unwrap(), bobs.len() as u64);
+        assert!(store.fetch_queue(&b, &[], 10).await.unwrap().0.is_empty());
+        // Carol's are all there, payloads included (they are shared with Bob's).
+        let (left, _) = store.fetch_queue(&c, &[], 5000).await.unwrap();
+        assert_eq!(left, carols);
+        let carol_seqs: Vec<u64> = left.iter().map(|i| i.seq).collect();
+        assert_eq!(store.ack_queue(&c, &carol_seqs).await.unwrap(), left.len() as u64);
+        // The last acknowledgement leaves no payload behind (Welcomes' and messages').
+        assert_eq!(common::query_count(&dir, "SELECT count(*) FROM payloads").await, 0);
+    }
+}

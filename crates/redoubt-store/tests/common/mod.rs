@@ -158,17 +158,35 @@ pub async fn tamper(db: &TestDb, sql: &[&str]) {
     }
 }
 
-/// Runs one statement as someone with direct access to the database, triggers intact.
-pub async fn execute_raw(db: &TestDb, sql: &str) -> Result<(), String> {
+/// A direct connection to the database, as someone with access to it would open.
+async fn connect_raw(db: &TestDb) -> Result<sqlx::AnyConnection, String> {
     use sqlx::Connection;
     sqlx::any::install_default_drivers();
     let url = match db {
         TestDb::Sqlite(dir) => format!("sqlite://{}", dir.path().join("t.db").display()),
         TestDb::Postgres(pg) => pg.url().to_string(),
     };
-    let mut conn = sqlx::AnyConnection::connect(&url)
+    sqlx::AnyConnection::connect(&url)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())
+}
+
+/// The one integer a query returns, read directly from the database.
+pub async fn query_count(db: &TestDb, sql: &str) -> i64 {
+    use sqlx::Connection;
+    let mut conn = connect_raw(db).await.unwrap();
+    let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.ok();
+    n
+}
+
+/// Runs one statement as someone with direct access to the database, triggers intact.
+pub async fn execute_raw(db: &TestDb, sql: &str) -> Result<(), String> {
+    use sqlx::Connection;
+    let mut conn = connect_raw(db).await?;
     let result = sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
         .execute(&mut conn)
         .await
