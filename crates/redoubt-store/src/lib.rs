@@ -359,15 +359,23 @@ impl Store {
     /// A subquery that yields the strings of the JSON array bound at `param` (one row
     /// each): `json_each` on SQLite, `json_array_elements_text` on PostgreSQL.
     pub(crate) fn json_text_elements(&self, param: &str) -> String {
-        match self.backend {
-            Backend::Sqlite => format!("SELECT value FROM json_each({param})"),
-            Backend::Postgres => format!("SELECT json_array_elements_text(CAST({param} AS json))"),
-        }
+        json_text_elements(self.backend, param)
     }
 
     /// Closes every connection (checkpointing SQLite's WAL).
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+/// A subquery of the text elements of the JSON array in `param`, one row each in a
+/// column `value`: the one place the two dialects differ.
+fn json_text_elements(backend: Backend, param: &str) -> String {
+    match backend {
+        Backend::Sqlite => format!("SELECT value FROM json_each({param})"),
+        Backend::Postgres => {
+            format!("SELECT json_array_elements_text(CAST({param} AS json)) AS value")
+        }
     }
 }
 

@@ -187,6 +187,7 @@ async fn load_group(tx: &mut Transaction<'_, Any>, id: &GroupId) -> Result<Optio
 #[allow(clippy::too_many_arguments)]
 async fn enqueue(
     tx: &mut Transaction<'_, Any>,
+    backend: crate::Backend,
     to: &[DeviceId],
     group: &GroupId,
     kind: ItemKind,
@@ -204,23 +205,26 @@ async fn enqueue(
             .bind(payload)
             .fetch_one(&mut **tx)
             .await?;
-    for device in to {
-        sqlx::query(
-            "INSERT INTO queue (device_id, group_id, kind, epoch, sender, payload_id, size, enqueued_at, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(device.as_str())
-        .bind(group.as_str())
-        .bind(kind.as_str())
-        .bind(epoch as i64)
-        .bind(sender.map(DeviceId::as_str))
-        .bind(payload_id)
-        .bind(payload.len() as i64)
-        .bind(now.unix())
-        .bind(expires_at.unix())
-        .execute(&mut **tx)
-        .await?;
-    }
+    // One statement for every recipient (not one per recipient): the device ids travel
+    // as one JSON array.
+    let devices = crate::json_text_elements(backend, "$9");
+    let ids = serde_json::to_string(&to.iter().map(DeviceId::as_str).collect::<Vec<_>>())
+        .map_err(|e| crate::corrupt("recipients", e))?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO queue (device_id, group_id, kind, epoch, sender, payload_id, size, enqueued_at, expires_at)
+         SELECT d.value, $1, $2, $3, $4, $5, $6, $7, $8 FROM ({devices}) AS d"
+    )))
+    .bind(group.as_str())
+    .bind(kind.as_str())
+    .bind(epoch as i64)
+    .bind(sender.map(DeviceId::as_str))
+    .bind(payload_id)
+    .bind(payload.len() as i64)
+    .bind(now.unix())
+    .bind(expires_at.unix())
+    .bind(ids)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
@@ -646,6 +650,7 @@ impl Store {
         commit_to.sort();
         enqueue(
             &mut tx,
+            self.backend,
             &commit_to,
             c.group_id,
             ItemKind::Commit,
@@ -659,6 +664,7 @@ impl Store {
         if let Some(welcome) = c.welcome {
             enqueue(
                 &mut tx,
+                self.backend,
                 c.welcome_to,
                 c.group_id,
                 ItemKind::Welcome,
@@ -732,6 +738,7 @@ impl Store {
             .collect();
         enqueue(
             &mut tx,
+            self.backend,
             &to,
             group_id,
             ItemKind::Application,
@@ -945,6 +952,7 @@ impl Store {
             let payload = sign(&gid);
             enqueue(
                 &mut tx,
+                self.backend,
                 &others,
                 &gid,
                 ItemKind::RemovalRequest,
