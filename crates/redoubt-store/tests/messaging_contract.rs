@@ -21,6 +21,19 @@ async fn stock(store: &Store, device: &DeviceId) -> (u64, bool) {
     (s.one_time, s.last_resort)
 }
 
+/// Alice, Bob and Carol enrolled, and a group Alice started (alone in it, epoch 0).
+async fn three_and_a_group(store: &Store) -> (DeviceId, DeviceId, DeviceId, GroupId) {
+    let a = enroll(store, 1, "alice").await;
+    let b = enroll(store, 2, "bob").await;
+    let c = enroll(store, 3, "carol").await;
+    let g = GroupId::from_random([7; 16]);
+    store
+        .create_group(&g, None, &a, b"state-0", b"info-0", NOW)
+        .await
+        .unwrap();
+    (a, b, c, g)
+}
+
 async fn enroll(store: &Store, n: u8, user: &str) -> DeviceId {
     let hash = [n; 32];
     let user: UserName = user.parse().unwrap();
@@ -417,14 +430,7 @@ async fn files_from_before_conversations_expire_at_the_upgrade() {
 contract! {
     async fn one_commit_per_epoch_and_welcomes_only_with_their_commit(dir) {
         let store = open(&dir).await;
-        let a = enroll(&store, 1, "alice").await;
-        let b = enroll(&store, 2, "bob").await;
-        let c = enroll(&store, 3, "carol").await;
-        let g = GroupId::from_random([7; 16]);
-        store
-            .create_group(&g, None, &a, b"state-0", b"info-0", NOW)
-            .await
-            .unwrap();
+        let (a, b, c, g) = three_and_a_group(&store).await;
 
         // Adding Bob: the Welcome is queued with the accepted commit.
         let ab = [a.clone(), b.clone()];
@@ -585,14 +591,7 @@ contract! {
 contract! {
     async fn a_large_acknowledgement_removes_exactly_the_owners_items_and_their_payloads(dir) {
         let store = open(&dir).await;
-        let a = enroll(&store, 1, "alice").await;
-        let b = enroll(&store, 2, "bob").await;
-        let c = enroll(&store, 3, "carol").await;
-        let g = GroupId::from_random([7; 16]);
-        store
-            .create_group(&g, None, &a, b"state-0", b"info-0", NOW)
-            .await
-            .unwrap();
+        let (a, b, c, g) = three_and_a_group(&store).await;
         let abc = [a.clone(), b.clone(), c.clone()];
         store
             .accept_commit(commit(&g, &a, 0, b"c0", &abc, &[b.clone(), c.clone()]))
