@@ -389,3 +389,41 @@ fn a_second_server_on_the_same_data_directory_is_refused() {
         common::stderr(&out)
     );
 }
+
+#[test]
+fn clients_that_never_answer_the_challenge_do_not_keep_phones_from_starting() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server"), &[]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = redoubt_client::ServerClient::new(
+        server.url.parse().unwrap(),
+        server.fingerprint.parse().unwrap(),
+        None,
+    )
+    .unwrap();
+    // More silent sessions than there are turns to start (half the database pool):
+    // each gets its challenge and says nothing (the server waits 10 s for an answer).
+    let silent = rt.block_on(async {
+        let mut held = Vec::new();
+        for _ in 0..12 {
+            let mut ws = client.websocket("/api/v1/device/ws").await.unwrap();
+            let first = ws.next().await.unwrap().unwrap();
+            let frame: ServerFrame = serde_json::from_str(first.to_text().unwrap()).unwrap();
+            assert!(matches!(frame, ServerFrame::Challenge { .. }));
+            held.push(ws);
+        }
+        held
+    });
+    // A real phone starts meanwhile, well before the silent ones time out.
+    let mut phone = Agent::new(tmp.path().join("phone"));
+    let id = phone.enroll(&server.enrollment_url("alice"));
+    phone.start();
+    wait_for("the phone compliant", Duration::from_secs(8), || {
+        (server.device(&id)["compliance"] == "compliant").then_some(())
+    });
+    drop(silent);
+    phone.stop();
+}
