@@ -53,7 +53,7 @@ async fn send(socket: &mut WebSocket, push: &MessengerPush) -> anyhow::Result<()
     Ok(())
 }
 
-async fn run(
+pub(crate) async fn run(
     app: SharedApp,
     mut socket: WebSocket,
     session: DeviceSession,
@@ -97,21 +97,4 @@ async fn run(
     drop(pushes);
     app.doorbells.tidy(&device);
     result
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn future_size<A, B, C, D, F>(_: fn(A, B, C, D) -> F) -> usize {
-        std::mem::size_of::<F>()
-    }
-
-    #[test]
-    fn a_connected_messenger_holds_a_small_push_channel_future() {
-        // Held for as long as the phone's messenger stays connected.
-        let size = future_size(run);
-        eprintln!("messenger push channel future: {size} bytes");
-        assert!(size <= 1536, "the push channel future is {size} bytes");
-    }
 }

@@ -431,6 +431,19 @@ mod tests {
         std::mem::size_of::<F>()
     }
 
+    /// The same for four owned arguments.
+    fn future_size4<A, B, C, D, F>(_: fn(A, B, C, D) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    #[test]
+    fn a_connected_messenger_holds_a_small_push_channel_future() {
+        // Held for as long as the phone's messenger stays connected.
+        let size = future_size4(crate::messenger_ws::run);
+        eprintln!("messenger push channel future: {size} bytes");
+        assert!(size <= 1536, "the push channel future is {size} bytes");
+    }
+
     #[test]
     fn a_connected_phone_holds_a_small_session_future() {
         // Each connected phone holds one such future for as long as it stays connected
