@@ -786,6 +786,7 @@ fn report(
         events: Vec::new(),
         trusted_floor: None,
         clock_tampered: false,
+        inventory: None,
     };
     (
         SignedEnvelope::sign(ComplianceReport::KIND, &report, key),

@@ -475,6 +475,7 @@ impl Agent {
                 events,
                 trusted_floor: Some(now.floor),
                 clock_tampered: now.wall_behind(),
+                inventory: Some(self.hw.inventory(self.dir.root())),
             },
         );
         let envelope = SignedEnvelope::sign(ComplianceReport::KIND, &report, &self.key);
@@ -815,6 +816,7 @@ impl Agent {
                 events: self.zones.unreported(),
                 trusted_floor: Some(now.floor),
                 clock_tampered: now.wall_behind(),
+                inventory: Some(self.hw.inventory(self.dir.root())),
             },
         );
         self.last_seq = seq;
@@ -938,6 +940,14 @@ mod tests {
         assert_eq!(r.capabilities[&Capability::Wifi], CapabilityState::On);
         assert_eq!(r.network, NetworkState::OrganizationOnly);
         assert_eq!(r.hardware, HardwareKind::Sim);
+        // With what the phone is; the simulated one says so.
+        let inv = r.inventory.expect("an inventory");
+        assert_eq!(inv.hardware_backend, "simulated");
+        assert_eq!(
+            inv.model.as_deref(),
+            Some(crate::inventory::SIMULATED_MODEL)
+        );
+        assert_eq!(inv.agent_version, env!("CARGO_PKG_VERSION"));
         // Nothing changed: nothing to report.
         assert!(agent.check().unwrap().is_empty());
         assert_eq!(seqs(&agent.pending().unwrap()), vec![1]);

@@ -105,8 +105,8 @@ pub fn violations(mode: &Effective, m: &Measurement) -> Vec<String> {
     out
 }
 
-/// What a report carries besides the measurement: the commands done recently and the
-/// events since the previous report.
+/// What a report carries besides the measurement: the commands done recently, the
+/// events since the previous report, the time floor and the phone's inventory.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReportExtras {
     /// Ids of the commands carried out recently, oldest first.
@@ -117,6 +117,8 @@ pub struct ReportExtras {
     pub trusted_floor: Option<Timestamp>,
     /// The wall clock is behind the floor.
     pub clock_tampered: bool,
+    /// What the phone is (model, system, storage, battery), read for this report.
+    pub inventory: Option<redoubt_proto::Inventory>,
 }
 
 /// The compliance report for a measurement taken under `decision`: the zones it names
@@ -147,6 +149,7 @@ pub fn build_report(
         events: readable_events(extras.events),
         trusted_floor: extras.trusted_floor,
         clock_tampered: extras.clock_tampered,
+        inventory: extras.inventory,
     }
 }
 
@@ -251,6 +254,9 @@ mod tests {
         }
         fn verify_network(&self) -> NetworkState {
             self.inner.verify_network()
+        }
+        fn inventory(&self, state_dir: &std::path::Path) -> redoubt_proto::Inventory {
+            self.inner.inventory(state_dir)
         }
     }
 

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use redoubt_proto::{
-    Bssid, Capability, CapabilityState, HardwareKind, NetworkReach, NetworkState, Rule,
+    Bssid, Capability, CapabilityState, HardwareKind, Inventory, NetworkReach, NetworkState, Rule,
 };
 
 /// Why an enforcement call failed. Whatever it says, the caller verifies afterwards:
@@ -106,6 +106,11 @@ pub trait Hardware: Send {
         let _ = wake;
         Ok(false)
     }
+
+    /// What this phone is, for the inventory every report carries (see
+    /// [`crate::inventory`]): read under the backend's roots, with the storage of the
+    /// file system holding `state_dir`. What cannot be read is `None`.
+    fn inventory(&self, state_dir: &Path) -> Inventory;
 
     /// Reads every capability.
     fn verify_all(&self) -> BTreeMap<Capability, CapabilityState> {

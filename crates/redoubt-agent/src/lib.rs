@@ -8,6 +8,7 @@
 //! | [`clock`] | the clock seam and the trusted time floor (`time-floor.json`) |
 //! | [`hardware`] | the [`hardware::Hardware`] trait (enforce and verify are separate) and the SIMULATED backend |
 //! | [`enforce`] | applying an effective mode, measuring, honest report building |
+//! | [`inventory`] | what the phone is (model, system, kernel, storage, battery), carried by every report |
 //! | [`agent`] | the agent core: what to enforce now, drift detection, bundle acceptance, checkpoint codes, device commands |
 //! | [`outbox`] | signed reports on disk until the server acknowledges them |
 //! | [`connection`] | the device WebSocket session and the run loop (commands, wipe) |
@@ -30,6 +31,7 @@ pub mod control;
 pub mod enforce;
 pub mod enroll;
 pub mod hardware;
+pub mod inventory;
 pub mod messenger_dir;
 pub mod outbox;
 pub mod state;

@@ -299,7 +299,72 @@ pub fn device(d: &DeviceView, now: Timestamp) -> String {
             let _ = writeln!(out, "  {:<width$}  {state}", cap.as_str());
         }
     }
+    out.push_str(&inventory(d, now));
     out
+}
+
+/// The device's inventory as its agent reported it (its holder writes it: every text
+/// is cleaned before it reaches the terminal).
+fn inventory(d: &DeviceView, now: Timestamp) -> String {
+    let Some(inv) = &d.inventory else {
+        return "\ninventory: not reported yet\n".into();
+    };
+    let text = |t: &Option<String>| t.as_deref().map_or_else(|| "unknown".into(), clean);
+    let system = match (&inv.os_name, &inv.os_version) {
+        (Some(name), Some(version)) => format!("{} {}", clean(name), clean(version)),
+        (name, None) => text(name),
+        (None, version) => format!("unknown {}", text(version)),
+    };
+    let storage = match (inv.storage_free_bytes, inv.storage_total_bytes) {
+        (Some(free), Some(total)) => format!("{} free of {}", bytes(free), bytes(total)),
+        (None, Some(total)) => bytes(total),
+        (Some(free), None) => format!("{} free", bytes(free)),
+        (None, None) => "unknown".into(),
+    };
+    let battery = match (inv.battery_percent, inv.battery_charging) {
+        (Some(p), Some(true)) => format!("{p}% (charging)"),
+        (Some(p), Some(false)) => format!("{p}% (not charging)"),
+        (Some(p), None) => format!("{p}%"),
+        (None, Some(true)) => "charging".into(),
+        (None, _) => "unknown".into(),
+    };
+    let mut out = match d.inventory_at {
+        Some(t) => format!("\ninventory (reported {}):\n", when(t, now)),
+        None => "\ninventory:\n".into(),
+    };
+    for line in fields(&[
+        ("model", text(&inv.model)),
+        ("system", system),
+        ("kernel", text(&inv.kernel)),
+        ("agent", clean(&inv.agent_version)),
+        ("backend", clean(&inv.hardware_backend)),
+        ("storage", storage),
+        ("battery", battery),
+    ])
+    .lines()
+    {
+        let _ = writeln!(out, "  {line}");
+    }
+    out
+}
+
+/// A number of bytes for people, in decimal units: `512 B`, `31.9 GB`.
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["kB", "MB", "GB", "TB", "PB"];
+    if n < 1000 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1000.0;
+    let mut unit = UNITS[0];
+    for next in &UNITS[1..] {
+        // 999.96 would print as 1000.0 of this unit: the next one says it better.
+        if value < 999.95 {
+            break;
+        }
+        value /= 1000.0;
+        unit = next;
+    }
+    format!("{value:.1} {unit}")
 }
 
 fn action_label(c: &CommandView) -> String {
@@ -639,6 +704,19 @@ mod tests {
             approved_at: Some(Timestamp(NOW.0 - 3 * 86_400)),
             enrolled_by: Some("admin:op".into()),
             groups: vec!["unit-7".parse().unwrap()],
+            inventory: Some(redoubt_proto::Inventory {
+                model: Some("Simulated phone (SIMULATED)".into()),
+                os_name: Some("Debian GNU/Linux".into()),
+                os_version: Some("13".into()),
+                kernel: Some("6.12.38+deb13-amd64".into()),
+                agent_version: "0.1.0".into(),
+                hardware_backend: "simulated".into(),
+                storage_total_bytes: Some(31_900_000_000),
+                storage_free_bytes: Some(12_345_678_901),
+                battery_percent: None,
+                battery_charging: None,
+            }),
+            inventory_at: Some(Timestamp(NOW.0 - 120)),
         }
     }
 
@@ -703,8 +781,53 @@ mod tests {
              \n\
              capabilities:\n  \
              camera         on\n  \
-             cellular_data  off\n",
+             cellular_data  off\n\
+             \n\
+             inventory (reported 2026-09-21T14:11:20Z (2m ago)):\n  \
+             model:   Simulated phone (SIMULATED)\n  \
+             system:  Debian GNU/Linux 13\n  \
+             kernel:  6.12.38+deb13-amd64\n  \
+             agent:   0.1.0\n  \
+             backend: simulated\n  \
+             storage: 12.3 GB free of 31.9 GB\n  \
+             battery: unknown\n",
         );
+    }
+
+    #[test]
+    fn an_inventory_is_shown_as_far_as_it_is_known_and_cleaned() {
+        let mut d = device_view();
+        d.inventory = None;
+        d.inventory_at = None;
+        assert!(
+            device(&d, NOW).ends_with("\ninventory: not reported yet\n"),
+            "{}",
+            device(&d, NOW)
+        );
+        let mut d = device_view();
+        if let Some(inv) = d.inventory.as_mut() {
+            inv.model = Some("Evil\u{202e}phone".into());
+            inv.os_version = None;
+            inv.kernel = None;
+            inv.storage_free_bytes = None;
+            inv.storage_total_bytes = Some(512);
+            inv.battery_percent = Some(81);
+            inv.battery_charging = Some(true);
+        }
+        let out = device(&d, NOW);
+        for line in [
+            "  model:   Evil\u{fffd}phone\n",
+            "  system:  Debian GNU/Linux\n",
+            "  kernel:  unknown\n",
+            "  storage: 512 B\n",
+            "  battery: 81% (charging)\n",
+        ] {
+            assert!(out.contains(line), "{line:?} in {out}");
+        }
+        assert_eq!(bytes(999_999), "1.0 MB");
+        assert_eq!(bytes(999_949), "999.9 kB");
+        assert_eq!(bytes(1_000_000), "1.0 MB");
+        assert_eq!(bytes(u64::MAX), "18446.7 PB");
     }
 
     #[test]

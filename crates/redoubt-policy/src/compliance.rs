@@ -114,6 +114,7 @@ mod tests {
             events: Vec::new(),
             trusted_floor: None,
             clock_tampered: false,
+            inventory: None,
         }
     }
 

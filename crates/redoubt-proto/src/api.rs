@@ -335,6 +335,14 @@ pub struct DeviceView {
     /// The device groups it belongs to.
     #[serde(default)]
     pub groups: Vec<DeviceGroupName>,
+    /// What the phone is (model, system, storage, battery), as the newest report that
+    /// carried it said; the phone's holder writes it, so it is shown, never judged.
+    /// Absent before such a report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inventory: Option<crate::Inventory>,
+    /// When the report carrying `inventory` was received.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inventory_at: Option<Timestamp>,
 }
 
 /// Which devices `GET /devices` lists, `GET /devices/count` counts and a bulk action

@@ -369,11 +369,114 @@ pub struct ComplianceReport {
     /// codes are refused until it is right again).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub clock_tampered: bool,
+    /// What the phone is (model, system, storage, battery) when it made the report.
+    /// Omitted by agents that predate it, so their reports read exactly as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inventory: Option<Inventory>,
 }
 
 impl ComplianceReport {
     /// Envelope kind of a signed compliance report.
     pub const KIND: &'static str = "compliance-report/v1";
+}
+
+/// Longest text an [`Inventory`] field may hold, in characters. The phone's holder
+/// writes the report: a longer one is refused rather than stored.
+pub const MAX_INVENTORY_TEXT: usize = 128;
+
+/// What a phone is, as its agent read it when it made a report: informative, never
+/// judged (the phone's holder could write anything here). Text fields hold at most
+/// [`MAX_INVENTORY_TEXT`] characters and no control character, and `battery_percent`
+/// is at most 100: anything else is refused when the report is read. A field this
+/// version does not know is ignored, so a newer agent may report more.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inventory {
+    /// The phone's model (device tree `model`, DMI `product_name`, Sailfish
+    /// `hw-release`); for the simulated backend, a name that says SIMULATED.
+    #[serde(default, deserialize_with = "inventory_text_opt")]
+    pub model: Option<String>,
+    /// The operating system's name (`NAME` of `os-release`).
+    #[serde(default, deserialize_with = "inventory_text_opt")]
+    pub os_name: Option<String>,
+    /// The operating system's version (`VERSION_ID`, else `VERSION` of `os-release`).
+    #[serde(default, deserialize_with = "inventory_text_opt")]
+    pub os_version: Option<String>,
+    /// The kernel release (`/proc/sys/kernel/osrelease`).
+    #[serde(default, deserialize_with = "inventory_text_opt")]
+    pub kernel: Option<String>,
+    /// The agent's own version (its package version).
+    #[serde(deserialize_with = "inventory_text")]
+    pub agent_version: String,
+    /// The hardware backend the agent runs: `simulated`, `linux` or `sailfish`.
+    #[serde(deserialize_with = "inventory_text")]
+    pub hardware_backend: String,
+    /// Size of the file system holding the agent's state, in bytes.
+    #[serde(default)]
+    pub storage_total_bytes: Option<u64>,
+    /// Bytes of that file system still available to applications.
+    #[serde(default)]
+    pub storage_free_bytes: Option<u64>,
+    /// Charge of the battery, 0 to 100.
+    #[serde(default, deserialize_with = "inventory_percent")]
+    pub battery_percent: Option<u8>,
+    /// Whether the battery is on a charger (charging, or full).
+    #[serde(default)]
+    pub battery_charging: Option<bool>,
+}
+
+impl Inventory {
+    /// `raw` made fit for an inventory text field: trimmed, each control character
+    /// replaced by a space, cut to [`MAX_INVENTORY_TEXT`] characters; `None` when
+    /// nothing is left. What it returns is always accepted when a report is read.
+    pub fn clean_text(raw: &str) -> Option<String> {
+        let spaced: String = raw
+            .trim()
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .take(MAX_INVENTORY_TEXT)
+            .collect();
+        let text = spaced.trim_end();
+        (!text.is_empty()).then(|| text.to_owned())
+    }
+}
+
+/// Why an inventory text is refused, if it is.
+fn inventory_text_problem(s: &str) -> Option<String> {
+    let chars = s.chars().count();
+    if chars > MAX_INVENTORY_TEXT {
+        Some(format!(
+            "an inventory field holds {chars} characters (at most {MAX_INVENTORY_TEXT})"
+        ))
+    } else if s.chars().any(char::is_control) {
+        Some("an inventory field holds a control character".into())
+    } else {
+        None
+    }
+}
+
+fn inventory_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    match inventory_text_problem(&s) {
+        Some(problem) => Err(serde::de::Error::custom(problem)),
+        None => Ok(s),
+    }
+}
+
+fn inventory_text_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s = Option::<String>::deserialize(d)?;
+    match s.as_deref().and_then(inventory_text_problem) {
+        Some(problem) => Err(serde::de::Error::custom(problem)),
+        None => Ok(s),
+    }
+}
+
+fn inventory_percent<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u8>, D::Error> {
+    match Option::<u8>::deserialize(d)? {
+        Some(p) if p > 100 => Err(serde::de::Error::custom(format!(
+            "battery_percent is {p} (at most 100)"
+        ))),
+        p => Ok(p),
+    }
 }
 
 /// The server's verdict on a device.
@@ -569,6 +672,166 @@ mod tests {
             "https://user:pw@h/",
         ] {
             assert!(code(bad).parse::<EnrollmentUrl>().is_err(), "{bad}");
+        }
+    }
+
+    fn inventory() -> Inventory {
+        Inventory {
+            model: Some("PinePhone".into()),
+            os_name: Some("postmarketOS".into()),
+            os_version: Some("v24.06".into()),
+            kernel: Some("6.6.30".into()),
+            agent_version: "0.1.0".into(),
+            hardware_backend: "linux".into(),
+            storage_total_bytes: Some(32_000_000_000),
+            storage_free_bytes: Some(12_000_000_000),
+            battery_percent: Some(81),
+            battery_charging: Some(false),
+        }
+    }
+
+    /// A report as an agent older than the inventory writes it (no `inventory` key).
+    fn older_report() -> serde_json::Value {
+        serde_json::json!({
+            "device_id": "dev_0123456789abcdef01234567",
+            "seq": 3,
+            "bundle_version": 1,
+            "effective_mode": "standard",
+            "capabilities": {"camera": "on"},
+            "network": "open",
+            "hardware": "linux",
+            "observed_at": "2026-09-21T14:13:20Z",
+        })
+    }
+
+    fn signed_report(value: &serde_json::Value) -> Result<ComplianceReport, String> {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+        crate::SignedEnvelope::sign(ComplianceReport::KIND, value, &key)
+            .verify(ComplianceReport::KIND, &key.verifying_key())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn older_reports_read_and_write_exactly_as_before() {
+        let old = older_report();
+        let r: ComplianceReport = serde_json::from_value(old.clone()).unwrap();
+        assert_eq!(r.inventory, None);
+        assert_eq!(serde_json::to_value(&r).unwrap(), old);
+        assert_eq!(signed_report(&old).unwrap(), r);
+    }
+
+    #[test]
+    fn a_report_carries_its_inventory() {
+        let mut r: ComplianceReport = serde_json::from_value(older_report()).unwrap();
+        r.inventory = Some(inventory());
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(
+            json["inventory"],
+            serde_json::json!({
+                "model": "PinePhone",
+                "os_name": "postmarketOS",
+                "os_version": "v24.06",
+                "kernel": "6.6.30",
+                "agent_version": "0.1.0",
+                "hardware_backend": "linux",
+                "storage_total_bytes": 32_000_000_000u64,
+                "storage_free_bytes": 12_000_000_000u64,
+                "battery_percent": 81,
+                "battery_charging": false,
+            })
+        );
+        assert_eq!(signed_report(&json).unwrap(), r);
+        // Fields left out read as unknown; fields of a newer agent are ignored.
+        let mut sparse = older_report();
+        sparse["inventory"] = serde_json::json!({
+            "agent_version": "0.2.0",
+            "hardware_backend": "sailfish",
+            "imei": "not known here",
+        });
+        let back = signed_report(&sparse).unwrap().inventory.unwrap();
+        assert_eq!((back.model, back.battery_percent), (None, None));
+        assert_eq!(back.hardware_backend, "sailfish");
+    }
+
+    /// The phone's holder writes the report: a hostile one must not get megabytes or
+    /// terminal escapes stored. Such a report is refused as a whole, saying why.
+    #[test]
+    fn oversized_or_control_inventory_text_is_refused() {
+        let long = "x".repeat(MAX_INVENTORY_TEXT + 1);
+        let at_most = "x".repeat(MAX_INVENTORY_TEXT);
+        for (field, value, expect) in [
+            (
+                "model",
+                serde_json::json!(long),
+                Some("129 characters (at most 128)"),
+            ),
+            (
+                "os_name",
+                serde_json::json!("x".repeat(1 << 20)),
+                Some("at most 128"),
+            ),
+            ("os_version", serde_json::json!(long), Some("at most 128")),
+            ("kernel", serde_json::json!(long), Some("at most 128")),
+            (
+                "agent_version",
+                serde_json::json!(long),
+                Some("at most 128"),
+            ),
+            (
+                "hardware_backend",
+                serde_json::json!(long),
+                Some("at most 128"),
+            ),
+            (
+                "model",
+                serde_json::json!("a\u{1b}[2Jb"),
+                Some("control character"),
+            ),
+            (
+                "kernel",
+                serde_json::json!("6.6\n"),
+                Some("control character"),
+            ),
+            (
+                "battery_percent",
+                serde_json::json!(101),
+                Some("at most 100"),
+            ),
+            ("battery_percent", serde_json::json!(-1), Some("")),
+            ("model", serde_json::json!(at_most), None),
+            ("model", serde_json::json!("Ünïcødé ✓".repeat(12)), None),
+            ("battery_percent", serde_json::json!(100), None),
+        ] {
+            let mut r = older_report();
+            let mut inv = serde_json::to_value(inventory()).unwrap();
+            inv[field] = value;
+            r["inventory"] = inv;
+            match (signed_report(&r), expect) {
+                (Ok(_), None) => {}
+                (Err(e), Some(why)) => assert!(e.contains(why), "{field}: {e}"),
+                (got, _) => panic!("{field}: {got:?}, expected {expect:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn cleaned_inventory_text_is_always_accepted() {
+        let long = "é".repeat(3 * MAX_INVENTORY_TEXT);
+        for (raw, expect) in [
+            ("  Xperia 10 III\n", Some("Xperia 10 III".to_owned())),
+            ("a\u{1b}[31mb\tc", Some("a [31mb c".to_owned())),
+            (" \n\t ", None),
+            ("", None),
+            (long.as_str(), Some("é".repeat(MAX_INVENTORY_TEXT))),
+        ] {
+            let got = Inventory::clean_text(raw);
+            assert_eq!(got, expect, "{raw:?}");
+            if let Some(text) = got {
+                let mut inv = inventory();
+                inv.model = Some(text);
+                let json = serde_json::to_string(&inv).unwrap();
+                assert_eq!(serde_json::from_str::<Inventory>(&json).unwrap(), inv);
+            }
         }
     }
 

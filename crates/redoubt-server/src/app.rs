@@ -355,6 +355,8 @@ pub struct App {
     pub hub: Hub,
     /// Enrollment attempts per address.
     pub enroll_limiter: RateLimiter,
+    /// Console sign-in attempts per address.
+    pub console_limiter: RateLimiter,
     /// Device-session challenges per address.
     pub challenge_limiter: RateLimiter,
     /// Refused enrollments waiting to be written to the audit log.
@@ -725,6 +727,8 @@ impl App {
             approved_at: d.approved_at,
             enrolled_by: d.enrolled_by,
             groups: d.groups,
+            inventory: d.inventory,
+            inventory_at: d.inventory_at,
         }
     }
 

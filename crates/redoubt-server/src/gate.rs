@@ -160,7 +160,7 @@ fn escape(s: &str) -> String {
 }
 
 /// The QR code of `text` as an SVG: one path of dark modules, a quiet zone of 4.
-fn qr_svg(text: &str) -> Result<String, ServiceError> {
+pub(crate) fn qr_svg(text: &str) -> Result<String, ServiceError> {
     let code = QrCode::new(text.as_bytes())
         .map_err(|e| ServiceError::Internal(format!("cannot encode a QR code: {e}")))?;
     let w = code.width();

@@ -49,7 +49,7 @@ pub struct HttpState {
 
 impl HttpState {
     /// The declared access of the route a request matched (none for an unmatched one).
-    fn access_of(&self, parts: &Parts) -> Option<Access> {
+    pub(crate) fn access_of(&self, parts: &Parts) -> Option<Access> {
         let path = parts.extensions.get::<MatchedPath>()?.as_str().to_owned();
         self.access.get(&(parts.method.clone(), path)).copied()
     }
@@ -137,6 +137,12 @@ pub fn routes(config: &crate::config::Config) -> (Router<HttpState>, Vec<RouteSp
         .add(V::GET, "/healthz", P, healthz)
         .add(V::GET, "/metrics", A(ANY_ADMIN), metrics)
         .merge(crate::gate::routes())
+        .nest(
+            "/console",
+            crate::console::routes()
+                .layer(axum::middleware::from_fn(crate::console::csrf_guard))
+                .layer(axum::middleware::from_fn(crate::console::headers)),
+        )
         .into_parts()
 }
 
@@ -261,12 +267,19 @@ pub struct Admin {
     pub role: Role,
     /// The client's address (for the audit log).
     pub source: String,
+    /// Signed in to the web console (`console:NAME` in the audit log) rather than
+    /// holding an API token (`admin:NAME`).
+    pub console: bool,
 }
 
 impl Admin {
     /// Who this is in the audit log.
     pub fn actor(&self) -> String {
-        format!("admin:{}", self.name)
+        if self.console {
+            format!("console:{}", self.name)
+        } else {
+            format!("admin:{}", self.name)
+        }
     }
 
     /// Fails with 403 unless the role permits `needed`.
@@ -339,6 +352,7 @@ impl FromRequestParts<HttpState> for Admin {
             name: rec.name,
             role: rec.role,
             source,
+            console: false,
         })
     }
 }

@@ -7,6 +7,7 @@ mod cluster;
 mod commands;
 mod config;
 mod conn;
+mod console;
 mod error;
 mod fleet;
 mod gate;
@@ -78,11 +79,41 @@ enum Command {
         #[arg(long, env = "REDOUBT_DATABASE_URL", value_name = "URL")]
         database_url: Option<String>,
     },
+    /// Web console accounts (`admin create` makes the first owner).
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
     /// List every HTTP route and who may call it: the table the router is built from.
     Routes {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Create a web console account offline and print its first password, its second
+    /// factor (a QR code for an authenticator app) and its recovery codes, once.
+    Create {
+        /// Data directory.
+        #[arg(long, default_value = "./redoubt-data")]
+        data: PathBuf,
+        /// The name it signs in with.
+        #[arg(long)]
+        name: String,
+        /// owner (also manages accounts), officer, operator or auditor.
+        #[arg(long)]
+        role: Role,
+        /// Read the password from the first line of standard input instead of making a
+        /// random one (12 characters or more).
+        #[arg(long)]
+        password_stdin: bool,
+        /// The shared PostgreSQL database of a multi-node deployment (postgres://…);
+        /// without it, the SQLite database in the data directory.
+        #[arg(long, env = "REDOUBT_DATABASE_URL", value_name = "URL")]
+        database_url: Option<String>,
     },
 }
 
@@ -136,6 +167,71 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     println!("{:<5} {:<58} {}", r.method, r.path, r.access);
                 }
             }
+            Ok(())
+        }
+        Command::Admin {
+            command:
+                AdminCommand::Create {
+                    data,
+                    name,
+                    role,
+                    password_stdin,
+                    database_url,
+                },
+        } => {
+            let password = if password_stdin {
+                let mut line = String::new();
+                std::io::stdin()
+                    .read_line(&mut line)
+                    .context("reading the password from standard input")?;
+                Some(line.trim_end_matches(['\r', '\n']).to_owned())
+            } else {
+                None
+            };
+            let keys = pki::Keys::open_or_create(&data)?;
+            let config = config::RawConfig {
+                data: Some(data.clone()),
+                database_url,
+                ..Default::default()
+            }
+            .resolve()?;
+            let store = redoubt_store::Store::open(&config.database())
+                .await
+                .with_context(|| format!("opening the database ({})", config.database_label()))?;
+            let made = console::create_account(
+                &store,
+                &keys.org_signing,
+                &audit::Who::server_cli(),
+                &name,
+                role,
+                password,
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            store.close().await;
+            println!("Console account {name} ({role}) created. Shown only this once:");
+            println!();
+            if !password_stdin {
+                println!("  first password: {}", made.password);
+                println!();
+            }
+            println!("Second factor: scan this with an authenticator app (TOTP, 6 digits, 30 s),");
+            println!("or enter the URL below by hand:");
+            println!();
+            print!("{}", console::terminal_qr(&made.factor.url)?);
+            println!("  {}", made.factor.url);
+            println!();
+            println!("Recovery codes (each signs in once in place of a code; keep them apart):");
+            for c in &made.factor.recovery {
+                println!("  {c}");
+            }
+            println!();
+            let origin = config
+                .public_url
+                .as_ref()
+                .map(|u| u.as_str().trim_end_matches('/').to_owned())
+                .unwrap_or_else(|| format!("https://{}", config.listen));
+            println!("Sign in at {origin}/console with the name, the password and a code.");
             Ok(())
         }
         Command::CaFingerprint { data } => {

@@ -33,6 +33,9 @@ pub enum Access {
     /// A gate credential: the gate page's cookie, `Authorization: Gate …`, or the
     /// one-time `?key=` link that sets the cookie.
     Gate,
+    /// A console session (the web console's cookie) of an account of one of these roles;
+    /// state-changing requests also carry the session's CSRF token.
+    Console(&'static [Role]),
 }
 
 impl std::fmt::Display for Access {
@@ -52,6 +55,16 @@ impl std::fmt::Display for Access {
             Access::Device => f.write_str("device"),
             Access::Member => f.write_str("member"),
             Access::Gate => f.write_str("gate"),
+            Access::Console(roles) => {
+                f.write_str("console:")?;
+                for (i, r) in roles.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(",")?;
+                    }
+                    write!(f, "{r}")?;
+                }
+                Ok(())
+            }
         }
     }
 }

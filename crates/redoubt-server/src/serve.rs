@@ -103,6 +103,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         cluster,
         reports,
         enroll_limiter: RateLimiter::new(config.enroll_attempts_per_minute),
+        console_limiter: RateLimiter::new(30),
         challenge_limiter: RateLimiter::new(600),
         refusals: RefusalLog::new(config.refusal_audit_window_secs),
         claim_limiter: RateLimiter::new(config.key_package_claims_per_minute),
@@ -178,6 +179,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         _ => None,
     };
     app.fleet_worker.wake();
+    let sampler = tokio::spawn(crate::console::sample_compliance(app.clone()));
     let sweeper = {
         let app = app.clone();
         let mut stop = app.shutdown.clone();
@@ -267,6 +269,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         );
     }
     let _ = sweeper.await;
+    let _ = sampler.await;
     let _ = fleet_worker.await;
     if let Some(c) = cluster {
         let _ = c.await;

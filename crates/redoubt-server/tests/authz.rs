@@ -176,6 +176,73 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("GET", "/metrics", "admin:owner,officer,operator,auditor"),
     ("GET", "/gate/{zone}/{checkpoint}", "gate"),
     ("GET", "/gate/{zone}/{checkpoint}/codes", "gate"),
+    // The web console: pages for every role; changes for the roles the API allows.
+    // Sign-in, the language choice and the script and styles are public.
+    ("GET", "/console", "console:owner,officer,operator,auditor"),
+    ("GET", "/console/login", "public"),
+    ("POST", "/console/login", "public"),
+    (
+        "POST",
+        "/console/logout",
+        "console:owner,officer,operator,auditor",
+    ),
+    ("POST", "/console/language", "public"),
+    ("GET", "/console/assets/{file}", "public"),
+    (
+        "GET",
+        "/console/events",
+        "console:owner,officer,operator,auditor",
+    ),
+    (
+        "GET",
+        "/console/devices",
+        "console:owner,officer,operator,auditor",
+    ),
+    (
+        "GET",
+        "/console/devices.csv",
+        "console:owner,officer,operator,auditor",
+    ),
+    ("POST", "/console/devices/bulk", "console:owner,operator"),
+    (
+        "GET",
+        "/console/devices/{id}",
+        "console:owner,officer,operator,auditor",
+    ),
+    (
+        "POST",
+        "/console/devices/{id}/mode",
+        "console:owner,operator",
+    ),
+    (
+        "POST",
+        "/console/devices/{id}/command",
+        "console:owner,operator",
+    ),
+    (
+        "GET",
+        "/console/enrollments",
+        "console:owner,officer,operator,auditor",
+    ),
+    ("POST", "/console/enrollments", "console:owner,operator"),
+    (
+        "POST",
+        "/console/enrollments/{id}/revoke",
+        "console:owner,operator",
+    ),
+    (
+        "GET",
+        "/console/audit",
+        "console:owner,officer,operator,auditor",
+    ),
+    (
+        "GET",
+        "/console/audit/verify",
+        "console:owner,officer,operator,auditor",
+    ),
+    ("GET", "/console/accounts", "console:owner"),
+    ("POST", "/console/accounts", "console:owner"),
+    ("POST", "/console/accounts/{id}/disable", "console:owner"),
 ];
 
 const ROLES: [&str; 4] = ["owner", "officer", "operator", "auditor"];
@@ -203,8 +270,8 @@ fn route_table() -> Vec<Route> {
         .map(|r| {
             let access = &r["access"];
             let access = match access["kind"].as_str().unwrap() {
-                "admin" => format!(
-                    "admin:{}",
+                kind @ ("admin" | "console") => format!(
+                    "{kind}:{}",
                     access["role"]
                         .as_array()
                         .unwrap()
@@ -255,6 +322,8 @@ enum Caller {
     /// An enrolled device that is not in the conversation.
     Outsider(String),
     Gate(String),
+    /// Signed in to the web console with this role.
+    Console(&'static str, common::ConsoleSession),
 }
 
 impl Caller {
@@ -266,6 +335,7 @@ impl Caller {
             Caller::Revoked(_) => "revoked device".into(),
             Caller::Outsider(_) => "device outside the conversation".into(),
             Caller::Gate(_) => "gate credential".into(),
+            Caller::Console(r, _) => format!("console {r}"),
         }
     }
 
@@ -277,6 +347,7 @@ impl Caller {
                 Some(format!("Device {t}"))
             }
             Caller::Gate(t) => Some(format!("Gate {t}")),
+            Caller::Console(..) => None,
         }
     }
 }
@@ -306,6 +377,15 @@ fn verdict(access: &str, caller: &Caller) -> Verdict {
         // A device outside the group learns nothing: the group does not exist for it.
         ("member", Caller::Outsider(_)) => Refused(404),
         ("gate", Caller::Gate(_)) => Allowed,
+        (a, Caller::Console(role, _)) if a.starts_with("console:") => {
+            if a["console:".len()..].split(',').any(|r| r == *role) {
+                Allowed
+            } else {
+                Refused(403)
+            }
+        }
+        // Anyone else meets the sign-in page.
+        (a, _) if a.starts_with("console:") => Refused(303),
         _ => Refused(401),
     }
 }
@@ -371,6 +451,14 @@ fn every_route_answers_every_caller_as_its_row_says() {
         Caller::Outsider(outsider),
         Caller::Gate(gate_key),
     ]);
+    for role in ROLES {
+        let account = server.console_account(&format!("console-{role}"), role);
+        let session = http.console_sign_in(&account, &account.code());
+        callers.push(Caller::Console(role, session));
+    }
+    // Every caller of a console form holds the sign-in page's cookie and its CSRF
+    // token, as a browser would: what decides is the session, not the token.
+    let pre = http.console_pre_session();
 
     // Path parameters: real objects, so an allowed call reaches the service; actions
     // that would change something name objects that do not exist.
@@ -388,6 +476,7 @@ fn every_route_answers_every_caller_as_its_row_says() {
                 },
             )
             .replace("{zone}", "lab")
+            .replace("{file}", "console.css")
             .replace("{checkpoint}", "north-gate")
             .replace(
                 "{id}",
@@ -401,7 +490,10 @@ fn every_route_answers_every_caller_as_its_row_says() {
 
     let mut wrong = Vec::new();
     let mut calls = 0;
-    for route in route_table() {
+    // Signing out ends the session the later calls use: last.
+    let mut routes = route_table();
+    routes.sort_by_key(|r| r.path == "/console/logout");
+    for route in routes {
         let path = fill(&route.method, &route.path);
         assert!(
             !path.contains('{'),
@@ -416,15 +508,40 @@ fn every_route_answers_every_caller_as_its_row_says() {
         };
         for caller in &callers {
             let auth = caller.authorization();
-            let headers: Vec<(&str, &str)> = auth
+            let mut headers: Vec<(&str, &str)> = auth
                 .as_deref()
                 .map(|a| vec![("authorization", a)])
                 .unwrap_or_default();
-            let body = (route.method != "GET").then_some(&b"{}"[..]);
-            let (status, answer) = http.request(&route.method, &path, &headers, body);
+            let console = route.path.starts_with("/console");
+            let (cookie, csrf) = match caller {
+                Caller::Console(_, s) => (s.cookie.clone(), s.csrf.clone()),
+                _ => (pre.cookie.clone(), pre.csrf.clone()),
+            };
+            let form = format!("csrf={csrf}");
+            let body = if route.method == "GET" {
+                None
+            } else if console {
+                headers.push(("content-type", "application/x-www-form-urlencoded"));
+                Some(form.as_bytes())
+            } else {
+                Some(&b"{}"[..])
+            };
+            if console || matches!(caller, Caller::Console(..)) {
+                headers.push(("cookie", &cookie));
+            }
+            let (status, response_headers, answer) =
+                http.request_full(&route.method, &path, &headers, body);
+            let to_sign_in = status == 303
+                && response_headers.iter().any(|(k, v)| {
+                    k == "location" && v.starts_with("/console/login") && !v.contains("signed_out")
+                });
             calls += 1;
             let expected = verdict(&route.access, caller);
             let ok = match expected {
+                // A console route lets a caller through unless it is refused (403) or
+                // sent to sign in; a sign-in form answers 401 for the wrong password.
+                Verdict::Allowed if console => status != 403 && !to_sign_in,
+                Verdict::Refused(303) => to_sign_in,
                 Verdict::Allowed => {
                     // A member may meet a 404 for an object inside the group (a
                     // file that does not exist), never the group's own.

@@ -427,3 +427,147 @@ fn clients_that_never_answer_the_challenge_do_not_keep_phones_from_starting() {
     drop(silent);
     phone.stop();
 }
+
+/// The phone's holder writes its reports: one whose inventory holds a text longer than
+/// `MAX_INVENTORY_TEXT` characters, or a control character (terminal escapes for the
+/// CLI), or a battery above 100 %, is refused as a whole with a clear error, stores
+/// nothing, and the session goes on: the phone's next well-formed report is taken.
+#[test]
+fn a_report_with_an_oversized_inventory_is_refused_and_stores_nothing() {
+    use ed25519_dalek::Signer as _;
+    use ed25519_dalek::pkcs8::DecodePrivateKey as _;
+    use redoubt_proto::{ComplianceReport, DeviceId, SignedEnvelope};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server"), &[]);
+    let phone = Agent::new(tmp.path().join("phone"));
+    let id = phone.enroll(&server.enrollment_url("alice"));
+    // The phone's own key: the agent is not started, this test speaks for it.
+    let pem = std::fs::read_to_string(phone.state.join("device-key.pem")).unwrap();
+    let key = ed25519_dalek::SigningKey::from_pkcs8_pem(&pem).unwrap();
+    let device: DeviceId = id.parse().unwrap();
+    let report = |seq: u64, inventory: Value| {
+        let payload = json!({
+            "device_id": id,
+            "seq": seq,
+            "bundle_version": 1,
+            "effective_mode": "standard",
+            "capabilities": {"camera": "on"},
+            "network": "open",
+            "hardware": "sim",
+            "observed_at": "2026-09-21T14:13:20Z",
+            "inventory": inventory,
+        });
+        let frame = AgentFrame::Report {
+            report: SignedEnvelope::sign(ComplianceReport::KIND, &payload, &key),
+        };
+        Message::Text(serde_json::to_string(&frame).unwrap().into())
+    };
+    let inventory = |field: &str, value: Value| {
+        let mut inv = json!({
+            "model": "Simulated phone (SIMULATED)",
+            "agent_version": "0.1.0",
+            "hardware_backend": "simulated",
+        });
+        inv[field] = value;
+        inv
+    };
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = redoubt_client::ServerClient::new(
+        server.url.parse().unwrap(),
+        server.fingerprint.parse().unwrap(),
+        None,
+    )
+    .unwrap();
+    rt.block_on(async {
+        let mut ws = client.websocket("/api/v1/device/ws").await.unwrap();
+        let ServerFrame::Challenge { nonce } = next_frame(&mut ws).await else {
+            panic!("no challenge");
+        };
+        let signature = redoubt_proto::envelope::encode_signature(
+            &key.sign(&redoubt_proto::ws::hello_message(&nonce, &device)),
+        );
+        let hello = AgentFrame::Hello {
+            device_id: device.clone(),
+            signature,
+        };
+        ws.send(Message::Text(serde_json::to_string(&hello).unwrap().into()))
+            .await
+            .unwrap();
+
+        for (field, value, why) in [
+            (
+                "model",
+                json!("M".repeat(129)),
+                "129 characters (at most 128)",
+            ),
+            ("os_name", json!("x".repeat(20_000)), "at most 128"),
+            ("agent_version", json!("9".repeat(200)), "at most 128"),
+            (
+                "model",
+                json!("\u{1b}[2J\u{1b}]0;pwned\u{7}"),
+                "control character",
+            ),
+            ("battery_percent", json!(250), "at most 100"),
+        ] {
+            ws.send(report(1, inventory(field, value))).await.unwrap();
+            let (code, message, fatal) = answer(&mut ws).await.unwrap_err();
+            assert_eq!(code, "bad_request", "{field}: {message}");
+            assert!(message.contains(why), "{field}: {message}");
+            assert!(!fatal, "{field}: the session goes on");
+        }
+        // Nothing of them was stored: the same sequence number is taken now.
+        let fine = inventory("model", json!("M".repeat(128)));
+        ws.send(report(1, fine)).await.unwrap();
+        assert_eq!(answer(&mut ws).await, Ok(1));
+    });
+
+    let d = server.device(&id);
+    assert_eq!(d["last_report_seq"], 1, "{d}");
+    assert_eq!(d["inventory"]["model"], "M".repeat(128), "{d}");
+    assert!(d["inventory_at"].is_string(), "{d}");
+    let (_, metrics) =
+        Http::new(&server).send("GET", "/metrics", Some(server.owner_token.as_str()), None);
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("redoubt_http_requests_total") && l.contains("status=\"5")),
+        "{metrics}"
+    );
+}
+
+/// The next frame the server sends on a device session.
+async fn next_frame<S>(ws: &mut S) -> ServerFrame
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    let msg = tokio::time::timeout(Duration::from_secs(20), ws.next())
+        .await
+        .expect("a frame within 20 s")
+        .unwrap()
+        .unwrap();
+    serde_json::from_str(msg.to_text().unwrap()).unwrap()
+}
+
+/// The server's answer to a report: its acknowledgement or its error (code, message,
+/// fatal); the bundles, commands and welcome on the way are skipped.
+async fn answer<S>(ws: &mut S) -> Result<u64, (String, String, bool)>
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    loop {
+        match next_frame(ws).await {
+            ServerFrame::ReportAck { seq } => return Ok(seq),
+            ServerFrame::Error {
+                code,
+                message,
+                fatal,
+            } => return Err((code, message, fatal)),
+            _ => continue,
+        }
+    }
+}

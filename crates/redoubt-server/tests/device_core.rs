@@ -511,3 +511,32 @@ fn a_silent_device_turns_stale_and_comes_back() {
     phone.start();
     wait_compliant(&server, &id, "standard");
 }
+
+#[test]
+fn the_phone_reports_its_inventory_with_its_first_report() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server"), &[]);
+    let mut phone = Agent::new(tmp.path().join("phone"));
+    let id = phone.enroll(&server.enrollment_url("alice"));
+    let before = server.device(&id);
+    assert!(before.get("inventory").is_none(), "{before}");
+    assert!(before.get("inventory_at").is_none(), "{before}");
+    phone.start();
+    let d = wait_compliant(&server, &id, "standard");
+    let inv = &d["inventory"];
+    // The simulated phone says so, whatever the machine it runs on is.
+    assert_eq!(inv["hardware_backend"], "simulated", "{d}");
+    assert!(inv["model"].as_str().unwrap().contains("SIMULATED"), "{d}");
+    // The agent and the server are built from one workspace version.
+    assert_eq!(inv["agent_version"], env!("CARGO_PKG_VERSION"), "{d}");
+    assert!(inv["storage_total_bytes"].as_u64().unwrap() > 0, "{d}");
+    assert_eq!(inv["battery_percent"], Value::Null, "{d}");
+    // Measured with the report that brought it.
+    assert_eq!(d["inventory_at"], d["last_report_at"], "{d}");
+    // People see it too.
+    let out = server.cli_as(&server.owner_token, &["devices", "show", &id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("\ninventory (reported "), "{text}");
+    assert!(text.contains("  backend: simulated\n"), "{text}");
+}

@@ -197,6 +197,42 @@ impl Store {
         rows.iter().map(entry).collect()
     }
 
+    /// The newest entries first, before entry `before_seq` (the page after the one that
+    /// ended there), of one device, one actor and actions starting with a prefix where
+    /// given; at most `limit`.
+    pub async fn audit_recent(
+        &self,
+        device: Option<&DeviceId>,
+        actor: Option<&str>,
+        action_prefix: Option<&str>,
+        before_seq: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>> {
+        let device = device.map(DeviceId::as_str);
+        let before = before_seq.map_or(i64::MAX, |s| i64::try_from(s).unwrap_or(i64::MAX));
+        let prefix = action_prefix.map(|p| {
+            let escaped = p
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            format!("{escaped}%")
+        });
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ENTRY_COLUMNS} FROM audit_log
+             WHERE ($1 IS NULL OR device_id = $1) AND ($2 IS NULL OR actor = $2)
+               AND ($3 IS NULL OR action LIKE $3 ESCAPE '\\') AND seq < $4
+             ORDER BY seq DESC LIMIT $5"
+        )))
+        .bind(device)
+        .bind(actor)
+        .bind(prefix)
+        .bind(before)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(entry).collect()
+    }
+
     /// The signed head, if the log has any entry.
     pub async fn audit_head(&self) -> Result<Option<SignedEnvelope>> {
         let mut conn = self.pool.acquire().await?;

@@ -1,8 +1,8 @@
 //! Devices: enrollment, bundles issued, compliance reports received.
 
 use redoubt_proto::{
-    Compliance, ComplianceReport, DeviceGroupName, DeviceId, HardwareKind, Mode, ModeName,
-    SignedEnvelope, Timestamp, UserName,
+    Compliance, ComplianceReport, DeviceGroupName, DeviceId, HardwareKind, Inventory, Mode,
+    ModeName, SignedEnvelope, Timestamp, UserName,
 };
 use sqlx::{Any, Row, Transaction};
 
@@ -106,6 +106,10 @@ pub struct DeviceRecord {
     pub approved_at: Option<Timestamp>,
     /// The device groups it belongs to, by name (filled where a record is shown).
     pub groups: Vec<DeviceGroupName>,
+    /// The newest inventory a report carried (a report without one leaves it).
+    pub inventory: Option<Inventory>,
+    /// When the report carrying `inventory` was received.
+    pub inventory_at: Option<Timestamp>,
 }
 
 impl DeviceRecord {
@@ -141,7 +145,8 @@ pub enum ReportOutcome {
 
 pub(crate) const DEVICE_COLUMNS: &str = "id, user_name, public_key, hardware, assigned_mode, enrolled_at, revoked_at, \
      bundle_version, bundle_envelope, bundle_issued_at, bundle_expires_at, effective_mode, compliance, \
-     compliance_reasons, last_report_seq, last_report_at, last_report, enrolled_by, approved_by, approved_at";
+     compliance_reasons, last_report_seq, last_report_at, last_report, enrolled_by, approved_by, approved_at, \
+     inventory, inventory_at";
 
 /// The audit action of a device event.
 fn event_action(kind: &redoubt_proto::DeviceEventKind) -> &'static str {
@@ -215,6 +220,11 @@ pub(crate) fn device_record(r: &sqlx::any::AnyRow) -> Result<DeviceRecord> {
         approved_by: r.try_get("approved_by")?,
         approved_at: r.try_get::<Option<i64>, _>("approved_at")?.map(Timestamp),
         groups: Vec::new(),
+        inventory: r
+            .try_get::<Option<&str>, _>("inventory")?
+            .map(|s| from_json("inventory", s))
+            .transpose()?,
+        inventory_at: r.try_get::<Option<i64>, _>("inventory_at")?.map(Timestamp),
     })
 }
 
@@ -696,7 +706,7 @@ impl Store {
         }
         let changed: Vec<&DeviceRecord> = changed.iter().filter_map(|id| devices.get(id)).collect();
         for chunk in changed.chunks(ROWS_PER_STATEMENT) {
-            update_report_state(&mut tx, self.backend, chunk).await?;
+            update_report_state(&mut tx, self.backend, chunk, now).await?;
         }
         crate::audit::append(&mut tx, &drafts, now, sign).await?;
         tx.commit().await?;
@@ -717,6 +727,32 @@ impl Store {
             })
             .collect();
         Ok(outcomes)
+    }
+
+    /// The device's newest reports, newest first: sequence number, when received, and
+    /// the verdict then.
+    pub async fn recent_reports(
+        &self,
+        id: &DeviceId,
+        limit: u32,
+    ) -> Result<Vec<(u64, Timestamp, String)>> {
+        let rows = sqlx::query(
+            "SELECT seq, received_at, compliance FROM reports WHERE device_id = $1
+             ORDER BY seq DESC LIMIT $2",
+        )
+        .bind(id.as_str())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get::<i64, _>("seq")?.max(0) as u64,
+                    Timestamp(r.try_get("received_at")?),
+                    r.try_get("compliance")?,
+                ))
+            })
+            .collect()
     }
 
     /// Number of reports stored for a device (the history).
@@ -756,7 +792,7 @@ impl Store {
     }
 }
 
-/// Rows a multi-row statement of a report batch takes at most (at most 6 parameters
+/// Rows a multi-row statement of a report batch takes at most (at most 8 parameters
 /// each, far below SQLite's and PostgreSQL's limits).
 const ROWS_PER_STATEMENT: usize = 500;
 
@@ -816,32 +852,41 @@ async fn insert_reports(
     Ok(())
 }
 
-/// Writes the latest report state of devices of a batch in one statement.
+/// Writes the latest report state of devices of a batch (received at `now`) in one
+/// statement. The inventory is written only for the devices whose inventory a report
+/// of this batch brought (`inventory_at` is `now`); for the others the statement binds
+/// NULL and the stored one stays (no kilobyte rewritten per report).
 async fn update_report_state(
     tx: &mut Transaction<'_, Any>,
     backend: crate::Backend,
     devices: &[&DeviceRecord],
+    now: Timestamp,
 ) -> Result<()> {
     if devices.is_empty() {
         return Ok(());
     }
     let mut sql = format!(
-        "WITH v (id, seq, at, report, compliance, reasons) AS (VALUES {}",
-        values_rows(backend, devices.len(), 6)
+        "WITH v (id, seq, at, report, compliance, reasons, inventory, inventory_at) AS (VALUES {}",
+        values_rows(backend, devices.len(), 8)
     );
     sql.push_str(
         ") UPDATE devices SET last_report_seq = v.seq, last_report_at = v.at, last_report = v.report,
-         compliance = v.compliance, compliance_reasons = v.reasons FROM v WHERE devices.id = v.id",
+         compliance = v.compliance, compliance_reasons = v.reasons,
+         inventory = COALESCE(v.inventory, devices.inventory),
+         inventory_at = COALESCE(v.inventory_at, devices.inventory_at) FROM v WHERE devices.id = v.id",
     );
     let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
     for d in devices {
+        let new_inventory = d.inventory.as_ref().filter(|_| d.inventory_at == Some(now));
         q = q
             .bind(d.id.as_str())
             .bind(d.last_report_seq.map(|s| s as i64))
             .bind(d.last_report_at.map(|t| t.unix()))
             .bind(d.last_report.as_ref().map(to_json))
             .bind(compliance_str(d.compliance))
-            .bind(to_json(&d.compliance_reasons));
+            .bind(to_json(&d.compliance_reasons))
+            .bind(new_inventory.map(to_json))
+            .bind(new_inventory.map(|_| now.unix()));
     }
     q.execute(&mut **tx).await?;
     Ok(())
@@ -955,6 +1000,10 @@ async fn record_one(
     dev.last_report = Some(report.clone());
     dev.compliance = compliance;
     dev.compliance_reasons = reasons;
+    if let Some(inventory) = &report.inventory {
+        dev.inventory = Some(inventory.clone());
+        dev.inventory_at = Some(now);
+    }
     let mut verified = Vec::new();
     let open = if has_commands {
         crate::commands::open_in(tx, &dev.id).await?

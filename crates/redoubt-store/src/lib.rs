@@ -8,6 +8,7 @@
 mod audit;
 mod cluster;
 mod commands;
+mod console;
 mod devices;
 mod fleet;
 mod groups;
@@ -29,6 +30,10 @@ use sqlx::{Any, Executor, SqlSafeStr};
 
 pub use audit::{AuditDraft, AuditFilter, HeadSigner};
 pub use commands::{CommandFilter, CommandRecord, NewCommand};
+pub use console::{
+    ComplianceSample, ConsoleAccount, ConsoleSession, NewConsoleAccount, NewConsoleSession,
+    SecondFactor,
+};
 pub use devices::{
     APPROVED_AS_FIRST_DEVICE, BundleRequest, DeviceRecord, IssuedBundle, NewDevice, ReportOutcome,
     ReportStored,
@@ -160,6 +165,16 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "enrollment_list",
         include_str!("../migrations/sqlite/0013_enrollment_list.sql"),
     ),
+    (
+        14,
+        "console",
+        include_str!("../migrations/sqlite/0014_console.sql"),
+    ),
+    (
+        15,
+        "device_inventory",
+        include_str!("../migrations/sqlite/0015_device_inventory.sql"),
+    ),
 ];
 
 /// The PostgreSQL migration history: its own, starting from the SQLite schema of 0008.
@@ -193,6 +208,16 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         6,
         "enrollment_list",
         include_str!("../migrations/postgres/0006_enrollment_list.sql"),
+    ),
+    (
+        7,
+        "console",
+        include_str!("../migrations/postgres/0007_console.sql"),
+    ),
+    (
+        8,
+        "device_inventory",
+        include_str!("../migrations/postgres/0008_device_inventory.sql"),
     ),
 ];
 

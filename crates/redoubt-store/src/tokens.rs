@@ -184,6 +184,53 @@ impl Store {
         Ok(rec)
     }
 
+    /// Revokes the open enrollment code `id` (it expires now) and appends the audit
+    /// entries `audit` makes from it, in one transaction. Not found: no such code;
+    /// conflict: it was used or had expired already.
+    pub async fn revoke_enrollment(
+        &self,
+        id: &CredentialId,
+        now: Timestamp,
+        audit: impl FnOnce(&EnrollmentRecord) -> Vec<crate::AuditDraft>,
+        sign: crate::HeadSigner<'_>,
+    ) -> Result<EnrollmentRecord> {
+        let mut tx = self.write_tx().await?;
+        let rows = sqlx::query(
+            "SELECT token_hash, user_name, mode, groups, created_by, created_at, expires_at,
+                    used_at, device_id
+             FROM enrollment_tokens WHERE substr(token_hash, 1, 8) = $1",
+        )
+        .bind(id.hash_prefix())
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut rec = match rows.as_slice() {
+            [one] => enrollment_record(one)?,
+            [] => return Err(StoreError::NotFound(format!("enrollment code {id}"))),
+            _ => {
+                return Err(StoreError::Conflict(format!(
+                    "more than one enrollment code has the id {id}"
+                )));
+            }
+        };
+        if rec.state(now) != EnrollmentState::Open {
+            return Err(StoreError::Conflict(format!(
+                "enrollment code {id} is {} already",
+                rec.state(now)
+            )));
+        }
+        sqlx::query(
+            "UPDATE enrollment_tokens SET expires_at = $1 WHERE substr(token_hash, 1, 8) = $2",
+        )
+        .bind(now.unix())
+        .bind(id.hash_prefix())
+        .execute(&mut *tx)
+        .await?;
+        rec.expires_at = now;
+        crate::audit::append(&mut tx, &audit(&rec), now, sign).await?;
+        tx.commit().await?;
+        Ok(rec)
+    }
+
     /// Stores a new single-use enrollment token (the mode must exist) and appends
     /// `audit` to the audit log, in one transaction (`sign` signs the log's new head).
     #[allow(clippy::too_many_arguments)]

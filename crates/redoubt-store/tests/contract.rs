@@ -85,6 +85,7 @@ fn report(id: &DeviceId, seq: u64) -> ComplianceReport {
         events: Vec::new(),
         trusted_floor: None,
         clock_tampered: false,
+        inventory: None,
     }
 }
 
@@ -700,6 +701,117 @@ contract! {
         assert_eq!(
             store.device_breakdown().await.unwrap().by_zone,
             vec![("lab".to_string(), 1)]
+        );
+    }
+}
+
+/// An inventory whose model is `model`.
+fn inventory(model: &str) -> redoubt_proto::Inventory {
+    redoubt_proto::Inventory {
+        model: Some(model.into()),
+        os_name: Some("Sailfish OS".into()),
+        os_version: Some("4.6.0.13".into()),
+        kernel: Some("4.19.157".into()),
+        agent_version: "0.1.0".into(),
+        hardware_backend: "sailfish".into(),
+        storage_total_bytes: Some(100),
+        storage_free_bytes: Some(40),
+        battery_percent: Some(55),
+        battery_charging: None,
+    }
+}
+
+/// The stored inventory's model, and when it was received.
+async fn shown(store: &Store, id: &DeviceId) -> (Option<String>, Option<redoubt_proto::Timestamp>) {
+    let d = store.get_device(id).await.unwrap().unwrap();
+    (d.inventory.and_then(|i| i.model), d.inventory_at)
+}
+
+contract! {
+    async fn the_newest_inventory_is_kept_until_a_report_brings_another(tmp) {
+        let store = open(&tmp).await;
+        let mut ids = Vec::new();
+        for n in 1..=2 {
+            let hash = token(&store, n, 60).await;
+            let dev = store
+                .enroll_device(&hash, device(n), NOW, issue, |_| vec![], &sign_head)
+                .await
+                .unwrap();
+            assert_eq!((dev.inventory, dev.inventory_at), (None, None));
+            ids.push(dev.id);
+        }
+        let env = SignedEnvelope {
+            kind: "r".into(),
+            payload: String::new(),
+            signature: String::new(),
+        };
+        let ok = |_: &redoubt_store::DeviceRecord, _: &ComplianceReport| {
+            (Compliance::Compliant, vec![])
+        };
+        let with = |id: &DeviceId, seq, model: &str| {
+            let mut r = report(id, seq);
+            r.inventory = Some(inventory(model));
+            r
+        };
+
+        // An older agent's report: nothing to show.
+        let batch = [report(&ids[0], 1)];
+        let inputs: Vec<_> = batch.iter().map(|r| (r, &env)).collect();
+        store.record_reports(&inputs, NOW, ok, |_, _, _| None, &sign_head).await.unwrap();
+        assert_eq!(shown(&store, &ids[0]).await, (None, None));
+
+        // One batch: the first device's inventory comes with its first report and stays
+        // through the next one, which carries none; the second device's with its own.
+        let t1 = NOW.plus_secs(10);
+        let batch = [
+            with(&ids[0], 2, "Xperia 10 III"),
+            report(&ids[0], 3),
+            with(&ids[1], 1, "Xperia 10 II"),
+        ];
+        let inputs: Vec<_> = batch.iter().map(|r| (r, &env)).collect();
+        let out = store.record_reports(&inputs, t1, ok, |_, _, _| None, &sign_head).await.unwrap();
+        let first = &out[1].as_ref().unwrap().device;
+        assert_eq!(first.inventory, Some(inventory("Xperia 10 III")), "as the batch left it");
+        assert_eq!(first.inventory_at, Some(t1));
+        assert_eq!(shown(&store, &ids[0]).await, (Some("Xperia 10 III".into()), Some(t1)));
+        assert_eq!(shown(&store, &ids[1]).await, (Some("Xperia 10 II".into()), Some(t1)));
+
+        // A later report without one leaves it; a duplicate brings nothing.
+        let t2 = NOW.plus_secs(20);
+        let ok1 = |_: &redoubt_store::DeviceRecord| (Compliance::Compliant, vec![]);
+        store
+            .record_report(&report(&ids[0], 4), &env, t2, ok1, no_judge, &sign_head)
+            .await
+            .unwrap();
+        store
+            .record_report(&with(&ids[0], 4, "ignored"), &env, t2, ok1, no_judge, &sign_head)
+            .await
+            .unwrap();
+        assert_eq!(shown(&store, &ids[0]).await, (Some("Xperia 10 III".into()), Some(t1)));
+
+        // A newer one replaces it, and lists show it too.
+        let t3 = NOW.plus_secs(30);
+        store
+            .record_report(&with(&ids[0], 5, "Xperia 10 V"), &env, t3, ok1, no_judge, &sign_head)
+            .await
+            .unwrap();
+        assert_eq!(shown(&store, &ids[0]).await, (Some("Xperia 10 V".into()), Some(t3)));
+        let (page, _) = store
+            .list_devices_page(&Default::default(), NOW, None, 10)
+            .await
+            .unwrap();
+        let models: Vec<_> = page
+            .iter()
+            .map(|d| (d.inventory.as_ref().and_then(|i| i.model.clone()), d.inventory_at))
+            .collect();
+        assert_eq!(
+            models,
+            [(Some("Xperia 10 V".into()), Some(t3)), (Some("Xperia 10 II".into()), Some(t1))]
+        );
+        assert_eq!(
+            store.get_device(&ids[1]).await.unwrap().unwrap().inventory,
+            Some(inventory("Xperia 10 II")),
+            "every field read back"
         );
     }
 }

@@ -73,6 +73,18 @@ fn report() -> Result<ComplianceReport> {
         events: vec![],
         trusted_floor: Some(NOW),
         clock_tampered: false,
+        inventory: Some(redoubt_proto::Inventory {
+            model: Some("Simulated phone (SIMULATED)".into()),
+            os_name: Some("Debian GNU/Linux".into()),
+            os_version: Some("13".into()),
+            kernel: Some("6.12.0".into()),
+            agent_version: "0.1.0".into(),
+            hardware_backend: "simulated".into(),
+            storage_total_bytes: Some(64_000_000_000),
+            storage_free_bytes: Some(20_000_000_000),
+            battery_percent: None,
+            battery_charging: None,
+        }),
     })
 }
 

@@ -26,24 +26,29 @@ pub struct Roots {
     pub dev: PathBuf,
     /// procfs, normally `/proc`.
     pub proc: PathBuf,
+    /// The system's configuration, normally `/etc` (`os-release` for the inventory).
+    pub etc: PathBuf,
 }
 
 impl Roots {
-    /// The real ones: `/sys`, `/dev`, `/proc`.
+    /// The real ones: `/sys`, `/dev`, `/proc`, `/etc`.
     pub fn system() -> Self {
         Roots {
             sys: PathBuf::from("/sys"),
             dev: PathBuf::from("/dev"),
             proc: PathBuf::from("/proc"),
+            etc: PathBuf::from("/etc"),
         }
     }
 
-    /// Roots under one directory (`DIR/sys`, `DIR/dev`, `DIR/proc`), for fake trees.
+    /// Roots under one directory (`DIR/sys`, `DIR/dev`, `DIR/proc`, `DIR/etc`), for
+    /// fake trees.
     pub fn under(dir: &Path) -> Self {
         Roots {
             sys: dir.join("sys"),
             dev: dir.join("dev"),
             proc: dir.join("proc"),
+            etc: dir.join("etc"),
         }
     }
 

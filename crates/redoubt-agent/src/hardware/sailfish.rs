@@ -841,6 +841,10 @@ impl Hardware for SailfishHardware {
         HardwareKind::Sailfish
     }
 
+    fn inventory(&self, state_dir: &Path) -> redoubt_proto::Inventory {
+        crate::inventory::collect(&self.roots, state_dir, HardwareKind::Sailfish)
+    }
+
     fn enforce(&mut self, cap: Capability, rule: Rule) -> Result<(), HardwareError> {
         let deny = rule == Rule::Deny;
         // Every way a capability is switched is tried; the failures are reported together.

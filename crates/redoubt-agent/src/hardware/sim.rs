@@ -231,6 +231,10 @@ impl Hardware for SimHardware {
         HardwareKind::Sim
     }
 
+    fn inventory(&self, state_dir: &Path) -> redoubt_proto::Inventory {
+        crate::inventory::simulated(&super::linux::Roots::system(), state_dir)
+    }
+
     fn enforce(&mut self, cap: Capability, rule: Rule) -> Result<(), HardwareError> {
         let want = match rule {
             Rule::Allow => Switch::On,

@@ -611,3 +611,183 @@ pub fn metric(server: &Server, series: &str) -> f64 {
         })
         .unwrap_or(0.0)
 }
+
+/// A web console account made with `redoubt-server admin create`, with what it was
+/// given once: its password, its TOTP generator and its recovery codes.
+pub struct ConsoleAccount {
+    pub name: String,
+    pub password: String,
+    pub totp: totp_rs::Totp,
+    pub recovery: Vec<String>,
+}
+
+impl ConsoleAccount {
+    /// The TOTP code of the current 30-second step.
+    pub fn code(&self) -> String {
+        self.totp.generate_current().to_string()
+    }
+
+    /// A TOTP code that has not been used yet: waits for the next step when the
+    /// current one was (a code is good once).
+    pub fn fresh_code(&self, used: &mut Vec<String>) -> String {
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            let c = self.code();
+            if !used.contains(&c) {
+                used.push(c.clone());
+                return c;
+            }
+            assert!(Instant::now() < deadline, "no new TOTP step within 40 s");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Server {
+    /// Makes a console account offline (`redoubt-server admin create`, the password
+    /// given on standard input) and reads its second factor from the output.
+    pub fn console_account(&self, name: &str, role: &str) -> ConsoleAccount {
+        use std::io::Write;
+        let password = format!("pass-{name}-{}", random_text("pw"));
+        let mut child = Command::new(bin("redoubt-server"))
+            .args([
+                "admin",
+                "create",
+                "--name",
+                name,
+                "--role",
+                role,
+                "--password-stdin",
+                "--data",
+            ])
+            .arg(&self.data)
+            .envs(self.env.iter().cloned())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "admin create: {}", stderr(&out));
+        let text = String::from_utf8(out.stdout).unwrap();
+        let url = text
+            .lines()
+            .map(str::trim)
+            .find(|l| l.starts_with("otpauth://"))
+            .expect("admin create printed no otpauth URL");
+        let recovery = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.len() == 17 && l.matches('-').count() == 2)
+            .map(str::to_owned)
+            .collect::<Vec<_>>();
+        assert_eq!(recovery.len(), 10, "{text}");
+        ConsoleAccount {
+            name: name.to_owned(),
+            password,
+            totp: totp_rs::Totp::from_url(url).unwrap(),
+            recovery,
+        }
+    }
+}
+
+/// A signed-in console session: its cookie and CSRF token.
+#[derive(Debug, Clone)]
+pub struct ConsoleSession {
+    pub cookie: String,
+    pub csrf: String,
+}
+
+/// The value of `name="csrf"` in a page.
+pub fn csrf_in(page: &str) -> String {
+    let at = page
+        .find("name=\"csrf\" value=\"")
+        .expect("no CSRF field in the page")
+        + 19;
+    page[at..at + 64].to_owned()
+}
+
+impl Http {
+    /// Any request; returns status, headers (lowercase names) and body.
+    pub fn request_full(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> (u16, Vec<(String, String)>, String) {
+        self.rt.block_on(async {
+            let mut req = self
+                .client
+                .request(method.parse().unwrap(), format!("{}{path}", self.base));
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            if let Some(b) = body {
+                req = req.body(b.to_vec());
+            }
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            let hs = resp
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+                .collect::<Vec<(String, String)>>();
+            // A stream of server-sent events does not end: its body is not read.
+            if hs
+                .iter()
+                .any(|(k, v)| k == "content-type" && v.starts_with("text/event-stream"))
+            {
+                return (status, hs, String::new());
+            }
+            (status, hs, resp.text().await.unwrap())
+        })
+    }
+
+    /// The sign-in page's pre-session cookie and CSRF token, as a browser gets them.
+    pub fn console_pre_session(&self) -> ConsoleSession {
+        let (status, headers, page) = self.request_full("GET", "/console/login", &[], None);
+        assert_eq!(status, 200, "{page}");
+        ConsoleSession {
+            cookie: set_cookie(&headers, "__Host-redoubt_signin"),
+            csrf: csrf_in(&page),
+        }
+    }
+
+    /// Signs in to the console with a password and `code` (TOTP or recovery code).
+    pub fn console_sign_in(&self, account: &ConsoleAccount, code: &str) -> ConsoleSession {
+        let pre = self.console_pre_session();
+        let form = format!(
+            "csrf={}&name={}&password={}&code={}",
+            pre.csrf, account.name, account.password, code
+        );
+        let (status, headers, page) = self.request_full(
+            "POST",
+            "/console/login",
+            &[
+                ("cookie", &pre.cookie),
+                ("content-type", "application/x-www-form-urlencoded"),
+            ],
+            Some(form.as_bytes()),
+        );
+        assert_eq!(status, 303, "sign-in refused: {page}");
+        let cookie = set_cookie(&headers, "__Host-redoubt_console");
+        let (status, _, page) = self.request_full("GET", "/console", &[("cookie", &cookie)], None);
+        assert_eq!(status, 200, "{page}");
+        ConsoleSession {
+            cookie,
+            csrf: csrf_in(&page),
+        }
+    }
+}
+
+/// `NAME=VALUE` of the `Set-Cookie` header setting cookie `name`.
+pub fn set_cookie(headers: &[(String, String)], name: &str) -> String {
+    headers
+        .iter()
+        .filter(|(k, _)| k == "set-cookie")
+        .map(|(_, v)| v.split(';').next().unwrap().trim().to_owned())
+        .find(|c| c.starts_with(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("no Set-Cookie for {name} in {headers:?}"))
+}

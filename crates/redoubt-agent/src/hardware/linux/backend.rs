@@ -415,6 +415,10 @@ impl Hardware for LinuxHardware {
         HardwareKind::Linux
     }
 
+    fn inventory(&self, state_dir: &Path) -> redoubt_proto::Inventory {
+        crate::inventory::collect(&self.roots, state_dir, HardwareKind::Linux)
+    }
+
     fn enforce(&mut self, cap: Capability, rule: Rule) -> Result<(), HardwareError> {
         let deny = rule == Rule::Deny;
         match cap {
