@@ -8,7 +8,9 @@
 //!   test boots Debian's kernel under qemu with a static agent in a busybox initramfs;
 //! - `postgresql`: the store contract suite and the multi-node tests run against a
 //!   PostgreSQL server on loopback (each test in a database of its own);
-//! - `nats-server`: the multi-node tests carry cross-node pushes over NATS.
+//! - `nats-server`: the multi-node tests carry cross-node pushes over NATS;
+//! - `chromium`, `chromium-driver`: the server's browser tests drive headless Chromium
+//!   through chromedriver (`crates/redoubt-server/tests/browser/`).
 //!
 //! Both services are started when they are installed but not answering (as root, with
 //! the commands the machine's own service scripts use).
@@ -74,6 +76,13 @@ pub fn missing_packages() -> Vec<&'static str> {
     }
     if !have_command("nats-server") {
         missing.push("nats-server");
+    }
+    // Where the browser tests look for them (Debian's paths, not whatever is on PATH).
+    if !Path::new("/usr/bin/chromium").exists() {
+        missing.push("chromium");
+    }
+    if !Path::new("/usr/bin/chromedriver").exists() {
+        missing.push("chromium-driver");
     }
     missing
 }
