@@ -839,6 +839,16 @@ pub enum CredentialState {
     Revoked,
 }
 
+impl std::fmt::Display for CredentialState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CredentialState::Live => "live",
+            CredentialState::Expired => "expired",
+            CredentialState::Revoked => "revoked",
+        })
+    }
+}
+
 impl CredentialState {
     /// The state at `now` of a credential with these times.
     pub fn at(now: Timestamp, expires_at: Timestamp, revoked_at: Option<Timestamp>) -> Self {

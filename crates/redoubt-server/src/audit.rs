@@ -202,15 +202,27 @@ async fn export(
     admin: Admin,
 ) -> Result<Json<AuditExport>, ServiceError> {
     admin.require(Role::Auditor, READ)?;
-    let (entries, head) = s.app.store.audit_snapshot().await?;
+    let export = export_of(&s.app).await?;
+    tracing::info!(by = %admin.name, entries = export.entries.len(), "audit log exported");
+    Ok(Json(export))
+}
+
+/// The whole log with its signed head and the key that signed it.
+pub async fn export_of(app: &App) -> Result<AuditExport, ServiceError> {
+    let (entries, head) = app.store.audit_snapshot().await?;
     let head = head.ok_or_else(empty)?;
-    tracing::info!(by = %admin.name, entries = entries.len(), "audit log exported");
-    Ok(Json(AuditExport {
+    Ok(AuditExport {
         format: AuditExport::FORMAT.into(),
-        organization_key: org_key(&s.app),
+        organization_key: org_key(app),
         entries,
         head,
-    }))
+    })
+}
+
+/// [`export_of`] as JSON text.
+pub async fn export_json(app: &App) -> Result<String, ServiceError> {
+    serde_json::to_string_pretty(&export_of(app).await?)
+        .map_err(|e| ServiceError::Internal(format!("cannot write the export: {e}")))
 }
 
 /// Body of `GET /audit/key`.

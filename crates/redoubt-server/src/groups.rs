@@ -19,6 +19,7 @@ use redoubt_proto::api::{
 use redoubt_proto::{DeviceGroupName, Timestamp};
 use redoubt_store::DeviceGroupRecord;
 
+use crate::app::App;
 use crate::audit::Who;
 use crate::error::ServiceError;
 use crate::http::{Admin, ApiJson, HttpState, parse_path};
@@ -86,35 +87,7 @@ async fn create(
     ApiJson(req): ApiJson<CreateDeviceGroup>,
 ) -> Result<impl IntoResponse, ServiceError> {
     admin.require(Role::Operator, "manage device groups")?;
-    if req.description.chars().count() > MAX_DESCRIPTION
-        || req.description.chars().any(char::is_control)
-    {
-        return Err(ServiceError::BadRequest(format!(
-            "description: at most {MAX_DESCRIPTION} characters, no control characters"
-        )));
-    }
-    let by = Who::admin(&admin);
-    let now = Timestamp::now();
-    let g = s
-        .app
-        .store
-        .create_device_group(
-            &req.name,
-            &req.description,
-            req.mode.as_ref(),
-            &by.actor,
-            now,
-            |g| {
-                vec![by.draft(
-                    "group.create",
-                    None,
-                    serde_json::json!({"group": g.name, "mode": g.mode, "description": g.description}),
-                )]
-            },
-            &crate::audit::signer(&s.app),
-        )
-        .await?;
-    tracing::info!(group = %g.name, by = %by.actor, "device group created");
+    let g = s.app.create_device_group(&Who::admin(&admin), req).await?;
     Ok((StatusCode::CREATED, Json(view(g))))
 }
 
@@ -134,7 +107,13 @@ async fn add(
     Path(name): Path<String>,
     ApiJson(req): ApiJson<GroupDevices>,
 ) -> Result<impl IntoResponse, ServiceError> {
-    members(&s, &admin, &name, &req, true).await
+    admin.require(Role::Operator, "manage device groups")?;
+    let name: DeviceGroupName = parse_path(&name)?;
+    Ok(Json(
+        s.app
+            .change_group_members(&Who::admin(&admin), &name, &req, true)
+            .await?,
+    ))
 }
 
 async fn remove(
@@ -143,50 +122,13 @@ async fn remove(
     Path(name): Path<String>,
     ApiJson(req): ApiJson<GroupDevices>,
 ) -> Result<impl IntoResponse, ServiceError> {
-    members(&s, &admin, &name, &req, false).await
-}
-
-/// Adds devices to a group (`add`) or removes them, audited as `group.add` or
-/// `group.remove` with the devices that changed.
-async fn members(
-    s: &HttpState,
-    admin: &Admin,
-    name: &str,
-    req: &GroupDevices,
-    add: bool,
-) -> Result<Json<GroupChange>, ServiceError> {
     admin.require(Role::Operator, "manage device groups")?;
-    let name: DeviceGroupName = parse_path(name)?;
-    check_devices(req)?;
-    let by = Who::admin(admin);
-    let action = if add { "group.add" } else { "group.remove" };
-    let audit = |g: &DeviceGroupRecord, changed: &[redoubt_proto::DeviceId]| {
-        vec![by.draft(
-            action,
-            None,
-            serde_json::json!({"group": g.name, "count": changed.len(), "devices": changed}),
-        )]
-    };
-    let signer = crate::audit::signer(&s.app);
-    let now = Timestamp::now();
-    let change = if add {
+    let name: DeviceGroupName = parse_path(&name)?;
+    Ok(Json(
         s.app
-            .store
-            .add_to_device_group(&name, &req.devices, now, audit, &signer)
-            .await?
-    } else {
-        s.app
-            .store
-            .remove_from_device_group(&name, &req.devices, now, audit, &signer)
-            .await?
-    };
-    s.app.fleet_worker.wake();
-    tracing::info!(group = %name, action, devices = change.changed.len(), by = %by.actor, "group members changed");
-    Ok(Json(GroupChange {
-        changed: change.changed.len() as u64,
-        reissued: change.reissued,
-        group: view(change.group),
-    }))
+            .change_group_members(&Who::admin(&admin), &name, &req, false)
+            .await?,
+    ))
 }
 
 async fn set_mode(
@@ -197,34 +139,122 @@ async fn set_mode(
 ) -> Result<impl IntoResponse, ServiceError> {
     admin.require(Role::Operator, "manage device groups")?;
     let name: DeviceGroupName = parse_path(&name)?;
-    let by = Who::admin(&admin);
-    let (group, reissued) = s
-        .app
-        .store
-        .set_device_group_mode(
-            &name,
-            req.mode.as_ref(),
-            Timestamp::now(),
-            |before, after| {
-                vec![by.draft(
-                    "group.mode",
-                    None,
-                    serde_json::json!({
-                        "group": after.name,
-                        "from": before.mode,
-                        "to": after.mode,
-                        "devices": after.devices,
-                    }),
-                )]
-            },
-            &crate::audit::signer(&s.app),
-        )
-        .await?;
-    s.app.fleet_worker.wake();
-    tracing::info!(group = %name, mode = ?group.mode, devices = reissued, by = %by.actor, "group mode set");
-    Ok(Json(GroupChange {
-        changed: 0,
-        reissued,
-        group: view(group),
-    }))
+    Ok(Json(
+        s.app
+            .set_group_mode(&Who::admin(&admin), &name, req.mode.as_ref())
+            .await?,
+    ))
+}
+
+impl App {
+    /// Creates a device group (audited `group.create`).
+    pub async fn create_device_group(
+        &self,
+        by: &Who,
+        req: CreateDeviceGroup,
+    ) -> Result<DeviceGroupRecord, ServiceError> {
+        if req.description.chars().count() > MAX_DESCRIPTION
+            || req.description.chars().any(char::is_control)
+        {
+            return Err(ServiceError::BadRequest(format!(
+                "description: at most {MAX_DESCRIPTION} characters, no control characters"
+            )));
+        }
+        let now = Timestamp::now();
+        let g = self
+            .store
+            .create_device_group(
+                &req.name,
+                &req.description,
+                req.mode.as_ref(),
+                &by.actor,
+                now,
+                |g| {
+                    vec![by.draft(
+                        "group.create",
+                        None,
+                        serde_json::json!({"group": g.name, "mode": g.mode, "description": g.description}),
+                    )]
+                },
+                &crate::audit::signer(self),
+            )
+            .await?;
+        tracing::info!(group = %g.name, by = %by.actor, "device group created");
+        Ok(g)
+    }
+
+    /// Adds devices to a group (`add`) or removes them, audited as `group.add` or
+    /// `group.remove` with the devices that changed.
+    pub async fn change_group_members(
+        &self,
+        by: &Who,
+        name: &DeviceGroupName,
+        req: &GroupDevices,
+        add: bool,
+    ) -> Result<GroupChange, ServiceError> {
+        check_devices(req)?;
+        let action = if add { "group.add" } else { "group.remove" };
+        let audit = |g: &DeviceGroupRecord, changed: &[redoubt_proto::DeviceId]| {
+            vec![by.draft(
+                action,
+                None,
+                serde_json::json!({"group": g.name, "count": changed.len(), "devices": changed}),
+            )]
+        };
+        let signer = crate::audit::signer(self);
+        let now = Timestamp::now();
+        let change = if add {
+            self.store
+                .add_to_device_group(name, &req.devices, now, audit, &signer)
+                .await?
+        } else {
+            self.store
+                .remove_from_device_group(name, &req.devices, now, audit, &signer)
+                .await?
+        };
+        self.fleet_worker.wake();
+        tracing::info!(group = %name, action, devices = change.changed.len(), by = %by.actor, "group members changed");
+        Ok(GroupChange {
+            changed: change.changed.len() as u64,
+            reissued: change.reissued,
+            group: view(change.group),
+        })
+    }
+
+    /// Sets (or clears) the mode a group assigns (audited `group.mode`).
+    pub async fn set_group_mode(
+        &self,
+        by: &Who,
+        name: &DeviceGroupName,
+        mode: Option<&redoubt_proto::ModeName>,
+    ) -> Result<GroupChange, ServiceError> {
+        let (group, reissued) = self
+            .store
+            .set_device_group_mode(
+                name,
+                mode,
+                Timestamp::now(),
+                |before, after| {
+                    vec![by.draft(
+                        "group.mode",
+                        None,
+                        serde_json::json!({
+                            "group": after.name,
+                            "from": before.mode,
+                            "to": after.mode,
+                            "devices": after.devices,
+                        }),
+                    )]
+                },
+                &crate::audit::signer(self),
+            )
+            .await?;
+        self.fleet_worker.wake();
+        tracing::info!(group = %name, mode = ?group.mode, devices = reissued, by = %by.actor, "group mode set");
+        Ok(GroupChange {
+            changed: 0,
+            reissued,
+            group: view(group),
+        })
+    }
 }

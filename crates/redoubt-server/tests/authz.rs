@@ -177,6 +177,56 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("GET", "/gate/{zone}/{checkpoint}", "gate"),
     ("GET", "/gate/{zone}/{checkpoint}/codes", "gate"),
     // The web console: pages for every role; changes for the roles the API allows.
+    (
+        "GET",
+        "/console/modes",
+        "console:owner,officer,operator,auditor",
+    ),
+    (
+        "GET",
+        "/console/modes/{name}",
+        "console:owner,officer,operator,auditor",
+    ),
+    ("POST", "/console/modes/preview", "console:owner,officer"),
+    ("POST", "/console/modes/apply", "console:owner,officer"),
+    (
+        "GET",
+        "/console/zones",
+        "console:owner,officer,operator,auditor",
+    ),
+    (
+        "GET",
+        "/console/zones/{name}",
+        "console:owner,officer,operator,auditor",
+    ),
+    ("POST", "/console/zones/preview", "console:owner,officer"),
+    ("POST", "/console/zones/apply", "console:owner,officer"),
+    (
+        "POST",
+        "/console/zones/{name}/gate-credentials",
+        "console:owner,officer",
+    ),
+    (
+        "POST",
+        "/console/zones/{name}/gate-credentials/{id}/revoke",
+        "console:owner,officer",
+    ),
+    (
+        "GET",
+        "/console/groups",
+        "console:owner,officer,operator,auditor",
+    ),
+    ("POST", "/console/groups", "console:owner,operator"),
+    (
+        "POST",
+        "/console/groups/{name}/mode",
+        "console:owner,operator",
+    ),
+    (
+        "GET",
+        "/console/audit/export",
+        "console:owner,officer,operator,auditor",
+    ),
     // Sign-in, the language choice and the script and styles are public.
     ("GET", "/console", "console:owner,officer,operator,auditor"),
     ("GET", "/console/login", "public"),

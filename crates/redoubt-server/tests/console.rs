@@ -429,3 +429,122 @@ fn sign_in_is_guarded_and_audited() {
     let text = audit.to_string();
     assert!(!text.contains(&anna.password) && !text.contains(&anna.recovery[0]));
 }
+
+/// Modes and zones edited in the browser: a mistake is shown at its field, a change is
+/// previewed with the phones it touches before it is applied, a gate credential is made
+/// with its printable sheet and revoked; an officer may not manage groups.
+#[test]
+fn an_officer_edits_modes_and_zones_with_a_preview() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server"), &[]);
+    let officer = server.console_account("pavel", "officer");
+    let mut phone = Agent::new(tmp.path().join("phone"));
+    let phone_id = phone.enroll(&server.enrollment_url("dmitri"));
+    phone.start();
+    let b = Browser::start();
+    sign_in(&b, &server, "pavel", &officer.password, &officer.code());
+    b.wait_for_text("h1", "Dashboard", WAIT);
+
+    // A new mode with a name that cannot be: the editor comes back with the field marked.
+    b.goto(&format!("{}/console/modes/new", server.url));
+    b.fill("#m-name", "Night Watch!");
+    b.click("#mode-preview");
+    b.wait_for_text("#form-errors", "correcting", WAIT);
+    b.wait_for_text("#e-name", "lowercase", WAIT);
+    assert_eq!(
+        b.execute(
+            "return document.querySelector('#m-name').getAttribute('aria-invalid');",
+            vec![]
+        ),
+        json!("true")
+    );
+    b.screenshot("mode-editor-error");
+    b.fill("#m-name", "night-watch");
+    b.fill("#m-description", "Night patrols: camera allowed");
+    choose(&b, "#cap-camera", "allow");
+    b.click("#mode-preview");
+    b.wait_for_text("#impact", "is new", WAIT);
+    b.click("#apply");
+    b.wait_for_text(".notice", "saved", WAIT);
+
+    // The phone is put in it; a later change of the mode previews its one phone.
+    server.cli_json(&["devices", "set-mode", &phone_id, "night-watch"]);
+    wait_for(
+        "the phone to report night-watch",
+        Duration::from_secs(30),
+        || (server.device(&phone_id)["mode"] == "night-watch").then_some(()),
+    );
+    b.goto(&format!("{}/console/modes/night-watch", server.url));
+    choose(&b, "#cap-bluetooth", "allow");
+    b.click("#mode-preview");
+    b.wait_for_text("#impact", "1 phone is assigned", WAIT);
+    let changed: Vec<String> = serde_json::from_value(b.execute(
+        "return [...document.querySelectorAll('#changes tr.changed th')].map(e => e.textContent);",
+        vec![],
+    ))
+    .unwrap();
+    assert_eq!(changed, ["Bluetooth"]);
+    b.screenshot("mode-preview");
+    b.click("#apply");
+    b.wait_for_text(".notice", "saved", WAIT);
+    let mode = server.cli_json(&["modes", "show", "night-watch"]);
+    assert_eq!(mode["capabilities"]["bluetooth"], "allow", "{mode}");
+    let audit = server.cli_json(&["audit", "list"]);
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "mode.update" && e["actor"] == "console:pavel"),
+        "{audit}"
+    );
+
+    // A zone: a wrong checkpoint name is marked, then the zone is made.
+    b.goto(&format!("{}/console/zones/new", server.url));
+    b.fill("#z-name", "lab");
+    b.fill("#z-checkpoints", "north-gate\nSouth Gate");
+    b.click("#zone-preview");
+    b.wait_for_text("#e-checkpoints", "checkpoint name", WAIT);
+    b.fill("#z-checkpoints", "north-gate\nsouth-gate");
+    b.click("#zone-preview");
+    b.wait_for_text("#impact", "1 phone gets a new policy", WAIT);
+    b.click("#apply");
+    b.wait_for_text(".notice", "zone was saved", WAIT);
+
+    // A gate credential with its printable sheet; the code on the sheet is the link.
+    choose(&b, "#g-checkpoint", "south-gate");
+    b.click("#create-gate");
+    b.wait_for_text("#gate-checkpoint", "south-gate", WAIT);
+    let link = b.read_qr("#gate-qr");
+    assert_eq!(link, b.text("#gate-url"));
+    assert!(link.contains("/gate/lab/south-gate?key="), "{link}");
+    b.screenshot("gate-sheet");
+    b.goto(&format!("{}/console/zones/lab", server.url));
+    b.wait_for_text("#gates", "live", WAIT);
+    b.screenshot("zone");
+    b.click("button.revoke-gate");
+    b.wait_for_text(".notice", "revoked", WAIT);
+    b.wait_for_text("#gates", "revoked", WAIT);
+    let creds = server.cli_json(&["zones", "gate-list", "lab"]);
+    assert_eq!(creds[0]["state"], "revoked", "{creds}");
+
+    // Groups are an operator's: the officer reads them and gets no form.
+    b.goto(&format!("{}/console/groups", server.url));
+    b.wait_for_text("h1", "Device groups", WAIT);
+    assert!(!b.exists("#create-group"));
+    let refused = b.post_form(
+        &format!("{}/console/groups", server.url),
+        &[("name", "x"), ("csrf", &officer_csrf(&b))],
+    );
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    phone.stop();
+}
+
+/// The CSRF token of the page shown.
+fn officer_csrf(b: &Browser) -> String {
+    serde_json::from_value(b.execute(
+        "return document.querySelector('input[name=csrf]').value;",
+        vec![],
+    ))
+    .unwrap()
+}

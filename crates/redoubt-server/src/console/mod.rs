@@ -14,6 +14,7 @@ pub mod auth;
 mod chart;
 pub mod i18n;
 mod pages;
+mod policy;
 
 use askama::Template;
 use axum::body::Body;
@@ -28,7 +29,7 @@ use axum::response::{IntoResponse, Response};
 use redoubt_proto::Timestamp;
 
 use self::i18n::Tr;
-use crate::routes::{ANY_ADMIN, Access, OPERATOR, OWNER, Routes};
+use crate::routes::{ANY_ADMIN, Access, OFFICER, OPERATOR, OWNER, Routes};
 
 /// The policy every console response carries: only this server's script, styles and
 /// images; forms post only here; no framing.
@@ -80,7 +81,36 @@ pub fn routes() -> Routes {
             C(OPERATOR),
             pages::revoke_enrollment,
         )
+        .add(V::GET, "/modes", C(ANY_ADMIN), policy::modes)
+        .add(V::GET, "/modes/{name}", C(ANY_ADMIN), policy::mode)
+        .add(V::POST, "/modes/preview", C(OFFICER), policy::mode_preview)
+        .add(V::POST, "/modes/apply", C(OFFICER), policy::mode_apply)
+        .add(V::GET, "/zones", C(ANY_ADMIN), policy::zones)
+        .add(V::GET, "/zones/{name}", C(ANY_ADMIN), policy::zone)
+        .add(V::POST, "/zones/preview", C(OFFICER), policy::zone_preview)
+        .add(V::POST, "/zones/apply", C(OFFICER), policy::zone_apply)
+        .add(
+            V::POST,
+            "/zones/{name}/gate-credentials",
+            C(OFFICER),
+            policy::create_gate,
+        )
+        .add(
+            V::POST,
+            "/zones/{name}/gate-credentials/{id}/revoke",
+            C(OFFICER),
+            policy::revoke_gate,
+        )
+        .add(V::GET, "/groups", C(ANY_ADMIN), policy::groups)
+        .add(V::POST, "/groups", C(OPERATOR), policy::create_group)
+        .add(
+            V::POST,
+            "/groups/{name}/mode",
+            C(OPERATOR),
+            policy::group_mode,
+        )
         .add(V::GET, "/audit", C(ANY_ADMIN), pages::audit)
+        .add(V::GET, "/audit/export", C(ANY_ADMIN), pages::audit_export)
         .add(V::GET, "/audit/verify", C(ANY_ADMIN), pages::audit_verify)
         .add(V::GET, "/accounts", C(OWNER), pages::accounts)
         .add(V::POST, "/accounts", C(OWNER), pages::create_account)
@@ -268,6 +298,8 @@ pub struct Frame {
     pub section: &'static str,
     /// May change devices and enroll (operator, owner).
     pub can_operate: bool,
+    /// May change modes, zones and gates (officer, owner).
+    pub can_officer: bool,
     /// Is an owner.
     pub is_owner: bool,
 }
@@ -283,6 +315,7 @@ impl Frame {
             csrf: o.csrf.clone(),
             section,
             can_operate: o.can(Role::Operator),
+            can_officer: o.can(Role::Officer),
             is_owner: o.account.role == Role::Owner,
         }
     }
@@ -378,6 +411,7 @@ pub fn error_text(t: Tr, status: StatusCode, message: String) -> Response {
             csrf: String::new(),
             section: "",
             can_operate: false,
+            can_officer: false,
             is_owner: false,
         },
         message,
