@@ -177,6 +177,17 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("GET", "/gate/{zone}/{checkpoint}", "gate"),
     ("GET", "/gate/{zone}/{checkpoint}/codes", "gate"),
     // The web console: pages for every role; changes for the roles the API allows.
+    ("POST", "/console/accounts/{id}/reset", "console:owner"),
+    (
+        "GET",
+        "/console/account",
+        "console:owner,officer,operator,auditor",
+    ),
+    (
+        "POST",
+        "/console/account/password",
+        "console:owner,officer,operator,auditor",
+    ),
     (
         "GET",
         "/console/modes",

@@ -118,6 +118,22 @@ fn an_officer_runs_the_fleet_from_the_browser() {
     );
     let shown = server.device(&alice_id);
     assert_eq!(shown["mode"], "secure-site", "{shown}");
+
+    // A camera the agent cannot switch off: the phone is listed as failing, with why,
+    // still without a reload; freed, it is compliant again.
+    let out = alice.cmd(&["sim", "set", "camera", "on", "--stuck"]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    b.wait_for_text("#failing", &alice_id, Duration::from_secs(30));
+    b.wait_for_text("#failing", "camera", WAIT);
+    assert_eq!(tile(&b, "non_compliant"), "1");
+    b.screenshot("dashboard-failing");
+    alice.sim_set("camera", "on");
+    wait_for(
+        "the dashboard to show the phone compliant again",
+        Duration::from_secs(30),
+        || (tile(&b, "compliant") == "1" && !b.exists("#failing tbody tr")).then_some(()),
+    );
+    assert_eq!(b.execute("return window.redoubtMarker;", vec![]), json!(42));
     b.screenshot("dashboard");
 
     // The device page: measured capabilities and the inventory the phone reported.
@@ -378,6 +394,53 @@ fn sign_in_is_guarded_and_audited() {
         "{csp}"
     );
 
+    // An owner resets another account: its sessions end, its old password and
+    // recovery codes stop working.
+    let owner = server.console_account("olga", "owner");
+    let owner_session = http.console_sign_in(&owner, &owner.code());
+    let boris = server.console_account("boris", "operator");
+    let boris_session = http.console_sign_in(&boris, &boris.code());
+    let (_, _, page) = http.request_full(
+        "GET",
+        "/console/accounts",
+        &[("cookie", &owner_session.cookie)],
+        None,
+    );
+    // Accounts are listed by name: anna, boris, olga; the first reset form is anna's,
+    // the second boris's.
+    let resets: Vec<String> = page
+        .match_indices("action=\"/console/accounts/")
+        .map(|(i, _)| page[i + 26..].split('"').next().unwrap().to_owned())
+        .filter(|a| a.ends_with("/reset"))
+        .collect();
+    let boris_id = resets[1].trim_end_matches("/reset").to_owned();
+    assert!(page.find(">anna<").unwrap() < page.find(">boris<").unwrap());
+    let (status, _, sheet) = post(
+        &format!("/console/accounts/{boris_id}/reset"),
+        &owner_session.cookie,
+        &format!("csrf={}", owner_session.csrf),
+    );
+    assert_eq!(status, 200, "{sheet}");
+    assert!(sheet.contains("Redoubt:boris?secret="), "{sheet}");
+    assert!(sheet.contains("Account reset"), "{sheet}");
+    let (status, _, _) = http.request_full(
+        "GET",
+        "/console",
+        &[("cookie", &boris_session.cookie)],
+        None,
+    );
+    assert_eq!(status, 303, "the reset did not end boris's session");
+    let pre = http.console_pre_session();
+    let (status, _, _) = post(
+        "/console/login",
+        &pre.cookie,
+        &format!(
+            "csrf={}&name=boris&password={}&code={}",
+            pre.csrf, boris.password, boris.recovery[0]
+        ),
+    );
+    assert_eq!(status, 401, "the old password and recovery code still work");
+
     // Sign-out ends the session at once.
     let (status, _, _) = post(
         "/console/logout",
@@ -419,11 +482,18 @@ fn sign_in_is_guarded_and_audited() {
             "console.sign_in_failed",
             "console.sign_in_failed",
             "console.sign_in_failed",
+            "console.account_create",
+            "console.sign_in",
+            "console.account_create",
+            "console.sign_in",
+            "console.account_reset",
+            "console.sign_in_failed",
             "console.sign_out",
         ],
         "{entries:#?}"
     );
-    for e in &entries[1..] {
+    // Accounts made on the server's machine have no address; everything else does.
+    for e in entries.iter().filter(|e| e["actor"] != "server-cli") {
         assert_eq!(e["source"], "127.0.0.1", "{e}");
     }
     let text = audit.to_string();
@@ -527,6 +597,24 @@ fn an_officer_edits_modes_and_zones_with_a_preview() {
     b.wait_for_text("#gates", "revoked", WAIT);
     let creds = server.cli_json(&["zones", "gate-list", "lab"]);
     assert_eq!(creds[0]["state"], "revoked", "{creds}");
+
+    // The officer changes her password: a wrong current one is marked at its field.
+    b.goto(&format!("{}/console/account", server.url));
+    b.fill("#pw-current", "not my password");
+    b.fill("#pw-new", "a much longer passphrase");
+    b.fill("#pw-repeat", "a much longer passphrase");
+    b.click("#change-password");
+    b.wait_for_text("#e-current", "wrong", WAIT);
+    b.fill("#pw-current", &officer.password);
+    b.fill("#pw-new", "a much longer passphrase");
+    b.fill("#pw-repeat", "a much longer passphrase!");
+    b.click("#change-password");
+    b.wait_for_text("#e-repeat", "differ", WAIT);
+    b.fill("#pw-current", &officer.password);
+    b.fill("#pw-new", "a much longer passphrase");
+    b.fill("#pw-repeat", "a much longer passphrase");
+    b.click("#change-password");
+    b.wait_for_text(".notice", "password was changed", WAIT);
 
     // Groups are an operator's: the officer reads them and gets no form.
     b.goto(&format!("{}/console/groups", server.url));

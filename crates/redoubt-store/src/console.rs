@@ -455,6 +455,90 @@ impl Store {
         Ok(())
     }
 
+    /// Gives account `id` a new password, TOTP secret and recovery codes (the old ones
+    /// stop working), ends its sessions and appends `audit`, in one transaction. Not
+    /// found: no such account.
+    pub async fn reset_console_account(
+        &self,
+        id: i64,
+        password_hash: &str,
+        totp_sealed: &[u8],
+        recovery_hashes: &[[u8; 32]],
+        now: Timestamp,
+        audit: &[AuditDraft],
+        sign: HeadSigner<'_>,
+    ) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        let n = sqlx::query(
+            "UPDATE console_accounts SET password_hash = $1, totp_sealed = $2, failed_attempts = 0,
+                    locked_until = 0
+             WHERE id = $3",
+        )
+        .bind(password_hash)
+        .bind(totp_sealed)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n != 1 {
+            return Err(StoreError::NotFound(format!("console account {id}")));
+        }
+        sqlx::query("DELETE FROM console_recovery_codes WHERE account_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        for h in recovery_hashes {
+            sqlx::query(
+                "INSERT INTO console_recovery_codes (account_id, code_hash) VALUES ($1, $2)",
+            )
+            .bind(id)
+            .bind(&h[..])
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query(
+            "UPDATE console_sessions SET ended_at = $1 WHERE account_id = $2 AND ended_at IS NULL",
+        )
+        .bind(now.unix())
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        crate::audit::append(&mut tx, audit, now, sign).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Sets account `id`'s password, ends its other sessions (all but the one whose
+    /// secret hashes to `keep`) and appends `audit`, in one transaction.
+    pub async fn set_console_password(
+        &self,
+        id: i64,
+        password_hash: &str,
+        keep: &[u8; 32],
+        now: Timestamp,
+        audit: &[AuditDraft],
+        sign: HeadSigner<'_>,
+    ) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        sqlx::query("UPDATE console_accounts SET password_hash = $1 WHERE id = $2")
+            .bind(password_hash)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE console_sessions SET ended_at = $1
+             WHERE account_id = $2 AND ended_at IS NULL AND token_hash <> $3",
+        )
+        .bind(now.unix())
+        .bind(id)
+        .bind(&keep[..])
+        .execute(&mut *tx)
+        .await?;
+        crate::audit::append(&mut tx, audit, now, sign).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// How many unused recovery codes account `id` has left.
     pub async fn console_recovery_left(&self, id: i64) -> Result<u64> {
         let n: i64 = sqlx::query_scalar(

@@ -174,6 +174,35 @@ contract! {
         verify(&store).await.unwrap();
     }
 
+    async fn a_reset_replaces_every_secret_and_ends_the_sessions(tmp) {
+        let store = open(&tmp).await;
+        let id = account(&store, "anna").await;
+        sign_in(&store, id, SecondFactor::Totp(1), 1, NOW).await.unwrap();
+        sign_in(&store, id, SecondFactor::Totp(2), 2, NOW).await.unwrap();
+        // Her own change of password keeps the session she made it from.
+        store
+            .set_console_password(id, "new-hash", &[2; 32], NOW, &[draft("console.password", None, serde_json::json!({}))], &sign)
+            .await
+            .unwrap();
+        assert!(store.console_session(&[1; 32], NOW, 600).await.unwrap().is_none());
+        let s = store.console_session(&[2; 32], NOW, 600).await.unwrap().unwrap();
+        assert_eq!(s.account.password_hash, "new-hash");
+        // An owner's reset: new secrets, old recovery codes gone, every session ended.
+        store
+            .reset_console_account(id, "reset-hash", &[5; 40], &[[9; 32]], NOW, &[draft("console.account_reset", None, serde_json::json!({}))], &sign)
+            .await
+            .unwrap();
+        assert!(store.console_session(&[2; 32], NOW, 600).await.unwrap().is_none());
+        let a = store.console_account(id).await.unwrap().unwrap();
+        assert_eq!((a.password_hash.as_str(), a.totp_sealed.as_slice()), ("reset-hash", &[5u8; 40][..]));
+        let old = sign_in(&store, id, SecondFactor::Recovery([1; 32]), 3, NOW).await;
+        assert!(matches!(old, Err(StoreError::Conflict(_))), "{old:?}");
+        sign_in(&store, id, SecondFactor::Recovery([9; 32]), 3, NOW).await.unwrap();
+        let missing = store.reset_console_account(999, "x", &[1], &[], NOW, &[], &sign).await;
+        assert!(matches!(missing, Err(StoreError::NotFound(_))), "{missing:?}");
+        verify(&store).await.unwrap();
+    }
+
     async fn compliance_samples_are_kept_for_the_window(tmp) {
         let store = open(&tmp).await;
         let sample = |at: i64, compliant: u64| ComplianceSample {

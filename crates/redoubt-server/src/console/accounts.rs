@@ -103,6 +103,40 @@ pub async fn create_in(
     Ok(Made { password, factor })
 }
 
+/// Gives account `id` a new random password, second factor and recovery codes (an
+/// owner's help for someone who lost theirs); its sessions end.
+pub async fn reset(app: &App, by: &Who, id: i64) -> Result<(String, Made), ServiceError> {
+    let account = app
+        .store
+        .console_account(id)
+        .await?
+        .ok_or_else(|| ServiceError::NotFound(format!("no console account {id}")))?;
+    let password = random_password();
+    let pw = password.clone();
+    let hash = tokio::task::spawn_blocking(move || auth::hash_password(&pw))
+        .await
+        .map_err(|e| ServiceError::Internal(format!("password hashing failed: {e}")))??;
+    let factor = NewFactor::new(&account.name)?;
+    let sealed = auth::seal_totp(&app.keys.org_signing, &factor.secret)?;
+    let drafts = [by.draft(
+        "console.account_reset",
+        None,
+        serde_json::json!({"name": account.name}),
+    )];
+    app.store
+        .reset_console_account(
+            id,
+            &hash,
+            &sealed,
+            &factor.recovery_hashes(),
+            Timestamp::now(),
+            &drafts,
+            &crate::audit::signer(app),
+        )
+        .await?;
+    Ok((account.name, Made { password, factor }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -134,9 +134,9 @@ fn decoy_hash() -> &'static str {
 /// Checks a password and refuses weak ones.
 pub fn check_new_password(password: &str) -> Result<(), &'static str> {
     if password.chars().count() < 12 {
-        Err("console.password_short")
+        Err("account.password_short")
     } else if password.len() > 1024 {
-        Err("console.password_long")
+        Err("account.password_long")
     } else {
         Ok(())
     }

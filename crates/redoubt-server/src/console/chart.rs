@@ -41,7 +41,11 @@ pub fn svg(
             y(share) + 3.0
         );
     }
-    let shown: Vec<&ComplianceSample> = samples.iter().filter(|s| s.at.unix() >= start).collect();
+    // A sample of an empty fleet has no share to draw.
+    let shown: Vec<&ComplianceSample> = samples
+        .iter()
+        .filter(|s| s.at.unix() >= start && s.compliant + s.non_compliant + s.stale + s.pending > 0)
+        .collect();
     if shown.is_empty() {
         let _ = write!(
             out,
@@ -73,6 +77,17 @@ pub fn svg(
             "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>",
             points.trim_end()
         );
+        // Few samples (a new server): each one a dot, so a single sample shows.
+        if shown.len() < 60 {
+            for p in points.split_whitespace() {
+                if let Some((px, py)) = p.split_once(',') {
+                    let _ = write!(
+                        out,
+                        "<circle cx=\"{px}\" cy=\"{py}\" r=\"2.5\" fill=\"{color}\"/>"
+                    );
+                }
+            }
+        }
     }
     out.push_str("</svg>");
     out
@@ -114,7 +129,14 @@ mod tests {
 
     #[test]
     fn no_samples_say_so() {
-        let svg = svg(&[], Timestamp(100), 60, "t", "no data yet");
+        let empty_fleet = ComplianceSample {
+            at: Timestamp(90),
+            compliant: 0,
+            non_compliant: 0,
+            stale: 0,
+            pending: 0,
+        };
+        let svg = svg(&[empty_fleet], Timestamp(100), 60, "t", "no data yet");
         assert!(svg.contains("no data yet</text>"));
         assert!(!svg.contains("polyline"));
     }

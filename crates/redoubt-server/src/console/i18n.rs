@@ -272,6 +272,9 @@ mod tests {
                 "\"login.",
                 "\"audit.",
                 "\"dashboard.",
+                "\"account.",
+                "\"modes.",
+                "\"zones.",
             ] {
                 for (i, _) in text.match_indices(prefix) {
                     let rest = &text[i + 1..];

@@ -120,6 +120,19 @@ pub fn routes() -> Routes {
             C(OWNER),
             pages::disable_account,
         )
+        .add(
+            V::POST,
+            "/accounts/{id}/reset",
+            C(OWNER),
+            pages::reset_account,
+        )
+        .add(V::GET, "/account", C(ANY_ADMIN), pages::own_account)
+        .add(
+            V::POST,
+            "/account/password",
+            C(ANY_ADMIN),
+            pages::change_password,
+        )
 }
 
 /// Adds the console's security headers to every response under `/console`.

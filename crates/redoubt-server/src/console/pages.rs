@@ -101,6 +101,7 @@ const NOTICES: &[&str] = &[
     "enrollment_revoked",
     "account_disabled",
     "language_set",
+    "password_changed",
 ];
 
 /// A notice after a redirect (`?done=KEY`), looked up in the catalogue; any other value
@@ -556,6 +557,7 @@ fn async_stream(
         token_hash: [u8; 32],
         shutdown: tokio::sync::watch::Receiver<bool>,
         last: String,
+        last_figures: String,
         ticks: u32,
         done: bool,
     }
@@ -565,6 +567,7 @@ fn async_stream(
             token_hash,
             shutdown,
             last: String::new(),
+            last_figures: String::new(),
             ticks: 0,
             done: false,
         },
@@ -599,12 +602,44 @@ fn async_stream(
                 let Ok(counts) = st.app.device_counts().await else {
                     continue;
                 };
-                let data = serde_json::json!({
+                let figures = serde_json::json!({
                     "total": counts.total,
                     "connected": counts.connected,
                     "compliance": counts.by_compliance,
-                })
-                .to_string();
+                });
+                // The list of failing phones is read again when the figures moved, and
+                // every half minute (another phone may fail as one recovers).
+                let figures_text = figures.to_string();
+                if figures_text == st.last_figures && st.ticks % 15 != 1 {
+                    continue;
+                }
+                st.last_figures = figures_text;
+                let Ok(failing) = st
+                    .app
+                    .list_devices(&DeviceQuery {
+                        compliance: Some(Compliance::NonCompliant),
+                        limit: Some(20),
+                        ..Default::default()
+                    })
+                    .await
+                else {
+                    continue;
+                };
+                let failing: Vec<serde_json::Value> = failing
+                    .devices
+                    .iter()
+                    .map(|d| {
+                        serde_json::json!({
+                            "id": d.id,
+                            "user": d.user,
+                            "mode": d.mode,
+                            "reasons": d.compliance_reasons.join("; "),
+                        })
+                    })
+                    .collect();
+                let mut data = figures;
+                data["failing"] = serde_json::Value::Array(failing);
+                let data = data.to_string();
                 if data != st.last {
                     st.last = data.clone();
                     return Some((Ok(Event::default().event("counts").data(data)), st));
@@ -1448,6 +1483,7 @@ struct AccountCreatedPage {
     otpauth: String,
     qr: String,
     recovery: Vec<String>,
+    reset: bool,
 }
 
 /// `POST /console/accounts` (owners): a new account, its first password, its TOTP
@@ -1474,11 +1510,160 @@ pub async fn create_account(State(s): State<HttpState>, o: Officer, body: Bytes)
                 otpauth: made.factor.url.clone(),
                 qr,
                 recovery: made.factor.recovery.clone(),
+                reset: false,
                 f: Frame::of(&o, "accounts"),
             };
             html(&page)
         }
         Err(e) => failed(t, e),
+    }
+}
+
+/// `POST /console/accounts/{id}/reset` (owners; not one's own account): a new password,
+/// second factor and recovery codes, shown once; the account's sessions end.
+pub async fn reset_account(
+    State(s): State<HttpState>,
+    o: Officer,
+    Path(id): Path<i64>,
+) -> Response {
+    let t = o.tr();
+    if id == o.account.id {
+        return error_page(t, StatusCode::CONFLICT, "accounts.not_yourself");
+    }
+    match super::accounts::reset(&s.app, &who(&o), id).await {
+        Ok((name, made)) => {
+            let qr = match crate::gate::qr_svg(&made.factor.url) {
+                Ok(q) => q,
+                Err(e) => return failed(t, e),
+            };
+            let role = match s.app.store.console_account(id).await {
+                Ok(Some(a)) => a.role.to_string(),
+                Ok(None) => return error_page(t, StatusCode::NOT_FOUND, "accounts.no_account"),
+                Err(e) => return failed(t, e.into()),
+            };
+            html(&AccountCreatedPage {
+                name,
+                role,
+                password: made.password,
+                otpauth: made.factor.url.clone(),
+                qr,
+                recovery: made.factor.recovery.clone(),
+                reset: true,
+                f: Frame::of(&o, "accounts"),
+            })
+        }
+        Err(ServiceError::NotFound(_)) => {
+            error_page(t, StatusCode::NOT_FOUND, "accounts.no_account")
+        }
+        Err(e) => failed(t, e),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "console/own_account.html")]
+struct OwnAccountPage {
+    f: Frame,
+    recovery_left: u64,
+    errors: Vec<(String, String)>,
+    notice: Option<String>,
+}
+
+impl OwnAccountPage {
+    fn error(&self, field: &str) -> Option<&str> {
+        self.errors
+            .iter()
+            .find(|(f, _)| f == field)
+            .map(|(_, m)| m.as_str())
+    }
+}
+
+/// `GET /console/account`: one's own account (password, recovery codes left).
+pub async fn own_account(
+    State(s): State<HttpState>,
+    o: Officer,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let t = o.tr();
+    let recovery_left = match s.app.store.console_recovery_left(o.account.id).await {
+        Ok(n) => n,
+        Err(e) => return failed(t, e.into()),
+    };
+    html(&OwnAccountPage {
+        recovery_left,
+        errors: Vec::new(),
+        notice: notice(t, &pairs(q.unwrap_or_default().as_bytes())),
+        f: Frame::of(&o, "account"),
+    })
+}
+
+/// `POST /console/account/password`: the current password, the new one twice; the
+/// account's other sessions end.
+pub async fn change_password(State(s): State<HttpState>, o: Officer, body: Bytes) -> Response {
+    let t = o.tr();
+    let p = pairs(&body);
+    let current = field(&p, "current").unwrap_or("").to_owned();
+    let new = p
+        .iter()
+        .find(|(k, _)| k == "new")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    let repeat = p
+        .iter()
+        .find(|(k, _)| k == "repeat")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    let hash = o.account.password_hash.clone();
+    let matches = tokio::task::spawn_blocking(move || auth::password_matches(&current, &hash))
+        .await
+        .unwrap_or(false);
+    let mut errors = Vec::new();
+    if !matches {
+        errors.push((
+            "current".to_owned(),
+            t.get("account.wrong_current").to_owned(),
+        ));
+    }
+    if let Err(key) = auth::check_new_password(&new) {
+        errors.push(("new".to_owned(), t.get(key).to_owned()));
+    } else if new != repeat {
+        errors.push(("repeat".to_owned(), t.get("account.no_match").to_owned()));
+    }
+    if !errors.is_empty() {
+        let recovery_left = s
+            .app
+            .store
+            .console_recovery_left(o.account.id)
+            .await
+            .unwrap_or(0);
+        let page = OwnAccountPage {
+            recovery_left,
+            errors,
+            notice: None,
+            f: Frame::of(&o, "account"),
+        };
+        return (StatusCode::BAD_REQUEST, html(&page)).into_response();
+    }
+    let hashed = match tokio::task::spawn_blocking(move || auth::hash_password(&new)).await {
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => return failed(t, e),
+        Err(e) => return failed(t, ServiceError::Internal(e.to_string())),
+    };
+    let drafts = [who(&o).draft("console.password", None, serde_json::json!({}))];
+    match s
+        .app
+        .store
+        .set_console_password(
+            o.account.id,
+            &hashed,
+            &o.token_hash,
+            Timestamp::now(),
+            &drafts,
+            &crate::audit::signer(&s.app),
+        )
+        .await
+    {
+        Ok(()) => see("/console/account?done=password_changed"),
+        Err(e) => failed(t, e.into()),
     }
 }
 

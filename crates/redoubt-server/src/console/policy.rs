@@ -72,7 +72,7 @@ pub struct ModeForm {
 
 impl ModeForm {
     fn of(m: &Mode) -> ModeForm {
-        let caps = serde_json::to_value(&m.capabilities).unwrap_or_default();
+        let caps = serde_json::to_value(m.capabilities).unwrap_or_default();
         ModeForm {
             name: m.name.to_string(),
             description: m.description.clone(),

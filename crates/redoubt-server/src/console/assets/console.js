@@ -45,6 +45,28 @@
       live.querySelectorAll("[data-compliance]").forEach(function (el) {
         el.textContent = c.compliance[el.getAttribute("data-compliance")] || 0;
       });
+      var table = document.getElementById("failing");
+      if (table && c.failing) {
+        var body = table.querySelector("tbody");
+        body.textContent = "";
+        c.failing.forEach(function (d) {
+          var tr = document.createElement("tr");
+          var link = document.createElement("a");
+          link.href = "/console/devices/" + encodeURIComponent(d.id);
+          link.textContent = d.id;
+          var first = document.createElement("td");
+          first.appendChild(link);
+          tr.appendChild(first);
+          [d.user, d.mode, d.reasons].forEach(function (text) {
+            var td = document.createElement("td");
+            td.textContent = text;
+            tr.appendChild(td);
+          });
+          body.appendChild(tr);
+        });
+        table.hidden = c.failing.length === 0;
+        document.getElementById("no-failing").hidden = c.failing.length !== 0;
+      }
       if (status) { status.textContent = status.getAttribute("data-live"); }
     });
     es.addEventListener("signed-out", function () { es.close(); location.reload(); });
