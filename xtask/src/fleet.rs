@@ -704,22 +704,31 @@ async fn wait_until(
     Ok(())
 }
 
-/// Enrolls phone `i`: a code from the server, then the phone's own key.
+/// Enrolls phone `i` (of user `p<i>`): a code from the server, then the phone's own key.
 pub(crate) async fn enroll(
     admin: &ServerClient,
     i: usize,
 ) -> Result<(DeviceId, SigningKey, VerifyingKey)> {
-    let code: EnrollmentCreated = admin
-        .post(
-            "/api/v1/enrollments",
-            &CreateEnrollment {
-                user: format!("p{i}").parse()?,
-                mode: None,
-                ttl_secs: None,
-                groups: Vec::new(),
-            },
-        )
-        .await?;
+    enroll_as(
+        admin,
+        &CreateEnrollment {
+            user: format!("p{i}").parse()?,
+            mode: None,
+            ttl_secs: None,
+            groups: Vec::new(),
+        },
+    )
+    .await
+}
+
+/// Enrolls a phone with a code made from `request` (its user, groups): the code from the
+/// server, then the phone's own Ed25519 key and its proof of possession through
+/// `POST /enroll`. Returns the device id, the key and the organization's key.
+pub(crate) async fn enroll_as(
+    admin: &ServerClient,
+    request: &CreateEnrollment,
+) -> Result<(DeviceId, SigningKey, VerifyingKey)> {
+    let code: EnrollmentCreated = admin.post("/api/v1/enrollments", request).await?;
     let url: EnrollmentUrl = code.url.parse().map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let key = SigningKey::generate(&mut rand_core::OsRng);
     let public = STANDARD.encode(key.verifying_key().to_bytes());
@@ -753,6 +762,16 @@ fn report(
     bundle: &PolicyBundle,
     seq: u64,
 ) -> (SignedEnvelope, u8) {
+    let (report, mode) = report_of(id, bundle, seq);
+    (
+        SignedEnvelope::sign(ComplianceReport::KIND, &report, key),
+        mode,
+    )
+}
+
+/// The report (unsigned) of a phone that enforces what `bundle` decides, numbered `seq`,
+/// with the index of its mode ([`mode_index`]).
+pub(crate) fn report_of(id: &DeviceId, bundle: &PolicyBundle, seq: u64) -> (ComplianceReport, u8) {
     let now = Timestamp::now();
     let decision = redoubt_policy::decide(Some(bundle), now);
     let mode = decision.mode;
@@ -788,10 +807,8 @@ fn report(
         clock_tampered: false,
         inventory: None,
     };
-    (
-        SignedEnvelope::sign(ComplianceReport::KIND, &report, key),
-        mode_index(&mode.name),
-    )
+    let index = mode_index(&mode.name);
+    (report, index)
 }
 
 /// One phone: connects from `source`, proves its key, applies every bundle it is sent
@@ -918,7 +935,7 @@ pub(crate) async fn phone(
     }
 }
 
-fn frame_of(frame: &AgentFrame) -> Message {
+pub(crate) fn frame_of(frame: &AgentFrame) -> Message {
     Message::text(serde_json::to_string(frame).unwrap_or_default())
 }
 

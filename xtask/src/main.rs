@@ -12,6 +12,10 @@
 //! - `cargo xtask bench relay [--members S] [--senders K] [--messages M] [--database …]`
 //!   measures what the server relays in one conversation: deliveries/s, send → fetched
 //!   latency, the server's CPU per 1000 deliveries (see [`relay`]).
+//! - `cargo xtask bench console [--devices N] [--samples S] [--data DIR] [--keep] …`
+//!   fills a server with N devices (default 100 000) through the real API, signs in to
+//!   the web console as a browser does and times its pages: the device list's first,
+//!   deep and filtered pages, the dashboard, the CSV export (see [`console`]).
 //! - `cargo xtask fuzz [--seconds N] [TARGET…]` builds the cargo-fuzz targets of
 //!   `fuzz/` once and runs each N seconds on generated seed corpora (see [`fuzz`]).
 //! - `cargo xtask soak [--cycles N] …` kills the release server with SIGKILL N times
@@ -25,6 +29,7 @@
 
 mod common;
 mod compliance;
+mod console;
 mod fleet;
 mod fleet_gen;
 mod fuzz;
@@ -51,6 +56,7 @@ fn main() -> anyhow::Result<()> {
             let rounds = common::flag(rest, "--rounds")?.unwrap_or(10);
             tokio::runtime::Runtime::new()?.block_on(compliance::bench_compliance(devices, rounds))
         }
+        ["bench", "console", rest @ ..] => console::main(rest),
         ["bench", "messaging", rest @ ..] => messaging::main(rest),
         ["bench", "fleet", rest @ ..] => fleet::main(rest),
         ["bench", "fleet-generator"] => fleet_gen::generator_main(),
@@ -62,6 +68,7 @@ fn main() -> anyhow::Result<()> {
         _ => {
             eprintln!("usage: cargo xtask test");
             eprintln!("       cargo xtask bench compliance [--devices N] [--rounds R]");
+            eprintln!("       {}", console::USAGE);
             eprintln!("       {}", fleet::USAGE);
             eprintln!("       {}", messaging::USAGE);
             eprintln!("       {}", relay::USAGE);

@@ -458,6 +458,7 @@ impl Store {
     /// Gives account `id` a new password, TOTP secret and recovery codes (the old ones
     /// stop working), ends its sessions and appends `audit`, in one transaction. Not
     /// found: no such account.
+    #[allow(clippy::too_many_arguments)] // each is a distinct column or the audit pair
     pub async fn reset_console_account(
         &self,
         id: i64,
