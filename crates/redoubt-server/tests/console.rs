@@ -42,6 +42,30 @@ fn wrong_code(right: &str) -> String {
     format!("{:06}", (n + 500_000) % 1_000_000)
 }
 
+/// Every control of the page shown has a name a screen reader can say (a label, an
+/// `aria-label`, or a button's text), and every time is written in the reader's time
+/// zone by the page's script (the UTC fallback is gone).
+fn assert_accessible(b: &Browser) {
+    let unlabelled = b.execute(
+        "return [...document.querySelectorAll('input:not([type=hidden]), select, textarea, button')]\
+           .filter(e => e.tagName === 'BUTTON' ? !e.textContent.trim() && !e.getAttribute('aria-label')\
+                                              : e.labels.length === 0 && !e.getAttribute('aria-label'))\
+           .map(e => e.outerHTML.slice(0, 120));",
+        vec![],
+    );
+    assert_eq!(
+        unlabelled,
+        json!([]),
+        "controls without a label on {}",
+        b.current_url()
+    );
+    let utc = b.execute(
+        "return [...document.querySelectorAll('time')].filter(t => t.textContent.endsWith('UTC')).length;",
+        vec![],
+    );
+    assert_eq!(utc, json!(0), "times left in UTC on {}", b.current_url());
+}
+
 /// The number the dashboard shows for `state`.
 fn tile(b: &Browser, state: &str) -> String {
     b.text(&format!("[data-compliance=\"{state}\"]"))
@@ -59,6 +83,7 @@ fn an_officer_runs_the_fleet_from_the_browser() {
     b.goto(&format!("{}/console/devices", server.url));
     b.wait_for_text("h1", "Sign in", WAIT);
     b.screenshot("login");
+    assert_accessible(&b);
 
     // The right password with a wrong code is refused, and says nothing more.
     let code = owner.fresh_code(&mut used);
@@ -82,6 +107,7 @@ fn an_officer_runs_the_fleet_from_the_browser() {
     assert!(url.starts_with("redoubt://enroll?"), "{url}");
     assert_eq!(url, b.text("#enroll-url"));
     b.screenshot("enrollment-sheet");
+    assert_accessible(&b);
     let mut alice = Agent::new(tmp.path().join("alice"));
     let alice_id = alice.enroll(&url);
     // The code is used: the list of open codes no longer has it.
@@ -127,6 +153,7 @@ fn an_officer_runs_the_fleet_from_the_browser() {
     b.wait_for_text("#failing", "camera", WAIT);
     assert_eq!(tile(&b, "non_compliant"), "1");
     b.screenshot("dashboard-failing");
+    assert_accessible(&b);
     alice.sim_set("camera", "on");
     wait_for(
         "the dashboard to show the phone compliant again",
@@ -135,12 +162,14 @@ fn an_officer_runs_the_fleet_from_the_browser() {
     );
     assert_eq!(b.execute("return window.redoubtMarker;", vec![]), json!(42));
     b.screenshot("dashboard");
+    assert_accessible(&b);
 
     // The device page: measured capabilities and the inventory the phone reported.
     b.goto(&format!("{}/console/devices/{alice_id}", server.url));
     b.wait_for_text("#device-compliance", "compliant", WAIT);
     b.wait_for_text("#inv-backend", "SIMULATED", WAIT);
     b.screenshot("device");
+    assert_accessible(&b);
 
     // Three phones in a group, locked together by filtering on the group.
     server.cli_json(&["groups", "create", "night-shift"]);
@@ -155,6 +184,7 @@ fn an_officer_runs_the_fleet_from_the_browser() {
     b.goto(&format!("{}/console/devices?group=night-shift", server.url));
     b.wait_for_text("#device-count", "3 devices", WAIT);
     b.screenshot("devices");
+    assert_accessible(&b);
     b.click("#scope-filter");
     choose(&b, "#bulk-action", "lock");
     b.click("#bulk-apply");
@@ -205,6 +235,7 @@ fn an_officer_runs_the_fleet_from_the_browser() {
     b.click("#verify");
     b.wait_for_text("#verify-result", "intact", WAIT);
     b.screenshot("audit");
+    assert_accessible(&b);
 
     // The language: Russian for this account, kept after signing out and in again.
     choose(&b, "#lang-choice", "ru");
@@ -217,8 +248,10 @@ fn an_officer_runs_the_fleet_from_the_browser() {
     b.goto(&format!("{}/console", server.url));
     b.wait_for_text("h1", "Сводка", WAIT);
     b.screenshot("dashboard-ru");
+    assert_accessible(&b);
     b.goto(&format!("{}/console/accounts", server.url));
     b.screenshot("accounts-ru");
+    assert_accessible(&b);
     b.click("#sign-out");
     b.wait_for_text("h1", "Вход", WAIT);
     // The sign-in page switches back too (the browser remembers the choice).
@@ -296,6 +329,15 @@ fn an_officer_runs_the_fleet_from_the_browser() {
     b.goto(&format!("{}/console/devices", server.url));
     b.wait_for_text("#device-count", "4 devices", WAIT);
     b.screenshot("devices-tablet");
+    let overflow = b.execute(
+        "return document.documentElement.scrollWidth - window.innerWidth;",
+        vec![],
+    );
+    assert!(
+        overflow.as_i64().unwrap() <= 0,
+        "the device list is wider than a tablet: {overflow}"
+    );
+    assert_accessible(&b);
     alice.stop();
 }
 
@@ -529,6 +571,7 @@ fn an_officer_edits_modes_and_zones_with_a_preview() {
         json!("true")
     );
     b.screenshot("mode-editor-error");
+    assert_accessible(&b);
     b.fill("#m-name", "night-watch");
     b.fill("#m-description", "Night patrols: camera allowed");
     choose(&b, "#cap-camera", "allow");
@@ -555,6 +598,7 @@ fn an_officer_edits_modes_and_zones_with_a_preview() {
     .unwrap();
     assert_eq!(changed, ["Bluetooth"]);
     b.screenshot("mode-preview");
+    assert_accessible(&b);
     b.click("#apply");
     b.wait_for_text(".notice", "saved", WAIT);
     let mode = server.cli_json(&["modes", "show", "night-watch"]);
@@ -589,9 +633,11 @@ fn an_officer_edits_modes_and_zones_with_a_preview() {
     assert_eq!(link, b.text("#gate-url"));
     assert!(link.contains("/gate/lab/south-gate?key="), "{link}");
     b.screenshot("gate-sheet");
+    assert_accessible(&b);
     b.goto(&format!("{}/console/zones/lab", server.url));
     b.wait_for_text("#gates", "live", WAIT);
     b.screenshot("zone");
+    assert_accessible(&b);
     b.click("button.revoke-gate");
     b.wait_for_text(".notice", "revoked", WAIT);
     b.wait_for_text("#gates", "revoked", WAIT);
