@@ -230,6 +230,24 @@ fn an_officer_runs_the_fleet_from_the_browser() {
         "{alice_commands}"
     );
 
+    // A device found by its id, put in a group from its page and taken out again.
+    b.goto(&format!("{}/console/devices", server.url));
+    b.fill("#find", &alice_id);
+    b.click("#find-go");
+    b.wait_for_text("h1", &alice_id, WAIT);
+    choose(&b, "#dg-group", "night-shift");
+    b.click("#group-apply");
+    b.wait_for_text(".notice", "group was saved", WAIT);
+    b.goto(&format!("{}/console/devices?group=night-shift", server.url));
+    b.wait_for_text("#device-count", "4 devices", WAIT);
+    b.goto(&format!("{}/console/devices/{alice_id}", server.url));
+    choose(&b, "#dg-action", "group_remove");
+    choose(&b, "#dg-group", "night-shift");
+    b.click("#group-apply");
+    b.wait_for_text(".notice", "group was saved", WAIT);
+    b.goto(&format!("{}/console/devices?group=night-shift", server.url));
+    b.wait_for_text("#device-count", "3 devices", WAIT);
+
     // The audit chain verified from the console.
     b.goto(&format!("{}/console/audit", server.url));
     b.click("#verify");

@@ -60,7 +60,12 @@ pub(super) fn fields<'a>(pairs: &'a [(String, String)], key: &str) -> Vec<&'a st
 
 /// A 303 to `to` (a console path).
 pub(super) fn see(to: &str) -> Response {
-    let to = if to.starts_with("/console") && !to.starts_with("//") {
+    // Only this console's own paths: never another site, never a broken header.
+    let to = if to.starts_with("/console")
+        && !to.starts_with("//")
+        && !to.contains('\\')
+        && !to.chars().any(char::is_control)
+    {
         to
     } else {
         "/console"
@@ -812,6 +817,21 @@ pub(super) async fn names(
 pub async fn devices(State(s): State<HttpState>, o: Officer, RawQuery(q): RawQuery) -> Response {
     let t = o.tr();
     let p = pairs(q.unwrap_or_default().as_bytes());
+    // "Find": a device id goes to its page; anything else is a person's name.
+    if let Some(find) = field(&p, "find") {
+        if let Ok(id) = find.parse::<DeviceId>() {
+            match s.app.device(&id).await {
+                Ok(_) => return see(&format!("/console/devices/{id}")),
+                Err(ServiceError::NotFound(_)) => {
+                    return error_page(t, StatusCode::NOT_FOUND, "error.no_device");
+                }
+                Err(e) => return failed(t, e),
+            }
+        }
+        let mut s2 = url::form_urlencoded::Serializer::new(String::new());
+        s2.append_pair("user", find);
+        return see(&format!("/console/devices?{}", s2.finish()));
+    }
     let filter = FilterForm::read(&p);
     let now = Timestamp::now();
     let (mut query, errors) = filter.query(now);
@@ -949,6 +969,9 @@ fn csv_cell(s: &str) -> String {
 pub async fn bulk(State(s): State<HttpState>, o: Officer, body: Bytes) -> Response {
     let t = o.tr();
     let p = pairs(&body);
+    if let Some(kind @ ("group_add" | "group_remove")) = field(&p, "action") {
+        return bulk_group(&s, &o, &p, kind == "group_add").await;
+    }
     let action = match field(&p, "action") {
         Some("set_mode") => BulkAction::SetMode,
         Some("lock") => BulkAction::Lock,
@@ -1042,6 +1065,39 @@ pub async fn bulk(State(s): State<HttpState>, o: Officer, body: Bytes) -> Respon
     see(&format!("{back}&done=bulk_started"))
 }
 
+/// Adds the selected devices to a group, or removes them (`id` fields, `group`).
+async fn bulk_group(s: &HttpState, o: &Officer, p: &[(String, String)], add: bool) -> Response {
+    let t = o.tr();
+    let Some(Ok(group)) = field(p, "to_group").map(str::parse::<DeviceGroupName>) else {
+        return error_page(t, StatusCode::BAD_REQUEST, "bulk.need_group");
+    };
+    if field(p, "scope") == Some("filter") {
+        return error_page(t, StatusCode::BAD_REQUEST, "bulk.group_selection");
+    }
+    let devices: Vec<DeviceId> = match fields(p, "id").iter().map(|i| i.parse()).collect() {
+        Ok(ids) => ids,
+        Err(_) => return error_page(t, StatusCode::BAD_REQUEST, "bulk.bad_id"),
+    };
+    if devices.is_empty() {
+        return error_page(t, StatusCode::BAD_REQUEST, "bulk.none_selected");
+    }
+    let req = redoubt_proto::api::GroupDevices { devices };
+    // From a device's page, back to it; from the list, back to the same filter.
+    let back = match field(p, "return_to") {
+        Some(r) if r.starts_with("/console/devices/") && !r.contains(['?', '#']) => {
+            format!("{r}?done=group_saved")
+        }
+        _ => format!(
+            "/console/devices?{}&done=group_saved",
+            FilterForm::read(p).query_string()
+        ),
+    };
+    match s.app.change_group_members(&who(o), &group, &req, add).await {
+        Ok(_) => see(&back),
+        Err(e) => failed(t, e),
+    }
+}
+
 #[derive(Template)]
 #[template(path = "console/device.html")]
 struct DevicePage {
@@ -1050,7 +1106,9 @@ struct DevicePage {
     reports: Vec<(u64, Timestamp, String)>,
     commands: Vec<redoubt_proto::api::CommandView>,
     audit: Vec<redoubt_proto::AuditEntry>,
+    zone_events: Vec<redoubt_proto::AuditEntry>,
     modes: Vec<String>,
+    groups: Vec<String>,
     notice: Option<String>,
 }
 
@@ -1089,8 +1147,17 @@ pub async fn device(
         Ok(a) => a,
         Err(e) => return failed(t, e.into()),
     };
-    let modes = match s.app.list_modes().await {
-        Ok(m) => m.into_iter().map(|m| m.mode.name.to_string()).collect(),
+    let zone_events = match s
+        .app
+        .store
+        .audit_recent(Some(&id), None, Some("zone."), None, 20)
+        .await
+    {
+        Ok(a) => a,
+        Err(e) => return failed(t, e.into()),
+    };
+    let (modes, groups, _) = match names(&s).await {
+        Ok(n) => n,
         Err(e) => return failed(t, e),
     };
     let page = DevicePage {
@@ -1098,7 +1165,9 @@ pub async fn device(
         reports,
         commands,
         audit,
+        zone_events,
         modes,
+        groups,
         notice: notice(t, &pairs(q.unwrap_or_default().as_bytes())),
         f: Frame::of(&o, "devices"),
     };
@@ -1768,6 +1837,9 @@ mod tests {
         for s in ["simulated", "linux", "sailfish"] {
             names.push(format!("backend.{s}"));
         }
+        for s in ["zone.in", "zone.out", "zone.code_refused"] {
+            names.push(format!("zoneevent.{s}"));
+        }
         for s in ["open", "used", "expired", "all"] {
             names.push(format!("enrollstate.{s}"));
         }
@@ -1793,6 +1865,29 @@ mod tests {
         assert_eq!(csv_cell("say \"hi\""), "\"say \"\"hi\"\"\"");
         assert_eq!(csv_cell("=cmd()"), "'=cmd()");
         assert_eq!(csv_cell("-1,2"), "\"'-1,2\"");
+    }
+
+    #[test]
+    fn redirects_stay_in_the_console() {
+        let target = |to: &str| {
+            see(to)
+                .headers()
+                .get(LOCATION)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_owned()
+        };
+        assert_eq!(target("/console/devices?x=1"), "/console/devices?x=1");
+        for evil in [
+            "https://evil.example/",
+            "//evil.example/console",
+            "/console\\@evil.example",
+            "/console/devices\r\nSet-Cookie: x=1",
+            "/other",
+        ] {
+            assert_eq!(target(evil), "/console", "{evil:?}");
+        }
     }
 
     #[test]
