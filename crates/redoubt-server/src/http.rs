@@ -419,6 +419,19 @@ impl FromRequestParts<HttpState> for Device {
     }
 }
 
+/// The value of cookie `name` (none when absent, empty or longer than any of ours).
+pub fn cookie(headers: &axum::http::HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+}
+
 pub(crate) fn parse_path<T: std::str::FromStr>(s: &str) -> Result<T, ServiceError>
 where
     T::Err: std::fmt::Display,

@@ -117,6 +117,25 @@ enum AdminCommand {
     },
 }
 
+/// The organization's keys, the configuration and the store, for a subcommand run on
+/// the server's machine (the data directory, or the shared PostgreSQL database).
+async fn offline(
+    data: &std::path::Path,
+    database_url: Option<String>,
+) -> anyhow::Result<(pki::Keys, config::Config, redoubt_store::Store)> {
+    let keys = pki::Keys::open_or_create(data)?;
+    let config = config::RawConfig {
+        data: Some(data.to_owned()),
+        database_url,
+        ..Default::default()
+    }
+    .resolve()?;
+    let store = redoubt_store::Store::open(&config.database())
+        .await
+        .with_context(|| format!("opening the database ({})", config.database_label()))?;
+    Ok((keys, config, store))
+}
+
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("REDOUBT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -188,16 +207,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 None
             };
-            let keys = pki::Keys::open_or_create(&data)?;
-            let config = config::RawConfig {
-                data: Some(data.clone()),
-                database_url,
-                ..Default::default()
-            }
-            .resolve()?;
-            let store = redoubt_store::Store::open(&config.database())
-                .await
-                .with_context(|| format!("opening the database ({})", config.database_label()))?;
+            let (keys, config, store) = offline(&data, database_url).await?;
             let made = console::create_account(
                 &store,
                 &keys.org_signing,
@@ -245,16 +255,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             ttl,
             database_url,
         } => {
-            let keys = pki::Keys::open_or_create(&data)?;
-            let config = config::RawConfig {
-                data: Some(data.clone()),
-                database_url,
-                ..Default::default()
-            }
-            .resolve()?;
-            let store = redoubt_store::Store::open(&config.database())
-                .await
-                .with_context(|| format!("opening the database ({})", config.database_label()))?;
+            let (keys, _config, store) = offline(&data, database_url).await?;
             let token = app::create_admin_token(
                 &store,
                 &name,

@@ -148,6 +148,22 @@ fn account(r: &sqlx::any::AnyRow) -> Result<ConsoleAccount> {
     })
 }
 
+/// Ends every live session of account `id`.
+async fn end_sessions(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    id: i64,
+    now: Timestamp,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE console_sessions SET ended_at = $1 WHERE account_id = $2 AND ended_at IS NULL",
+    )
+    .bind(now.unix())
+    .bind(id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 impl Store {
     /// Stores a new console account with its recovery codes and appends `audit`, in one
     /// transaction. Conflict: the name is taken.
@@ -443,13 +459,7 @@ impl Store {
                 }
             });
         }
-        sqlx::query(
-            "UPDATE console_sessions SET ended_at = $1 WHERE account_id = $2 AND ended_at IS NULL",
-        )
-        .bind(now.unix())
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
+        end_sessions(&mut tx, id, now).await?;
         crate::audit::append(&mut tx, audit, now, sign).await?;
         tx.commit().await?;
         Ok(())
@@ -497,13 +507,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        sqlx::query(
-            "UPDATE console_sessions SET ended_at = $1 WHERE account_id = $2 AND ended_at IS NULL",
-        )
-        .bind(now.unix())
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
+        end_sessions(&mut tx, id, now).await?;
         crate::audit::append(&mut tx, audit, now, sign).await?;
         tx.commit().await?;
         Ok(())

@@ -394,6 +394,38 @@ pub fn selected(a: &str, b: &str) -> &'static str {
     if a == b { " selected" } else { "" }
 }
 
+/// The messages of a form's fields that are wrong, each shown at its field.
+#[derive(Default)]
+pub struct FieldErrors(pub Vec<(String, String)>);
+
+impl FieldErrors {
+    /// The message of `field`, if it is wrong.
+    pub fn get(&self, field: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(f, _)| f == field)
+            .map(|(_, m)| m.as_str())
+    }
+
+    /// Whether every field is right.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// From (field, catalogue key) pairs, in the reader's words.
+    pub fn of<F: Into<String>>(
+        t: &Tr,
+        errors: impl IntoIterator<Item = (F, &'static str)>,
+    ) -> FieldErrors {
+        FieldErrors(
+            errors
+                .into_iter()
+                .map(|(f, k)| (f.into(), t.get(k).to_owned()))
+                .collect(),
+        )
+    }
+}
+
 /// A time as the page shows it: machine-readable for the script, which writes it in the
 /// reader's time zone; UTC until then.
 pub fn time_html(t: &Timestamp) -> String {

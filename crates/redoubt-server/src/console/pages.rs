@@ -761,7 +761,7 @@ impl FilterForm {
 struct DevicesPage {
     f: Frame,
     filter: FilterForm,
-    errors: Vec<(&'static str, String)>,
+    errors: super::FieldErrors,
     devices: Vec<DeviceView>,
     count: u64,
     next: Option<String>,
@@ -772,15 +772,6 @@ struct DevicesPage {
     hidden: Vec<(&'static str, String)>,
     query: String,
     notice: Option<String>,
-}
-
-impl DevicesPage {
-    fn error(&self, field: &str) -> Option<&str> {
-        self.errors
-            .iter()
-            .find(|(f, _)| *f == field)
-            .map(|(_, m)| m.as_str())
-    }
 }
 
 /// The names of the modes, groups and zones, for the filter's menus.
@@ -867,10 +858,7 @@ pub async fn devices(State(s): State<HttpState>, o: Officer, RawQuery(q): RawQue
         Err(e) => return failed(t, e),
     };
     let page = DevicesPage {
-        errors: errors
-            .into_iter()
-            .map(|(f, k)| (f, t.get(k).to_owned()))
-            .collect(),
+        errors: super::FieldErrors::of(&t, errors),
         devices: page.devices,
         count,
         next: page.next,
@@ -1633,17 +1621,8 @@ pub async fn reset_account(
 struct OwnAccountPage {
     f: Frame,
     recovery_left: u64,
-    errors: Vec<(String, String)>,
+    errors: super::FieldErrors,
     notice: Option<String>,
-}
-
-impl OwnAccountPage {
-    fn error(&self, field: &str) -> Option<&str> {
-        self.errors
-            .iter()
-            .find(|(f, _)| f == field)
-            .map(|(_, m)| m.as_str())
-    }
 }
 
 /// `GET /console/account`: one's own account (password, recovery codes left).
@@ -1659,7 +1638,7 @@ pub async fn own_account(
     };
     html(&OwnAccountPage {
         recovery_left,
-        errors: Vec::new(),
+        errors: super::FieldErrors::default(),
         notice: notice(t, &pairs(q.unwrap_or_default().as_bytes())),
         f: Frame::of(&o, "account"),
     })
@@ -1685,17 +1664,14 @@ pub async fn change_password(State(s): State<HttpState>, o: Officer, body: Bytes
     let matches = tokio::task::spawn_blocking(move || auth::password_matches(&current, &hash))
         .await
         .unwrap_or(false);
-    let mut errors = Vec::new();
+    let mut errors: Vec<(&str, &'static str)> = Vec::new();
     if !matches {
-        errors.push((
-            "current".to_owned(),
-            t.get("account.wrong_current").to_owned(),
-        ));
+        errors.push(("current", "account.wrong_current"));
     }
     if let Err(key) = auth::check_new_password(&new) {
-        errors.push(("new".to_owned(), t.get(key).to_owned()));
+        errors.push(("new", key));
     } else if new != repeat {
-        errors.push(("repeat".to_owned(), t.get("account.no_match").to_owned()));
+        errors.push(("repeat", "account.no_match"));
     }
     if !errors.is_empty() {
         let recovery_left = s
@@ -1706,7 +1682,7 @@ pub async fn change_password(State(s): State<HttpState>, o: Officer, body: Bytes
             .unwrap_or(0);
         let page = OwnAccountPage {
             recovery_left,
-            errors,
+            errors: super::FieldErrors::of(&t, errors),
             notice: None,
             f: Frame::of(&o, "account"),
         };

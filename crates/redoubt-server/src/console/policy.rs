@@ -44,6 +44,24 @@ impl Change {
     }
 }
 
+/// The rows of a preview: each (field, value) after, beside the same field's value now
+/// (nothing for a new mode or zone).
+fn compare(before: Option<Vec<(String, String)>>, after: Vec<(String, String)>) -> Vec<Change> {
+    after
+        .into_iter()
+        .enumerate()
+        .map(|(i, (what, after))| Change {
+            before: before
+                .as_ref()
+                .and_then(|r| r.get(i))
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default(),
+            what,
+            after,
+        })
+        .collect()
+}
+
 /// A form's fields as hidden inputs, for the preview to carry them.
 pub type Hidden = Vec<(String, String)>;
 
@@ -201,17 +219,8 @@ struct ModePage {
     form: ModeForm,
     builtin: bool,
     existing: bool,
-    errors: Vec<(String, String)>,
+    errors: super::FieldErrors,
     notice: Option<String>,
-}
-
-impl ModePage {
-    fn error(&self, field: &str) -> Option<&str> {
-        self.errors
-            .iter()
-            .find(|(f, _)| f == field)
-            .map(|(_, m)| m.as_str())
-    }
 }
 
 /// `GET /console/modes/{name}`: the mode, and its editor for those who may change it
@@ -248,7 +257,7 @@ pub async fn mode(
         form,
         builtin,
         existing,
-        errors: Vec::new(),
+        errors: super::FieldErrors::default(),
         notice: notice(t, &p),
         f: Frame::of(&o, "modes"),
     })
@@ -307,10 +316,7 @@ pub async fn mode_preview(State(s): State<HttpState>, o: Officer, body: Bytes) -
         Ok(m) => m,
         Err(errors) => {
             let page = ModePage {
-                errors: errors
-                    .into_iter()
-                    .map(|(f, k)| (f, t.get(k).to_owned()))
-                    .collect(),
+                errors: super::FieldErrors::of(&t, errors),
                 builtin: false,
                 existing: field(&p, "existing").is_some(),
                 form,
@@ -332,20 +338,10 @@ pub async fn mode_preview(State(s): State<HttpState>, o: Officer, body: Bytes) -
         Ok(c) => c,
         Err(e) => return failed(t, e),
     };
-    let after_rows = mode_rows(&t, &ModeForm::of(&mode));
-    let before_rows = before.as_ref().map(|b| mode_rows(&t, b));
-    let changes = after_rows
-        .into_iter()
-        .enumerate()
-        .map(|(i, (what, after))| Change {
-            before: before_rows
-                .as_ref()
-                .map(|r| r[i].1.clone())
-                .unwrap_or_default(),
-            what,
-            after,
-        })
-        .collect();
+    let changes = compare(
+        before.as_ref().map(|b| mode_rows(&t, b)),
+        mode_rows(&t, &ModeForm::of(&mode)),
+    );
     let assigned = counts
         .by_assigned_mode
         .get(mode.name.as_str())
@@ -525,17 +521,8 @@ struct ZonePage {
     modes: Vec<String>,
     checkpoints: Vec<String>,
     credentials: Option<Vec<redoubt_proto::api::GateCredentialView>>,
-    errors: Vec<(String, String)>,
+    errors: super::FieldErrors,
     notice: Option<String>,
-}
-
-impl ZonePage {
-    fn error(&self, field: &str) -> Option<&str> {
-        self.errors
-            .iter()
-            .find(|(f, _)| f == field)
-            .map(|(_, m)| m.as_str())
-    }
 }
 
 /// `GET /console/zones/{name}`: the zone, its editor, its gate credentials
@@ -595,7 +582,7 @@ pub async fn zone(
         modes,
         checkpoints,
         credentials,
-        errors: Vec::new(),
+        errors: super::FieldErrors::default(),
         notice: notice(t, &p),
         f: Frame::of(&o, "zones"),
     })
@@ -624,10 +611,7 @@ pub async fn zone_preview(State(s): State<HttpState>, o: Officer, body: Bytes) -
                 Err(e) => return failed(t, e),
             };
             let page = ZonePage {
-                errors: errors
-                    .into_iter()
-                    .map(|(f, k)| (f, t.get(k).to_owned()))
-                    .collect(),
+                errors: super::FieldErrors::of(&t, errors),
                 existing: field(&p, "existing").is_some(),
                 form,
                 modes,
@@ -648,20 +632,10 @@ pub async fn zone_preview(State(s): State<HttpState>, o: Officer, body: Bytes) -
         Ok(c) => c,
         Err(e) => return failed(t, e),
     };
-    let after_rows = zone_rows(&t, &ZoneForm::of(&def));
-    let before_rows = before.as_ref().map(|b| zone_rows(&t, b));
-    let changes = after_rows
-        .into_iter()
-        .enumerate()
-        .map(|(i, (what, after))| Change {
-            before: before_rows
-                .as_ref()
-                .map(|r| r[i].1.clone())
-                .unwrap_or_default(),
-            what,
-            after,
-        })
-        .collect();
+    let changes = compare(
+        before.as_ref().map(|b| zone_rows(&t, b)),
+        zone_rows(&t, &ZoneForm::of(&def)),
+    );
     let inside = counts.by_zone.get(def.name.as_str()).copied().unwrap_or(0);
     let impact = vec![
         t.n("zones.inside_phones", inside),
