@@ -215,6 +215,18 @@ impl Store {
         Ok(rec)
     }
 
+    /// The names of every group, in order: what a menu needs, without counting each
+    /// group's devices (which reads the whole fleet).
+    pub async fn device_group_names(&self) -> Result<Vec<DeviceGroupName>> {
+        let names: Vec<String> = sqlx::query_scalar("SELECT name FROM device_groups ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        names
+            .iter()
+            .map(|n| parse("device group name", n))
+            .collect()
+    }
+
     /// Every group, by name.
     pub async fn list_device_groups(&self) -> Result<Vec<DeviceGroupRecord>> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(

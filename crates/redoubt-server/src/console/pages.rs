@@ -788,10 +788,10 @@ pub(super) async fn names(
     let groups = s
         .app
         .store
-        .list_device_groups()
+        .device_group_names()
         .await?
         .into_iter()
-        .map(|g| g.name.to_string())
+        .map(|g| g.to_string())
         .collect();
     let zones = s
         .app
