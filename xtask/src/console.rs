@@ -219,6 +219,7 @@ async fn run(root: &Path, cfg: &Config, command: &str) -> Result<()> {
 
     let (console, sign_in) = Console::sign_in(root, &server).await?;
     let rss_before = rss_kib(server.pid);
+    let load_before = load_average();
     let mut rows: Vec<Row> = Vec::new();
     let s = cfg.samples;
     let count_of = |query: &str| {
@@ -328,7 +329,8 @@ async fn run(root: &Path, cfg: &Config, command: &str) -> Result<()> {
          one officer's browser: one request at a time on a kept-alive connection, each timed \
          to the last byte of the body, after one untimed request; a device turns stale after \
          {} check-in intervals ({}) so that those that reported once stay as they reported; \
-         {cores}-core machine, load average {}",
+         {cores}-core machine, load average {load_before} when measuring began, {} when it \
+         ended (other work on the machine slows the pages)",
         STALE_SETTING.1,
         STALE_SETTING.0,
         load_average()
