@@ -12,9 +12,12 @@
 //! the signed challenge, verify their bundle and send one signed report: compliant, except
 //! one `guard` phone in five, which reports its camera on (non-compliant). The others stay
 //! `pending`. The server is started with `REDOUBT_STALE_AFTER_INTERVALS=100000`, so the
-//! phones that reported once are not counted `stale` a quarter of an hour later. With `--data DIR` the data directory is DIR: filled when it holds no device,
-//! reused as it is otherwise (the fill of 100 000 takes minutes), and kept; without it a
-//! temporary one is filled and removed at the end, unless `--keep` (its path is printed).
+//! phones that reported once are not counted `stale` a quarter of an hour later.
+//!
+//! With `--data DIR` the data directory is DIR: filled when it holds no device, reused as
+//! it is otherwise (the fill of 100 000 takes 7–9 minutes on 2 cores), and kept; without
+//! it a temporary one is filled and removed at the end, unless `--keep` (its path is
+//! printed).
 //!
 //! **Sign-in.** `redoubt-server admin create --password-stdin` makes an owner account;
 //! the bench computes the TOTP code from the printed `otpauth://` URL, reads the sign-in
