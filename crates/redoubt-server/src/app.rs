@@ -357,6 +357,10 @@ pub struct App {
     pub enroll_limiter: RateLimiter,
     /// Console sign-in attempts per address.
     pub console_limiter: RateLimiter,
+    /// The fleet's counts last taken for the console's live dashboards, and when: every
+    /// open dashboard shares one count per period instead of scanning the fleet itself.
+    pub recent_counts:
+        tokio::sync::Mutex<Option<(std::time::Instant, redoubt_proto::api::DeviceCounts)>>,
     /// Device-session challenges per address.
     pub challenge_limiter: RateLimiter,
     /// Refused enrollments waiting to be written to the audit log.

@@ -134,6 +134,24 @@ impl App {
 }
 
 impl App {
+    /// [`App::device_counts`] taken at most `max_age` ago. One caller counts while the
+    /// others wait for its result (the lock guards only this cache; counting reads the
+    /// whole fleet, so N open dashboards must not count N times).
+    pub async fn recent_device_counts(
+        &self,
+        max_age: std::time::Duration,
+    ) -> Result<DeviceCounts, ServiceError> {
+        let mut cached = self.recent_counts.lock().await;
+        if let Some((at, counts)) = cached.as_ref()
+            && at.elapsed() < max_age
+        {
+            return Ok(counts.clone());
+        }
+        let counts = self.device_counts().await?;
+        *cached = Some((std::time::Instant::now(), counts.clone()));
+        Ok(counts)
+    }
+
     /// The signed command a device of a bulk action gets, issued at `at`.
     pub fn bulk_command(&self, item: &BulkPending, at: Timestamp) -> NewCommand {
         let mut raw = [0u8; 12];

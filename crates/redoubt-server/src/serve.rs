@@ -104,6 +104,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         reports,
         enroll_limiter: RateLimiter::new(config.enroll_attempts_per_minute),
         console_limiter: RateLimiter::new(30),
+        recent_counts: Default::default(),
         challenge_limiter: RateLimiter::new(600),
         refusals: RefusalLog::new(config.refusal_audit_window_secs),
         claim_limiter: RateLimiter::new(config.key_package_claims_per_minute),

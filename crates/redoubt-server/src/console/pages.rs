@@ -470,7 +470,9 @@ fn rows(map: &BTreeMap<String, u64>, param: &str) -> Vec<Row> {
 /// `GET /console`: the fleet at a glance, kept current by `/console/events`.
 pub async fn dashboard(State(s): State<HttpState>, o: Officer) -> Response {
     let t = o.tr();
-    let counts = match s.app.device_counts().await {
+    // Counted now, and kept as the newest count, so the page's live updates never start
+    // from an older one.
+    let counts = match s.app.recent_device_counts(Duration::ZERO).await {
         Ok(c) => c,
         Err(e) => return failed(t, e),
     };
@@ -538,21 +540,21 @@ pub async fn dashboard(State(s): State<HttpState>, o: Officer) -> Response {
     html(&page)
 }
 
+/// How often a live dashboard's figures are checked (shared by every open dashboard of
+/// a node, `App::recent_device_counts`).
+const LIVE_EVERY: Duration = Duration::from_secs(2);
+
 /// `GET /console/events`: the dashboard's figures as server-sent events, sent when
 /// they change (checked every two seconds); the stream ends with the session or the
 /// server.
 pub async fn events(State(s): State<HttpState>, o: Officer) -> Response {
-    let app = s.app.clone();
-    let token_hash = o.token_hash;
-    let mut shutdown = app.shutdown.clone();
-    let stream = async_stream(app, token_hash, shutdown.clone());
-    let _ = shutdown.borrow_and_update();
-    Sse::new(stream)
+    let shutdown = s.app.shutdown.clone();
+    Sse::new(counts_stream(s.app.clone(), o.token_hash, shutdown))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()
 }
 
-fn async_stream(
+fn counts_stream(
     app: crate::app::SharedApp,
     token_hash: [u8; 32],
     shutdown: tokio::sync::watch::Receiver<bool>,
@@ -583,7 +585,7 @@ fn async_stream(
                 }
                 if st.ticks > 0 {
                     tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                        _ = tokio::time::sleep(LIVE_EVERY) => {}
                         _ = st.shutdown.changed() => return None,
                     }
                 }
@@ -604,7 +606,7 @@ fn async_stream(
                         }
                     }
                 }
-                let Ok(counts) = st.app.device_counts().await else {
+                let Ok(counts) = st.app.recent_device_counts(LIVE_EVERY).await else {
                     continue;
                 };
                 let figures = serde_json::json!({
